@@ -1,0 +1,48 @@
+# instarfs build, test and demo.
+#
+# The worker must be built without cgo: Landlock's thread sync and dropping
+# capabilities on every thread fail under cgo.
+export CGO_ENABLED := 0
+GO ?= go
+BIN := bin/instarfs
+TEST_PACKAGES ?= ./...
+FUZZTIME ?= 10s
+TESTFLAGS ?=
+
+.PHONY: all build test test-deps lint vet bench fuzz demo clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN) ./cmd/instarfs
+
+# test-deps installs what the tests need: qemu-utils is the oracle.
+test-deps:
+	@command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || { \
+	  echo "installing qemu-utils (the test oracle)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null; }
+
+test: test-deps build vet
+	$(GO) test $(TESTFLAGS) -timeout 14m $(TEST_PACKAGES)
+
+vet:
+	$(GO) vet ./...
+
+lint: vet
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+bench: test-deps build
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./...
+
+# fuzz runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+clean:
+	rm -rf bin
+
+demo: build
+	bash testdata/demo.sh $(BIN)

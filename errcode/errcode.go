@@ -1,0 +1,80 @@
+// Package errcode defines the named errors that instarfs reports to users.
+//
+// Every failure that reaches a user carries a stable upper-case code (for example
+// QCOW2_ENCRYPTED or BACKING_PATH_OUTSIDE_ROOT) and a message that names the input
+// that caused it. The worker and the host share these codes; docs/errors.md lists
+// them with their meaning.
+package errcode
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Error is a failure with a stable code.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// New returns an *Error with the given code and formatted message.
+func New(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Code returns the code of the first *Error in err's chain, or INTERNAL when there
+// is none.
+func Code(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return Internal
+}
+
+// Codes. Append only: users match on these strings.
+const (
+	Internal = "INTERNAL"
+
+	// Bad input on the command line or in a control file.
+	BadArguments  = "BAD_ARGUMENTS"
+	UnknownFormat = "UNKNOWN_FORMAT"
+
+	// Files and the path policy.
+	NotFound               = "NOT_FOUND"
+	BackingNotFound        = "BACKING_NOT_FOUND"
+	BackingPathOutsideRoot = "BACKING_PATH_OUTSIDE_ROOT"
+	BackingProtocol        = "BACKING_PROTOCOL_REFUSED"
+	BackingChainTooDeep    = "BACKING_CHAIN_TOO_DEEP"
+	BackingChainLoop       = "BACKING_CHAIN_LOOP"
+	BackingFormatRequired  = "BACKING_FORMAT_REQUIRED"
+	RawNotInferred         = "RAW_NOT_INFERRED"
+	ImageInUse             = "IMAGE_IN_USE"
+
+	// Image formats.
+	FormatNotDetected   = "FORMAT_NOT_DETECTED"
+	FormatMismatch      = "FORMAT_MISMATCH"
+	Qcow2BadHeader      = "QCOW2_BAD_HEADER"
+	Qcow2Encrypted      = "QCOW2_ENCRYPTED"
+	Qcow2ExternalData   = "QCOW2_EXTERNAL_DATA_FILE"
+	Qcow2UnknownFeature = "QCOW2_UNKNOWN_FEATURE"
+	Qcow2Corrupt        = "QCOW2_CORRUPT"
+	Qcow2BadCompressed  = "QCOW2_BAD_COMPRESSED_CLUSTER"
+	VmdkBadHeader       = "VMDK_BAD_HEADER"
+	VmdkBadDescriptor   = "VMDK_BAD_DESCRIPTOR"
+	VmdkExternalExtent  = "VMDK_EXTERNAL_EXTENT"
+	VmdkUnsupported     = "VMDK_UNSUPPORTED"
+	VmdkCorrupt         = "VMDK_CORRUPT"
+	ImageTooLarge       = "IMAGE_TOO_LARGE"
+	ReadFailed          = "READ_FAILED"
+
+	// The sandbox.
+	SandboxViolation   = "SANDBOX_VIOLATION"
+	SandboxUnavailable = "SANDBOX_UNAVAILABLE"
+	WorkerCrashed      = "WORKER_CRASHED"
+	WorkerTimeout      = "WORKER_TIMEOUT"
+	WorkerProtocol     = "WORKER_PROTOCOL"
+	Cancelled          = "CANCELLED"
+)

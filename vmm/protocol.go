@@ -1,0 +1,102 @@
+// Package vmm is the sandbox boundary: the Sandbox interface the host uses to run
+// a worker, the request/result protocol spoken across it, and the backends that
+// confine the worker.
+//
+// The host never parses image bytes. It opens the image files, hands their
+// descriptors to a worker through a Sandbox, and decodes the worker's one JSON
+// result as untrusted input. The worker side lives in vmm/worker.
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"time"
+
+	"instarfs/errcode"
+)
+
+// WorkerArg0 is argv[0] of a re-executed instarfs binary that must act as a worker.
+const WorkerArg0 = "instarfs-worker"
+
+// FirstImageFD is the descriptor number of Request.Images[0] in the worker; the
+// others follow in order.
+const FirstImageFD = 3
+
+// Operations a worker performs.
+const (
+	OpNoop         = "noop"
+	OpProbe        = "probe"
+	OpMap          = "map"
+	OpCheck        = "check"
+	OpSandboxProbe = "sandbox-probe"
+	// OpSandboxViolate makes a forbidden system call: the sandbox must kill
+	// the worker (SANDBOX_VIOLATION). sandbox-check uses it.
+	OpSandboxViolate = "sandbox-violate"
+)
+
+// Request is what the host sends a worker on its standard input, as one JSON
+// document.
+type Request struct {
+	Op     string          `json:"op"`
+	Images []ImageRef      `json:"images"`
+	Args   json.RawMessage `json:"args,omitempty"`
+}
+
+// ImageRef describes one image descriptor handed to the worker. Name is used in
+// messages only; the worker never opens anything by name.
+type ImageRef struct {
+	Name     string `json:"name"`
+	Format   string `json:"format,omitempty"` // empty: detect (never raw)
+	Writable bool   `json:"writable,omitempty"`
+}
+
+// Message is one line of the worker's standard output. A worker writes any number
+// of progress and warning lines and exactly one final line carrying Result or
+// Error. Each line sets exactly one field.
+type Message struct {
+	Progress *float64        `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *errcode.Error  `json:"error,omitempty"`
+	// Warning is a diagnostic the host logs, for example a confinement layer
+	// that this kernel does not offer.
+	Warning string `json:"warning,omitempty"`
+}
+
+// Job is one run of a worker.
+type Job struct {
+	Request Request
+	// Files are the image descriptors, in the order of Request.Images. The
+	// caller keeps ownership and closes them.
+	Files []*os.File
+	// Progress, when set, receives the worker's progress in [0,1].
+	Progress func(float64)
+	// Timeout bounds the run; zero means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// DefaultTimeout bounds a worker run when the job does not set one.
+const DefaultTimeout = 10 * time.Minute
+
+// MaxResultBytes bounds the worker's standard output as a whole.
+const MaxResultBytes = 64 << 20
+
+// Bounds on single lines of the worker's standard output. A result line may use
+// all of MaxResultBytes.
+const (
+	MaxProgressLineBytes = 4 << 10  // progress and warning lines
+	MaxErrorLineBytes    = 64 << 10 // the final error line
+	MaxWarnings          = 64       // warning lines per run
+)
+
+// MaxStderrBytes bounds how much of the worker's standard error the host keeps
+// for diagnostics.
+const MaxStderrBytes = 64 << 10
+
+// Sandbox runs a worker. Run returns the worker's result document, or an error
+// carrying an errcode (the worker's own, or WORKER_CRASHED, WORKER_TIMEOUT,
+// WORKER_PROTOCOL, SANDBOX_VIOLATION, CANCELLED).
+type Sandbox interface {
+	Name() string
+	Run(ctx context.Context, job Job) (json.RawMessage, error)
+}
