@@ -1,0 +1,310 @@
+package jail
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	seccomp "github.com/elastic/go-seccomp-bpf"
+	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// Host says which confinement layers this host offers, as seen from the host
+// process.
+type Host struct {
+	Kernel string `json:"kernel"`
+	UID    int    `json:"uid"`
+	// UserNamespaces is false when a kernel setting is known to refuse them;
+	// running a worker is the real test.
+	UserNamespaces       bool   `json:"user_namespaces"`
+	UserNamespacesDetail string `json:"user_namespaces_detail"`
+	// LandlockABI is 0 when Landlock is unavailable.
+	LandlockABI int `json:"landlock_abi"`
+	// SeccompFilter is true when the kernel supports seccomp filters.
+	SeccompFilter bool `json:"seccomp_filter"`
+	// AllThreadsSyscall is false in a cgo build, where the jail cannot drop
+	// capabilities on every thread.
+	AllThreadsSyscall bool `json:"all_threads_syscall"`
+	// CapEff is the host process's effective capability mask (hex).
+	CapEff string `json:"cap_eff"`
+}
+
+// HostReport inspects the host.
+func HostReport() Host {
+	r := Host{UID: os.Getuid()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		r.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	r.UserNamespaces, r.UserNamespacesDetail = userNamespaces(r.UID)
+	if abi, err := llsys.LandlockGetABIVersion(); err == nil {
+		r.LandlockABI = abi
+	}
+	r.SeccompFilter = seccomp.Supported()
+	_, _, errno := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0)
+	r.AllThreadsSyscall = errno == 0
+	r.CapEff = statusField("/proc/self/status", "CapEff")
+	return r
+}
+
+// userNamespaces reads the kernel settings that decide whether this user may
+// create a user namespace.
+func userNamespaces(uid int) (bool, string) {
+	max, err := readInt("/proc/sys/user/max_user_namespaces")
+	if err != nil {
+		return false, "no /proc/sys/user/max_user_namespaces: the kernel lacks user namespaces"
+	}
+	if max == 0 {
+		return false, "user.max_user_namespaces is 0"
+	}
+	detail := fmt.Sprintf("user.max_user_namespaces=%d", max)
+	if uid != 0 {
+		if v, err := readInt("/proc/sys/kernel/unprivileged_userns_clone"); err == nil && v == 0 {
+			return false, "kernel.unprivileged_userns_clone is 0"
+		}
+		if v, err := readInt("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"); err == nil && v != 0 {
+			return false, "kernel.apparmor_restrict_unprivileged_userns is set"
+		}
+	}
+	return true, detail
+}
+
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// statusField returns one field of a /proc/<pid>/status file, or "".
+func statusField(path, name string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && k == name {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// Report is the outcome of SandboxCheck, for `instarfs sandbox-check`.
+type Report struct {
+	Backend string `json:"backend"`
+	Level   string `json:"level,omitempty"`
+	Host    Host   `json:"host"`
+	// StartMedian is the median time from starting a worker to its result
+	// (noop operation).
+	StartMedian time.Duration `json:"start_median_ns"`
+	// Worker is the probe run's report; nil when the worker did not answer.
+	Worker      *ProbeReport `json:"worker,omitempty"`
+	WorkerError string       `json:"worker_error,omitempty"`
+	// Violation is what a forbidden system call did; ViolationOK is true when
+	// the sandbox killed the worker for it (SANDBOX_VIOLATION).
+	Violation   string   `json:"violation"`
+	ViolationOK bool     `json:"violation_ok"`
+	Warnings    []string `json:"warnings,omitempty"`
+	OK          bool     `json:"ok"`
+}
+
+// Number of noop runs timed by SandboxCheck.
+const checkRuns = 5
+
+// SandboxCheck reports on the host and runs probe workers through sb: noop runs
+// (timed), one vmm.OpSandboxProbe run on two scratch images (one read-only, one
+// writable), and one vmm.OpSandboxViolate run that must be killed. The error
+// is non-nil only when the check itself could not run (scratch files);
+// sandbox failures are in the report, with OK false.
+func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
+	r := &Report{Backend: sb.Name(), Host: HostReport()}
+
+	dir, err := os.MkdirTemp("", "instarfs-sandbox-check-")
+	if err != nil {
+		return nil, fmt.Errorf("sandbox-check: creating scratch directory: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	files, err := scratchImages(dir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox-check: %w", err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	const timeout = 30 * time.Second
+
+	var times []time.Duration
+	for i := 0; i < checkRuns; i++ {
+		start := time.Now()
+		_, err := sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}, Timeout: timeout})
+		if err != nil {
+			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+			r.finish(sb)
+			return r, nil
+		}
+		times = append(times, time.Since(start))
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	r.StartMedian = times[len(times)/2]
+
+	res, err := sb.Run(ctx, vmm.Job{
+		Request: vmm.Request{Op: vmm.OpSandboxProbe, Images: []vmm.ImageRef{
+			{Name: "probe-ro.img", Format: "raw"},
+			{Name: "probe-rw.img", Format: "raw", Writable: true},
+		}},
+		Files:   files,
+		Timeout: timeout,
+	})
+	if err != nil {
+		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+	} else {
+		var pr ProbeReport
+		dec := json.NewDecoder(bytes.NewReader(res))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&pr); err != nil {
+			r.WorkerError = fmt.Sprintf("%s: decoding the probe report: %v", errcode.WorkerProtocol, err)
+		} else {
+			r.Worker = &pr
+		}
+	}
+
+	_, err = sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpSandboxViolate}, Timeout: timeout})
+	switch code := errcode.Code(err); {
+	case err == nil:
+		r.Violation = "the forbidden call was not refused"
+	case code == errcode.SandboxViolation:
+		r.Violation, r.ViolationOK = "worker killed (SANDBOX_VIOLATION)", true
+	default:
+		r.Violation = fmt.Sprintf("%s: %v", code, err)
+	}
+	r.finish(sb)
+	return r, nil
+}
+
+func (r *Report) finish(sb vmm.Sandbox) {
+	if j, ok := sb.(*Sandbox); ok {
+		l := j.Level()
+		r.Level = l.String()
+		if l != LevelUserNS && l != LevelUnknown {
+			r.Warnings = append(r.Warnings, "the worker runs with "+l.String())
+		}
+	}
+	if r.Worker != nil {
+		r.Warnings = append(r.Warnings, r.Worker.Confinement.Warnings...)
+	}
+	r.OK = r.WorkerError == "" && r.Worker != nil && r.Worker.OK() && r.ViolationOK
+}
+
+// scratchImages creates a read-only and a writable 64 KiB scratch file.
+func scratchImages(dir string) ([]*os.File, error) {
+	data := bytes.Repeat([]byte("instarfs"), 8192)
+	var files []*os.File
+	for _, name := range []string{"probe-ro.img", "probe-rw.img"} {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return nil, fmt.Errorf("writing scratch image: %w", err)
+		}
+		flag := os.O_RDONLY
+		if name == "probe-rw.img" {
+			flag = os.O_RDWR
+		}
+		f, err := os.OpenFile(path, flag, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening scratch image: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// String renders the report for a terminal.
+func (r *Report) String() string {
+	var b strings.Builder
+	yes := func(ok bool, y, n string) string {
+		if ok {
+			return y
+		}
+		return n
+	}
+	fmt.Fprintf(&b, "sandbox: %s\n", r.Backend)
+	fmt.Fprintf(&b, "host:\n")
+	fmt.Fprintf(&b, "  kernel               %s\n", r.Host.Kernel)
+	fmt.Fprintf(&b, "  uid                  %d\n", r.Host.UID)
+	fmt.Fprintf(&b, "  user namespaces      %s (%s)\n", yes(r.Host.UserNamespaces, "available", "unavailable"), r.Host.UserNamespacesDetail)
+	fmt.Fprintf(&b, "  landlock             %s\n", yes(r.Host.LandlockABI > 0, fmt.Sprintf("ABI %d", r.Host.LandlockABI), "unavailable"))
+	fmt.Fprintf(&b, "  seccomp filters      %s\n", yes(r.Host.SeccompFilter, "available", "unavailable"))
+	fmt.Fprintf(&b, "  per-thread syscalls  %s\n", yes(r.Host.AllThreadsSyscall, "available", "unsupported (cgo build)"))
+	fmt.Fprintf(&b, "  capabilities         CapEff=%s\n", r.Host.CapEff)
+	fmt.Fprintf(&b, "worker:\n")
+	if r.Level != "" {
+		fmt.Fprintf(&b, "  isolation            %s\n", r.Level)
+	}
+	if r.StartMedian > 0 {
+		fmt.Fprintf(&b, "  start to result      %.1f ms (median of %d noop runs)\n",
+			float64(r.StartMedian)/float64(time.Millisecond), checkRuns)
+	}
+	if r.Worker != nil {
+		c := r.Worker.Confinement
+		var layers []string
+		if c.Namespaces {
+			layers = append(layers, "namespaces")
+		}
+		if c.PrivateRoot {
+			layers = append(layers, "empty read-only root")
+		}
+		if c.SwitchedUID >= 0 {
+			layers = append(layers, fmt.Sprintf("uid %d", c.SwitchedUID))
+		}
+		if c.Rlimits {
+			layers = append(layers, "rlimits")
+		}
+		if c.LandlockABI > 0 {
+			layers = append(layers, fmt.Sprintf("landlock ABI %d", c.LandlockABI))
+		}
+		if c.CapsDropped {
+			layers = append(layers, "no capabilities")
+		}
+		if c.Seccomp != "" {
+			layers = append(layers, "seccomp allow-list")
+		}
+		fmt.Fprintf(&b, "  layers               %s\n", strings.Join(layers, ", "))
+		fmt.Fprintf(&b, "probes (inside the worker; seccomp in EPERM mode for this run):\n")
+		for _, p := range r.Worker.Probes {
+			got := "succeeded"
+			if p.Errno != "" {
+				got = "failed: " + p.Errno
+			}
+			fmt.Fprintf(&b, "  %-4s %-20s %-8s %-14s %s\n", yes(p.OK, "ok", "FAIL"), p.Name, p.Expect, got, p.Detail)
+		}
+	}
+	if r.WorkerError != "" {
+		fmt.Fprintf(&b, "  worker error         %s\n", r.WorkerError)
+	}
+	if r.Violation != "" {
+		fmt.Fprintf(&b, "violation check:       %s %s\n", yes(r.ViolationOK, "ok", "FAIL"), r.Violation)
+	}
+	for _, w := range r.Warnings {
+		fmt.Fprintf(&b, "warning: %s\n", w)
+	}
+	fmt.Fprintf(&b, "result: %s\n", yes(r.OK, "OK", "FAILED"))
+	return b.String()
+}

@@ -1,0 +1,326 @@
+package jail
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/landlock-lsm/go-landlock/landlock"
+	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// Status describes how the running worker is confined.
+type Status struct {
+	// Mode is "jail", "plain", or empty when Confine has not run.
+	Mode string `json:"mode"`
+	// Namespaces is true when the worker runs in fresh namespaces.
+	Namespaces bool `json:"namespaces"`
+	// PrivateRoot is true when the worker's root is an empty read-only tmpfs.
+	PrivateRoot bool `json:"private_root"`
+	// ClosedFDs counts descriptors the worker inherited by accident (left open
+	// without close-on-exec in the host) and closed.
+	ClosedFDs int `json:"closed_fds"`
+	// SwitchedUID is the uid the worker switched to itself (no user namespace),
+	// or -1.
+	SwitchedUID int `json:"switched_uid"`
+	// Rlimits is true once the resource limits are set.
+	Rlimits bool `json:"rlimits"`
+	// LandlockABI is the Landlock ABI version enforced, 0 when none.
+	LandlockABI int `json:"landlock_abi"`
+	// CapsDropped is true once every thread has empty capability sets.
+	CapsDropped bool `json:"capabilities_dropped"`
+	// Seccomp is the filter's mode (SeccompKill or SeccompErrno), empty when
+	// no filter is loaded.
+	Seccomp string `json:"seccomp"`
+	// Warnings name the layers this kernel does not offer.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+var (
+	confineOnce sync.Once
+	status      = Status{SwitchedUID: -1}
+	confineErr  error
+)
+
+// CurrentStatus returns the confinement of the running process.
+func CurrentStatus() Status { return status }
+
+// Confine confines the calling worker process as the host asked through the
+// environment (EnvSandbox and the variables the jail backend sets). A worker
+// must call it first, before it reads its request or any image byte, and must
+// stop if it fails. It returns warnings naming layers this kernel lacks, which
+// the worker should send to the host as vmm.Message{Warning: ...} lines.
+//
+// With EnvSandbox=plain it does nothing. Errors are *errcode.Error with code
+// SANDBOX_UNAVAILABLE. Confine leaves the calling goroutine locked to its OS
+// thread for good. Calling it again returns the first call's outcome.
+func Confine() ([]string, error) {
+	confineOnce.Do(func() { confineErr = confine() })
+	return status.Warnings, confineErr
+}
+
+func confine() error {
+	runtime.LockOSThread() // never unlocked: the thread carries the confinement
+	switch mode := os.Getenv(EnvSandbox); mode {
+	case "plain":
+		status.Mode = "plain"
+		return nil
+	case "jail":
+		status.Mode = "jail"
+	default:
+		return unavailable("%s is %q; the worker only runs under a sandbox backend", EnvSandbox, mode)
+	}
+	if err := allThreads(unix.SYS_GETPID, 0, 0, 0); err != nil {
+		return unavailable("%v", err)
+	}
+
+	// Load the local time zone while the host's files are still visible, so
+	// that no later time formatting tries to open one.
+	_ = time.Local.String()
+
+	images, err := strconv.Atoi(os.Getenv(envImages))
+	if err != nil || images < 0 {
+		return unavailable("%s=%q is not a number of images", envImages, os.Getenv(envImages))
+	}
+	if status.ClosedFDs, err = closeStrayFDs(vmm.FirstImageFD + images); err != nil {
+		return unavailable("%v", err)
+	}
+
+	seccompMode := os.Getenv(envSeccomp)
+	switch seccompMode {
+	case "":
+		seccompMode = SeccompKill
+	case SeccompKill, SeccompErrno:
+	default:
+		return unavailable("%s=%q is not a seccomp mode", envSeccomp, seccompMode)
+	}
+	cpu := uint64(3600)
+	if v := os.Getenv(envCPU); v != "" {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return unavailable("%s=%q is not a number of seconds", envCPU, v)
+		}
+		cpu = n
+	}
+
+	if os.Getenv(envNamespaces) == "1" {
+		if pid := os.Getpid(); pid != 1 {
+			return unavailable("the worker expected fresh namespaces but is pid %d", pid)
+		}
+		status.Namespaces = true
+		// A kernel policy may grant the namespaces but refuse mounts in them;
+		// Landlock and seccomp still deny every path then.
+		if err := pivotToEmptyRoot(); err != nil {
+			status.Warnings = append(status.Warnings, fmt.Sprintf(
+				"cannot build the empty root (%v): the worker keeps the host's file-system view", err))
+		} else {
+			status.PrivateRoot = true
+		}
+		if err := unix.Sethostname([]byte(hostname)); err != nil {
+			status.Warnings = append(status.Warnings, fmt.Sprintf("sethostname: %v", err))
+		}
+	} else {
+		status.Warnings = append(status.Warnings,
+			"namespaces are unavailable: the worker shares the host's file-system view, pids and network")
+	}
+
+	if v := os.Getenv(envUID); v != "" {
+		id, err := strconv.Atoi(v)
+		if err != nil || id <= 0 {
+			return unavailable("%s=%q is not a uid", envUID, v)
+		}
+		ppid := os.Getppid()
+		// Go applies these to every thread.
+		if err := syscall.Setgroups(nil); err != nil {
+			return unavailable("setgroups: %v", err)
+		}
+		if err := syscall.Setresgid(id, id, id); err != nil {
+			return unavailable("setresgid %d: %v", id, err)
+		}
+		if err := syscall.Setresuid(id, id, id); err != nil {
+			return unavailable("setresuid %d: %v", id, err)
+		}
+		// A credential change clears the parent-death signal: arm it again,
+		// and give up if the host died in between.
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+			return unavailable("setting the parent-death signal: %v", err)
+		}
+		if os.Getppid() != ppid {
+			os.Exit(1)
+		}
+		status.SwitchedUID = id
+	}
+
+	if err := setRlimits(cpu); err != nil {
+		return unavailable("%v", err)
+	}
+	status.Rlimits = true
+
+	if err := allThreads(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); err != nil {
+		return unavailable("setting no_new_privs: %v", err)
+	}
+
+	abi, err := llsys.LandlockGetABIVersion()
+	if err != nil || abi < 1 {
+		status.Warnings = append(status.Warnings,
+			"Landlock is unavailable in this kernel: file-system and network access are denied by seccomp and the empty root only")
+	} else {
+		// No rules: every handled file-system and network access is denied,
+		// and (ABI 6+) abstract unix sockets and signals are scoped.
+		if err := landlock.V11.BestEffort().Restrict(); err != nil {
+			return unavailable("enforcing Landlock: %v", err)
+		}
+		status.LandlockABI = abi
+	}
+
+	if err := dropCapabilities(); err != nil {
+		return unavailable("dropping capabilities: %v", err)
+	}
+	status.CapsDropped = true
+
+	if err := loadSeccomp(seccompMode); err != nil {
+		return unavailable("loading the seccomp filter: %v", err)
+	}
+	status.Seccomp = seccompMode
+	return nil
+}
+
+func unavailable(format string, args ...any) error {
+	return errcode.New(errcode.SandboxUnavailable, "jail: "+format, args...)
+}
+
+// pivotToEmptyRoot replaces the worker's root with an empty, read-only tmpfs and
+// detaches the host's tree. It runs in the worker's own mount namespace.
+func pivotToEmptyRoot() error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making / private: %w", err)
+	}
+	// Any existing directory will do as the mount point: the mount is only
+	// visible in this namespace.
+	var dir string
+	for _, d := range []string{"/tmp", "/mnt", "/dev", "/run"} {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			dir = d
+			break
+		}
+	}
+	if dir == "" {
+		return errors.New("no directory to mount the new root on")
+	}
+	flags := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	if err := unix.Mount("instarfs-root", dir, "tmpfs", flags, "size=4k,mode=0555"); err != nil {
+		return fmt.Errorf("mounting tmpfs on %s: %w", dir, err)
+	}
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("chdir %s: %w", dir, err)
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching "."
+	// then drops the whole host tree.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detaching the old root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	return nil
+}
+
+// closeStrayFDs closes every descriptor from first on, except the Go runtime's
+// netpoller (epoll and eventfd). Go's exec passes the worker only its stdio and
+// images, but a descriptor the host inherited or opened without close-on-exec
+// would be passed too.
+func closeStrayFDs(first int) (int, error) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0, fmt.Errorf("listing inherited descriptors: %w", err)
+	}
+	closed := 0
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < first {
+			continue
+		}
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil {
+			continue // the listing's own descriptor, closed by now
+		}
+		if target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" {
+			continue
+		}
+		if err := unix.Close(fd); err != nil {
+			return closed, fmt.Errorf("closing inherited descriptor %d: %w", fd, err)
+		}
+		closed++
+	}
+	return closed, nil
+}
+
+func setRlimits(cpu uint64) error {
+	limits := []struct {
+		name     string
+		resource int
+		value    uint64
+	}{
+		{"RLIMIT_NOFILE", unix.RLIMIT_NOFILE, LimitNOFILE},
+		{"RLIMIT_CORE", unix.RLIMIT_CORE, LimitCORE},
+		{"RLIMIT_AS", unix.RLIMIT_AS, LimitAS},
+		{"RLIMIT_FSIZE", unix.RLIMIT_FSIZE, LimitFSIZE},
+		{"RLIMIT_MEMLOCK", unix.RLIMIT_MEMLOCK, LimitMEMLOCK},
+		{"RLIMIT_MSGQUEUE", unix.RLIMIT_MSGQUEUE, LimitMSGQUEUE},
+		{"RLIMIT_CPU", unix.RLIMIT_CPU, cpu},
+	}
+	for _, l := range limits {
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(l.resource, &cur); err != nil {
+			return fmt.Errorf("getrlimit %s: %w", l.name, err)
+		}
+		// Only ever lower a limit: raising one needs a capability and would
+		// loosen what the host chose.
+		v := min(l.value, cur.Max)
+		if err := unix.Setrlimit(l.resource, &unix.Rlimit{Cur: v, Max: v}); err != nil {
+			return fmt.Errorf("setrlimit %s %d: %w", l.name, v, err)
+		}
+	}
+	return nil
+}
+
+// dropCapabilities empties the effective, permitted and inheritable sets of
+// every thread. Capabilities are per thread in Linux, and a Go process already
+// runs several threads.
+func dropCapabilities() error {
+	hdr := &unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	data := &[2]unix.CapUserData{}
+	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET,
+		uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	return threadsErr(errno)
+}
+
+// allThreads runs a system call that takes no pointers on every thread of the
+// process.
+func allThreads(trap, a1, a2, a3 uintptr) error {
+	_, _, errno := syscall.AllThreadsSyscall(trap, a1, a2, a3)
+	return threadsErr(errno)
+}
+
+func threadsErr(errno syscall.Errno) error {
+	if errno == syscall.ENOTSUP {
+		return errors.New("per-thread system calls are unsupported in this binary (build it with CGO_ENABLED=0)")
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}

@@ -1,0 +1,296 @@
+// Package jail is the default sandbox backend: the instarfs binary re-executed
+// as a worker in fresh namespaces, on an empty read-only root, under Landlock,
+// with no capabilities, resource limits and a seccomp allow-list.
+//
+// The package has two sides. The host side is Sandbox (and Plain), which start
+// the worker; the worker side is Confine, which the worker calls before it reads
+// its request or any image byte, and RunProbes, the implementation of
+// vmm.OpSandboxProbe. SandboxCheck and HostReport back `instarfs sandbox-check`.
+//
+// The worker must be built with CGO_ENABLED=0: dropping capabilities and
+// enforcing Landlock on every thread use syscall.AllThreadsSyscall, which cgo
+// binaries do not support.
+package jail
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"instarfs/vmm"
+)
+
+// Environment variables through which the host tells the worker how to confine
+// itself. The host sets the worker's whole environment; nothing else reaches it.
+const (
+	// EnvSandbox is "jail" or "plain". A worker without it refuses to run.
+	EnvSandbox = "INSTARFS_SANDBOX"
+	// EnvFaultAfterWrites is passed through from the host's environment for the
+	// crash-consistency tests.
+	EnvFaultAfterWrites = "INSTARFS_FAULT_AFTER_WRITES"
+
+	envNamespaces = "INSTARFS_JAIL_NS"      // "1": fresh namespaces; build the empty root
+	envUID        = "INSTARFS_JAIL_UID"     // switch to this uid and gid (no user namespace)
+	envSeccomp    = "INSTARFS_JAIL_SECCOMP" // "kill" (default) or "errno" (probe runs)
+	envCPU        = "INSTARFS_JAIL_CPU"     // RLIMIT_CPU in seconds
+	envImages     = "INSTARFS_JAIL_IMAGES"  // number of image descriptors from vmm.FirstImageFD
+)
+
+// Seccomp modes: what the filter does with a system call outside the allow-list.
+const (
+	SeccompKill  = "kill"  // kill the worker (SIGSYS → SANDBOX_VIOLATION)
+	SeccompErrno = "errno" // fail the call with EPERM; only for vmm.OpSandboxProbe
+)
+
+// Resource limits of a jailed worker (soft = hard).
+const (
+	LimitNOFILE   = 64      // descriptors: stdio, images (chain depth ≤ 16), runtime
+	LimitAS       = 8 << 30 // address space; the Go runtime reserves generously
+	LimitFSIZE    = 4 << 40 // largest file the worker may grow
+	LimitMEMLOCK  = 0       // no locked memory
+	LimitMSGQUEUE = 0       // no POSIX message queues
+	LimitCORE     = 0       // no core dumps
+	limitCPUSlack = 30      // seconds of CPU on top of timeout × CPUs
+	nobody        = 65534   // host uid/gid the worker runs as when the host is root
+	hostname      = "instarfs-worker"
+)
+
+// Namespaces created for the worker (plus CLONE_NEWUSER where available).
+const namespaceFlags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET |
+	syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS | syscall.CLONE_NEWCGROUP
+
+// Level is how much isolation the kernel lets the jail set up at spawn time.
+// Confinement inside the worker (rlimits, Landlock, capabilities, seccomp) is
+// applied at every level.
+type Level int
+
+const (
+	LevelUnknown Level = iota // not yet decided: the first run tries LevelUserNS
+	LevelUserNS               // user+mount+pid+net+ipc+uts+cgroup namespaces, empty root
+	LevelRootNS               // the same without a user namespace (host root only)
+	LevelNoNS                 // no namespaces: the worker shares the host's root and pids
+)
+
+func (l Level) String() string {
+	switch l {
+	case LevelUserNS:
+		return "user+mount+pid+net+ipc+uts+cgroup namespaces"
+	case LevelRootNS:
+		return "mount+pid+net+ipc+uts+cgroup namespaces, no user namespace"
+	case LevelNoNS:
+		return "no namespaces"
+	}
+	return "undecided"
+}
+
+// Sandbox is the jail backend. The zero value is ready to use; it is safe for
+// concurrent use.
+type Sandbox struct {
+	// Log receives warnings about missing layers (each once) and the worker's
+	// diagnostics. nil means the standard logrus logger.
+	Log logrus.FieldLogger
+
+	mu     sync.Mutex
+	level  Level // decided on the first run that started
+	warned map[string]bool
+
+	// Test hooks.
+	started    func(pid int)
+	forceLevel Level
+}
+
+// New returns a jail sandbox.
+func New() *Sandbox { return &Sandbox{} }
+
+func init() {
+	vmm.Register("jail", func() (vmm.Sandbox, error) { return New(), nil })
+}
+
+// Name returns "jail".
+func (s *Sandbox) Name() string { return "jail" }
+
+// Level returns the isolation level the sandbox settled on, or LevelUnknown
+// before its first run.
+func (s *Sandbox) Level() Level {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.forceLevel != LevelUnknown {
+		return s.forceLevel
+	}
+	return s.level
+}
+
+// Run runs job in a jailed worker. The first run finds the strongest level the
+// kernel allows and later runs reuse it; a missing layer is logged once.
+func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	level := s.Level()
+	if level == LevelUnknown {
+		level = LevelUserNS
+	}
+	for {
+		p := s.process(level, job)
+		res, err := p.Run(ctx, job)
+		var se *vmm.StartError
+		if !errors.As(err, &se) {
+			s.settle(level)
+			return res, err
+		}
+		next := fallback(level)
+		if s.Level() != LevelUnknown || next == LevelUnknown || !namespacesRefused(se.Err) {
+			return nil, err
+		}
+		s.warnOnce(fmt.Sprintf("the kernel refused %s (%v); the worker runs with %s", level, se.Err, next))
+		level = next
+	}
+}
+
+func (s *Sandbox) settle(level Level) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.level == LevelUnknown {
+		s.level = level
+	}
+}
+
+// fallback returns the next weaker level, or LevelUnknown when there is none.
+func fallback(l Level) Level {
+	switch l {
+	case LevelUserNS:
+		if os.Geteuid() == 0 {
+			return LevelRootNS
+		}
+		return LevelNoNS
+	case LevelRootNS:
+		return LevelNoNS
+	}
+	return LevelUnknown
+}
+
+// namespacesRefused reports whether a start error is the kernel refusing the
+// namespaces (or the uid mapping), rather than, say, a missing executable.
+func namespacesRefused(err error) bool {
+	for _, e := range []error{syscall.EPERM, syscall.EACCES, syscall.EINVAL, syscall.ENOSPC, syscall.EUSERS} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Sandbox) logger() logrus.FieldLogger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return logrus.StandardLogger()
+}
+
+// warnOnce logs msg at warning level the first time this sandbox sees it.
+func (s *Sandbox) warnOnce(msg string) {
+	s.mu.Lock()
+	if s.warned == nil {
+		s.warned = map[string]bool{}
+	}
+	seen := s.warned[msg]
+	s.warned[msg] = true
+	s.mu.Unlock()
+	if !seen {
+		s.logger().Warnf("sandbox jail: %s", msg)
+	}
+}
+
+// process describes the worker for one run at the given level.
+func (s *Sandbox) process(level Level, job vmm.Job) *vmm.Process {
+	mode := SeccompKill
+	if job.Request.Op == vmm.OpSandboxProbe {
+		mode = SeccompErrno
+	}
+	cpu := cpuSeconds(job.Timeout)
+	env := []string{
+		EnvSandbox + "=jail",
+		envSeccomp + "=" + mode,
+		envCPU + "=" + strconv.Itoa(cpu),
+		envImages + "=" + strconv.Itoa(len(job.Files)),
+	}
+	env = append(env, baseEnv()...)
+	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	switch level {
+	case LevelUserNS:
+		uid, gid := os.Getuid(), os.Getgid()
+		if uid == 0 {
+			uid, gid = nobody, nobody
+		}
+		attr.Cloneflags = namespaceFlags | syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
+		attr.GidMappingsEnableSetgroups = false
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+		env = append(env, envNamespaces+"=1")
+	case LevelRootNS:
+		attr.Cloneflags = namespaceFlags
+		env = append(env, envNamespaces+"=1", envUID+"="+strconv.Itoa(nobody))
+	default:
+		env = append(env, envNamespaces+"=0")
+		if os.Geteuid() == 0 {
+			env = append(env, envUID+"="+strconv.Itoa(nobody))
+		}
+	}
+	return &vmm.Process{
+		Env:         env,
+		SysProcAttr: attr,
+		Log:         s.logger(),
+		Warn:        s.warnOnce,
+		Started:     s.started,
+		CPULimit:    time.Duration(cpu) * time.Second,
+	}
+}
+
+// baseEnv is the environment every worker gets: the Go runtime must not keep
+// descriptors into the host's cgroup tree nor re-read it (the files are gone
+// after the pivot and the reads would be refused), and the fault-injection
+// setting of the tests is passed through.
+func baseEnv() []string {
+	env := []string{"GODEBUG=containermaxprocs=0,updatemaxprocs=0"}
+	if v, ok := os.LookupEnv(EnvFaultAfterWrites); ok {
+		env = append(env, EnvFaultAfterWrites+"="+v)
+	}
+	return env
+}
+
+// cpuSeconds is the worker's CPU limit for a job timeout: the timeout on every
+// CPU plus some slack, so that the wall-clock timeout normally fires first.
+func cpuSeconds(timeout time.Duration) int {
+	if timeout <= 0 {
+		timeout = vmm.DefaultTimeout
+	}
+	return int(timeout.Seconds()*float64(runtime.NumCPU())) + limitCPUSlack
+}
+
+// Plain runs the worker as a re-executed process with no confinement at all.
+// It exists for tests and debugging; it is not registered as a --sandbox value.
+type Plain struct {
+	Log     logrus.FieldLogger
+	started func(pid int)
+}
+
+// Name returns "plain".
+func (p *Plain) Name() string { return "plain" }
+
+// Run runs job in an unconfined worker.
+func (p *Plain) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	proc := &vmm.Process{
+		Env:         append([]string{EnvSandbox + "=plain"}, baseEnv()...),
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
+		Log:         p.Log,
+		Started:     p.started,
+	}
+	return proc.Run(ctx, job)
+}

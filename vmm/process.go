@@ -1,0 +1,491 @@
+package vmm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode"
+
+	"github.com/sirupsen/logrus"
+
+	"instarfs/errcode"
+)
+
+// Process is the host side of a worker that runs as a local process: how to
+// start it, and (in Run) the protocol spoken with it. Backends that confine a
+// re-executed instarfs binary fill in a Process and call Run.
+type Process struct {
+	// Path is the executable; empty means /proc/self/exe.
+	Path string
+	// Args is the worker's argv; nil means {WorkerArg0}.
+	Args []string
+	// Env is the worker's complete environment. Nothing is inherited from the
+	// host.
+	Env []string
+	// SysProcAttr carries the kernel attributes of the worker (namespaces,
+	// credentials, parent-death signal).
+	SysProcAttr *syscall.SysProcAttr
+	// Log receives diagnostics: the worker's standard error when it fails, and
+	// its warnings when Warn is nil. nil means the standard logrus logger.
+	Log logrus.FieldLogger
+	// Warn, when set, receives each warning line of the worker (sanitized).
+	Warn func(string)
+	// Started, when set, is called with the worker's pid once it runs.
+	Started func(pid int)
+	// CPULimit is the worker's RLIMIT_CPU, if the backend set one; a worker
+	// killed after using that much CPU time is reported as WORKER_TIMEOUT.
+	CPULimit time.Duration
+}
+
+// StartError reports that a worker process could not be started at all. Its
+// errcode is SANDBOX_UNAVAILABLE; it also unwraps to the cause, so a backend
+// can tell which errno the kernel returned (errors.Is(err, syscall.EPERM)).
+type StartError struct {
+	Err error
+}
+
+func (e *StartError) Error() string { return "cannot start the worker: " + e.Err.Error() }
+
+// Unwrap returns the SANDBOX_UNAVAILABLE error and the cause.
+func (e *StartError) Unwrap() []error {
+	return []error{errcode.New(errcode.SandboxUnavailable, "%s", e.Error()), e.Err}
+}
+
+// stopReason says why the host ended a worker before it exited on its own.
+type stopReason int
+
+const (
+	stopNone stopReason = iota
+	stopCancelled
+	stopDeadline
+	stopTimeout
+)
+
+// Run starts the worker, sends it job.Request on its standard input and the
+// image descriptors job.Files as fds FirstImageFD.., and reads its standard
+// output as protocol lines. It returns the worker's result, the worker's own
+// *errcode.Error, or an error with one of the codes WORKER_CRASHED,
+// WORKER_TIMEOUT, WORKER_PROTOCOL, SANDBOX_VIOLATION, CANCELLED or
+// SANDBOX_UNAVAILABLE (*StartError).
+//
+// The worker is killed (SIGKILL) when ctx is done, when job.Timeout passes, and
+// as soon as its output breaks the protocol.
+func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, contextError(err)
+	}
+	if len(job.Files) != len(job.Request.Images) {
+		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+			len(job.Files), len(job.Request.Images))
+	}
+	request, err := json.Marshal(job.Request)
+	if err != nil {
+		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+	}
+	request = append(request, '\n')
+	timeout := job.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	log := p.Log
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	warn := p.Warn
+	if warn == nil {
+		warn = func(s string) { log.Warnf("sandbox worker: %s", s) }
+	}
+
+	pp, err := newPipes()
+	if err != nil {
+		return nil, &StartError{Err: err}
+	}
+	defer pp.closeHost()
+
+	cmd := &exec.Cmd{
+		Path:        p.Path,
+		Args:        p.Args,
+		Env:         append([]string{}, p.Env...), // never nil: nil would inherit
+		Dir:         "/",
+		Stdin:       pp.stdinR,
+		Stdout:      pp.stdoutW,
+		Stderr:      pp.stderrW,
+		ExtraFiles:  job.Files,
+		SysProcAttr: p.SysProcAttr,
+	}
+	if cmd.Path == "" {
+		cmd.Path = "/proc/self/exe"
+	}
+	if cmd.Args == nil {
+		cmd.Args = []string{WorkerArg0}
+	}
+	err = cmd.Start()
+	pp.closeChild()
+	if err != nil {
+		return nil, &StartError{Err: err}
+	}
+	if p.Started != nil {
+		p.Started(cmd.Process.Pid)
+	}
+
+	go func() {
+		// A worker that dies early makes this fail with EPIPE; its exit
+		// status tells what happened.
+		pp.stdinW.Write(request)
+		pp.stdinW.Close()
+	}()
+	stderr := &headBuffer{max: MaxStderrBytes}
+	stderrDone := make(chan struct{})
+	go func() {
+		io.Copy(stderr, pp.stderrR)
+		close(stderrDone)
+	}()
+
+	var out outcome
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out = readMessages(pp.stdoutR, job.Progress, warn)
+		if out.err != nil {
+			cmd.Process.Kill()
+		}
+		cmd.Wait()
+	}()
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	stop := stopNone
+	select {
+	case <-done:
+	case <-ctx.Done():
+		stop = stopCancelled
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			stop = stopDeadline
+		}
+	case <-timer.C:
+		stop = stopTimeout
+	}
+	if stop != stopNone {
+		select {
+		case <-done:
+			stop = stopNone // the worker finished first
+		default:
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	select {
+	case <-stderrDone:
+	case <-time.After(time.Second):
+		// Something still holds the worker's stderr; stop waiting for it.
+	}
+
+	res, err := outcomeError(cmd.ProcessState, stop, timeout, p.CPULimit, &out, stderr)
+	if b := stderr.Bytes(); err != nil && len(b) > 0 {
+		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
+	}
+	return res, err
+}
+
+// outcomeError maps how the worker ended to the result of Run.
+func outcomeError(state *os.ProcessState, stop stopReason, timeout, cpuLimit time.Duration, out *outcome, stderr *headBuffer) (json.RawMessage, error) {
+	ws, _ := state.Sys().(syscall.WaitStatus)
+	if ws.Signaled() && ws.Signal() == syscall.SIGSYS {
+		return nil, errcode.New(errcode.SandboxViolation,
+			"the worker made a system call that the sandbox forbids and was killed (SIGSYS)")
+	}
+	switch stop {
+	case stopCancelled:
+		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
+	case stopDeadline:
+		return nil, errcode.New(errcode.WorkerTimeout, "the worker did not finish before the deadline")
+	case stopTimeout:
+		return nil, errcode.New(errcode.WorkerTimeout, "the worker did not finish within %v", timeout)
+	}
+	if out.err != nil {
+		return nil, errcode.New(errcode.WorkerProtocol, "invalid worker output: %v", out.err)
+	}
+	if ws.Signaled() && (ws.Signal() == syscall.SIGXCPU || ws.Signal() == syscall.SIGKILL) &&
+		cpuLimit > 0 && state.UserTime()+state.SystemTime() >= cpuLimit-time.Second {
+		return nil, errcode.New(errcode.WorkerTimeout, "the worker exceeded its CPU time limit of %v", cpuLimit)
+	}
+	if out.final && out.werr != nil {
+		return nil, out.werr
+	}
+	if out.final && ws.Exited() && ws.ExitStatus() == 0 {
+		return out.result, nil
+	}
+	msg := "the worker " + describeExit(ws)
+	if out.final {
+		msg += " after writing its result"
+	} else {
+		msg += " without a result"
+	}
+	if s := stderrSummary(stderr.Bytes()); s != "" {
+		msg += "; stderr: " + s
+	}
+	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
+}
+
+func describeExit(ws syscall.WaitStatus) string {
+	switch {
+	case ws.Signaled():
+		return fmt.Sprintf("was killed by signal %d (%v)", int(ws.Signal()), ws.Signal())
+	case ws.Exited():
+		return fmt.Sprintf("exited with status %d", ws.ExitStatus())
+	}
+	return fmt.Sprintf("ended with wait status %#x", uint32(ws))
+}
+
+func contextError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
+	}
+	return errcode.New(errcode.Cancelled, "operation cancelled")
+}
+
+// pipes are the worker's standard streams. The child ends are closed in the
+// host once the worker has started, so that EOF follows the worker's exit.
+type pipes struct {
+	stdinR, stdinW   *os.File
+	stdoutR, stdoutW *os.File
+	stderrR, stderrW *os.File
+}
+
+func newPipes() (*pipes, error) {
+	var pp pipes
+	var err error
+	if pp.stdinR, pp.stdinW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if pp.stdoutR, pp.stdoutW, err = os.Pipe(); err != nil {
+		pp.closeChild()
+		pp.closeHost()
+		return nil, err
+	}
+	if pp.stderrR, pp.stderrW, err = os.Pipe(); err != nil {
+		pp.closeChild()
+		pp.closeHost()
+		return nil, err
+	}
+	return &pp, nil
+}
+
+func (pp *pipes) closeChild() {
+	for _, f := range []*os.File{pp.stdinR, pp.stdoutW, pp.stderrW} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+func (pp *pipes) closeHost() {
+	for _, f := range []*os.File{pp.stdinW, pp.stdoutR, pp.stderrR} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// outcome is what the worker's standard output said.
+type outcome struct {
+	final  bool            // a result or error line was read
+	result json.RawMessage // the result, when final and werr is nil
+	werr   *errcode.Error  // the worker's error line
+	err    error           // the output broke the protocol
+}
+
+// readMessages reads protocol lines from r until EOF or the first violation.
+// Progress and warning lines are delivered as they arrive.
+func readMessages(r io.Reader, progress func(float64), warn func(string)) outcome {
+	var out outcome
+	lr := &io.LimitedReader{R: r, N: MaxResultBytes + 1}
+	br := bufio.NewReaderSize(lr, 64<<10)
+	var line []byte
+	lineNo, warnings := 0, 0
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err == io.EOF {
+			switch {
+			case lr.N <= 0:
+				out.err = fmt.Errorf("more than %d bytes of output", MaxResultBytes)
+			case len(line) > 0:
+				out.err = errors.New("output does not end with a newline")
+			}
+			return out
+		}
+		if err != nil {
+			out.err = fmt.Errorf("reading the output: %w", err)
+			return out
+		}
+		lineNo++
+		if out.final {
+			out.err = fmt.Errorf("line %d follows the final line", lineNo)
+			return out
+		}
+		m, err := decodeMessage(line)
+		if err != nil {
+			out.err = fmt.Errorf("line %d: %w", lineNo, err)
+			return out
+		}
+		switch {
+		case m.Progress != nil:
+			if progress != nil {
+				progress(*m.Progress)
+			}
+		case m.Warning != "":
+			if warnings++; warnings > MaxWarnings {
+				out.err = fmt.Errorf("more than %d warning lines", MaxWarnings)
+				return out
+			}
+			warn(sanitize(m.Warning))
+		case m.Error != nil:
+			out.final, out.werr = true, m.Error
+		default:
+			out.final, out.result = true, m.Result
+		}
+		line = nil // the result may alias the old buffer
+	}
+}
+
+// decodeMessage decodes one line strictly: a JSON object with exactly one known
+// field, within the size bound of its kind.
+func decodeMessage(line []byte) (*Message, error) {
+	body := bytes.TrimSuffix(line, []byte("\n"))
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var m Message
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("not a protocol message: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("not a protocol message: data after the JSON object")
+	}
+	if bytes.Equal(m.Result, []byte("null")) {
+		m.Result = nil
+	}
+	n := 0
+	for _, set := range []bool{m.Progress != nil, m.Result != nil, m.Error != nil, m.Warning != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("a protocol message sets exactly one field, this one sets %d", n)
+	}
+	switch {
+	case m.Progress != nil:
+		if len(line) > MaxProgressLineBytes {
+			return nil, fmt.Errorf("progress line longer than %d bytes", MaxProgressLineBytes)
+		}
+		if p := *m.Progress; !(p >= 0 && p <= 1) {
+			return nil, fmt.Errorf("progress %v outside [0,1]", p)
+		}
+	case m.Warning != "":
+		if len(line) > MaxProgressLineBytes {
+			return nil, fmt.Errorf("warning line longer than %d bytes", MaxProgressLineBytes)
+		}
+	case m.Error != nil:
+		if len(line) > MaxErrorLineBytes {
+			return nil, fmt.Errorf("error line longer than %d bytes", MaxErrorLineBytes)
+		}
+		if !validCode(m.Error.Code) {
+			return nil, fmt.Errorf("error code %q is not an upper-case name", sanitize(truncate(m.Error.Code, 80)))
+		}
+	}
+	return &m, nil
+}
+
+// validCode reports whether s looks like an errcode: [A-Z][A-Z0-9_]*, at most
+// 64 bytes.
+func validCode(s string) bool {
+	if s == "" || len(s) > 64 || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// headBuffer keeps the first max bytes written to it and drops the rest. It is
+// safe for one writer and concurrent readers.
+type headBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (b *headBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := b.max - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// Bytes returns a copy of what was kept.
+func (b *headBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf)
+}
+
+// stderrSummary picks the informative part of a worker's standard error for an
+// error message: a Go panic or fatal error line when there is one, otherwise
+// the last few hundred bytes.
+func stderrSummary(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return ""
+	}
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, "panic: ") || strings.HasPrefix(l, "fatal error: ") {
+			return sanitize(truncate(strings.TrimSpace(l), 512))
+		}
+	}
+	const tail = 512
+	if len(s) > tail {
+		s = "..." + s[len(s)-tail:]
+	}
+	return sanitize(strings.Join(strings.Fields(s), " "))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// sanitize replaces control and non-printable characters, so that text from a
+// worker cannot forge log lines or terminal escapes.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' {
+			return ' '
+		}
+		if r == unicode.ReplacementChar || !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}

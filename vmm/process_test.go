@@ -1,0 +1,316 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"instarfs/errcode"
+)
+
+func TestMain(m *testing.M) {
+	if os.Args[0] == WorkerArg0 {
+		testWorker()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// testWorker is an unconfined worker for the protocol tests; the confined one is
+// tested in vmm/jail.
+func testWorker() {
+	var req Request
+	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
+		fmt.Fprintf(os.Stderr, "decoding request: %v\n", err)
+		os.Exit(9)
+	}
+	result := func(v any) {
+		b, _ := json.Marshal(v)
+		m, _ := json.Marshal(Message{Result: b})
+		os.Stdout.Write(append(m, '\n'))
+	}
+	switch req.Op {
+	case OpNoop:
+		result(struct{}{})
+	case "env":
+		result(os.Environ())
+	case "read-image":
+		f := os.NewFile(uintptr(FirstImageFD), req.Images[0].Name)
+		b, err := io.ReadAll(f)
+		if err != nil {
+			os.Exit(8)
+		}
+		result(string(b))
+	case "sigkill":
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		time.Sleep(time.Hour)
+	case "stderr-exit":
+		fmt.Fprintln(os.Stderr, "some noise")
+		fmt.Fprintln(os.Stderr, "worker: the image exploded")
+		os.Exit(5)
+	case "panic":
+		panic("boom")
+	case "sleep":
+		time.Sleep(time.Hour)
+	case "close-stdout-sleep":
+		os.Stdout.Close()
+		time.Sleep(time.Hour)
+	case "stderr-flood":
+		chunk := bytes.Repeat([]byte("e"), 1<<20)
+		for i := 0; i < 8; i++ {
+			os.Stderr.Write(chunk)
+		}
+		os.Exit(6)
+	}
+}
+
+func plainProcess() *Process {
+	return &Process{Env: []string{"INSTARFS_TEST=1"}}
+}
+
+func TestProcessOutcomes(t *testing.T) {
+	tests := []struct {
+		op      string
+		timeout time.Duration
+		code    string
+		message string
+	}{
+		{op: OpNoop},
+		{op: "sigkill", code: errcode.WorkerCrashed, message: "killed by signal 9 (killed) without a result"},
+		{op: "stderr-exit", code: errcode.WorkerCrashed, message: "exited with status 5 without a result; stderr: some noise worker: the image exploded"},
+		{op: "panic", code: errcode.WorkerCrashed, message: "exited with status 2 without a result; stderr: panic: boom"},
+		{op: "sleep", timeout: 200 * time.Millisecond, code: errcode.WorkerTimeout, message: "within 200ms"},
+		{op: "close-stdout-sleep", timeout: 200 * time.Millisecond, code: errcode.WorkerTimeout},
+		{op: "stderr-flood", code: errcode.WorkerCrashed, message: "exited with status 6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.op, func(t *testing.T) {
+			_, err := plainProcess().Run(context.Background(), Job{Request: Request{Op: tt.op}, Timeout: tt.timeout})
+			if tt.code == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if errcode.Code(err) != tt.code || !strings.Contains(fmt.Sprint(err), tt.message) {
+				t.Fatalf("error %s %q, want %s containing %q", errcode.Code(err), err, tt.code, tt.message)
+			}
+		})
+	}
+}
+
+func TestProcessEnvironmentIsNotInherited(t *testing.T) {
+	t.Setenv("INSTARFS_HOST_SECRET", "x")
+	res, err := plainProcess().Run(context.Background(), Job{Request: Request{Op: "env"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	if err := json.Unmarshal(res, &env); err != nil {
+		t.Fatal(err)
+	}
+	if len(env) != 1 || env[0] != "INSTARFS_TEST=1" {
+		t.Errorf("worker environment %q, want exactly INSTARFS_TEST=1", env)
+	}
+}
+
+func TestProcessPassesImages(t *testing.T) {
+	path := t.TempDir() + "/img"
+	if err := os.WriteFile(path, []byte("image bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := plainProcess().Run(context.Background(), Job{
+		Request: Request{Op: "read-image", Images: []ImageRef{{Name: "img"}}},
+		Files:   []*os.File{f},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res) != `"image bytes"` {
+		t.Errorf("worker read %s", res)
+	}
+	_, err = plainProcess().Run(context.Background(), Job{Request: Request{Op: "read-image", Images: []ImageRef{{Name: "img"}}}})
+	if errcode.Code(err) != errcode.Internal {
+		t.Errorf("images without descriptors: %v, want INTERNAL", err)
+	}
+}
+
+func TestProcessContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := plainProcess().Run(ctx, Job{Request: Request{Op: "sleep"}})
+	if errcode.Code(err) != errcode.WorkerTimeout || !strings.Contains(err.Error(), "deadline") {
+		t.Errorf("deadline: %v, want WORKER_TIMEOUT", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err = plainProcess().Run(ctx, Job{Request: Request{Op: "sleep"}})
+	if errcode.Code(err) != errcode.Cancelled {
+		t.Errorf("cancel: %v, want CANCELLED", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cancel took %v", d)
+	}
+}
+
+func TestProcessStartError(t *testing.T) {
+	p := &Process{Path: "/nonexistent/instarfs", Env: []string{}}
+	_, err := p.Run(context.Background(), Job{Request: Request{Op: OpNoop}})
+	var se *StartError
+	if !errors.As(err, &se) || errcode.Code(err) != errcode.SandboxUnavailable || !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("error %v (%T), want a SANDBOX_UNAVAILABLE StartError wrapping ENOENT", err, err)
+	}
+}
+
+func TestReadMessages(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       string
+		final    bool
+		result   string
+		code     string // of the worker's error line
+		err      string // protocol violation, substring
+		progress []float64
+		warnings []string
+	}{
+		{name: "result", in: "{\"result\":{\"a\":1}}\n", final: true, result: `{"a":1}`},
+		{name: "progress then result", in: "{\"progress\":0}\n{\"progress\":0.5}\n{\"result\":2}\n", final: true, result: "2", progress: []float64{0, 0.5}},
+		{name: "warning", in: "{\"warning\":\"no landlock\\u001b[31m\"}\n{\"result\":1}\n", final: true, result: "1", warnings: []string{"no landlock?[31m"}},
+		{name: "error", in: "{\"error\":{\"Code\":\"QCOW2_CORRUPT\",\"Message\":\"bad L1\"}}\n", final: true, code: "QCOW2_CORRUPT"},
+		{name: "nothing", in: ""},
+		{name: "progress only", in: "{\"progress\":1}\n", progress: []float64{1}},
+		{name: "garbage", in: "hello\n", err: "not a protocol message"},
+		{name: "unknown field", in: "{\"result\":1,\"x\":2}\n", err: "unknown field"},
+		{name: "unknown error field", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"m\",\"Path\":\"/\"}}\n", err: "unknown field"},
+		{name: "two fields", in: "{\"result\":1,\"progress\":0.5}\n", err: "sets 2"},
+		{name: "no field", in: "{}\n", err: "sets 0"},
+		{name: "null", in: "null\n", err: "sets 0"},
+		{name: "null result", in: "{\"result\":null}\n", err: "sets 0"},
+		{name: "array", in: "[1]\n", err: "not a protocol message"},
+		{name: "trailing data", in: "{\"result\":1} {}\n", err: "data after"},
+		{name: "empty line", in: "\n", err: "not a protocol message"},
+		{name: "no newline", in: "{\"result\":1}", err: "newline"},
+		{name: "two results", in: "{\"result\":1}\n{\"result\":2}\n", err: "follows the final line"},
+		{name: "progress after result", in: "{\"result\":1}\n{\"progress\":1}\n", err: "follows the final line"},
+		{name: "progress too big", in: "{\"progress\":1.5}\n", err: "outside [0,1]"},
+		{name: "progress negative", in: "{\"progress\":-0.1}\n", err: "outside [0,1]"},
+		{name: "long warning", in: "{\"warning\":\"" + strings.Repeat("w", MaxProgressLineBytes) + "\"}\n", err: "longer than"},
+		{name: "too many warnings", in: strings.Repeat("{\"warning\":\"w\"}\n", MaxWarnings+1), err: "warning lines"},
+		{name: "bad code", in: "{\"error\":{\"Code\":\"not upper\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
+		{name: "empty code", in: "{\"error\":{\"Code\":\"\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
+		{name: "long error", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"" + strings.Repeat("m", MaxErrorLineBytes) + "\"}}\n", err: "longer than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var progress []float64
+			var warnings []string
+			out := readMessages(strings.NewReader(tt.in),
+				func(p float64) { progress = append(progress, p) },
+				func(w string) { warnings = append(warnings, w) })
+			if tt.err != "" {
+				if out.err == nil || !strings.Contains(out.err.Error(), tt.err) {
+					t.Fatalf("error %v, want one containing %q", out.err, tt.err)
+				}
+				return
+			}
+			if out.err != nil {
+				t.Fatalf("unexpected error %v", out.err)
+			}
+			if out.final != tt.final || string(out.result) != tt.result {
+				t.Errorf("final %v result %s, want %v %s", out.final, out.result, tt.final, tt.result)
+			}
+			if tt.code != "" && (out.werr == nil || out.werr.Code != tt.code) {
+				t.Errorf("worker error %v, want code %s", out.werr, tt.code)
+			}
+			if fmt.Sprint(progress) != fmt.Sprint(tt.progress) || fmt.Sprint(warnings) != fmt.Sprint(tt.warnings) {
+				t.Errorf("progress %v warnings %q, want %v %q", progress, warnings, tt.progress, tt.warnings)
+			}
+		})
+	}
+}
+
+// endless yields a result line that never ends.
+type endless struct{ started bool }
+
+func (e *endless) Read(p []byte) (int, error) {
+	if !e.started {
+		e.started = true
+		return copy(p, `{"result":"`), nil
+	}
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}
+
+func TestReadMessagesBound(t *testing.T) {
+	out := readMessages(&endless{}, nil, func(string) {})
+	if out.err == nil || !strings.Contains(out.err.Error(), "more than") {
+		t.Fatalf("error %v, want the output bound", out.err)
+	}
+	// Exactly MaxResultBytes is allowed.
+	body := `{"result":"` + strings.Repeat("x", MaxResultBytes-len(`{"result":""}`+"\n")) + `"}` + "\n"
+	out = readMessages(strings.NewReader(body), nil, func(string) {})
+	if out.err != nil || !out.final {
+		t.Fatalf("a result of exactly %d bytes: %v", MaxResultBytes, out.err)
+	}
+}
+
+func TestStderrSummary(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"\n  \n", ""},
+		{"line one\nline two\n", "line one line two"},
+		{"goroutine noise\npanic: runtime error: index out of range\n\ngoroutine 1 [running]:\n", "panic: runtime error: index out of range"},
+		{"fatal error: out of memory\n", "fatal error: out of memory"},
+		{strings.Repeat("a", 600) + "END", "..." + strings.Repeat("a", 509) + "END"},
+		{"bell\a here", "bell? here"},
+	}
+	for _, tt := range tests {
+		if got := stderrSummary([]byte(tt.in)); got != tt.want {
+			t.Errorf("stderrSummary(%.40q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestHeadBuffer(t *testing.T) {
+	b := &headBuffer{max: 5}
+	for _, s := range []string{"abc", "def", "ghi"} {
+		if n, err := b.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", s, n, err)
+		}
+	}
+	if got := string(b.Bytes()); got != "abcde" {
+		t.Errorf("kept %q, want abcde", got)
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	Register("test-backend", func() (Sandbox, error) { return nil, errcode.New(errcode.SandboxUnavailable, "not here") })
+	if _, err := New("test-backend"); errcode.Code(err) != errcode.SandboxUnavailable {
+		t.Errorf("New(test-backend): %v", err)
+	}
+	if _, err := New("no-such-sandbox"); errcode.Code(err) != errcode.BadArguments || !strings.Contains(err.Error(), "test-backend") {
+		t.Errorf("New(no-such-sandbox): %v, want BAD_ARGUMENTS listing the backends", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Errorf("registering a name twice did not panic")
+		}
+	}()
+	Register("test-backend", nil)
+}
