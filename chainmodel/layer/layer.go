@@ -33,9 +33,10 @@ func (k Kind) String() string {
 }
 
 // Extent is a run of guest bytes [Start, Start+Length) that an image defines in one
-// way. HostOffset is the byte offset in the image file where the run starts when it
-// is stored contiguously there (Data, or a qcow2 zero cluster that keeps its host
-// cluster); it is -1 otherwise (unallocated, plain zero, compressed data).
+// way. HostOffset is the byte offset in the image file where the run starts when the
+// run has a place there: Data stored contiguously, a qcow2 zero cluster that keeps
+// its host cluster, or an unallocated subcluster of an allocated extended-L2 cluster.
+// It is -1 otherwise (unallocated, plain zero, compressed data).
 type Extent struct {
 	Start, Length int64
 	Kind          Kind

@@ -1,0 +1,69 @@
+package qcow2
+
+import (
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// BenchmarkReadAt reads a 256 MiB image (all data, or one cluster in two
+// written) sequentially in 1 MiB reads.
+func BenchmarkReadAt(b *testing.B) {
+	needQemu(b)
+	for _, bc := range []struct {
+		name string
+		opts []string
+		io   []string
+	}{
+		{"full-64k", nil, []string{"write -P 1 0 256M"}},
+		{"full-extl2", []string{"extended_l2=on"}, []string{"write -P 1 0 256M"}},
+		{"sparse-64k", nil, []string{"write -P 1 0 64M", "write -z 64M 64M"}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			p := filepath.Join(b.TempDir(), "img.qcow2")
+			create(b, p, "256M", bc.opts...)
+			qio(b, p, "qcow2", bc.io...)
+			img := openPath(b, p)
+			buf := make([]byte, 1<<20)
+			b.SetBytes(img.VirtualSize())
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for off := int64(0); off < img.VirtualSize(); off += int64(len(buf)) {
+					if _, err := img.ReadAt(buf, off); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkExtents walks the extents of a 2 GiB image with scattered data.
+func BenchmarkExtents(b *testing.B) {
+	needQemu(b)
+	for _, bc := range []struct {
+		name string
+		opts []string
+	}{{"64k", nil}, {"extl2", []string{"extended_l2=on"}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			p := filepath.Join(b.TempDir(), "img.qcow2")
+			create(b, p, "2G", bc.opts...)
+			var cmds []string
+			for off := 0; off < 2048; off += 3 {
+				cmds = append(cmds, "write -P 1 "+strconv.Itoa(off)+"M 64k")
+			}
+			qio(b, p, "qcow2", cmds...)
+			img := openPath(b, p)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				for off := int64(0); off < img.VirtualSize(); {
+					e, err := img.Extent(off)
+					if err != nil {
+						b.Fatal(err)
+					}
+					off = e.End()
+				}
+			}
+		})
+	}
+}
