@@ -77,4 +77,25 @@ const (
 	WorkerTimeout      = "WORKER_TIMEOUT"
 	WorkerProtocol     = "WORKER_PROTOCOL"
 	Cancelled          = "CANCELLED"
+
+	// Writing images: commit and vmdk rebase.
+	WriteFailed            = "WRITE_FAILED"
+	NoBackingFile          = "NO_BACKING_FILE"
+	BaseNotInChain         = "BASE_NOT_IN_CHAIN"
+	CommitUnsupported      = "COMMIT_UNSUPPORTED"
+	VmdkReadOnly           = "VMDK_READ_ONLY"
+	VmdkDescriptorTooLarge = "VMDK_DESCRIPTOR_TOO_LARGE"
+	VmdkFileTooLarge       = "VMDK_FILE_TOO_LARGE"
+	VmdkParentNotVmdk      = "VMDK_PARENT_NOT_VMDK"
+
+	// qcow2 rebase and the qcow2 writer.
+	BackingNameTooLong = "BACKING_NAME_TOO_LONG"
+	BackingNameNoRoom  = "BACKING_NAME_NO_ROOM"
+	RebaseUnsupported  = "REBASE_UNSUPPORTED"
+	Qcow2NoSpace       = "QCOW2_NO_SPACE"
+
+	// The mount's control files and job manager.
+	ChainBusy      = "CHAIN_BUSY"
+	NotImplemented = "NOT_IMPLEMENTED"
+	ReadOnlyMount  = "READ_ONLY_MOUNT"
 )

@@ -1,0 +1,267 @@
+// Package chainmodel is the host's view of disk images and their backing chains:
+// which files make up a chain, how each backing reference is checked and opened
+// under the path policy, and what the worker said about each image.
+//
+// The host never parses image bytes: every fact about an image's contents comes
+// from a probe run in a worker through a vmm.Sandbox.
+package chainmodel
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// MaxDepth is the number of backing files a chain may have below its top.
+const MaxDepth = 16
+
+// Image is one open image of a chain.
+type Image struct {
+	// Name is the image's name as qemu-img prints it: the path the user gave for
+	// the top, and for a backing image its full backing file name.
+	Name string
+	// Path is the host path the image was opened at.
+	Path string
+	File *os.File
+	Info vmm.Info
+	Stat unix.Stat_t
+}
+
+// Dir is the directory backing references of this image are resolved against.
+func (im *Image) Dir() string { return filepath.Dir(im.Path) }
+
+// ActualSize is the space the image file takes on disk.
+func (im *Image) ActualSize() int64 { return im.Stat.Blocks * 512 }
+
+// Ref is the worker's description of this image's descriptor.
+func (im *Image) Ref(writable bool) vmm.ImageRef {
+	return vmm.ImageRef{Name: filepath.Base(im.Name), Format: im.Info.Format, Writable: writable}
+}
+
+// Chain is an image and its backing images, top first.
+type Chain struct {
+	Images []*Image
+}
+
+// Top is the image the chain was opened for.
+func (c *Chain) Top() *Image { return c.Images[0] }
+
+// Files returns the open files of the chain, top first.
+func (c *Chain) Files() []*os.File {
+	fs := make([]*os.File, len(c.Images))
+	for i, im := range c.Images {
+		fs[i] = im.File
+	}
+	return fs
+}
+
+// Refs returns the worker's descriptions of the chain's images, top first.
+func (c *Chain) Refs() []vmm.ImageRef {
+	refs := make([]vmm.ImageRef, len(c.Images))
+	for i, im := range c.Images {
+		refs[i] = im.Ref(false)
+	}
+	return refs
+}
+
+// Close closes every file of the chain.
+func (c *Chain) Close() error {
+	for _, im := range c.Images {
+		im.File.Close()
+	}
+	return nil
+}
+
+// Opener opens images and discovers their chains through a sandboxed worker.
+type Opener struct {
+	Sandbox vmm.Sandbox
+	Policy  Policy
+
+	mu    sync.Mutex
+	cache map[probeKey]vmm.Info
+}
+
+// probeKey identifies a file's state: a probe result is reused only while the
+// file is unchanged.
+type probeKey struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+	format       string
+	detectRaw    bool
+}
+
+// Probe asks a worker what f holds. format may be empty to detect it.
+func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, detectRaw bool) (vmm.Info, unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return vmm.Info{}, st, errcode.New(errcode.ReadFailed, "stat %s: %v", name, err)
+	}
+	key := probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw}
+	o.mu.Lock()
+	info, ok := o.cache[key]
+	o.mu.Unlock()
+	if ok {
+		return info, st, nil
+	}
+	args, _ := json.Marshal(vmm.ProbeArgs{DetectRaw: detectRaw})
+	res, err := o.Sandbox.Run(ctx, vmm.Job{
+		Request: vmm.Request{Op: vmm.OpProbe, Images: []vmm.ImageRef{{Name: filepath.Base(name), Format: format}}, Args: args},
+		Files:   []*os.File{f},
+	})
+	if err != nil {
+		return vmm.Info{}, st, err
+	}
+	if err := DecodeResult(res, &info); err != nil {
+		return vmm.Info{}, st, err
+	}
+	if err := validateInfo(info, format); err != nil {
+		return vmm.Info{}, st, err
+	}
+	o.mu.Lock()
+	if o.cache == nil {
+		o.cache = map[probeKey]vmm.Info{}
+	}
+	o.cache[key] = info
+	o.mu.Unlock()
+	return info, st, nil
+}
+
+// validateInfo re-checks what an untrusted worker reported.
+func validateInfo(info vmm.Info, asked string) error {
+	switch info.Format {
+	case "qcow2", "vmdk", "raw":
+	default:
+		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
+	}
+	if asked != "" && asked != info.Format {
+		return errcode.New(errcode.WorkerProtocol, "worker reported format %q for an image opened as %q", info.Format, asked)
+	}
+	if info.VirtualSize < 0 || len(info.BackingFilename) > MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
+		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid size or backing name")
+	}
+	switch info.BackingFilenameFormat {
+	case "", "qcow2", "vmdk", "raw":
+	default:
+		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", info.BackingFilenameFormat)
+	}
+	return nil
+}
+
+// DecodeResult decodes a worker's result document strictly into v.
+func DecodeResult(res json.RawMessage, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(res)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errcode.New(errcode.WorkerProtocol, "decoding worker result: %v", err)
+	}
+	return nil
+}
+
+// OpenOptions say how to open a chain.
+type OpenOptions struct {
+	Format    string // the top's format; empty to detect (raw only with a partition table)
+	Writable  bool   // open the top read-write
+	NoBacking bool   // open the top alone
+}
+
+// OpenChain opens the image at path and, unless opts.NoBacking, every backing
+// image below it, each checked by the policy before it is opened.
+func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (*Chain, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, errcode.New(errcode.NotFound, "%s: %v", path, err)
+	}
+	flags := os.O_RDONLY
+	if opts.Writable {
+		flags = os.O_RDWR
+	}
+	f, err := os.OpenFile(abs, flags, 0)
+	if err != nil {
+		return nil, errcode.New(errcode.NotFound, "could not open '%s': %v", path, unwrapPathError(err))
+	}
+	c := &Chain{}
+	top, err := o.describe(ctx, f, path, abs, opts.Format, opts.Format == "")
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	c.Images = append(c.Images, top)
+	if opts.NoBacking {
+		return c, nil
+	}
+	seen := map[[2]uint64]bool{{top.Stat.Dev, top.Stat.Ino}: true}
+	for im := top; im.Info.BackingFilename != ""; {
+		if len(c.Images) > MaxDepth {
+			c.Close()
+			return nil, errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", path, MaxDepth)
+		}
+		next, err := o.openBacking(ctx, im)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		id := [2]uint64{next.Stat.Dev, next.Stat.Ino}
+		if seen[id] {
+			next.File.Close()
+			c.Close()
+			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
+		}
+		seen[id] = true
+		c.Images = append(c.Images, next)
+		im = next
+	}
+	return c, nil
+}
+
+func (o *Opener) openBacking(ctx context.Context, im *Image) (*Image, error) {
+	name := im.Info.BackingFilename
+	f, hostPath, err := o.Policy.Open(im.Dir(), name, false)
+	if err != nil {
+		return nil, err
+	}
+	next, err := o.describe(ctx, f, FullBackingName(im.Name, name), hostPath, im.Info.BackingFilenameFormat, false)
+	if err != nil {
+		f.Close()
+		if errcode.Code(err) == errcode.FormatNotDetected {
+			return nil, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", name, im.Name)
+		}
+		return nil, err
+	}
+	return next, nil
+}
+
+func (o *Opener) describe(ctx context.Context, f *os.File, name, hostPath, format string, detectRaw bool) (*Image, error) {
+	info, st, err := o.Probe(ctx, f, name, format, detectRaw)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Name: name, Path: hostPath, File: f, Info: info, Stat: st}, nil
+}
+
+// FullBackingName is the name qemu-img gives a backing file: the backing name
+// joined to the directory part of the name of the image that refers to it.
+func FullBackingName(referrer, backing string) string {
+	if filepath.IsAbs(backing) {
+		return backing
+	}
+	if i := strings.LastIndexByte(referrer, '/'); i >= 0 {
+		return referrer[:i+1] + backing
+	}
+	return backing
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+func (a *app) infoCommand() {
+	var (
+		file         string
+		format       string
+		output       string
+		backingChain bool
+	)
+	c := a.Command("info", "Show what an image is (qemu-img info).")
+	c.Flag("backing-chain", "Describe every image of the backing chain.").BoolVar(&backingChain)
+	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Arg("file", "The image.").Required().StringVar(&file)
+	a.actions[c.FullCommand()] = func() int {
+		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			infos, err := ctl.InfoFor(ctx, o, file, format, backingChain)
+			if err != nil {
+				return fail(err)
+			}
+			if output == "json" {
+				os.Stdout.Write(ctl.InfoJSON(infos, backingChain))
+			} else {
+				os.Stdout.Write(ctl.InfoHuman(infos))
+			}
+			return 0
+		}, file)
+	}
+}
+
+func (a *app) mapCommand() {
+	var file, format, output string
+	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Arg("file", "The image.").Required().StringVar(&file)
+	a.actions[c.FullCommand()] = func() int {
+		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			m, err := ctl.Map(ctx, o, file, format)
+			if err != nil {
+				return fail(err)
+			}
+			if output == "json" {
+				os.Stdout.Write(m.JSON())
+				return 0
+			}
+			out, err := m.Human()
+			if err != nil {
+				return fail(err)
+			}
+			os.Stdout.Write(out)
+			return 0
+		}, file)
+	}
+}
+
+func (a *app) checkCommand() {
+	var file, format, output string
+	c := a.Command("check", "Check an image's metadata for consistency, read-only (qemu-img check). Exit status: 0 clean, 2 corrupt, 3 leaks only.")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Arg("file", "The image.").Required().StringVar(&file)
+	a.actions[c.FullCommand()] = func() int {
+		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			r, err := ctl.Check(ctx, o, file, format)
+			if err != nil {
+				return fail(err)
+			}
+			for _, m := range r.Messages {
+				fmt.Fprintln(os.Stderr, m)
+			}
+			if output == "json" {
+				os.Stdout.Write(r.JSON())
+			} else {
+				os.Stdout.Write(r.Human())
+			}
+			return r.ExitCode()
+		}, file)
+	}
+}
+
+// withOpener runs fn with an Opener whose policy allows the directory of file
+// and every --allow-dir, and a context cancelled by SIGINT or SIGTERM.
+func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sb, err := vmm.New(a.global.sandbox)
+	if err != nil {
+		return fail(err)
+	}
+	policy, err := chainmodel.NewPolicy(append([]string{dirOf(file)}, a.global.allowDirs...)...)
+	if err != nil {
+		return fail(err)
+	}
+	return fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy})
+}
+
+// fail prints err as qemu-img prints errors and returns exit status 1.
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)
+	return 1
+}

@@ -1,0 +1,63 @@
+// Command instarfs does qemu-img's rebase, commit, info, map and check on qcow2,
+// vmdk and raw images inside a sandbox, and mounts a directory of images as a
+// filesystem whose control files run those operations.
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"instarfs/vmm"
+	"instarfs/vmm/worker"
+)
+
+func main() {
+	if filepath.Base(os.Args[0]) == vmm.WorkerArg0 {
+		worker.Main()
+	}
+	app := newApp()
+	os.Exit(app.run(os.Args[1:]))
+}
+
+// app holds the parsed command line.
+type app struct {
+	*kingpin.Application
+	global  globalFlags
+	actions map[string]func() int
+}
+
+type globalFlags struct {
+	logLevel  string
+	logFormat string
+	sandbox   string
+	allowDirs []string
+}
+
+func newApp() *app {
+	a := &app{
+		Application: kingpin.New("instarfs", "Sandboxed qemu-img rebase, commit, info, map and check for qcow2, vmdk and raw images."),
+		actions:     map[string]func() int{},
+	}
+	a.HelpFlag.Short('h')
+	a.Flag("log-level", "Log level: debug, info, warn, error.").Default("warn").EnumVar(&a.global.logLevel, "debug", "info", "warn", "error")
+	a.Flag("log-format", "Log format on stderr: text or json.").Default("text").EnumVar(&a.global.logFormat, "text", "json")
+	a.Flag("sandbox", "Where image bytes are parsed: auto or jail.").Default("auto").EnumVar(&a.global.sandbox, "auto", "jail")
+	a.Flag("allow-dir", "Another directory backing files may be opened from (repeatable).").StringsVar(&a.global.allowDirs)
+	a.infoCommand()
+	a.mapCommand()
+	a.checkCommand()
+	a.sandboxCheckCommand()
+	return a
+}
+
+func (a *app) run(args []string) int {
+	cmd, err := a.Parse(args)
+	if err != nil {
+		a.Errorf("%v", err)
+		return 1
+	}
+	setupLogging(a.global.logLevel, a.global.logFormat)
+	return a.actions[cmd]()
+}

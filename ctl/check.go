@@ -1,0 +1,120 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"instarfs/chainmodel"
+	"instarfs/vmm"
+)
+
+// CheckReport is the outcome of a consistency check of one image.
+type CheckReport struct {
+	Filename string
+	Format   string
+	vmm.CheckResult
+}
+
+// Check opens path alone and asks a worker to check it.
+func Check(ctx context.Context, o *chainmodel.Opener, path, format string) (*CheckReport, error) {
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	res, err := o.Sandbox.Run(ctx, vmm.Job{
+		Request: vmm.Request{Op: vmm.OpCheck, Images: c.Refs()},
+		Files:   c.Files(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
+	if err := chainmodel.DecodeResult(res, &r.CheckResult); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ExitCode is qemu-img check's exit status: 0 clean, 1 the check itself failed,
+// 2 corruptions, 3 leaks only, 63 a format without checks.
+func (r *CheckReport) ExitCode() int {
+	switch {
+	case !r.Supported:
+		return 63
+	case r.CheckErrors != 0:
+		return 1
+	case r.Corruptions != 0:
+		return 2
+	case r.Leaks != 0:
+		return 3
+	}
+	return 0
+}
+
+// checkJSON is `qemu-img check --output=json`, in qemu-img's field order; the
+// optional fields appear only when non-zero, as in qemu-img.
+type checkJSON struct {
+	ImageEndOffset     int64  `json:"image-end-offset,omitempty"`
+	TotalClusters      int64  `json:"total-clusters,omitempty"`
+	CheckErrors        int64  `json:"check-errors"`
+	Leaks              int64  `json:"leaks,omitempty"`
+	Corruptions        int64  `json:"corruptions,omitempty"`
+	AllocatedClusters  int64  `json:"allocated-clusters,omitempty"`
+	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
+	CompressedClusters int64  `json:"compressed-clusters,omitempty"`
+	Filename           string `json:"filename"`
+	Format             string `json:"format"`
+}
+
+// JSON renders the report as `qemu-img check --output=json` does.
+func (r *CheckReport) JSON() []byte {
+	j := checkJSON{
+		ImageEndOffset: r.ImageEndOffset,
+		CheckErrors:    r.CheckErrors,
+		Leaks:          r.Leaks,
+		Corruptions:    r.Corruptions,
+		Filename:       r.Filename,
+		Format:         r.Format,
+
+		TotalClusters:      r.TotalClusters,
+		AllocatedClusters:  r.AllocatedClusters,
+		FragmentedClusters: r.FragmentedClusters,
+		CompressedClusters: r.CompressedClusters,
+	}
+	return qemuJSON(j)
+}
+
+// Human renders the report as qemu-img check does on stdout. The lines naming
+// each problem are in Messages; qemu-img prints them on stderr.
+func (r *CheckReport) Human() []byte {
+	var b bytes.Buffer
+	if !r.Supported {
+		b.WriteString("This image format does not support checks\n")
+		return b.Bytes()
+	}
+	if r.Corruptions == 0 && r.Leaks == 0 && r.CheckErrors == 0 {
+		b.WriteString("No errors were found on the image.\n")
+	}
+	if r.Corruptions != 0 {
+		fmt.Fprintf(&b, "\n%d errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n", r.Corruptions)
+	}
+	if r.Leaks != 0 {
+		fmt.Fprintf(&b, "\n%d leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n", r.Leaks)
+	}
+	if r.CheckErrors != 0 {
+		fmt.Fprintf(&b, "\n%d internal errors have occurred during the check.\n", r.CheckErrors)
+	}
+	if r.TotalClusters != 0 && r.AllocatedClusters != 0 {
+		fmt.Fprintf(&b, "%d/%d = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% compressed clusters\n",
+			r.AllocatedClusters, r.TotalClusters,
+			float64(r.AllocatedClusters)*100/float64(r.TotalClusters),
+			float64(r.FragmentedClusters)*100/float64(r.AllocatedClusters),
+			float64(r.CompressedClusters)*100/float64(r.AllocatedClusters))
+	}
+	if r.ImageEndOffset != 0 {
+		fmt.Fprintf(&b, "Image end offset: %d\n", r.ImageEndOffset)
+	}
+	return b.Bytes()
+}

@@ -1,0 +1,47 @@
+package ctl
+
+import (
+	"encoding/json"
+
+	"instarfs/errcode"
+)
+
+// Envelope is the result of one operation (rebase, commit): what `--output=json`
+// prints and what a mounted image's result.json holds. Fields that do not apply
+// to an operation are omitted.
+type Envelope struct {
+	Operation string `json:"operation"`
+	Image     string `json:"image"`
+	Format    string `json:"format,omitempty"`
+	Mode      string `json:"mode,omitempty"` // rebase: "safe" or "unsafe"
+
+	// rebase
+	NewBacking       *string `json:"new_backing,omitempty"`
+	NewBackingFormat string  `json:"new_backing_format,omitempty"`
+	Detached         bool    `json:"detached,omitempty"`
+	ClustersCopied   *int64  `json:"clusters_copied,omitempty"`
+	BytesCopied      *int64  `json:"bytes_copied,omitempty"`
+
+	// commit
+	Backing                *string `json:"backing,omitempty"`
+	BackingFormat          string  `json:"backing_format,omitempty"`
+	ClustersCommitted      *int64  `json:"clusters_committed,omitempty"`
+	BytesCommitted         *int64  `json:"bytes_committed,omitempty"`
+	OverlayClustersCleared *int64  `json:"overlay_clusters_cleared,omitempty"`
+
+	DurationMS int64          `json:"duration_ms"`
+	Sandbox    string         `json:"sandbox,omitempty"`
+	Error      *errcode.Error `json:"error,omitempty"`
+}
+
+// JSON renders the envelope as one line of JSON.
+func (e *Envelope) JSON() []byte {
+	b, _ := json.Marshal(e)
+	return append(b, '\n')
+}
+
+// Failed returns an envelope reporting err for operation op on image.
+func Failed(op, image string, err error) *Envelope {
+	e := &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
+	return &Envelope{Operation: op, Image: image, Error: e}
+}

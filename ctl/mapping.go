@@ -1,0 +1,109 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// MapResult is the allocation map of an image through its backing chain.
+type MapResult struct {
+	Entries []vmm.MapEntry
+	// Names are the images' names by depth, for the human form.
+	Names []string
+}
+
+// Map opens path's chain and asks a worker for its map.
+func Map(ctx context.Context, o *chainmodel.Opener, path, format string) (*MapResult, error) {
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return MapChain(ctx, o.Sandbox, c)
+}
+
+// MapChain asks a worker for the map of an open chain.
+func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*MapResult, error) {
+	res, err := sb.Run(ctx, vmm.Job{
+		Request: vmm.Request{Op: vmm.OpMap, Images: c.Refs()},
+		Files:   c.Files(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &MapResult{}
+	if err := chainmodel.DecodeResult(res, &m.Entries); err != nil {
+		return nil, err
+	}
+	for _, im := range c.Images {
+		m.Names = append(m.Names, im.Name)
+	}
+	if err := m.validate(c.Top().Info.VirtualSize); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// validate checks that the worker's rows tile [0, size) and name real layers.
+func (m *MapResult) validate(size int64) error {
+	var next int64
+	for _, e := range m.Entries {
+		if e.Start != next || e.Length <= 0 || e.Depth < 0 || e.Depth >= len(m.Names) {
+			return errcode.New(errcode.WorkerProtocol, "worker returned an invalid map row at offset %d", e.Start)
+		}
+		next += e.Length
+	}
+	if next != size {
+		return errcode.New(errcode.WorkerProtocol, "worker's map covers %d bytes of %d", next, size)
+	}
+	return nil
+}
+
+// JSON renders the map exactly as `qemu-img map --output=json` does.
+func (m *MapResult) JSON() []byte {
+	var b bytes.Buffer
+	b.WriteString("[")
+	for i, e := range m.Entries {
+		if i > 0 {
+			b.WriteString(",\n")
+		}
+		fmt.Fprintf(&b, `{ "start": %d, "length": %d, "depth": %d, "present": %t, "zero": %t, "data": %t`,
+			e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data)
+		if e.Offset != nil {
+			fmt.Fprintf(&b, `, "offset": %d`, *e.Offset)
+		}
+		b.WriteString("}")
+	}
+	b.WriteString("]\n")
+	return b.Bytes()
+}
+
+// Human renders the map as `qemu-img map` does: the data ranges and where they
+// are mapped. Like qemu-img, it fails when data has no host offset (compressed
+// clusters).
+func (m *MapResult) Human() ([]byte, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File")
+	for _, e := range m.Entries {
+		if e.Data && e.Offset == nil {
+			return nil, errcode.New(errcode.BadArguments, "File contains external, encrypted or compressed clusters.")
+		}
+		if e.Data && !e.Zero {
+			fmt.Fprintf(&b, "%-16s%-16s%-16s%s\n", hexC(e.Start), hexC(e.Length), hexC(*e.Offset), m.Names[e.Depth])
+		}
+	}
+	return b.Bytes(), nil
+}
+
+// hexC formats like C's "%#x": 0 has no prefix.
+func hexC(v int64) string {
+	if v == 0 {
+		return "0"
+	}
+	return fmt.Sprintf("%#x", v)
+}

@@ -1,0 +1,73 @@
+package worker
+
+import (
+	"os"
+	"strconv"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// faultAfter is INSTARFS_FAULT_AFTER_WRITES, a testing aid: when N > 0 the worker
+// exits abruptly, as if killed, just before its N-th write to an image (pwrite,
+// truncate, hole punch). Crash-consistency tests sweep N over every write of an
+// operation.
+var faults = newFaultCounter(os.Getenv("INSTARFS_FAULT_AFTER_WRITES"))
+
+type faultCounter struct {
+	mu     sync.Mutex
+	limit  int64
+	writes int64
+}
+
+func newFaultCounter(v string) *faultCounter {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		n = 0
+	}
+	return &faultCounter{limit: n}
+}
+
+// before counts one write and dies instead of doing it when it is the N-th.
+func (c *faultCounter) before() {
+	c.mu.Lock()
+	c.writes++
+	if c.limit > 0 && c.writes >= c.limit {
+		unix.Exit(99) // no deferred cleanup, no flush: as under kill -9
+	}
+	c.mu.Unlock()
+}
+
+// Writes reports how many writes the worker has done so far.
+func (c *faultCounter) Writes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+// ImageFile is an image descriptor opened for writing. Every change to the
+// image goes through it, so that fault injection sees each one.
+type ImageFile struct {
+	*os.File
+}
+
+func (f ImageFile) WriteAt(p []byte, off int64) (int, error) {
+	faults.before()
+	return f.File.WriteAt(p, off)
+}
+
+func (f ImageFile) Truncate(size int64) error {
+	faults.before()
+	return f.File.Truncate(size)
+}
+
+// PunchHole deallocates [off, off+n) without changing the file's size.
+func (f ImageFile) PunchHole(off, n int64) error {
+	faults.before()
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// Datasync makes the file's data durable (fdatasync).
+func (f ImageFile) Datasync() error {
+	return unix.Fdatasync(int(f.Fd()))
+}

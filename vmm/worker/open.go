@@ -1,0 +1,155 @@
+package worker
+
+import (
+	"bytes"
+	"os"
+
+	"instarfs/chainmodel/layer"
+	"instarfs/chainmodel/qcow2"
+	"instarfs/chainmodel/vmdk"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// opened is one image descriptor opened by its format.
+type opened struct {
+	ref    vmm.ImageRef
+	file   *os.File
+	size   int64 // of the file
+	format string
+	img    layer.Image
+	info   vmm.Info
+	q      *qcow2.Image // set for qcow2
+	v      *vmdk.Image  // set for vmdk
+}
+
+// sniffBytes is how much of a file format detection looks at.
+const sniffBytes = 64 << 10
+
+var (
+	qcow2Magic = []byte("QFI\xfb")
+	vmdkMagic  = []byte("KDMV")
+	vmdkText   = []byte("# Disk DescriptorFile")
+)
+
+// detect names the format of a file from its first bytes: qcow2 and vmdk by
+// their magic, raw only when detectRaw is set and the file carries a partition
+// table.
+func detect(first []byte, detectRaw bool, name string) (string, error) {
+	switch {
+	case bytes.HasPrefix(first, qcow2Magic):
+		return "qcow2", nil
+	case bytes.HasPrefix(first, vmdkMagic), bytes.HasPrefix(first, vmdkText):
+		return "vmdk", nil
+	case detectRaw && rawDetect(first):
+		return "raw", nil
+	}
+	return "", errcode.New(errcode.FormatNotDetected, "could not determine the format of '%s': it is not qcow2 or vmdk and has no partition table; name its format with -f", name)
+}
+
+// openImage opens f as ref describes it. An empty ref.Format is detected.
+func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", ref.Name, err)
+	}
+	o := &opened{ref: ref, file: f, size: st.Size()}
+	first := make([]byte, min(sniffBytes, o.size))
+	if _, err := f.ReadAt(first, 0); err != nil {
+		return nil, errcode.New(errcode.ReadFailed, "reading %s: %v", ref.Name, err)
+	}
+	o.format = ref.Format
+	if o.format == "" {
+		if o.format, err = detect(first, detectRaw, ref.Name); err != nil {
+			return nil, err
+		}
+	}
+	switch o.format {
+	case "qcow2":
+		if !bytes.HasPrefix(first, qcow2Magic) {
+			return nil, errcode.New(errcode.FormatMismatch, "'%s' is not a qcow2 image", ref.Name)
+		}
+		err = o.openQcow2()
+	case "vmdk":
+		if !bytes.HasPrefix(first, vmdkMagic) && !bytes.HasPrefix(first, vmdkText) {
+			return nil, errcode.New(errcode.FormatMismatch, "'%s' is not a vmdk image", ref.Name)
+		}
+		err = o.openVmdk()
+	case "raw":
+		err = o.openRaw()
+	default:
+		err = errcode.New(errcode.UnknownFormat, "unknown format %q for '%s'", o.format, ref.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *opened) openQcow2() error {
+	q, err := qcow2.Open(o.file, o.size)
+	if err != nil {
+		return err
+	}
+	o.q, o.img = q, q
+	h := q.Header()
+	spec := &vmm.Qcow2Specific{Compat: "0.10", CompressionType: "zlib", RefcountBits: h.RefcountBits()}
+	if h.CompressionType == 1 {
+		spec.CompressionType = "zstd"
+	}
+	if h.Version >= 3 {
+		lazy, corrupt, xl2 := h.LazyRefcounts(), h.Corrupt(), h.ExtendedL2()
+		spec.Compat, spec.LazyRefcounts, spec.Corrupt, spec.ExtendedL2 = "1.1", &lazy, &corrupt, &xl2
+	}
+	o.info = vmm.Info{
+		Format:          "qcow2",
+		VirtualSize:     q.VirtualSize(),
+		ClusterSize:     q.ClusterSize(),
+		BackingFilename: h.BackingFile,
+		DirtyFlag:       h.Dirty(),
+		FormatSpecific:  &vmm.FormatSpecific{Type: "qcow2", Data: spec},
+	}
+	if f, ok := h.BackingFormat(); ok && h.BackingFile != "" {
+		o.info.BackingFilenameFormat = f
+	}
+	snaps, err := q.Snapshots()
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		o.info.Snapshots = append(o.info.Snapshots, vmm.Snapshot{
+			ID: s.ID, Name: s.Name, VMStateSize: int64(s.VMStateSize),
+			DateSec: int64(s.DateSec), DateNsec: int64(s.DateNsec),
+			ClockSec: int64(s.VMClockNsec / 1e9), ClockNsec: int64(s.VMClockNsec % 1e9),
+		})
+		if s.HasIcount && s.Icount != ^uint64(0) {
+			ic := int64(s.Icount)
+			o.info.Snapshots[len(o.info.Snapshots)-1].ICount = &ic
+		}
+	}
+	return nil
+}
+
+// openImages opens every image of the request, top first, with the formats the
+// host named.
+func (s *session) openImages() ([]*opened, error) {
+	out := make([]*opened, len(s.req.Images))
+	for i, ref := range s.req.Images {
+		o, err := openImage(s.files[i], ref, false)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = o
+	}
+	return out, nil
+}
+
+// member is the image as the map walk sees it. qemu consults the image file's
+// holes only for raw images and for qcow2 images with preallocated metadata.
+func (o *opened) member() member {
+	m := member{img: o.img, raw: o.format == "raw"}
+	if m.raw || o.q != nil && metadataPreallocated(o.q, o.file) {
+		m.holes = fileHoles{o.file}
+	}
+	return m
+}

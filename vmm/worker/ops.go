@@ -1,0 +1,55 @@
+package worker
+
+import (
+	"context"
+
+	"instarfs/vmm"
+)
+
+func opProbe(_ context.Context, s *session) (any, error) {
+	if err := s.need(1); err != nil {
+		return nil, err
+	}
+	var args vmm.ProbeArgs
+	if err := s.args(&args); err != nil {
+		return nil, err
+	}
+	o, err := openImage(s.files[0], s.req.Images[0], args.DetectRaw)
+	if err != nil {
+		return nil, err
+	}
+	return o.info, nil
+}
+
+func opMap(_ context.Context, s *session) (any, error) {
+	if err := s.need(1); err != nil {
+		return nil, err
+	}
+	imgs, err := s.openImages()
+	if err != nil {
+		return nil, err
+	}
+	chain := make([]member, len(imgs))
+	for i, o := range imgs {
+		chain[i] = o.member()
+	}
+	return chainMap(chain, s.out.progress)
+}
+
+func opCheck(_ context.Context, s *session) (any, error) {
+	if err := s.need(1); err != nil {
+		return nil, err
+	}
+	imgs, err := s.openImages()
+	if err != nil {
+		return nil, err
+	}
+	o := imgs[0]
+	switch o.format {
+	case "qcow2":
+		return checkQcow2(o)
+	case "vmdk":
+		return checkVmdk(o)
+	}
+	return vmm.CheckResult{Supported: false}, nil
+}

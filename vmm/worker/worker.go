@@ -1,0 +1,186 @@
+// Package worker is the inside of the sandbox: it reads one vmm.Request, runs the
+// operation on the image descriptors it was handed, and writes the result.
+//
+// This is the only package that parses image bytes. It is reached through
+// vmm.Sandbox, never called directly by the host side.
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"runtime/debug"
+	"sync"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+	"instarfs/vmm/jail"
+)
+
+// maxRequestBytes bounds the request read from standard input.
+const maxRequestBytes = 1 << 20
+
+// files are the image descriptors handed to this worker. They live in a package
+// variable so that no finalizer closes them while an operation still uses the
+// descriptor numbers.
+var files []*os.File
+
+// op runs one operation and returns its result document.
+type op func(ctx context.Context, w *session) (any, error)
+
+var ops = map[string]op{
+	vmm.OpNoop:  func(context.Context, *session) (any, error) { return struct{}{}, nil },
+	vmm.OpProbe: opProbe,
+	vmm.OpMap:   opMap,
+	vmm.OpCheck: opCheck,
+
+	vmm.OpSandboxProbe:   func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil },
+	vmm.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
+}
+
+// register adds an operation; the files implementing rebase and commit call it
+// from init.
+func register(name string, fn op) {
+	if _, dup := ops[name]; dup {
+		panic("worker: operation " + name + " registered twice")
+	}
+	ops[name] = fn
+}
+
+// session is one request being served.
+type session struct {
+	req   vmm.Request
+	files []*os.File
+	out   *output
+}
+
+// Main is the worker's entry point: the instarfs binary calls it when started as
+// vmm.WorkerArg0. It never returns.
+func Main() {
+	out := &output{w: bufio.NewWriter(os.Stdout)}
+	warnings, err := jail.Confine()
+	if err != nil {
+		out.fail(err)
+		out.flush()
+		os.Exit(1)
+	}
+	for _, w := range warnings {
+		out.line(vmm.Message{Warning: w})
+	}
+	code := serve(os.Stdin, out)
+	out.flush()
+	os.Exit(code)
+}
+
+func serve(stdin io.Reader, out *output) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			stack := debug.Stack()
+			out.fail(errcode.New(errcode.Internal, "worker panic: %v\n%s", r, stack[:min(len(stack), 16<<10)]))
+			code = 1
+		}
+	}()
+	var req vmm.Request
+	dec := json.NewDecoder(io.LimitReader(stdin, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		out.fail(errcode.New(errcode.WorkerProtocol, "decoding request: %v", err))
+		return 1
+	}
+	for i, ref := range req.Images {
+		files = append(files, os.NewFile(uintptr(vmm.FirstImageFD+i), ref.Name))
+	}
+	run, ok := ops[req.Op]
+	if !ok {
+		out.fail(errcode.New(errcode.WorkerProtocol, "unknown operation %q", req.Op))
+		return 1
+	}
+	res, err := run(context.Background(), &session{req: req, files: files, out: out})
+	if err != nil {
+		out.fail(err)
+		return 1
+	}
+	out.result(res)
+	return 0
+}
+
+// args decodes the request's arguments strictly into v.
+func (s *session) args(v any) error {
+	if len(s.req.Args) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(s.req.Args))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return errcode.New(errcode.WorkerProtocol, "decoding %s arguments: %v", s.req.Op, err)
+	}
+	return nil
+}
+
+// need fails unless the request carries at least n images.
+func (s *session) need(n int) error {
+	if len(s.req.Images) < n || len(s.files) < n {
+		return errcode.New(errcode.WorkerProtocol, "%s needs %d image(s), got %d", s.req.Op, n, len(s.req.Images))
+	}
+	return nil
+}
+
+// output writes the worker's JSON lines.
+type output struct {
+	mu      sync.Mutex
+	w       *bufio.Writer
+	percent int
+}
+
+func (o *output) line(m vmm.Message) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		b, _ = json.Marshal(vmm.Message{Error: errcode.New(errcode.Internal, "encoding result: %v", err)})
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.w.Write(b)
+	o.w.WriteByte('\n')
+}
+
+// progress reports a fraction of work done, at most once per percent.
+func (o *output) progress(f float64) {
+	p := int(f * 100)
+	if p <= o.percent || p > 100 {
+		return
+	}
+	o.percent = p
+	o.line(vmm.Message{Progress: &f})
+	o.flush()
+}
+
+func (o *output) result(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		o.fail(errcode.New(errcode.Internal, "encoding result: %v", err))
+		return
+	}
+	o.line(vmm.Message{Result: b})
+}
+
+func (o *output) fail(err error) {
+	var e *errcode.Error
+	if !errors.As(err, &e) {
+		e = &errcode.Error{Code: errcode.Internal, Message: err.Error()}
+	}
+	o.line(vmm.Message{Error: e})
+}
+
+func (o *output) flush() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.w.Flush()
+}
+
+func errInternal(format string, args ...any) error {
+	return errcode.New(errcode.Internal, format, args...)
+}
