@@ -1,0 +1,144 @@
+// Package integration runs the instarfs binary end to end — real worker, real
+// sandbox — and compares what it prints with qemu-img, the oracle.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var (
+	binary    string // the instarfs binary under test
+	imagesDir string // the images testdata/mkimages.sh built
+	manifest  []manifestEntry
+)
+
+type manifestEntry struct {
+	Name, Kind, Secret string
+	Notes              map[string]string // key=value tokens: fmt, root, check, code, marker …
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		fmt.Println("integration: qemu-img not found; run `make test`, which installs qemu-utils")
+		return 1
+	}
+	tmp, err := os.MkdirTemp("", "instarfs-integration-")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	binary = filepath.Join(tmp, "instarfs")
+	build := exec.Command("go", "build", "-o", binary, "../cmd/instarfs")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Printf("building instarfs: %v\n%s", err, out)
+		return 1
+	}
+	imagesDir = filepath.Join(tmp, "images")
+	gen := exec.Command("bash", "../testdata/mkimages.sh", imagesDir)
+	if out, err := gen.CombinedOutput(); err != nil {
+		fmt.Printf("generating images: %v\n%s", err, out)
+		return 1
+	}
+	if manifest, err = readManifest(filepath.Join(imagesDir, "manifest.tsv")); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	return m.Run()
+}
+
+func readManifest(path string) ([]manifestEntry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []manifestEntry
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		cols := append(strings.Split(line, "\t"), "", "", "")
+		e := manifestEntry{Name: cols[0], Kind: cols[1], Secret: cols[3], Notes: map[string]string{}}
+		for _, tok := range strings.Fields(cols[2]) {
+			k, v, _ := strings.Cut(tok, "=")
+			e.Notes[k] = v
+		}
+		out = append(out, e)
+	}
+	return out, sc.Err()
+}
+
+func entries(kind string) []manifestEntry {
+	var out []manifestEntry
+	for _, e := range manifest {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// result is what a command printed and how it exited.
+type result struct {
+	stdout, stderr []byte
+	code           int
+}
+
+// execIn runs a command in dir and returns its output and exit status.
+func execIn(t *testing.T, dir, name string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("running %s %v: %v", name, args, err)
+	}
+	return r
+}
+
+// instarfs runs the binary under test on an image of the manifest, with the
+// image's root directory allowed, as a user would point it at their image store.
+func instarfs(t *testing.T, e manifestEntry, args ...string) result {
+	t.Helper()
+	args = append([]string{"--allow-dir", filepath.Join(imagesDir, e.Notes["root"])}, args...)
+	return execIn(t, imagesDir, binary, args...)
+}
+
+func qemuImg(t *testing.T, args ...string) result {
+	t.Helper()
+	return execIn(t, imagesDir, "qemu-img", args...)
+}
+
+// decodeJSON decodes a command's JSON output into a generic value.
+func decodeJSON(t *testing.T, what string, r result) any {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(r.stdout, &v); err != nil {
+		t.Fatalf("%s: exit %d, output is not JSON: %v\nstdout: %s\nstderr: %s", what, r.code, err, r.stdout, r.stderr)
+	}
+	return v
+}
