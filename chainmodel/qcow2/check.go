@@ -189,22 +189,8 @@ func Check(r io.ReaderAt, fileSize int64) (*CheckReport, error) {
 // checkModeHeader parses the header the way qemu opens an image for checking:
 // tables may lie past the end of the file (they read as zeros there).
 func checkModeHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
-	if fileSize < V2HeaderLength {
-		return nil, badHeader("file is %d bytes, shorter than a qcow2 header", fileSize)
-	}
-	var fixed [24]byte
-	if err := readFull(r, fixed[:], 0); err != nil {
-		return nil, err
-	}
-	if m := be32(fixed[0:]); m != Magic {
-		return nil, badHeader("bad magic %#08x", m)
-	}
-	cb := be32(fixed[20:])
-	if cb < MinClusterBits || cb > MaxClusterBits {
-		return nil, badHeader("cluster_bits %d outside %d..%d", cb, MinClusterBits, MaxClusterBits)
-	}
-	buf := make([]byte, int64(1)<<cb)
-	if err := readFull(r, buf[:min(int64(len(buf)), fileSize)], 0); err != nil {
+	buf, err := readCluster0(r, fileSize)
+	if err != nil {
 		return nil, err
 	}
 	return ParseHeader(buf, -1)

@@ -306,6 +306,16 @@ func be64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 // ReadHeader reads and parses the header cluster of the qcow2 image r whose
 // file size is fileSize.
 func ReadHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
+	buf, err := readCluster0(r, fileSize)
+	if err != nil {
+		return nil, err
+	}
+	return ParseHeader(buf, fileSize)
+}
+
+// readCluster0 reads the first cluster of the file, or the whole file when it
+// is shorter, after checking the magic and the cluster size it declares.
+func readCluster0(r io.ReaderAt, fileSize int64) ([]byte, error) {
 	if fileSize < V2HeaderLength {
 		return nil, badHeader("file is %d bytes, shorter than a qcow2 header", fileSize)
 	}
@@ -320,12 +330,11 @@ func ReadHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
 	if cb < MinClusterBits || cb > MaxClusterBits {
 		return nil, badHeader("cluster_bits %d outside %d..%d", cb, MinClusterBits, MaxClusterBits)
 	}
-	n := min(int64(1)<<cb, fileSize)
-	buf := make([]byte, n)
+	buf := make([]byte, min(int64(1)<<cb, fileSize))
 	if err := readFull(r, buf, 0); err != nil {
 		return nil, err
 	}
-	return ParseHeader(buf, fileSize)
+	return buf, nil
 }
 
 func readFull(r io.ReaderAt, p []byte, off int64) error {
