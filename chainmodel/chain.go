@@ -72,9 +72,10 @@ func (c *Chain) Refs() []vmm.ImageRef {
 	return refs
 }
 
-// Close closes every file of the chain.
+// Close drops the chain's image locks and closes every file of the chain.
 func (c *Chain) Close() error {
 	for _, im := range c.Images {
+		UnlockImage(im.File)
 		im.File.Close()
 	}
 	return nil
@@ -188,9 +189,14 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 	if err != nil {
 		return nil, errcode.New(errcode.NotFound, "could not open '%s': %v", path, unwrapPathError(err))
 	}
+	if err := LockImage(f, path, opts.Writable); err != nil {
+		f.Close()
+		return nil, err
+	}
 	c := &Chain{}
 	top, err := o.describe(ctx, f, path, abs, opts.Format, opts.Format == "")
 	if err != nil {
+		UnlockImage(f)
 		f.Close()
 		return nil, err
 	}
@@ -216,6 +222,11 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
 		}
 		seen[id] = true
+		if err := LockImage(next.File, next.Name, false); err != nil {
+			next.File.Close()
+			c.Close()
+			return nil, err
+		}
 		c.Images = append(c.Images, next)
 		im = next
 	}

@@ -1,0 +1,113 @@
+package chainmodel
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"instarfs/errcode"
+)
+
+// TestLockConflicts opens one file twice — two open file descriptions, as two
+// processes would have — and checks which pairs of opens QEMU's locks allow.
+func TestLockConflicts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(path, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		first, second bool // writable
+		ok            bool
+	}{
+		{false, false, true},
+		{false, true, false},
+		{true, false, false},
+		{true, true, false},
+	}
+	for _, tt := range tests {
+		a, b := openRW(t, path), openRW(t, path)
+		if err := LockImage(a, "img", tt.first); err != nil {
+			t.Fatalf("first lock (writable=%v): %v", tt.first, err)
+		}
+		err := LockImage(b, "img", tt.second)
+		if tt.ok && err != nil {
+			t.Errorf("writable=%v then writable=%v: %v", tt.first, tt.second, err)
+		}
+		if !tt.ok && errcode.Code(err) != errcode.ImageInUse {
+			t.Errorf("writable=%v then writable=%v: got %v, want IMAGE_IN_USE", tt.first, tt.second, err)
+		}
+		UnlockImage(a)
+		if err := LockImage(b, "img", tt.second); err != nil {
+			t.Errorf("after unlock, writable=%v: %v", tt.second, err)
+		}
+		a.Close()
+		b.Close()
+	}
+}
+
+func openRW(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestLockInteropQemu checks the locks against qemu-io, both ways.
+func TestLockInteropQemu(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("qemu-io not installed")
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+
+	// qemu-io holds the image read-write: instarfs may neither read nor write it.
+	q := exec.Command("qemu-io", "-c", "sleep 20000", img)
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Process.Kill(); q.Wait() })
+	f := openRW(t, img)
+	defer f.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	var err error
+	for {
+		err = LockImage(f, "a.qcow2", false)
+		if err != nil || time.Now().After(deadline) {
+			break
+		}
+		UnlockImage(f)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if errcode.Code(err) != errcode.ImageInUse || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("read lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
+	}
+	if err := LockImage(f, "a.qcow2", true); errcode.Code(err) != errcode.ImageInUse {
+		t.Fatalf("write lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
+	}
+	q.Process.Kill()
+	q.Wait()
+
+	// instarfs holds it for writing: qemu-io may not open it at all, and with
+	// force-share (-U) only read-only.
+	if err := LockImage(f, "a.qcow2", true); err != nil {
+		t.Fatalf("write lock on a free image: %v", err)
+	}
+	for _, args := range [][]string{{"-c", "read 0 512", img}, {"-r", "-c", "read 0 512", img}} {
+		out, err := exec.Command("qemu-io", args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "lock") {
+			t.Errorf("qemu-io %v while instarfs writes: err %v\n%s", args, err, out)
+		}
+	}
+	UnlockImage(f)
+	if out, err := exec.Command("qemu-io", "-c", "read 0 512", img).CombinedOutput(); err != nil {
+		t.Errorf("qemu-io after unlock: %v\n%s", err, out)
+	}
+}
