@@ -13,8 +13,8 @@ import (
 
 // Error is a failure with a stable code.
 type Error struct {
-	Code    string
-	Message string
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -95,7 +95,5 @@ const (
 	Qcow2NoSpace       = "QCOW2_NO_SPACE"
 
 	// The mount's control files and job manager.
-	ChainBusy      = "CHAIN_BUSY"
-	NotImplemented = "NOT_IMPLEMENTED"
-	ReadOnlyMount  = "READ_ONLY_MOUNT"
+	ChainBusy = "CHAIN_BUSY"
 )

@@ -29,11 +29,16 @@ const (
 	OpProbe        = "probe"
 	OpMap          = "map"
 	OpCheck        = "check"
+	OpRebase       = "rebase"
 	OpSandboxProbe = "sandbox-probe"
 	// OpSandboxViolate makes a forbidden system call: the sandbox must kill
 	// the worker (SANDBOX_VIOLATION). sandbox-check uses it.
 	OpSandboxViolate = "sandbox-violate"
 )
+
+// OpCommit commits the layers above a base into it (qemu-img commit); its
+// arguments are CommitArgs.
+const OpCommit = "commit"
 
 // Request is what the host sends a worker on its standard input, as one JSON
 // document.

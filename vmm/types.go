@@ -126,3 +126,61 @@ func strictUnmarshal(b []byte, v any) error {
 	dec.DisallowUnknownFields()
 	return dec.Decode(v)
 }
+
+// CommitArgs are the arguments of OpCommit. The request's images are the whole
+// chain, top first; Base indexes the image committed into (1 for the top's
+// backing file). The base is writable, so is the top unless Drop, and so is
+// the image just above the base when Base >= 2.
+type CommitArgs struct {
+	Base int  `json:"base"`
+	Drop bool `json:"drop,omitempty"` // -d (and -b): leave the top unchanged
+	// Rate limits the bytes written into the base per second; 0 for none.
+	Rate int64 `json:"rate,omitempty"`
+	// Cache is qemu-img's -t: none, writeback (default), writethrough,
+	// directsync or unsafe.
+	Cache string `json:"cache,omitempty"`
+}
+
+// CommitResult is what OpCommit reports.
+type CommitResult struct {
+	// ClustersCommitted counts the base clusters (grains; 64 KiB units for
+	// raw) that received data or zeros.
+	ClustersCommitted int64 `json:"clusters_committed"`
+	// BytesCommitted counts the guest bytes written or zeroed in the base.
+	BytesCommitted int64 `json:"bytes_committed"`
+	// OverlayClustersCleared counts the top's clusters (grains) emptied.
+	OverlayClustersCleared int64 `json:"overlay_clusters_cleared"`
+	// IntermediateClustersPreserved counts the (sub)clusters or grains of
+	// old base data copied into the image just above the base (commit -b),
+	// so that it keeps showing what it showed.
+	IntermediateClustersPreserved int64 `json:"intermediate_clusters_preserved,omitempty"`
+}
+
+// RebaseArgs are the arguments of OpRebase. The request's images are the
+// overlay (writable) first, then the old backing chain (OldCount images, top
+// first), then the new backing chain (the rest, top first). In unsafe mode
+// there is no old chain, and the new chain is given only when its format
+// must be detected.
+type RebaseArgs struct {
+	Unsafe bool `json:"unsafe,omitempty"`
+	// Backing is the new backing file name, written to the header verbatim;
+	// empty detaches.
+	Backing string `json:"backing"`
+	// BackingFormat is -F; empty means detect it from the new backing's
+	// magic (never raw).
+	BackingFormat string `json:"backing_format,omitempty"`
+	OldCount      int    `json:"old_count"`
+	// NewInOld is the index in the old chain (0 is the old backing file) of
+	// the image that is the new backing file, or -1 when the new backing is
+	// not part of the old chain.
+	NewInOld int `json:"new_in_old"`
+}
+
+// RebaseResult is the result of OpRebase.
+type RebaseResult struct {
+	Mode           string `json:"mode"` // "safe" or "unsafe"
+	ClustersCopied int64  `json:"clusters_copied"`
+	BytesCopied    int64  `json:"bytes_copied"`
+	// BackingFormat is the format written to the header ("" when detached).
+	BackingFormat string `json:"backing_format,omitempty"`
+}

@@ -107,10 +107,26 @@ type CheckReport struct {
 	// CompressedClusters counts the active compressed L2 entries.
 	CompressedClusters int64
 
+	// LeakedClusters lists the leaked clusters, for the writer to reclaim:
+	// those Leaks counts, then the clusters past the end of the file that
+	// have a refcount but no reference (which qemu-img check does not
+	// report). At most MaxLeakRecords are listed.
+	LeakedClusters []Leak
+
 	// Messages are the lines qemu prints on stderr, in its order.
 	Messages        []CheckMessage
 	MessagesOmitted int64
 }
+
+// Leak is a cluster whose stored refcount is larger than the number of
+// references to it.
+type Leak struct {
+	Cluster            int64 // cluster index
+	Stored, Referenced uint64
+}
+
+// MaxLeakRecords bounds CheckReport.LeakedClusters.
+const MaxLeakRecords = 1 << 20
 
 // ExitCode is the exit status of `qemu-img check` for this report: 1 when
 // check errors occurred, 2 when the image is corrupt, 3 when it only leaks
@@ -301,6 +317,9 @@ func (c *refChecker) run() error {
 	}
 	highest, err := c.compare()
 	if err != nil {
+		return err
+	}
+	if err := c.pastEOF(); err != nil {
 		return err
 	}
 	if err := c.checkCopied(); err != nil {
@@ -598,6 +617,29 @@ func (c *refChecker) refblocks() {
 	}
 }
 
+// pastEOF records, in LeakedClusters only, the clusters past the end of the
+// file that have a refcount but no reference. qemu-img check does not look
+// there (it compares refcounts up to the end of the file), so they are not
+// counted in Leaks; an interrupted allocation leaves them.
+func (c *refChecker) pastEOF() error {
+	per := int64(1) << c.rbBits
+	for ti := c.nb >> c.rbBits; ti < int64(len(c.reftable)); ti++ {
+		b, ok, err := c.refblock(uint64(ti))
+		if err != nil {
+			return err
+		}
+		if !ok || b == nil {
+			continue
+		}
+		for k := max(ti*per, c.nb); k < (ti+1)*per; k++ {
+			if v := b.Get(int(k - ti*per)); v > 0 && len(c.rep.LeakedClusters) < MaxLeakRecords {
+				c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: v})
+			}
+		}
+	}
+	return nil
+}
+
 // refblock returns the refcount block for refcount table index ti (nil when
 // the entry is beyond the table or zero: all refcounts read as 0). ok is
 // false when the block offset is unaligned, qemu's EIO; the first time, the
@@ -663,6 +705,9 @@ func (c *refChecker) compare() (int64, error) {
 				c.corruption("ERROR cluster %d refcount=%d reference=%d", k, stored, computed)
 			case stored > computed:
 				c.rep.Leaks++
+				if len(c.rep.LeakedClusters) < MaxLeakRecords {
+					c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: stored, Referenced: computed})
+				}
 				c.msg(MsgLeak, "Leaked cluster %d refcount=%d reference=%d", k, stored, computed)
 			}
 		}

@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"os"
+	"strings"
 
 	"instarfs/chainmodel/layer"
 	"instarfs/chainmodel/qcow2"
@@ -105,12 +106,12 @@ func (o *opened) openQcow2() error {
 		Format:          "qcow2",
 		VirtualSize:     q.VirtualSize(),
 		ClusterSize:     q.ClusterSize(),
-		BackingFilename: h.BackingFile,
+		BackingFilename: cString(h.BackingFile),
 		DirtyFlag:       h.Dirty(),
 		FormatSpecific:  &vmm.FormatSpecific{Type: "qcow2", Data: spec},
 	}
-	if f, ok := h.BackingFormat(); ok && h.BackingFile != "" {
-		o.info.BackingFilenameFormat = f
+	if f, ok := h.BackingFormat(); ok && o.info.BackingFilename != "" {
+		o.info.BackingFilenameFormat = cString(f)
 	}
 	snaps, err := q.Snapshots()
 	if err != nil {
@@ -128,6 +129,15 @@ func (o *opened) openQcow2() error {
 		}
 	}
 	return nil
+}
+
+// cString is s up to its first NUL byte: qemu reads the backing file name and
+// the backing format as C strings, so a NUL ends them.
+func cString(s string) string {
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // openImages opens every image of the request, top first, with the formats the

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+	"instarfs/errcode"
+)
+
+func (a *app) rebaseCommand() {
+	var (
+		file, format, backing, backingFormat, output string
+		unsafe, progress, quiet, backingSet          bool
+	)
+	c := a.Command("rebase", "Change the backing file of an image (qemu-img rebase). Safe mode first copies whatever would read differently; -u changes only the header.")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("backing", "The new backing file, stored verbatim and resolved relative to the image's directory; \"\" detaches.").Short('b').IsSetByUser(&backingSet).StringVar(&backing)
+	c.Flag("backing-format", "The new backing file's format (detected from its magic when omitted; raw is never inferred).").Short('F').EnumVar(&backingFormat, "qcow2", "vmdk", "raw")
+	c.Flag("unsafe", "Change only the backing file name and format in the header, copying nothing.").Short('u').BoolVar(&unsafe)
+	c.Flag("progress", "Show progress on stderr.").Short('p').BoolVar(&progress)
+	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)
+	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Arg("file", "The image.").Required().StringVar(&file)
+	a.actions[c.FullCommand()] = func() int {
+		if !backingSet && !unsafe {
+			return fail(errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
+		}
+		req := ctl.RebaseRequest{Backing: backing, BackingFormat: backingFormat, Format: format, Unsafe: unsafe}
+		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			var show ctl.Progress
+			if progress && !quiet {
+				show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
+				show(0)
+			}
+			env, err := ctl.Rebase(ctx, o, file, req, show)
+			if show != nil {
+				if err == nil {
+					show(1)
+				}
+				fmt.Fprintln(os.Stderr)
+			}
+			if output == "json" {
+				os.Stdout.Write(env.JSON())
+			}
+			if err != nil {
+				return fail(err)
+			}
+			if output == "human" && !quiet {
+				if req.Backing == "" {
+					fmt.Println("Image detached.")
+				} else {
+					fmt.Println("Image rebased.")
+				}
+			}
+			return 0
+		}, file)
+	}
+}

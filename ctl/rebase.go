@@ -1,0 +1,242 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// Rebase changes the backing file of the image at path, as `qemu-img rebase`
+// does (see docs/rebase.md).
+//
+// Safe mode opens path's whole chain with the top writable, and the new
+// backing file's chain read-only; unsafe mode (req.Unsafe) opens path alone,
+// and the new backing file only when its format must be detected or path is
+// a vmdk image. The new
+// backing name is resolved relative to path's directory and opened under
+// o.Policy (a refused name is never opened); it is written to the header
+// verbatim. A worker does the rest. On failure the returned envelope
+// describes the error too.
+func Rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
+	start := time.Now()
+	env, err := rebase(ctx, o, path, req, progress)
+	if err != nil {
+		env = Failed("rebase", filepath.Base(path), err)
+	}
+	env.DurationMS = time.Since(start).Milliseconds()
+	if o.Sandbox != nil {
+		env.Sandbox = o.Sandbox.Name()
+	}
+	return env, err
+}
+
+func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
+	for _, f := range []string{req.Format, req.BackingFormat} {
+		switch f {
+		case "", "qcow2", "vmdk", "raw":
+		default:
+			return nil, errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
+		}
+	}
+	if len(req.Backing) > chainmodel.MaxBackingName {
+		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
+	}
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	top := c.Top()
+
+	refs := []vmm.ImageRef{top.Ref(true)}
+	files := []*os.File{top.File}
+	args := vmm.RebaseArgs{Unsafe: req.Unsafe, Backing: req.Backing, BackingFormat: req.BackingFormat, NewInOld: -1}
+	if !req.Unsafe {
+		for _, im := range c.Images[1:] {
+			refs = append(refs, im.Ref(false))
+			files = append(files, im.File)
+		}
+		args.OldCount = len(c.Images) - 1
+	}
+
+	// The new backing file is opened in safe mode, and in unsafe mode when
+	// its format must be detected or when the overlay is a vmdk image (whose
+	// descriptor records the parent's CID).
+	if req.Backing != "" && (!req.Unsafe || req.BackingFormat == "" || top.Info.Format == "vmdk") {
+		probe := req
+		vmdkUnsafe := req.Unsafe && top.Info.Format == "vmdk"
+		if vmdkUnsafe {
+			// Only the parent's CID is wanted: detect its format and let
+			// the worker judge it against -F.
+			probe.BackingFormat = ""
+		}
+		nc, inOld, err := openNewBacking(ctx, o, c, probe)
+		switch {
+		case err != nil && vmdkUnsafe && req.BackingFormat != "":
+			nc, inOld, err = nil, -1, nil // the worker decides without it
+		case err != nil:
+			if req.Unsafe && req.BackingFormat == "" {
+				return nil, errcode.New(errcode.BackingFormatRequired, "the format of '%s' cannot be detected (%v); name it with -F", req.Backing, err)
+			}
+			return nil, err
+		}
+		if nc != nil {
+			defer nc.Close()
+			for _, im := range nc.Images {
+				refs = append(refs, im.Ref(false))
+				files = append(files, im.File)
+			}
+		}
+		args.NewInOld = inOld
+	}
+
+	raw, _ := json.Marshal(args)
+	res, err := o.Sandbox.Run(ctx, vmm.Job{
+		Request:  vmm.Request{Op: vmm.OpRebase, Images: refs, Args: raw},
+		Files:    files,
+		Progress: progress,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var r vmm.RebaseResult
+	if err := chainmodel.DecodeResult(res, &r); err != nil {
+		return nil, err
+	}
+	if err := validateRebaseResult(r, req); err != nil {
+		return nil, err
+	}
+	backing := req.Backing
+	env := &Envelope{
+		Operation:        "rebase",
+		Image:            filepath.Base(path),
+		Format:           top.Info.Format,
+		Mode:             r.Mode,
+		NewBacking:       &backing,
+		NewBackingFormat: r.BackingFormat,
+		Detached:         req.Backing == "",
+		ClustersCopied:   &r.ClustersCopied,
+		BytesCopied:      &r.BytesCopied,
+	}
+	return env, nil
+}
+
+// validateRebaseResult re-checks what an untrusted worker reported.
+func validateRebaseResult(r vmm.RebaseResult, req RebaseRequest) error {
+	bad := func(what string) error {
+		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid rebase result: %s", what)
+	}
+	switch {
+	case req.Unsafe && r.Mode != "unsafe", !req.Unsafe && r.Mode != "safe":
+		return bad("mode " + r.Mode)
+	case r.ClustersCopied < 0 || r.BytesCopied < 0:
+		return bad("negative counts")
+	case req.Backing == "" && r.BackingFormat != "":
+		return bad("a backing format for a detach")
+	case req.BackingFormat != "" && r.BackingFormat != req.BackingFormat:
+		return bad("backing format " + r.BackingFormat)
+	}
+	switch r.BackingFormat {
+	case "", "qcow2", "vmdk", "raw":
+	default:
+		return bad("backing format " + r.BackingFormat)
+	}
+	return nil
+}
+
+// openNewBacking opens the new backing file named by req relative to the
+// overlay's directory, under the path policy. When it is already part of the
+// overlay's chain (safe mode) it returns that image's index in the old chain
+// (0 is the old backing file) and no chain. Otherwise it returns the new
+// backing file's chain (just the file in unsafe mode), probed with -F or, when
+// -F is omitted, with its format detected (never raw).
+func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Chain, req RebaseRequest) (*chainmodel.Chain, int, error) {
+	top := c.Top()
+	f, hostPath, err := o.Policy.Open(top.Dir(), req.Backing, false)
+	if err != nil {
+		return nil, -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, -1, errcode.New(errcode.ReadFailed, "stat %s: %v", req.Backing, err)
+	}
+	if st.Dev == top.Stat.Dev && st.Ino == top.Stat.Ino {
+		f.Close()
+		return nil, -1, errcode.New(errcode.BackingChainLoop, "'%s' cannot be its own backing file", req.Backing)
+	}
+	if !req.Unsafe {
+		for i, im := range c.Images[1:] {
+			if im.Stat.Dev == st.Dev && im.Stat.Ino == st.Ino {
+				f.Close()
+				if req.BackingFormat != "" && req.BackingFormat != im.Info.Format {
+					return nil, -1, errcode.New(errcode.FormatMismatch, "'%s' is a %s image, not %s", req.Backing, im.Info.Format, req.BackingFormat)
+				}
+				return nil, i, nil
+			}
+		}
+	}
+	name := chainmodel.FullBackingName(top.Name, req.Backing)
+	nc, err := openChainFrom(ctx, o, f, name, hostPath, req.BackingFormat, req.Unsafe, top.Stat)
+	if err != nil {
+		return nil, -1, err
+	}
+	return nc, -1, nil
+}
+
+// openChainFrom builds the chain of an image already opened (read-only) under
+// the policy: it probes it with format (detected, never raw, when empty) and,
+// unless alone, opens and probes each backing file below it the way
+// Opener.OpenChain does. The overlay (identified by overlay) must not appear
+// in it.
+func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name, hostPath, format string, alone bool, overlay unix.Stat_t) (*chainmodel.Chain, error) {
+	c := &chainmodel.Chain{}
+	fail := func(err error) (*chainmodel.Chain, error) {
+		c.Close()
+		return nil, err
+	}
+	seen := map[[2]uint64]bool{{overlay.Dev, overlay.Ino}: true}
+	for {
+		detect := format == ""
+		info, st, err := o.Probe(ctx, f, name, format, false)
+		if err != nil {
+			f.Close()
+			if detect && errcode.Code(err) == errcode.FormatNotDetected {
+				err = errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", name)
+			}
+			return fail(err)
+		}
+		id := [2]uint64{st.Dev, st.Ino}
+		if seen[id] {
+			f.Close()
+			return fail(errcode.New(errcode.BackingChainLoop, "backing file '%s' is already in the chain", name))
+		}
+		seen[id] = true
+		if err := chainmodel.LockImage(f, name, false); err != nil {
+			f.Close()
+			return fail(err)
+		}
+		im := &chainmodel.Image{Name: name, Path: hostPath, File: f, Info: info, Stat: st}
+		c.Images = append(c.Images, im)
+		if alone || info.BackingFilename == "" {
+			return c, nil
+		}
+		if len(c.Images) > chainmodel.MaxDepth {
+			return fail(errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", c.Images[0].Name, chainmodel.MaxDepth))
+		}
+		next := info.BackingFilename
+		if f, hostPath, err = o.Policy.Open(im.Dir(), next, false); err != nil {
+			return fail(err)
+		}
+		name = chainmodel.FullBackingName(im.Name, next)
+		format = info.BackingFilenameFormat
+	}
+}

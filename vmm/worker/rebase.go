@@ -1,0 +1,561 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"io"
+
+	"instarfs/chainmodel/layer"
+	"instarfs/chainmodel/qcow2"
+	"instarfs/errcode"
+	"instarfs/planners"
+	"instarfs/vmm"
+)
+
+func init() { register(vmm.OpRebase, opRebase) }
+
+// rebaseVmdk, when set, rebases a vmdk overlay; imgs are the opened images
+// of the request in order. The vmdk write side installs it.
+var rebaseVmdk func(ctx context.Context, s *session, args vmm.RebaseArgs, imgs []*opened) (*vmm.RebaseResult, error)
+
+// sectorSize is the unit qemu-img 7.2 compares buffers in.
+const sectorSize = 512
+
+// opRebase changes the backing file of the overlay (image 0), in safe mode
+// first copying into it whatever reads differently through the new backing
+// chain than through the old one.
+func opRebase(ctx context.Context, s *session) (any, error) {
+	if err := s.need(1); err != nil {
+		return nil, err
+	}
+	var args vmm.RebaseArgs
+	if err := s.args(&args); err != nil {
+		return nil, err
+	}
+	n := len(s.req.Images)
+	if args.OldCount < 0 || args.OldCount > n-1 || args.NewInOld >= args.OldCount || args.NewInOld < -1 {
+		return nil, errcode.New(errcode.WorkerProtocol, "rebase: bad image counts (old %d, new in old %d, %d images)", args.OldCount, args.NewInOld, n)
+	}
+	if !s.req.Images[0].Writable {
+		return nil, errcode.New(errcode.WorkerProtocol, "rebase: the overlay was not handed over writable")
+	}
+	imgs := make([]*opened, n)
+	for i, ref := range s.req.Images {
+		o, err := openImage(s.files[i], ref, false)
+		if err != nil {
+			return nil, err
+		}
+		imgs[i] = o
+	}
+	top := imgs[0]
+	oldChain := imgs[1 : 1+args.OldCount]
+	newChain := imgs[1+args.OldCount:]
+	if args.NewInOld >= 0 {
+		if len(newChain) > 0 {
+			return nil, errcode.New(errcode.WorkerProtocol, "rebase: new chain given although the new backing is in the old chain")
+		}
+		newChain = oldChain[args.NewInOld:]
+	}
+
+	format := ""
+	if args.Backing != "" {
+		format = args.BackingFormat
+		if len(newChain) > 0 && (format == "" || format == newChain[0].format) {
+			format = newChain[0].format
+		}
+		if format == "" {
+			return nil, errcode.New(errcode.BackingFormatRequired, "the format of the new backing file '%s' must be given (-F) when it cannot be opened", args.Backing)
+		}
+		switch format {
+		case "qcow2", "vmdk", "raw":
+		default:
+			return nil, errcode.New(errcode.UnknownFormat, "unknown backing format '%s'", format)
+		}
+	}
+
+	switch top.format {
+	case "qcow2":
+	case "vmdk":
+		if rebaseVmdk == nil {
+			return nil, errcode.New(errcode.RebaseUnsupported, "rebasing vmdk images is not supported by this build")
+		}
+		return rebaseVmdk(ctx, s, args, imgs)
+	default:
+		return nil, errcode.New(errcode.RebaseUnsupported, "'%s' is a %s image, which has no backing file to change", top.ref.Name, top.format)
+	}
+
+	w, err := qcow2.NewWriter(ImageFile{s.files[0]}, top.size)
+	if err != nil {
+		return nil, err
+	}
+	// Check the new header first: a name that does not fit fails before
+	// anything is written.
+	if err := w.SetBacking(args.Backing, format); err != nil {
+		return nil, err
+	}
+	res := &vmm.RebaseResult{Mode: "unsafe", BackingFormat: format}
+	if !args.Unsafe {
+		res.Mode = "safe"
+		if err := reclaimLeaks(top, w); err != nil {
+			return nil, err
+		}
+		r := &rebaser{
+			ctx: ctx, s: s, w: w, top: top.q,
+			old: layers(oldChain), new: layers(newChain),
+			v3: top.q.Header().Version >= 3,
+		}
+		if args.NewInOld >= 0 {
+			r.above = r.old[:args.NewInOld]
+		}
+		if err := r.run(); err != nil {
+			return nil, err
+		}
+		res.ClustersCopied, res.BytesCopied = r.units, r.bytes
+	}
+	if err := w.Finish(); err != nil {
+		return nil, err
+	}
+	s.out.progress(1)
+	return res, nil
+}
+
+// reclaimLeaks checks the overlay's refcounts before a safe rebase allocates
+// in it: an overlay with refcount errors is refused, and leaked clusters (what
+// an interrupted rebase leaves) are reclaimed, so that a rebase run again after
+// a crash places its clusters exactly where an uninterrupted one would.
+func reclaimLeaks(top *opened, w *qcow2.Writer) error {
+	rep, err := qcow2.Check(top.file, top.size)
+	if err != nil {
+		return err
+	}
+	if rep.Corruptions > 0 || rep.CheckErrors > 0 {
+		return errcode.New(errcode.Qcow2Corrupt, "'%s' has %d refcount errors; repair it (check -r) before a safe rebase", top.ref.Name, rep.Corruptions+rep.CheckErrors)
+	}
+	if len(rep.LeakedClusters) == 0 || len(rep.LeakedClusters) >= qcow2.MaxLeakRecords {
+		return nil // nothing to reclaim, or too many to list: leave them
+	}
+	return w.ReclaimLeaks(rep.LeakedClusters)
+}
+
+func layers(c []*opened) []layer.Image {
+	out := make([]layer.Image, len(c))
+	for i, o := range c {
+		out[i] = o.img
+	}
+	return out
+}
+
+// rebaser runs the safe mode of one rebase.
+type rebaser struct {
+	ctx      context.Context
+	s        *session
+	w        *qcow2.Writer
+	top      *qcow2.Image
+	old, new []layer.Image
+	above    []layer.Image // old chain layers above the new backing (in-chain case)
+	v3       bool
+
+	size, unit, oldSize int64
+	lastEnd             int64 // end of the last unit written as data
+	units, bytes        int64 // data units written and their bytes
+}
+
+func (r *rebaser) run() error {
+	r.size = r.top.VirtualSize()
+	r.unit = r.top.SubclusterSize()
+	in := planners.RebaseInput{Size: r.size, Unit: r.unit}
+	if len(r.old) > 0 {
+		in.OldSize = r.old[0].VirtualSize()
+	}
+	if len(r.new) > 0 {
+		in.NewSize = r.new[0].VirtualSize()
+	}
+	r.oldSize = in.OldSize
+	var err error
+	if in.Unallocated, err = r.unallocated(); err != nil {
+		return err
+	}
+	if in.OldZero, err = zeroSpans(r.old, min(r.size, in.OldSize)); err != nil {
+		return err
+	}
+	if in.NewZero, err = zeroSpans(r.new, min(r.size, in.NewSize)); err != nil {
+		return err
+	}
+	if r.above != nil {
+		if in.Unchanged, err = unchangedSpans(r.above, r.size); err != nil {
+			return err
+		}
+	}
+	steps, err := planners.PlanRebase(in)
+	if err != nil {
+		return err
+	}
+	return r.execute(steps)
+}
+
+// chunk is one step's data: the old chain over the step's whole units and
+// the new chain over the step.
+type chunk struct {
+	st             planners.RebaseStep
+	aStart         int64
+	oldBuf, newBuf []byte
+	err            error
+}
+
+// execute runs the steps in order. Reading runs one step ahead of comparing
+// and writing, in its own goroutine, so that the two overlap; the writes
+// themselves stay in order on this goroutine.
+func (r *rebaser) execute(steps []planners.RebaseStep) error {
+	const depth = 2
+	free := make(chan *chunk, depth)
+	for range depth {
+		free <- &chunk{}
+	}
+	ready := make(chan *chunk, depth)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(ready)
+		for _, st := range steps {
+			var c *chunk
+			select {
+			case c = <-free:
+			case <-stop:
+				return
+			}
+			r.read(c, st)
+			select {
+			case ready <- c:
+			case <-stop:
+				return
+			}
+			if c.err != nil {
+				return
+			}
+		}
+	}()
+	for c := range ready {
+		if err := r.ctx.Err(); err != nil {
+			return errcode.New(errcode.Cancelled, "rebase cancelled: %v", err)
+		}
+		if c.err != nil {
+			return c.err
+		}
+		if err := r.step(c); err != nil {
+			return err
+		}
+		r.s.out.progress(float64(c.st.Off+c.st.Len) / float64(r.size) * 0.99)
+		free <- c
+	}
+	return nil
+}
+
+// unallocated lists the overlay's unallocated runs, split at L2 table
+// boundaries as qemu's block status splits them.
+func (r *rebaser) unallocated() ([]planners.Span, error) {
+	h := r.top.Header()
+	span := int64(h.L2Entries()) << h.ClusterBits
+	var out []planners.Span
+	for off := int64(0); off < r.size; {
+		e, err := r.top.Extent(off)
+		if err != nil {
+			return nil, err
+		}
+		end := e.End()
+		if e.Kind == layer.Unallocated {
+			for p := off; p < end; {
+				q := min(end, (p/span+1)*span)
+				out = append(out, planners.Span{Start: p, Length: q - p})
+				p = q
+			}
+		}
+		off = end
+	}
+	return out, nil
+}
+
+// chainExtent reports whether the chain reads as zero from off without
+// reading data, and for how many bytes (at most n).
+func chainExtent(chain []layer.Image, off, n int64) (zero bool, length int64, err error) {
+	for _, l := range chain {
+		if off >= l.VirtualSize() {
+			return true, n, nil
+		}
+		e, err := l.Extent(off)
+		if err != nil {
+			return false, 0, err
+		}
+		n = min(n, e.End()-off)
+		switch e.Kind {
+		case layer.Data:
+			return false, n, nil
+		case layer.Zero:
+			return true, n, nil
+		}
+	}
+	return true, n, nil
+}
+
+// zeroSpans lists the ranges of [0, size) where chain reads as zero by its
+// metadata alone.
+func zeroSpans(chain []layer.Image, size int64) ([]planners.Span, error) {
+	var out []planners.Span
+	for off := int64(0); off < size; {
+		zero, n, err := chainExtent(chain, off, size-off)
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return nil, errInternal("block status made no progress at offset %d", off)
+		}
+		if zero {
+			if k := len(out) - 1; k >= 0 && out[k].End() == off {
+				out[k].Length += n
+			} else {
+				out = append(out, planners.Span{Start: off, Length: n})
+			}
+		}
+		off += n
+	}
+	return out, nil
+}
+
+// unchangedSpans lists the ranges of [0, size) that no layer of above
+// allocates: there the old chain reads through to the new backing.
+func unchangedSpans(above []layer.Image, size int64) ([]planners.Span, error) {
+	var out []planners.Span
+	for off := int64(0); off < size; {
+		n := size - off
+		free := true
+		for _, l := range above {
+			if off >= l.VirtualSize() {
+				free = false
+				n = min(n, size-off)
+				break
+			}
+			e, err := l.Extent(off)
+			if err != nil {
+				return nil, err
+			}
+			n = min(n, e.End()-off)
+			if e.Kind != layer.Unallocated {
+				free = false
+				break
+			}
+		}
+		if n <= 0 {
+			return nil, errInternal("block status made no progress at offset %d", off)
+		}
+		if free {
+			if k := len(out) - 1; k >= 0 && out[k].End() == off {
+				out[k].Length += n
+			} else {
+				out = append(out, planners.Span{Start: off, Length: n})
+			}
+		}
+		off += n
+	}
+	return out, nil
+}
+
+// readChain reads guest bytes of chain (top first) at off: each byte from the
+// first layer that defines it; past a layer's end, zeros.
+func readChain(chain []layer.Image, p []byte, off int64) error {
+	if len(chain) == 0 {
+		clear(p)
+		return nil
+	}
+	l := chain[0]
+	size := l.VirtualSize()
+	for len(p) > 0 {
+		if off >= size {
+			clear(p)
+			return nil
+		}
+		e, err := l.Extent(off)
+		if err != nil {
+			return err
+		}
+		n := min(int64(len(p)), e.End()-off)
+		switch e.Kind {
+		case layer.Data:
+			if m, err := l.ReadAt(p[:n], off); int64(m) != n {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				if _, ok := err.(*errcode.Error); ok {
+					return err
+				}
+				return errcode.New(errcode.ReadFailed, "reading guest offset %d: %v", off, err)
+			}
+		case layer.Zero:
+			clear(p[:n])
+		default:
+			if err := readChain(chain[1:], p[:n], off); err != nil {
+				return err
+			}
+		}
+		p = p[n:]
+		off += n
+	}
+	return nil
+}
+
+// grow returns b resized to n bytes, reallocating when it is too small;
+// chunks keep their buffers from step to step.
+func grow(b []byte, n int64) []byte {
+	if int64(cap(b)) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
+// readOld reads the old chain's content of the units [aStart, aEnd) that
+// cover step st (units may stick out of the step: a write covers them whole).
+func (r *rebaser) readOld(st planners.RebaseStep, oldBuf []byte, aStart int64) error {
+	end := st.Off + st.Len
+	if st.ReadOld {
+		return readChain(r.old, oldBuf, aStart)
+	}
+	clear(oldBuf)
+	if err := readChain(r.old, oldBuf[:st.Off-aStart], aStart); err != nil {
+		return err
+	}
+	return readChain(r.old, oldBuf[end-aStart:], end)
+}
+
+// read fills c with the data of step st, reading the old and the new chain at
+// once (the layers are safe for concurrent use).
+func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
+	end := st.Off + st.Len
+	c.st = st
+	c.aStart = st.Off &^ (r.unit - 1)
+	aEnd := (end + r.unit - 1) &^ (r.unit - 1)
+	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
+	c.newBuf = grow(c.newBuf, st.Len)
+	var newErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if st.ReadNew {
+			newErr = readChain(r.new, c.newBuf, st.Off)
+		} else {
+			clear(c.newBuf)
+		}
+	}()
+	oldErr := r.readOld(st, c.oldBuf, c.aStart)
+	<-done
+	c.err = oldErr
+	if c.err == nil {
+		c.err = newErr
+	}
+	if c.err == nil && st.PastOldEOF {
+		// Past the old backing's end the old side reads zero.
+		clear(c.oldBuf[max(st.Off, r.oldSize)-c.aStart : end-c.aStart])
+	}
+}
+
+// step compares one planned range and writes the differences.
+func (r *rebaser) step(c *chunk) error {
+	st, aStart, oldBuf, newBuf := c.st, c.aStart, c.oldBuf, c.newBuf
+	end := st.Off + st.Len
+	old := oldBuf[st.Off-aStart : end-aStart]
+
+	// Runs of differing 512-byte sectors; equal units are skipped whole.
+	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
+	for pos := st.Off; pos < end; {
+		u := pos &^ (r.unit - 1)
+		ue := min(u+r.unit, end)
+		if pos == max(u, st.Off) && eq(pos, ue) {
+			pos = ue
+			continue
+		}
+		e := min(pos+sectorSize, end)
+		if eq(pos, e) {
+			pos = e
+			continue
+		}
+		re := e
+		for re < end {
+			e2 := min(re+sectorSize, end)
+			if eq(re, e2) {
+				break
+			}
+			re = e2
+		}
+		if err := r.write(st, oldBuf, aStart, pos, re); err != nil {
+			return err
+		}
+		pos = re
+	}
+	return nil
+}
+
+// write handles one run [rs, re) of differing sectors, as qemu-img 7.2's
+// pwrite (old data, widened to whole units by copy-on-write) or, past the old
+// backing's end, write_zeroes.
+func (r *rebaser) write(st planners.RebaseStep, oldBuf []byte, aStart, rs, re int64) error {
+	ws := rs &^ (r.unit - 1)
+	we := (re + r.unit - 1) &^ (r.unit - 1)
+	data := func(a, b int64) error {
+		a = max(a, r.lastEnd)
+		if a >= b {
+			return nil
+		}
+		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
+			return err
+		}
+		r.lastEnd = b
+		r.units += (b - a) / r.unit
+		r.bytes += b - a
+		return nil
+	}
+	if !st.PastOldEOF {
+		return data(ws, we)
+	}
+	// Past the old end. A head unit that straddles the old end and was not
+	// written yet keeps the old data unless that reads as zero (qemu checks
+	// that the rest of the unit reads as zero before it sets zero flags).
+	if ws < rs {
+		if ws < r.lastEnd {
+			ws += r.unit // already holds the old data, which is zero here
+		} else if ws < r.oldSize && (!r.v3 || !allZero(oldBuf[ws-aStart:rs-aStart])) {
+			if err := data(ws, ws+r.unit); err != nil {
+				return err
+			}
+			ws += r.unit
+		}
+	}
+	if ws >= we {
+		return nil
+	}
+	if r.v3 {
+		return r.w.WriteZeroes(ws, we-ws, 0)
+	}
+	// Version 2 has no zero flag: explicit zeros, written as qemu's
+	// fallback writes them (head unit, body, tail unit).
+	head := ws
+	if rs > ws {
+		head = ws + r.unit
+		if err := data(ws, head); err != nil {
+			return err
+		}
+	}
+	body := we
+	if re < we && we-r.unit >= head {
+		body = we - r.unit
+	}
+	if err := data(head, body); err != nil {
+		return err
+	}
+	return data(body, we)
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
