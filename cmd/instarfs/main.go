@@ -48,6 +48,7 @@ func newApp() *app {
 	a.infoCommand()
 	a.mapCommand()
 	a.checkCommand()
+	a.commitCommand()
 	a.rebaseCommand()
 	a.sandboxCheckCommand()
 	return a

@@ -1,0 +1,189 @@
+package qcow2
+
+// Emptying an overlay after commit (qemu's bdrv_make_empty), built on the
+// Writer's tables and allocator.
+
+import (
+	"encoding/binary"
+)
+
+// EmptyFile is what MakeEmpty needs besides the Writer's File.
+type EmptyFile interface {
+	Truncate(size int64) error
+	// PunchHole deallocates [off, off+n) of the file, keeping its size.
+	PunchHole(off, n int64) error
+}
+
+// EmptyResult says what MakeEmpty did.
+type EmptyResult struct {
+	// Cleared counts the L2 entries that were allocated (data, zero or
+	// compressed) before emptying.
+	Cleared int64
+	// Complete is set when the image was rebuilt as "completely empty";
+	// otherwise every cluster was discarded and the file keeps its length.
+	Complete bool
+}
+
+// MakeEmpty makes every cluster of the image unallocated, as qemu does to the
+// top image after a commit:
+//
+//   - a version 3 image without internal snapshots or bitmaps, whose metadata
+//     has the layout of a freshly created image (refcount table of one
+//     cluster at cluster 1, its first refcount block at cluster 2, the L1
+//     table at cluster 3), is made "completely empty" like qemu's
+//     make_completely_empty: the header regenerated, the refcount table,
+//     one refcount block and the L1 table at clusters 1, 2 and 3.., and the
+//     file truncated to (3 + L1 clusters) clusters;
+//   - any other image has every cluster discarded (its L2 entries cleared,
+//     its data clusters freed and their space punched out of the file); the
+//     file keeps its length and the L2 tables stay, as with qemu for
+//     version 2 images and images with snapshots.
+//
+// Crash safety: the first thing written is the cleared L1 table (or the
+// cleared L2 entries), made durable before any refcount is lowered, so a
+// crash leaves at worst leaked clusters and the image reads what its backing
+// file reads, which after a commit is what it read before. The refcount
+// structures of the completely-empty layout are then rewritten in place, each
+// step only lowering refcounts of clusters nothing references, and the header
+// is switched last.
+//
+// MakeEmpty ends the Writer's use: it must not be used afterwards.
+func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
+	var res EmptyResult
+	if err := w.Flush(); err != nil {
+		return res, err
+	}
+	hosts, cleared, err := w.allocatedClusters()
+	if err != nil {
+		return res, err
+	}
+	res.Cleared = cleared
+	if w.canEmptyCompletely() {
+		res.Complete = true
+		return res, w.emptyCompletely(f)
+	}
+	if err := w.Unmap(0, int64(w.h.Size)); err != nil {
+		return res, err
+	}
+	if err := w.Flush(); err != nil {
+		return res, err
+	}
+	for _, h := range hosts {
+		rc, err := w.refcount(h >> w.cb)
+		if err != nil {
+			return res, err
+		}
+		if rc == 0 && h+w.cs <= w.fileSize {
+			if err := f.PunchHole(h, w.cs); err != nil {
+				return res, err
+			}
+		}
+	}
+	return res, w.sync()
+}
+
+// allocatedClusters walks the active L2 tables: the host clusters of data
+// and allocated zero clusters that the image owns alone (candidates for a
+// hole once freed), and the number of allocated entries.
+func (w *Writer) allocatedClusters() (hosts []int64, n int64, err error) {
+	for l1i := range w.l1 {
+		t, err := w.tableFor(int64(l1i), false)
+		if err != nil {
+			return nil, 0, err
+		}
+		if t == nil {
+			continue
+		}
+		for i := int64(0); i < w.nl2; i++ {
+			if int64(l1i)*w.span()+i*w.cs >= int64(w.h.Size) {
+				break
+			}
+			e := w.entry(t, i)
+			if e.Raw == 0 && e.Bitmap == 0 {
+				continue
+			}
+			n++
+			if (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc) && e.HostOffset > 0 {
+				hosts = append(hosts, e.HostOffset)
+			}
+		}
+	}
+	return hosts, n, nil
+}
+
+// l1Clusters is the number of clusters the L1 table takes.
+func (w *Writer) l1Clusters() int64 {
+	return (int64(len(w.l1))*8 + w.cs - 1) / w.cs
+}
+
+// canEmptyCompletely reports whether the completely-empty rebuild applies
+// and can be done in place.
+func (w *Writer) canEmptyCompletely() bool {
+	h := w.h
+	if h.Version < 3 || h.NbSnapshots != 0 || h.AutoclearFeatures&AutoclearBitmaps != 0 ||
+		h.IncompatibleFeatures&IncompatDataFile != 0 || h.CryptMethod != 0 {
+		return false
+	}
+	if _, ok := h.Extension(ExtBitmaps); ok {
+		return false
+	}
+	l1c := w.l1Clusters()
+	return 3+l1c <= w.rbEntries &&
+		int64(h.RefcountTableOffset) == w.cs && h.RefcountTableClusters == 1 &&
+		int64(h.L1TableOffset) == 3*w.cs &&
+		len(w.rt) > 0 && int64(w.rt[0]&RefcountTableOffsetMask) == 2*w.cs
+}
+
+// emptyCompletely rebuilds the fresh layout in place; see MakeEmpty.
+func (w *Writer) emptyCompletely(f EmptyFile) error {
+	l1c := w.l1Clusters()
+	// 1. The L1 table, cleared: from here on nothing references an L2
+	// table or a data cluster.
+	if err := w.write(make([]byte, len(w.l1)*8), 3*w.cs); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	// 2. The refcount table with only its first block: the other blocks
+	// described clusters that are no longer referenced.
+	rt := make([]byte, w.cs)
+	binary.BigEndian.PutUint64(rt, uint64(2*w.cs))
+	if err := w.write(rt, w.cs); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	// 3. The first block: the header, the two refcount clusters and the L1
+	// table.
+	rb := make([]byte, w.cs)
+	for ci := int64(0); ci < 3+l1c; ci++ {
+		setRefcount(rb, w.h.RefcountOrder, ci, 1)
+	}
+	if err := w.write(rb, 2*w.cs); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	// 4. The header, regenerated (qemu marks the image clean, which calls
+	// qcow2_update_header).
+	h := w.h.clone()
+	h.IncompatibleFeatures &^= IncompatDirty
+	buf, err := h.EncodeCluster0()
+	if err != nil {
+		return err
+	}
+	if err := w.write(buf, 0); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	// 5. Everything past the metadata is unreferenced.
+	if err := f.Truncate((3 + l1c) * w.cs); err != nil {
+		return err
+	}
+	return w.sync()
+}

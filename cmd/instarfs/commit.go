@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+)
+
+func (a *app) commitCommand() {
+	var (
+		file, format, base, output, cache, rate string
+		drop, progress, quiet                   bool
+	)
+	c := a.Command("commit", "Commit an image's data into its backing file, or into BASE further down its chain (qemu-img commit).")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("base", "The image of the backing chain to commit into (implies -d); default the immediate backing file.").Short('b').StringVar(&base)
+	c.Flag("drop", "Leave the image unchanged instead of emptying it.").Short('d').BoolVar(&drop)
+	c.Flag("progress", "Show progress on stderr.").Short('p').BoolVar(&progress)
+	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)
+	c.Flag("rate", "Limit the write rate into the base, in bytes per second (suffixes K, M, G...).").Short('r').StringVar(&rate)
+	c.Flag("cache", "Cache mode for the base: none, writeback, writethrough, directsync or unsafe.").Short('t').EnumVar(&cache, "none", "writeback", "writethrough", "directsync", "unsafe")
+	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Arg("file", "The image.").Required().StringVar(&file)
+	a.actions[c.FullCommand()] = func() int {
+		req := ctl.CommitRequest{Base: base, Format: format, Drop: drop, Cache: cache}
+		if rate != "" {
+			r, err := ctl.ParseRate(rate)
+			if err != nil {
+				return fail(err)
+			}
+			req.Rate = r
+		}
+		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			var show ctl.Progress
+			if progress && !quiet {
+				show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
+				show(0)
+			}
+			env, err := ctl.Commit(ctx, o, file, req, show)
+			if show != nil {
+				if err == nil {
+					show(1)
+				}
+				fmt.Fprintln(os.Stderr)
+			}
+			if output == "json" {
+				os.Stdout.Write(env.JSON())
+			}
+			if err != nil {
+				return fail(err)
+			}
+			if output == "human" && !quiet {
+				fmt.Println("Image committed.")
+			}
+			return 0
+		}, file)
+	}
+}

@@ -1,0 +1,151 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// Commit commits the image at path into its backing file (req.Base empty) or
+// into the image of its backing chain that req.Base names, as qemu-img commit
+// does, and returns the result envelope. On failure the envelope reports the
+// error too.
+//
+// The base is opened read-write, and so is the top unless req.Drop or
+// req.Base; with req.Base, the image just above the base too: before the base
+// changes it receives the base's old data it would otherwise lose, so that
+// every image of the chain keeps showing what it showed (qemu-img leaves the
+// intermediate images invalid; see docs/commit.md). No header is rewritten.
+func Commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
+	start := time.Now()
+	env, err := commit(ctx, o, path, req, progress)
+	if err != nil {
+		env = Failed("commit", path, err)
+	}
+	env.DurationMS = time.Since(start).Milliseconds()
+	if o.Sandbox != nil {
+		env.Sandbox = o.Sandbox.Name()
+	}
+	return env, err
+}
+
+func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
+	switch req.Cache {
+	case "", "none", "writeback", "writethrough", "directsync", "unsafe":
+	default:
+		return nil, errcode.New(errcode.BadArguments, "commit: unknown cache mode %q", req.Cache)
+	}
+	if req.Rate < 0 {
+		return nil, errcode.New(errcode.BadArguments, "commit: negative rate limit")
+	}
+	drop := req.Drop || req.Base != ""
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: !drop})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if len(c.Images) < 2 {
+		return nil, errcode.New(errcode.NoBackingFile, "Image does not have a backing file")
+	}
+	base := 1
+	if req.Base != "" {
+		if base, err = findBase(c, req.Base); err != nil {
+			return nil, errcode.New(errcode.BaseNotInChain, "Did not find '%s' in the backing chain of '%s'", req.Base, path)
+		}
+	}
+	if err := reopenWritable(o, c, base); err != nil {
+		return nil, err
+	}
+	if base >= 2 {
+		// The image above the base is kept valid (docs/commit.md).
+		if err := reopenWritable(o, c, base-1); err != nil {
+			return nil, err
+		}
+	}
+	refs := c.Refs()
+	refs[base].Writable = true
+	refs[base-1].Writable = base >= 2 || !drop
+	refs[0].Writable = !drop
+	args, _ := json.Marshal(vmm.CommitArgs{Base: base, Drop: drop, Rate: req.Rate, Cache: req.Cache})
+	res, err := o.Sandbox.Run(ctx, vmm.Job{
+		Request:  vmm.Request{Op: vmm.OpCommit, Images: refs, Args: args},
+		Files:    c.Files(),
+		Progress: progress,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var r vmm.CommitResult
+	if err := chainmodel.DecodeResult(res, &r); err != nil {
+		return nil, err
+	}
+	if r.ClustersCommitted < 0 || r.BytesCommitted < 0 || r.OverlayClustersCleared < 0 {
+		return nil, errcode.New(errcode.WorkerProtocol, "worker reported negative commit counts")
+	}
+	b := c.Images[base]
+	name := b.Name
+	return &Envelope{
+		Operation:              "commit",
+		Image:                  path,
+		Format:                 c.Top().Info.Format,
+		Backing:                &name,
+		BackingFormat:          b.Info.Format,
+		ClustersCommitted:      &r.ClustersCommitted,
+		BytesCommitted:         &r.BytesCommitted,
+		OverlayClustersCleared: &r.OverlayClustersCleared,
+	}, nil
+}
+
+// findBase returns the index in c of the image that base names, the way
+// qemu's bdrv_find_backing_image matches it: for each image of the chain,
+// base taken relative to that image's directory (or absolute) must be the
+// same file as the image's backing file.
+func findBase(c *chainmodel.Chain, base string) (int, error) {
+	for i := 0; i+1 < len(c.Images); i++ {
+		cand := base
+		if !filepath.IsAbs(cand) {
+			cand = filepath.Join(c.Images[i].Dir(), cand)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(cand, &st); err != nil {
+			continue
+		}
+		next := c.Images[i+1].Stat
+		if st.Dev == next.Dev && st.Ino == next.Ino {
+			return i + 1, nil
+		}
+	}
+	return 0, errcode.New(errcode.BaseNotInChain, "%s is not in the chain", base)
+}
+
+// reopenWritable replaces the read-only descriptor of image i of c (a backing
+// image) by a read-write one, opened by the path policy from the image that
+// refers to it, locked as qemu locks an image it writes, and checked to be the
+// same file.
+func reopenWritable(o *chainmodel.Opener, c *chainmodel.Chain, i int) error {
+	im, ref := c.Images[i], c.Images[i-1]
+	chainmodel.UnlockImage(im.File)
+	f, _, err := o.Policy.Open(ref.Dir(), ref.Info.BackingFilename, true)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Dev != im.Stat.Dev || st.Ino != im.Stat.Ino {
+		f.Close()
+		return errcode.New(errcode.BackingNotFound, "backing file '%s' changed while it was being opened", im.Name)
+	}
+	if err := chainmodel.LockImage(f, im.Name, true); err != nil {
+		f.Close()
+		return err
+	}
+	im.File.Close()
+	im.File = f
+	return nil
+}

@@ -1,0 +1,384 @@
+package ctl
+
+import (
+	"math"
+	"strconv"
+	"strings"
+
+	"instarfs/errcode"
+)
+
+// The control-file grammar.
+//
+// A write to a mounted image's rebase or commit file carries the arguments of
+// the subcommand without FILE, as one line. The line is split into words as a
+// POSIX shell would split it, without expansions: blanks separate words,
+// 'single quotes' keep everything literally, "double quotes" keep everything
+// but a backslash before ", \, $ or `, and a backslash outside quotes keeps
+// the next character. The flags are the command line's: short ones, whose value
+// may be attached (-Fqcow2) or the next word (-F qcow2) and which may be
+// grouped when they take none (-up), and long ones (--backing-format qcow2,
+// --backing-format=qcow2). --output is accepted and ignored (the result is in
+// result.json). "--" ends the flags. Anything else is refused with
+// BAD_ARGUMENTS, which a control file reports as EINVAL.
+
+// MaxControlLine is the longest control-file write accepted.
+const MaxControlLine = 4096
+
+// SplitWords splits a control-file line into words.
+func SplitWords(line string) ([]string, error) {
+	if len(line) > MaxControlLine {
+		return nil, badArgs("the arguments are %d bytes long (at most %d)", len(line), MaxControlLine)
+	}
+	var (
+		words []string
+		cur   strings.Builder
+		in    bool // inside a word
+	)
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == 0:
+			return nil, badArgs("the arguments contain a NUL byte")
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		case c == '\'':
+			in = true
+			j := strings.IndexByte(line[i+1:], '\'')
+			if j < 0 {
+				return nil, badArgs("unterminated single quote")
+			}
+			cur.WriteString(line[i+1 : i+1+j])
+			i += j + 1
+		case c == '"':
+			in = true
+			i++
+			for ; i < len(line) && line[i] != '"'; i++ {
+				if line[i] == 0 {
+					return nil, badArgs("the arguments contain a NUL byte")
+				}
+				if line[i] == '\\' && i+1 < len(line) && strings.IndexByte("\"\\$`", line[i+1]) >= 0 {
+					i++
+				}
+				cur.WriteByte(line[i])
+			}
+			if i >= len(line) {
+				return nil, badArgs("unterminated double quote")
+			}
+		case c == '\\':
+			in = true
+			if i+1 >= len(line) {
+				return nil, badArgs("a backslash ends the arguments")
+			}
+			i++
+			if line[i] == '\n' {
+				continue // line continuation
+			}
+			if line[i] == 0 {
+				return nil, badArgs("the arguments contain a NUL byte")
+			}
+			cur.WriteByte(line[i])
+		default:
+			in = true
+			cur.WriteByte(c)
+		}
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
+
+// QuoteWord quotes w so that SplitWords reads it back as one word.
+func QuoteWord(w string) string {
+	if w != "" && strings.IndexFunc(w, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:+,=@%", r))
+	}) < 0 {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+}
+
+// flagSpec describes one flag: whether it takes a value, and its long name.
+type flagSpec struct {
+	value bool
+	long  string
+}
+
+// outputFlag is --output, accepted for parity with the command line and
+// ignored: a control file's result is in result.json.
+const outputFlag = 'o'
+
+// parsed is the outcome of parseFlags: flag values by letter (the last one
+// wins for booleans; a repeated valued flag is an error) and the positional
+// words.
+type parsed struct {
+	values map[byte]string
+	set    map[byte]bool
+	args   []string
+}
+
+func parseFlags(cmd string, words []string, specs map[byte]flagSpec) (*parsed, error) {
+	p := &parsed{values: map[byte]string{}, set: map[byte]bool{}}
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		if w == "--" {
+			p.args = append(p.args, words[i+1:]...)
+			break
+		}
+		if len(w) < 2 || w[0] != '-' {
+			p.args = append(p.args, w)
+			continue
+		}
+		if w[1] == '-' {
+			name, v, hasValue := strings.Cut(w[2:], "=")
+			c, spec, ok := byte(0), flagSpec{}, false
+			for k, s := range specs {
+				if s.long == name {
+					c, spec, ok = k, s, true
+				}
+			}
+			switch {
+			case !ok:
+				return nil, badArgs("%s: unknown flag --%s", cmd, QuoteWord(name))
+			case !spec.value && hasValue:
+				return nil, badArgs("%s: flag --%s takes no value", cmd, name)
+			case !spec.value:
+				p.set[c] = true
+				continue
+			case !hasValue && i+1 >= len(words):
+				return nil, badArgs("%s: flag --%s needs a value", cmd, name)
+			case !hasValue:
+				i++
+				v = words[i]
+			}
+			if p.set[c] {
+				return nil, badArgs("%s: flag --%s given twice", cmd, name)
+			}
+			p.set[c], p.values[c] = true, v
+			continue
+		}
+		for j := 1; j < len(w); j++ {
+			c := w[j]
+			spec, ok := specs[c]
+			if !ok || c == outputFlag {
+				return nil, badArgs("%s: unknown flag -%c", cmd, c)
+			}
+			if !spec.value {
+				p.set[c] = true
+				continue
+			}
+			var v string
+			switch {
+			case j+1 < len(w):
+				v = w[j+1:]
+			case i+1 < len(words):
+				i++
+				v = words[i]
+			default:
+				return nil, badArgs("%s: flag -%c needs a value", cmd, c)
+			}
+			if p.set[c] {
+				return nil, badArgs("%s: flag -%c given twice", cmd, c)
+			}
+			p.set[c], p.values[c] = true, v
+			break
+		}
+	}
+	return p, nil
+}
+
+func checkFormat(cmd string, flag byte, v string) error {
+	switch v {
+	case "qcow2", "vmdk", "raw":
+		return nil
+	}
+	return badArgs("%s: -%c: unknown format %s (qcow2, vmdk or raw)", cmd, flag, QuoteWord(v))
+}
+
+var rebaseFlags = map[byte]flagSpec{
+	'b': {true, "backing"}, 'F': {true, "backing-format"}, 'f': {true, "format"},
+	'u': {false, "unsafe"}, 'p': {false, "progress"}, 'q': {false, "quiet"},
+	outputFlag: {true, "output"},
+}
+
+// ParseRebase parses what was written to a rebase control file. The new
+// backing file is -b's value or the one positional word; with neither (an empty
+// line, or -b "") the image is detached from its backing file.
+func ParseRebase(line string) (RebaseRequest, error) {
+	var r RebaseRequest
+	words, err := SplitWords(line)
+	if err != nil {
+		return r, err
+	}
+	p, err := parseFlags("rebase", words, rebaseFlags)
+	if err == nil {
+		err = checkOutput("rebase", p)
+	}
+	if err != nil {
+		return r, err
+	}
+	switch {
+	case len(p.args) > 1:
+		return r, badArgs("rebase: too many arguments: %s (give the new backing file once)", joinQuoted(p.args))
+	case len(p.args) == 1 && p.set['b']:
+		return r, badArgs("rebase: the new backing file is given both by -b and as %s", QuoteWord(p.args[0]))
+	case len(p.args) == 1:
+		r.Backing = p.args[0]
+	default:
+		r.Backing = p.values['b']
+	}
+	r.BackingFormat, r.Format, r.Unsafe = p.values['F'], p.values['f'], p.set['u']
+	if r.BackingFormat != "" {
+		if err := checkFormat("rebase", 'F', r.BackingFormat); err != nil {
+			return r, err
+		}
+		if r.Backing == "" {
+			return r, badArgs("rebase: -F names the format of a backing file, but the image is being detached")
+		}
+	}
+	if p.set['f'] {
+		if err := checkFormat("rebase", 'f', r.Format); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+var commitFlags = map[byte]flagSpec{
+	'b': {true, "base"}, 'f': {true, "format"}, 'r': {true, "rate"}, 't': {true, "cache"},
+	'd': {false, "drop"}, 'p': {false, "progress"}, 'q': {false, "quiet"},
+	outputFlag: {true, "output"},
+}
+
+// checkOutput validates --output, which a control file ignores.
+func checkOutput(cmd string, p *parsed) error {
+	if v := p.values[outputFlag]; p.set[outputFlag] && v != "human" && v != "json" {
+		return badArgs("%s: --output: unknown value %s (human or json)", cmd, QuoteWord(v))
+	}
+	return nil
+}
+
+// ParseCommit parses what was written to a commit control file: qemu-img
+// commit's flags and no positional word.
+func ParseCommit(line string) (CommitRequest, error) {
+	var r CommitRequest
+	words, err := SplitWords(line)
+	if err != nil {
+		return r, err
+	}
+	p, err := parseFlags("commit", words, commitFlags)
+	if err == nil {
+		err = checkOutput("commit", p)
+	}
+	if err != nil {
+		return r, err
+	}
+	if len(p.args) > 0 {
+		return r, badArgs("commit: unexpected argument %s (the image is the directory written to; use -b for the base)", QuoteWord(p.args[0]))
+	}
+	r.Base, r.Format, r.Drop = p.values['b'], p.values['f'], p.set['d']
+	if p.set['f'] {
+		if err := checkFormat("commit", 'f', r.Format); err != nil {
+			return r, err
+		}
+	}
+	if p.set['r'] {
+		if r.Rate, err = ParseRate(p.values['r']); err != nil {
+			return r, err
+		}
+	}
+	if p.set['t'] {
+		switch v := p.values['t']; v {
+		case "none", "writeback", "writethrough", "directsync", "unsafe":
+			r.Cache = v
+		default:
+			return r, badArgs("commit: -t: unknown cache mode %s (none, writeback, writethrough, directsync or unsafe)", QuoteWord(v))
+		}
+	}
+	return r, nil
+}
+
+// ParseRate parses a rate limit in bytes per second as qemu-img does: a
+// number, possibly fractional, with an optional binary suffix B, K, M, G, T, P
+// or E (upper or lower case).
+func ParseRate(s string) (int64, error) {
+	num, mult := s, float64(1)
+	if n := len(s); n > 0 {
+		if i := strings.IndexByte("BKMGTPE", upper(s[n-1])); i >= 0 {
+			num, mult = s[:n-1], math.Pow(1024, float64(i))
+		}
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || num == "" || strings.ContainsAny(num, "eExXpPnNiI_+") || v < 0 || math.IsNaN(v) {
+		return 0, badArgs("commit: -r: invalid rate %s (bytes per second, e.g. 10M)", QuoteWord(s))
+	}
+	if mult == 1 && v != math.Trunc(v) {
+		return 0, badArgs("commit: -r: a fractional rate needs a suffix: %s", QuoteWord(s))
+	}
+	r := v * mult
+	if r >= math.MaxInt64 {
+		return 0, badArgs("commit: -r: rate %s is too large", QuoteWord(s))
+	}
+	return int64(r), nil
+}
+
+func upper(c byte) byte {
+	if c >= 'a' && c <= 'z' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+// Args renders r as a control-file line that ParseRebase reads back as r.
+func (r RebaseRequest) Args() string {
+	var w []string
+	if r.Unsafe {
+		w = append(w, "-u")
+	}
+	if r.Format != "" {
+		w = append(w, "-f", QuoteWord(r.Format))
+	}
+	if r.BackingFormat != "" {
+		w = append(w, "-F", QuoteWord(r.BackingFormat))
+	}
+	w = append(w, "-b", QuoteWord(r.Backing))
+	return strings.Join(w, " ")
+}
+
+// Args renders r as a control-file line that ParseCommit reads back as r.
+func (r CommitRequest) Args() string {
+	var w []string
+	if r.Drop {
+		w = append(w, "-d")
+	}
+	if r.Format != "" {
+		w = append(w, "-f", QuoteWord(r.Format))
+	}
+	if r.Base != "" {
+		w = append(w, "-b", QuoteWord(r.Base))
+	}
+	if r.Rate != 0 {
+		w = append(w, "-r", strconv.FormatInt(r.Rate, 10))
+	}
+	if r.Cache != "" {
+		w = append(w, "-t", QuoteWord(r.Cache))
+	}
+	return strings.Join(w, " ")
+}
+
+func joinQuoted(ws []string) string {
+	q := make([]string, len(ws))
+	for i, w := range ws {
+		q[i] = QuoteWord(w)
+	}
+	return strings.Join(q, " ")
+}
+
+func badArgs(format string, args ...any) error {
+	return errcode.New(errcode.BadArguments, format, args...)
+}

@@ -1,0 +1,529 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/chainmodel/layer"
+	"instarfs/chainmodel/qcow2"
+	"instarfs/chainmodel/vmdk"
+	"instarfs/errcode"
+	"instarfs/planners"
+	"instarfs/vmm"
+)
+
+func init() { register(vmm.OpCommit, opCommit) }
+
+// opCommit is qemu-img commit: every range that a layer above the base
+// defines is written into the base, read through the top's view of the chain;
+// then, unless args.Drop, the top is emptied.
+//
+// Order of writes (DESIGN §3): base data, base metadata, fdatasync(base);
+// then the top's metadata, fdatasync(top). A crash before the base is durable
+// leaves the base with leaked clusters at worst and the chain reading as
+// before (the base only receives, in ranges the layers above it cover, what
+// the top already shows there); a crash while emptying the top leaves it
+// reading through to a base that holds the same data.
+func opCommit(_ context.Context, s *session) (any, error) {
+	var args vmm.CommitArgs
+	if err := s.args(&args); err != nil {
+		return nil, err
+	}
+	if err := s.need(2); err != nil {
+		return nil, err
+	}
+	if args.Base < 1 || args.Base >= len(s.req.Images) {
+		return nil, errcode.New(errcode.WorkerProtocol, "commit: base index %d outside the chain of %d images", args.Base, len(s.req.Images))
+	}
+	switch args.Cache {
+	case "", "writeback", "none", "writethrough", "directsync", "unsafe":
+	default:
+		return nil, errcode.New(errcode.BadArguments, "invalid cache mode %q", args.Cache)
+	}
+	if !s.req.Images[args.Base].Writable || !args.Drop && !s.req.Images[0].Writable ||
+		args.Base >= 2 && !s.req.Images[args.Base-1].Writable {
+		return nil, errcode.New(errcode.WorkerProtocol, "commit: the base, the image above it, and the top unless dropped must be writable")
+	}
+	imgs, err := s.openImages()
+	if err != nil {
+		return nil, err
+	}
+	c := &committer{s: s, args: args, imgs: imgs, base: imgs[args.Base]}
+	return c.run()
+}
+
+// committer carries one commit.
+type committer struct {
+	s    *session
+	args vmm.CommitArgs
+	imgs []*opened
+	base *opened
+	res  vmm.CommitResult
+}
+
+func (c *committer) run() (any, error) {
+	chain := make([]member, len(c.imgs))
+	layers := make(commitView, len(c.imgs))
+	for i, o := range c.imgs {
+		chain[i] = o.member()
+		layers[i] = o.img
+	}
+	segs, err := commitSegments(chain, c.args.Base)
+	if err != nil {
+		return nil, err
+	}
+	top := c.imgs[0]
+	in := planners.CommitInput{
+		TopSize:  top.img.VirtualSize(),
+		BaseSize: c.base.img.VirtualSize(),
+		Segments: segs,
+	}
+	if c.base.format != "raw" {
+		in.BaseClusterSize = c.base.info.ClusterSize
+	}
+	steps, err := planners.PlanCommit(in)
+	if err != nil {
+		return nil, errInternal("%v", err)
+	}
+	t, err := c.target()
+	if err != nil {
+		return nil, err
+	}
+	var empty func() error
+	if !c.args.Drop {
+		// Refuse a top that cannot be emptied before the base is touched.
+		if empty, err = c.topEmptier(); err != nil {
+			return nil, err
+		}
+	}
+	if c.args.Base >= 2 {
+		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, layers, t); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.apply(t, steps, layers, in); err != nil {
+		return nil, err
+	}
+	if err := t.finish(c.args.Cache == "unsafe"); err != nil {
+		return nil, err
+	}
+	if empty != nil {
+		if err := empty(); err != nil {
+			return nil, err
+		}
+	}
+	return c.res, nil
+}
+
+// apply carries out the steps on the base.
+func (c *committer) apply(t commitTarget, steps []planners.Step, layers commitView, in planners.CommitInput) error {
+	var total, done int64
+	for _, st := range steps {
+		if st.Kind != planners.StepGrow {
+			total += st.Length
+		}
+	}
+	unitSize := in.BaseClusterSize
+	if unitSize <= 0 {
+		unitSize = planners.Granularity(0)
+	}
+	lastUnit := int64(-1)
+	start := time.Now()
+	sync := c.args.Cache == "writethrough" || c.args.Cache == "directsync"
+	var buf []byte
+	for _, st := range steps {
+		var err error
+		switch st.Kind {
+		case planners.StepGrow:
+			err = t.grow(st.Length)
+		case planners.StepCopy:
+			buf, err = c.copy(t, st, layers, buf)
+		case planners.StepZero:
+			err = t.zero(st.Start, st.Length)
+		case planners.StepDiscard:
+			err = t.discard(st.Start, st.Length)
+		}
+		if err != nil {
+			return err
+		}
+		if st.Kind == planners.StepGrow {
+			continue
+		}
+		first, last := st.Start/unitSize, (st.End()-1)/unitSize
+		if first == lastUnit {
+			first++
+		}
+		if last >= first {
+			c.res.ClustersCommitted += last - first + 1
+		}
+		lastUnit = last
+		c.res.BytesCommitted += st.Length
+		done += st.Length
+		if sync {
+			if err := t.flush(); err != nil {
+				return err
+			}
+		}
+		if c.args.Rate > 0 {
+			want := time.Duration(float64(done) / float64(c.args.Rate) * float64(time.Second))
+			if d := want - time.Since(start); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		if total > 0 {
+			c.s.out.progress(float64(done) / float64(total))
+		}
+	}
+	return nil
+}
+
+// copy writes a copy step into the base, widened to whole allocation units of
+// the base so that no partial unit needs copy-on-write: the widened parts read
+// through the top's chain view, which there shows what the base itself shows
+// (no layer above the base defines them, or they are committed anyway), and
+// past the end of the top through the base's own chain.
+//
+// Reading a range of the base that an earlier step already wrote is safe
+// although the base's reader does not see the new metadata: earlier steps
+// wrote, outside the dirty ranges, exactly what the reader still returns.
+func (c *committer) copy(t commitTarget, st planners.Step, layers commitView, buf []byte) ([]byte, error) {
+	start, end := t.widen(st.Start, st.End())
+	if need := int(end - start); cap(buf) < need {
+		buf = make([]byte, need)
+	}
+	p := buf[:end-start]
+	topSize := layers[0].VirtualSize()
+	split := min(max(topSize, start), end)
+	if err := layers.readAt(p[:split-start], start); err != nil {
+		return buf, err
+	}
+	if split < end {
+		if err := layers[c.args.Base:].readAt(p[split-start:], split); err != nil {
+			return buf, err
+		}
+	}
+	return buf, t.write(p, start)
+}
+
+// commitTarget is the base, written by its format's rules.
+type commitTarget interface {
+	// widen returns the range of whole allocation units covering [start, end),
+	// clipped to the base's size.
+	widen(start, end int64) (int64, int64)
+	grow(size int64) error
+	write(p []byte, off int64) error
+	// zero makes a range aligned to the base's clusters read as zero, freeing
+	// what the base stored there (write-zeroes with MAY_UNMAP).
+	zero(off, n int64) error
+	discard(off, n int64) error
+	// flush makes what was written durable and referenced.
+	flush() error
+	// finish flushes and completes the base's metadata (the header).
+	finish(unsafe bool) error
+}
+
+func (c *committer) target() (commitTarget, error) {
+	f := ImageFile{c.base.file}
+	switch c.base.format {
+	case "qcow2":
+		w, err := qcow2.NewWriter(f, c.base.size)
+		if err != nil {
+			return nil, err
+		}
+		return &qcow2Target{w: w, hasBacking: c.args.Base < len(c.imgs)-1}, nil
+	case "vmdk":
+		w, err := vmdk.NewWriter(c.base.v, f)
+		if err != nil {
+			return nil, err
+		}
+		return &vmdkTarget{w: w, v: c.base.v}, nil
+	case "raw":
+		return &rawTarget{f: f, size: c.base.img.VirtualSize()}, nil
+	}
+	return nil, errcode.New(errcode.CommitUnsupported, "cannot commit into a %s image", c.base.format)
+}
+
+func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }
+
+// qcow2Target writes a qcow2 base through the qcow2 Writer.
+type qcow2Target struct {
+	w          *qcow2.Writer
+	hasBacking bool
+}
+
+func (t *qcow2Target) widen(start, end int64) (int64, int64) {
+	h := t.w.Header()
+	unit := h.SubclusterSize()
+	cs := h.ClusterSize()
+	size := int64(h.Size)
+	// The last unit runs past the virtual size: it is written whole, the
+	// part past the end zero, so that a new cluster is covered entirely.
+	s, e := start/unit*unit, min(roundUp(end, unit), roundUp(size, unit))
+	if unit != cs {
+		// A compressed cluster can only be replaced whole.
+		if st, _, err := t.w.Lookup(s); err == nil && st == qcow2.SubclusterCompressed {
+			s = s / cs * cs
+		}
+		if st, _, err := t.w.Lookup(e - 1); err == nil && st == qcow2.SubclusterCompressed {
+			e = min(roundUp(e, cs), roundUp(size, cs))
+		}
+	}
+	return s, e
+}
+
+func (t *qcow2Target) grow(size int64) error { return t.w.Resize(size) }
+
+func (t *qcow2Target) write(p []byte, off int64) error { return t.w.WriteData(off, p) }
+
+// zero follows qcow2_co_pwrite_zeroes with MAY_UNMAP: zero clusters (their
+// old host clusters freed) in version 3; in version 2, a discard when the base
+// has no backing file and explicit zeros when it has one.
+func (t *qcow2Target) zero(off, n int64) error {
+	if t.w.Header().Version < 3 && !t.hasBacking {
+		return t.w.Unmap(off, n)
+	}
+	return t.w.WriteZeroes(off, n, qcow2.ZeroMayUnmap)
+}
+
+func (t *qcow2Target) discard(off, n int64) error {
+	if !t.hasBacking {
+		return t.w.Unmap(off, n)
+	}
+	return t.w.WriteZeroes(off, n, qcow2.ZeroMayUnmap)
+}
+
+func (t *qcow2Target) flush() error { return t.w.Flush() }
+
+func (t *qcow2Target) finish(bool) error { return t.w.Finish() }
+
+// vmdkTarget writes a vmdk base through the vmdk Writer.
+type vmdkTarget struct {
+	w *vmdk.Writer
+	v *vmdk.Image
+}
+
+func (t *vmdkTarget) widen(start, end int64) (int64, int64) {
+	g := t.v.GrainSize()
+	return start / g * g, min((end+g-1)/g*g, t.v.VirtualSize())
+}
+
+func (t *vmdkTarget) grow(size int64) error {
+	return errcode.New(errcode.CommitUnsupported, "the vmdk base (%d bytes) is smaller than the image committed into it (%d bytes), and vmdk images cannot grow", t.v.VirtualSize(), size)
+}
+
+func (t *vmdkTarget) write(p []byte, off int64) error {
+	_, err := t.w.WriteAt(p, off)
+	return err
+}
+
+func (t *vmdkTarget) zero(off, n int64) error    { return t.w.WriteZeroes(off, n) }
+func (t *vmdkTarget) discard(off, n int64) error { return t.w.WriteZeroes(off, n) }
+func (t *vmdkTarget) flush() error               { return t.w.Flush() }
+func (t *vmdkTarget) finish(bool) error          { return t.w.Flush() }
+
+// rawTarget writes a raw base: guest offset is file offset.
+type rawTarget struct {
+	f    ImageFile
+	size int64
+}
+
+func (t *rawTarget) widen(start, end int64) (int64, int64) { return start, end }
+
+func (t *rawTarget) grow(size int64) error {
+	if err := t.f.Truncate(size); err != nil {
+		return errcode.New(errcode.WriteFailed, "growing the raw base to %d bytes: %v", size, err)
+	}
+	t.size = size
+	return nil
+}
+
+func (t *rawTarget) write(p []byte, off int64) error {
+	if _, err := t.f.WriteAt(p, off); err != nil {
+		return errcode.New(errcode.WriteFailed, "writing the raw base at %d: %v", off, err)
+	}
+	return nil
+}
+
+// zero punches a hole, as qemu's file driver does for write-zeroes with
+// MAY_UNMAP; where the file system cannot, zeros are written.
+func (t *rawTarget) zero(off, n int64) error {
+	err := t.f.PunchHole(off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+		return errcode.New(errcode.WriteFailed, "punching a hole in the raw base at %d: %v", off, err)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		m := min(n, int64(len(zero)))
+		if err := t.write(zero[:m], off); err != nil {
+			return err
+		}
+		off += m
+		n -= m
+	}
+	return nil
+}
+
+func (t *rawTarget) discard(off, n int64) error { return t.zero(off, n) }
+
+func (t *rawTarget) flush() error {
+	if err := t.f.Datasync(); err != nil {
+		return errcode.New(errcode.WriteFailed, "syncing the raw base: %v", err)
+	}
+	return nil
+}
+
+func (t *rawTarget) finish(unsafe bool) error {
+	if unsafe {
+		return nil
+	}
+	return t.flush()
+}
+
+// topEmptier prepares emptying the top after the base is durable, and
+// returns the function that does it: qcow2 as qemu's bdrv_make_empty does;
+// vmdk (which qemu leaves as it is) by clearing every grain table entry, with
+// its parentCID made the base's CID when the base is a vmdk whose CID it does
+// not match. A streamOptimized vmdk top is left as it is, as qemu leaves it.
+func (c *committer) topEmptier() (func() error, error) {
+	top := c.imgs[0]
+	f := ImageFile{top.file}
+	switch top.format {
+	case "qcow2":
+		w, err := qcow2.NewWriter(f, top.size)
+		if err != nil {
+			return nil, err
+		}
+		return func() error {
+			r, err := w.MakeEmpty(f)
+			c.res.OverlayClustersCleared = r.Cleared
+			return err
+		}, nil
+	case "vmdk":
+		if top.v.Compressed() {
+			return nil, nil
+		}
+		w, err := vmdk.NewWriter(top.v, f)
+		if err != nil {
+			return nil, err
+		}
+		return func() error {
+			if c.args.Base == 1 && c.base.v != nil && top.v.ParentCID() != c.base.v.CID() {
+				cid := c.base.v.CID()
+				if err := w.UpdateDescriptor(func(d *vmdk.Descriptor) error { return d.SetParentCID(cid) }); err != nil {
+					return err
+				}
+			}
+			freed, n, err := w.Empty()
+			if err != nil {
+				return err
+			}
+			c.res.OverlayClustersCleared = n
+			for _, g := range freed {
+				if err := f.PunchHole(g, top.v.GrainSize()); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
+					return errcode.New(errcode.WriteFailed, "punching out a freed grain of the top: %v", err)
+				}
+			}
+			if err := f.Datasync(); err != nil {
+				return errcode.New(errcode.WriteFailed, "syncing the top: %v", err)
+			}
+			return nil
+		}, nil
+	}
+	return nil, nil
+}
+
+// preserveIntermediate keeps the image just above the base (with -b, an
+// intermediate image) showing what it showed before the commit: before the
+// base changes, every unit of it that it does not define itself, in a range
+// the steps change, and where the base's content will differ, receives the
+// base's old content. qemu-img does not do this, and leaves the intermediate
+// images showing a mix of old and committed data.
+//
+// Its own writes are made durable before the base is touched, so a crash
+// leaves it showing what it showed before either way.
+func (c *committer) preserveIntermediate(steps []planners.Step, layers commitView, t commitTarget) (int64, error) {
+	mid := c.imgs[c.args.Base-1]
+	f := ImageFile{mid.file}
+	var (
+		write  func(p []byte, off int64) error
+		finish func() error
+		unit   int64
+	)
+	switch mid.format {
+	case "qcow2":
+		w, err := qcow2.NewWriter(f, mid.size)
+		if err != nil {
+			return 0, err
+		}
+		unit = w.Header().SubclusterSize()
+		write = func(p []byte, off int64) error {
+			if n := int64(len(p)); n < unit {
+				// The last unit, cut by the virtual size: written whole.
+				p = append(p[:n:n], make([]byte, unit-n)...)
+			}
+			return w.WriteData(off, p)
+		}
+		finish = w.Finish
+	case "vmdk":
+		w, err := vmdk.NewWriter(mid.v, f)
+		if err != nil {
+			return 0, err
+		}
+		unit = mid.v.GrainSize()
+		write = func(p []byte, off int64) error { _, err := w.WriteAt(p, off); return err }
+		finish = w.Flush
+	default:
+		return 0, errcode.New(errcode.CommitUnsupported, "cannot keep the %s image '%s' valid", mid.format, mid.ref.Name)
+	}
+	midSize := mid.img.VirtualSize()
+	old := layers[c.args.Base:]
+	oldBuf, newBuf := make([]byte, unit), make([]byte, unit)
+	var copied int64
+	next := int64(0) // units below next are done
+	for _, st := range steps {
+		if st.Kind == planners.StepGrow {
+			continue
+		}
+		start, end := st.Start, st.End()
+		if st.Kind == planners.StepCopy {
+			start, end = t.widen(start, end)
+		}
+		for u := max(start/unit*unit, next); u < min(end, midSize); u += unit {
+			next = u + unit
+			e, err := mid.img.Extent(u)
+			if err != nil {
+				return 0, err
+			}
+			if e.Kind != layer.Unallocated {
+				continue
+			}
+			n := min(unit, midSize-u)
+			if err := old.readAt(oldBuf[:n], u); err != nil {
+				return 0, err
+			}
+			if st.Kind == planners.StepCopy {
+				err = layers.readAt(newBuf[:n], u)
+			} else {
+				clear(newBuf[:n])
+			}
+			if err != nil {
+				return 0, err
+			}
+			if bytes.Equal(oldBuf[:n], newBuf[:n]) {
+				continue
+			}
+			if err := write(oldBuf[:n], u); err != nil {
+				return 0, err
+			}
+			copied++
+		}
+	}
+	return copied, finish()
+}
