@@ -51,6 +51,7 @@ func newApp() *app {
 	a.commitCommand()
 	a.rebaseCommand()
 	a.sandboxCheckCommand()
+	a.mountCommand()
 	return a
 }
 

@@ -1,0 +1,104 @@
+package ctl
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"instarfs/errcode"
+)
+
+// blockingJob runs until released or cancelled, reporting half progress.
+func blockingJob(release <-chan struct{}) JobFunc {
+	return func(ctx context.Context, progress Progress) (*Envelope, error) {
+		progress(0.5)
+		select {
+		case <-release:
+			return &Envelope{Operation: "rebase", Image: "a"}, nil
+		case <-ctx.Done():
+			err := errcode.New(errcode.Cancelled, "interrupted")
+			return Failed("rebase", "a", err), err
+		}
+	}
+}
+
+func TestJobManager(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	log.SetLevel(logrus.InfoLevel)
+	m := &JobManager{Sandbox: "jail", Log: log}
+	a, b, c := FileID{1, 1}, FileID{1, 2}, FileID{1, 3}
+	if s := m.Status(a); s != "idle" {
+		t.Fatalf("status before any job: %q", s)
+	}
+	release := make(chan struct{})
+	j, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []FileID{a, b}, Run: blockingJob(release)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for m.Status(a) != "running rebase 50%" && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if s := m.Status(a); s != "running rebase 50%" {
+		t.Errorf("status while running: %q", s)
+	}
+	// Any image of the chain is busy; another chain is not.
+	for _, top := range []FileID{a, b} {
+		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Code(err) != errcode.ChainBusy {
+			t.Errorf("second job on %v: %v, want CHAIN_BUSY", top, err)
+		}
+	}
+	done := make(chan struct{})
+	close(done)
+	jc, err := m.Start(JobSpec{Operation: "commit", Image: "c", Top: c, Run: blockingJob(done)})
+	if err != nil {
+		t.Fatalf("job on another chain: %v", err)
+	}
+	jc.Wait(context.Background())
+
+	close(release)
+	env, err := j.Wait(context.Background())
+	if err != nil || env.Sandbox != "jail" {
+		t.Fatalf("Wait: %+v, %v", env, err)
+	}
+	if s := m.Status(a); s != "ok rebase" {
+		t.Errorf("status after success: %q", s)
+	}
+	if m.Busy(b) {
+		t.Errorf("chain still busy after the job")
+	}
+
+	// Cancelling the waiter cancels the job.
+	ctx, cancel := context.WithCancel(context.Background())
+	j, err = m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Run: blockingJob(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := j.Wait(ctx); !IsCancelled(err) {
+		t.Errorf("Wait after cancel: %v", err)
+	}
+	if s := m.Status(a); !strings.HasPrefix(s, "failed rebase: interrupted") {
+		t.Errorf("status after cancel: %q", s)
+	}
+	m.Record(JobSpec{Operation: "commit", Image: "a", Top: a}, errcode.New(errcode.BadArguments, "commit: unknown flag -x"))
+	if s := m.Status(a); s != "failed commit: commit: unknown flag -x" {
+		t.Errorf("status after a refusal: %q", s)
+	}
+	if r := m.Result(a); r == nil || r.Error.Code != errcode.BadArguments {
+		t.Errorf("result after a refusal: %+v", r)
+	}
+	var lines int
+	for _, e := range hook.AllEntries() {
+		if e.Data["operation"] != nil && e.Data["sandbox"] == "jail" && e.Data["result"] != nil {
+			lines++
+		}
+	}
+	if lines != 4 {
+		t.Errorf("%d log lines for 4 jobs", lines)
+	}
+}

@@ -1,0 +1,151 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// dirNode mirrors a directory of IMAGEDIR (the root included): its
+// subdirectories and its images; other files are hidden.
+type dirNode struct {
+	node
+}
+
+var (
+	_ gofs.NodeLookuper  = (*dirNode)(nil)
+	_ gofs.NodeReaddirer = (*dirNode)(nil)
+	_ gofs.NodeGetattrer = (*dirNode)(nil)
+)
+
+func (d *dirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if err := unix.Stat(d.fs.hostPath(d.rel()), &st); err != nil {
+		return gofs.ToErrno(err)
+	}
+	out.Mode = unix.S_IFDIR | 0o755
+	out.Nlink = 2
+	setTimes(&out.Attr, &st)
+	owner(&out.Attr)
+	return 0
+}
+
+// entry is one child of a mirrored directory.
+type entry struct {
+	name  string
+	dir   bool
+	st    unix.Stat_t
+	class class
+}
+
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	rel := filepath.Join(d.rel(), name)
+	var st unix.Stat_t
+	if err := unix.Lstat(d.fs.hostPath(rel), &st); err != nil {
+		return nil, syscall.ENOENT
+	}
+	e := entry{name: name, st: st}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		e.dir = true
+	case unix.S_IFREG:
+		e.class = d.fs.classify(ctx, rel, &st)
+		if !e.class.image {
+			// It may be a raw file that a sibling names as its backing file:
+			// probing the siblings (cached) finds out.
+			d.scan(ctx)
+			e.class = d.fs.classify(ctx, rel, &st)
+		}
+		if !e.class.image {
+			return nil, syscall.ENOENT
+		}
+	default:
+		return nil, syscall.ENOENT
+	}
+	return d.child(ctx, e, out), 0
+}
+
+func (d *dirNode) child(ctx context.Context, e entry, out *fuse.EntryOut) *gofs.Inode {
+	if e.dir {
+		out.Mode = unix.S_IFDIR | 0o755
+		out.Nlink = 2
+		setTimes(&out.Attr, &e.st)
+		owner(&out.Attr)
+		return d.NewInode(ctx, &dirNode{node: node{fs: d.fs}},
+			gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindDir, e.st.Dev, e.st.Ino)})
+	}
+	img := &imageNode{node: node{fs: d.fs}}
+	img.fillAttr(&out.Attr, &e.st)
+	return d.NewInode(ctx, img, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindImage, e.st.Dev, e.st.Ino)})
+}
+
+// scan lists the host directory and classifies every regular file in it, in
+// two passes: a raw file is an image only when another image names it as its
+// raw backing file, which the first pass learns.
+func (d *dirNode) scan(ctx context.Context) ([]entry, syscall.Errno) {
+	dir := d.rel()
+	des, err := os.ReadDir(d.fs.hostPath(dir))
+	if err != nil {
+		return nil, gofs.ToErrno(err)
+	}
+	var out []entry
+	for _, de := range des {
+		var st unix.Stat_t
+		if unix.Lstat(d.fs.hostPath(filepath.Join(dir, de.Name())), &st) != nil {
+			continue
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			out = append(out, entry{name: de.Name(), dir: true, st: st})
+		case unix.S_IFREG:
+			out = append(out, entry{name: de.Name(), st: st})
+		}
+	}
+	for pass := 0; pass < 2; pass++ {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, probeParallelism)
+		for i := range out {
+			if out[i].dir || out[i].class.image {
+				continue
+			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(e *entry) {
+				defer func() { <-sem; wg.Done() }()
+				e.class = d.fs.classify(ctx, filepath.Join(dir, e.name), &e.st)
+			}(&out[i])
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return nil, syscall.EINTR
+		}
+	}
+	return out, 0
+}
+
+// probeParallelism is how many workers a directory listing runs at once to
+// classify new files.
+const probeParallelism = 4
+
+func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ents, errno := d.scan(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	var list []fuse.DirEntry
+	for _, e := range ents {
+		switch {
+		case e.dir:
+			list = append(list, fuse.DirEntry{Name: e.name, Mode: unix.S_IFDIR, Ino: inodeNumber(kindDir, e.st.Dev, e.st.Ino)})
+		case e.class.image:
+			list = append(list, fuse.DirEntry{Name: e.name, Mode: unix.S_IFDIR, Ino: inodeNumber(kindImage, e.st.Dev, e.st.Ino)})
+		}
+	}
+	return gofs.NewListDirStream(list), 0
+}

@@ -1,0 +1,179 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+)
+
+// genNode is a generated, read-only file: one of the JSON documents, status or
+// result.json.
+type genNode struct {
+	node
+	kind int
+	mode uint32
+}
+
+var (
+	_ gofs.NodeOpener    = (*genNode)(nil)
+	_ gofs.NodeGetattrer = (*genNode)(nil)
+	_ gofs.NodeSetattrer = (*genNode)(nil)
+)
+
+// Getattr reports size 0, as procfs does: the content is made at open and read
+// with direct I/O, so the size does not limit a reader.
+func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	_, st, errno := g.imageID()
+	if errno != 0 {
+		return errno
+	}
+	out.Mode = g.mode
+	out.Nlink = 1
+	setTimes(&out.Attr, &st)
+	owner(&out.Attr)
+	return 0
+}
+
+func (g *genNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if g.fs.cfg.ReadOnly {
+		return syscall.EROFS
+	}
+	return syscall.EACCES
+}
+
+func (g *genNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		if g.fs.cfg.ReadOnly {
+			return nil, 0, syscall.EROFS
+		}
+		return nil, 0, syscall.EACCES
+	}
+	data, errno := g.content(ctx)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return &snapshot{data: data}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// content makes the file's content now.
+func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
+	id, _, errno := g.imageID()
+	if errno != 0 {
+		return nil, errno
+	}
+	switch g.kind {
+	case kindStatus:
+		return []byte(g.fs.cfg.Jobs.Status(id) + "\n"), 0
+	case kindResult:
+		if env := g.fs.cfg.Jobs.Result(id); env != nil {
+			return env.JSON(), 0
+		}
+		return []byte("null\n"), 0
+	}
+	rel := g.imageRel()
+	c, _, ok := g.fs.imageClass(ctx, rel)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	if c.err != nil {
+		return nil, g.fs.errno(g.name(), rel, c.err)
+	}
+	data, err := g.fs.generate(ctx, g.kind, rel, c.format)
+	if err != nil {
+		return nil, g.fs.errno(g.name(), rel, err)
+	}
+	return data, 0
+}
+
+func (g *genNode) name() string {
+	name, _ := g.Parent()
+	return name
+}
+
+// genSlot names one cached document: the last one made per image and kind.
+type genSlot struct {
+	kind int
+	id   ctl.FileID
+}
+
+type genCacheEntry struct {
+	key  string // the identities of every file the document depends on
+	data []byte
+}
+
+// generate makes info.json, chain.json, map.json or check.json for the image
+// at rel, exactly as the command line prints them, through a worker. Each is
+// cached by the identity of the files it depends on.
+func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte, error) {
+	o := f.cfg.Opener
+	noBacking := kind == kindInfo || kind == kindCheck
+	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking})
+	if err != nil {
+		return nil, err
+	}
+	var key strings.Builder
+	for _, im := range c.Images {
+		st := im.Stat
+		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Name)
+	}
+	slot := genSlot{kind, ctl.FileID{Dev: c.Top().Stat.Dev, Ino: c.Top().Stat.Ino}}
+	f.mu.Lock()
+	cached, ok := f.gen[slot]
+	f.mu.Unlock()
+	if ok && cached.key == key.String() {
+		c.Close()
+		return cached.data, nil
+	}
+	var data []byte
+	switch kind {
+	case kindInfo:
+		data = ctl.InfoJSON(ctl.Info(c, false), false)
+	case kindChain:
+		data = ctl.InfoJSON(ctl.Info(c, true), true)
+	case kindMap:
+		var m *ctl.MapResult
+		if m, err = ctl.MapChain(ctx, o.Sandbox, c); err == nil {
+			data = m.JSON()
+		}
+	}
+	c.Close()
+	if kind == kindCheck { // Check opens the image itself
+		var r *ctl.CheckReport
+		if r, err = ctl.Check(ctx, o, rel, format); err == nil {
+			data = r.JSON()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.gen[slot] = genCacheEntry{key: key.String(), data: data}
+	f.mu.Unlock()
+	return data, nil
+}
+
+// snapshot is an open generated file: every read is served from the content
+// made at open.
+type snapshot struct {
+	data []byte
+}
+
+var _ gofs.FileReader = (*snapshot)(nil)
+
+func (s *snapshot) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(len(s.data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := off + int64(len(dest))
+	if end > int64(len(s.data)) {
+		end = int64(len(s.data))
+	}
+	return fuse.ReadResultData(s.data[off:end]), 0
+}

@@ -1,0 +1,333 @@
+// Package fs is the mounted filesystem: go-fuse nodes over a directory of
+// images, kept thin over the model it does not own. Which files are images
+// comes from worker probes (chainmodel.Opener.Probe); what the generated files
+// say comes from ctl, exactly as the command line prints it; the control files
+// hand their arguments to ctl's grammar and run the operation as a ctl job.
+//
+// The tree mirrors IMAGEDIR: every directory appears, every image file appears
+// as a directory, and every other file is hidden.
+//
+//	<image>/info.json    instarfs info --output=json <image>
+//	<image>/chain.json   instarfs info --output=json --backing-chain <image>
+//	<image>/map.json     instarfs map --output=json <image>
+//	<image>/check.json   instarfs check --output=json <image>
+//	<image>/backing      symlink to the backing image's directory, when inside IMAGEDIR
+//	<image>/status       idle | running <op> <n>% | ok <op> | failed <op>: <message>
+//	<image>/result.json  the result envelope of the last operation on the image
+//	<image>/rebase       write-only control file (absent on a read-only mount)
+//	<image>/commit       write-only control file (absent on a read-only mount)
+//
+// Image names are relative to IMAGEDIR, which must be the process's working
+// directory: the names in the generated files are then the ones the command
+// line prints when it is run there.
+//
+// Inode numbers derive from the host file's device and inode, so they are
+// stable across lookups and remounts. Generated files are opened with direct
+// I/O and serve every read from a snapshot taken at open, so a reader never
+// sees a torn or stale document. Nothing in a FUSE request waits on a job,
+// except the write to a control file that started it.
+package fs
+
+import (
+	"context"
+	"hash/fnv"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+	"instarfs/errcode"
+)
+
+// Config is what the filesystem serves and how.
+type Config struct {
+	// ImageDir is the absolute image directory; it must be the working
+	// directory.
+	ImageDir string
+	Opener   *chainmodel.Opener
+	Jobs     *ctl.JobManager
+	// ReadOnly hides the control files and refuses every change.
+	ReadOnly bool
+	Log      logrus.FieldLogger
+}
+
+// FS is the state shared by every node of one mount.
+type FS struct {
+	cfg Config
+
+	mu       sync.Mutex
+	classes  map[fileState]class       // what each file is, by identity
+	rawNamed map[string]bool           // paths (relative to ImageDir) some image names as raw backing
+	gen      map[genSlot]genCacheEntry // generated documents, last one per image and kind
+}
+
+// fileState identifies a file's content: a cached answer about the file is
+// reused only while it is unchanged.
+type fileState struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+// class is what a regular file of IMAGEDIR is.
+type class struct {
+	image  bool
+	format string // "" when detected, "raw" for a file named as raw backing
+	err    error  // a recognised but refused image: generated files fail with it
+}
+
+// New returns the filesystem for cfg, to pass to Mount.
+func New(cfg Config) (*FS, error) {
+	if !filepath.IsAbs(cfg.ImageDir) {
+		return nil, errcode.New(errcode.BadArguments, "image directory %q is not absolute", cfg.ImageDir)
+	}
+	wd, err := os.Getwd()
+	if err != nil || !sameFile(wd, cfg.ImageDir) {
+		return nil, errcode.New(errcode.BadArguments, "the working directory must be the image directory %s", cfg.ImageDir)
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.StandardLogger()
+	}
+	if cfg.Jobs == nil {
+		cfg.Jobs = &ctl.JobManager{}
+	}
+	return &FS{
+		cfg:      cfg,
+		classes:  map[fileState]class{},
+		rawNamed: map[string]bool{},
+		gen:      map[genSlot]genCacheEntry{},
+	}, nil
+}
+
+// Root returns the root node.
+func (f *FS) Root() gofs.InodeEmbedder {
+	return &dirNode{node: node{fs: f}}
+}
+
+func sameFile(a, b string) bool {
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(sa, sb)
+}
+
+// hostPath is the host path of rel, a path relative to ImageDir.
+func (f *FS) hostPath(rel string) string {
+	return filepath.Join(f.cfg.ImageDir, rel)
+}
+
+// Inode kinds, mixed into inode numbers.
+const (
+	kindDir = iota + 1
+	kindImage
+	kindInfo
+	kindChain
+	kindMap
+	kindCheck
+	kindBacking
+	kindStatus
+	kindResult
+	kindRebase
+	kindCommit
+)
+
+// inodeNumber derives a stable inode number from a host file's identity and the
+// kind of node shown for it. It avoids 0, 1 (the root) and ^0.
+func inodeNumber(kind int, dev, ino uint64) uint64 {
+	h := fnv.New64a()
+	var b [17]byte
+	b[0] = byte(kind)
+	for i := 0; i < 8; i++ {
+		b[1+i] = byte(dev >> (8 * i))
+		b[9+i] = byte(ino >> (8 * i))
+	}
+	h.Write(b[:])
+	n := h.Sum64()
+	if n <= 1 || n == ^uint64(0) {
+		n = 2 + uint64(kind)
+	}
+	return n
+}
+
+// classify says whether the regular file at rel is an image, asking a worker
+// (the answer is cached by the file's identity). The host reads no byte of it.
+func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
+	key := fileState{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim}
+	f.mu.Lock()
+	c, ok := f.classes[key]
+	named := f.rawNamed[rel]
+	f.mu.Unlock()
+	if !ok {
+		var final bool
+		c, final = f.probe(ctx, rel)
+		if final && ctx.Err() == nil {
+			f.mu.Lock()
+			if len(f.classes) >= maxClassCache {
+				clear(f.classes) // states of files long changed; start over
+			}
+			f.classes[key] = c
+			f.mu.Unlock()
+		}
+	}
+	if !c.image && named {
+		return class{image: true, format: "raw"}
+	}
+	return c
+}
+
+// minImageSize is the size below which a file cannot be an image: no qcow2,
+// vmdk or partition table fits. Such files are hidden without a probe.
+const minImageSize = 512
+
+// maxClassCache bounds the classification cache.
+const maxClassCache = 1 << 14
+
+// probe asks a worker what the file at rel is. final is false when the answer
+// says nothing about the file (the worker failed, the file vanished), so it is
+// not cached.
+func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
+	fd, err := unix.Open(f.hostPath(rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return class{}, false
+	}
+	file := os.NewFile(uintptr(fd), rel)
+	defer file.Close()
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return class{}, false
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < minImageSize {
+		return class{}, true
+	}
+	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, "", true)
+	if err != nil {
+		code := errcode.Code(err)
+		switch {
+		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_"):
+			// Recognisably an image, but one instarfs refuses: show it, and let
+			// its files say why.
+			return class{image: true, err: err}, true
+		case code == errcode.FormatNotDetected:
+			return class{}, true
+		}
+		f.cfg.Log.WithFields(logrus.Fields{"image": rel, "error": err}).Info("probe failed")
+		return class{}, false
+	}
+	if info.BackingFilename != "" && info.BackingFilenameFormat == "raw" {
+		if root, brel, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), info.BackingFilename); err == nil && root == f.cfg.ImageDir {
+			f.mu.Lock()
+			f.rawNamed[brel] = true
+			f.mu.Unlock()
+		}
+	}
+	return class{image: true}, true
+}
+
+// errno maps an error to what a FUSE request returns, and logs what the errno
+// cannot say.
+func (f *FS) errno(what, rel string, err error) syscall.Errno {
+	e := Errno(err)
+	f.cfg.Log.WithFields(logrus.Fields{"image": rel, "file": what, "code": errcode.Code(err), "error": err.Error()}).Info("request refused")
+	return e
+}
+
+// Errno is the errno a control-file write or a generated file's open returns
+// for an error with a code.
+func Errno(err error) syscall.Errno {
+	switch errcode.Code(err) {
+	case errcode.BadArguments, errcode.UnknownFormat, errcode.FormatMismatch, errcode.BackingFormatRequired,
+		errcode.RawNotInferred, errcode.FormatNotDetected, errcode.NoBackingFile, errcode.BaseNotInChain,
+		errcode.BackingNameTooLong:
+		return syscall.EINVAL
+	case errcode.NotFound, errcode.BackingNotFound:
+		return syscall.ENOENT
+	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol:
+		return syscall.EPERM
+	case errcode.ImageInUse, errcode.ChainBusy:
+		return syscall.EBUSY
+	case errcode.Cancelled:
+		return syscall.EINTR
+	case errcode.RebaseUnsupported, errcode.CommitUnsupported:
+		return syscall.EOPNOTSUPP
+	}
+	return syscall.EIO
+}
+
+// node is embedded by every node type: it refuses every change to the
+// namespace and to extended attributes, which go-fuse would otherwise let
+// succeed or answer misleadingly.
+type node struct {
+	gofs.Inode
+	fs *FS
+}
+
+func (n *node) refused() syscall.Errno {
+	if n.fs.cfg.ReadOnly {
+		return syscall.EROFS
+	}
+	return syscall.EPERM
+}
+
+func (n *node) Unlink(context.Context, string) syscall.Errno { return n.refused() }
+func (n *node) Rmdir(context.Context, string) syscall.Errno  { return n.refused() }
+func (n *node) Rename(context.Context, string, gofs.InodeEmbedder, string, uint32) syscall.Errno {
+	return n.refused()
+}
+func (n *node) Mkdir(context.Context, string, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, n.refused()
+}
+func (n *node) Mknod(context.Context, string, uint32, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, n.refused()
+}
+func (n *node) Create(context.Context, string, uint32, uint32, *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	return nil, nil, 0, n.refused()
+}
+func (n *node) Symlink(context.Context, string, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, n.refused()
+}
+func (n *node) Link(context.Context, gofs.InodeEmbedder, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return nil, n.refused()
+}
+func (n *node) Setxattr(context.Context, string, []byte, uint32) syscall.Errno { return n.refused() }
+func (n *node) Removexattr(context.Context, string) syscall.Errno              { return n.refused() }
+
+var (
+	_ gofs.NodeUnlinker      = (*node)(nil)
+	_ gofs.NodeRmdirer       = (*node)(nil)
+	_ gofs.NodeRenamer       = (*node)(nil)
+	_ gofs.NodeMkdirer       = (*node)(nil)
+	_ gofs.NodeMknoder       = (*node)(nil)
+	_ gofs.NodeCreater       = (*node)(nil)
+	_ gofs.NodeSymlinker     = (*node)(nil)
+	_ gofs.NodeLinker        = (*node)(nil)
+	_ gofs.NodeSetxattrer    = (*node)(nil)
+	_ gofs.NodeRemovexattrer = (*node)(nil)
+)
+
+// rel is the node's path relative to the root, which is its path relative to
+// ImageDir for directories and image directories.
+func (n *node) rel() string {
+	p := n.Path(nil)
+	if p == "" {
+		return "."
+	}
+	return p
+}
+
+// setTimes copies a host file's times into attr.
+func setTimes(a *fuse.Attr, st *unix.Stat_t) {
+	a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
+	a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
+	a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
+}
+
+func owner(a *fuse.Attr) {
+	a.Uid, a.Gid = uint32(os.Getuid()), uint32(os.Getgid())
+}

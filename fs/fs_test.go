@@ -1,0 +1,79 @@
+package fs
+
+import (
+	"errors"
+	"syscall"
+	"testing"
+
+	"instarfs/errcode"
+)
+
+func TestErrno(t *testing.T) {
+	tests := []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{errcode.New(errcode.BadArguments, "x"), syscall.EINVAL},
+		{errcode.New(errcode.NoBackingFile, "x"), syscall.EINVAL},
+		{errcode.New(errcode.BackingNotFound, "x"), syscall.ENOENT},
+		{errcode.New(errcode.BackingPathOutsideRoot, "x"), syscall.EPERM},
+		{errcode.New(errcode.BackingProtocol, "x"), syscall.EPERM},
+		{errcode.New(errcode.ImageInUse, "x"), syscall.EBUSY},
+		{errcode.New(errcode.ChainBusy, "x"), syscall.EBUSY},
+		{errcode.New(errcode.Cancelled, "x"), syscall.EINTR},
+		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
+		{errors.New("plain"), syscall.EIO},
+	}
+	for _, tt := range tests {
+		if got := Errno(tt.err); got != tt.want {
+			t.Errorf("Errno(%s) = %v, want %v", errcode.Code(tt.err), got, tt.want)
+		}
+	}
+}
+
+func TestInodeNumber(t *testing.T) {
+	seen := map[uint64]bool{}
+	for kind := kindDir; kind <= kindCommit; kind++ {
+		for ino := uint64(1); ino < 100; ino++ {
+			n := inodeNumber(kind, 2049, ino)
+			if n <= 1 || n == ^uint64(0) || seen[n] {
+				t.Fatalf("inodeNumber(%d, 2049, %d) = %d: reserved or repeated", kind, ino, n)
+			}
+			if n != inodeNumber(kind, 2049, ino) {
+				t.Fatal("not stable")
+			}
+			seen[n] = true
+		}
+	}
+}
+
+func TestWithin(t *testing.T) {
+	tests := []struct {
+		path, dir string
+		want      bool
+	}{
+		{"/a/b", "/a", true},
+		{"/a", "/a", true},
+		{"/ab", "/a", false},
+		{"/a", "/a/b", false},
+		{"/x/../a/b", "/a", true},
+	}
+	for _, tt := range tests {
+		if got := within(tt.path, tt.dir); got != tt.want {
+			t.Errorf("within(%q, %q) = %v", tt.path, tt.dir, got)
+		}
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/mnt/plain`:          "/mnt/plain",
+		`/mnt/with\040space`:  "/mnt/with space",
+		`/mnt/tab\011and\134`: "/mnt/tab\tand\\",
+		`/mnt/odd\04`:         `/mnt/odd\04`,
+	} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
