@@ -56,8 +56,8 @@ var rbCases = []rbCase{
 	{name: "detach", setup: rbBasic, file: "ov.qcow2", args: []string{"-b", ""}, crash: true},
 	{name: "detach-v2", setup: "OPTS=compat=0.10\n" + rbBasic, file: "ov.qcow2", args: []string{"-b", ""}},
 	{name: "identical-new", setup: rbBasic + "cp base.qcow2 same.qcow2\n", file: "ov.qcow2", args: []string{"-b", "same.qcow2", "-F", "qcow2"}},
-	{name: "unsafe", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", "new.qcow2", "-F", "qcow2"}, unsafe: true},
-	{name: "unsafe-detach", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", ""}, unsafe: true},
+	{name: "unsafe", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", "new.qcow2", "-F", "qcow2"}, unsafe: true, crash: true},
+	{name: "unsafe-detach", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", ""}, unsafe: true, crash: true},
 	{name: "unsafe-missing", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", "not-there.qcow2", "-F", "qcow2"}, unsafe: true},
 	{name: "short-old-v3", file: "ov.qcow2", args: []string{"-b", "new64.qcow2", "-F", "qcow2"}, crash: true, setup: `
 mk old32.qcow2 32M;  QI -c 'write -P 0x11 0 64k' old32.qcow2
@@ -257,46 +257,68 @@ func TestRebaseMatchesQemu(t *testing.T) {
 // content unchanged, and a second run completing with the bytes of an
 // uninterrupted run.
 func TestRebaseCrashSweep(t *testing.T) {
-	for _, c := range rbCases {
+	for _, c := range append(rbCases, rbVmdkCrashCases...) {
 		if !c.crash {
 			continue
 		}
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			root := t.TempDir()
-			pristine, clean := filepath.Join(root, "pristine"), filepath.Join(root, "clean")
-			if err := os.Mkdir(pristine, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			rbSh(t, pristine, c.setup)
-			rbCopyDir(t, pristine, clean)
-			args := append(append([]string{"-q"}, c.args...), c.file)
-			if r := rbOurs(t, clean, nil, args...); r.code != 0 {
-				t.Fatalf("uninterrupted run: exit %d\n%s", r.code, r.stderr)
-			}
-			for n := 1; ; n++ {
-				if n > 500 {
-					t.Fatal("no uninterrupted run after 500 writes")
-				}
-				dir := filepath.Join(root, fmt.Sprint("n", n))
-				rbCopyDir(t, pristine, dir)
-				r := rbOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
-				if r.code == 0 {
-					rbSame(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
-					t.Logf("%d crash points checked", n-1)
-					return
-				}
-				ov := filepath.Join(dir, c.file)
-				rbCheck(t, ov, true)
-				rbSameContent(t, filepath.Join(pristine, c.file), ov)
-				if r := rbOurs(t, dir, nil, args...); r.code != 0 {
-					t.Fatalf("re-run after a crash at write %d: exit %d\n%s", n, r.code, r.stderr)
-				}
-				rbSame(t, filepath.Join(clean, c.file), ov)
-				rbCheck(t, ov, false)
-				os.RemoveAll(dir)
-			}
+			rbCrashSweep(t, c)
 		})
+	}
+}
+
+// rbVmdkCrashCases are vmdk rebases, which qemu-img cannot do: they are swept
+// for crashes, and compared with qemu-img by reading the result (TestRebaseVmdk).
+var rbVmdkCrashCases = []rbCase{
+	{name: "vmdk-safe", file: "top.vmdk", args: []string{"-b", "new.vmdk", "-F", "vmdk"}, crash: true, setup: rbVmdkChain},
+	{name: "vmdk-unsafe", file: "top.vmdk", args: []string{"-u", "-b", "same.vmdk", "-F", "vmdk"}, unsafe: true, crash: true, setup: rbVmdkChain},
+	{name: "vmdk-detach", file: "top.vmdk", args: []string{"-b", ""}, crash: true, setup: rbVmdkChain},
+}
+
+const rbVmdkChain = `
+qemu-img create -q -f vmdk old.vmdk 4M
+QI -f vmdk -c 'write -P 0x11 0 2M' old.vmdk
+qemu-img create -q -f vmdk new.vmdk 4M
+QI -f vmdk -c 'write -P 0x11 0 1M' -c 'write -P 0x44 3M 64k' new.vmdk
+cp old.vmdk same.vmdk
+qemu-img create -q -f vmdk -b old.vmdk -F vmdk top.vmdk
+QI -f vmdk -c 'write -P 0x22 64k 4k' -c 'write -P 0x23 1M 64k' top.vmdk
+`
+
+func rbCrashSweep(t *testing.T, c rbCase) {
+	root := t.TempDir()
+	pristine, clean := filepath.Join(root, "pristine"), filepath.Join(root, "clean")
+	if err := os.Mkdir(pristine, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rbSh(t, pristine, c.setup)
+	rbCopyDir(t, pristine, clean)
+	args := append(append([]string{"-q"}, c.args...), c.file)
+	if r := rbOurs(t, clean, nil, args...); r.code != 0 {
+		t.Fatalf("uninterrupted run: exit %d\n%s", r.code, r.stderr)
+	}
+	for n := 1; ; n++ {
+		if n > 500 {
+			t.Fatal("no uninterrupted run after 500 writes")
+		}
+		dir := filepath.Join(root, fmt.Sprint("n", n))
+		rbCopyDir(t, pristine, dir)
+		r := rbOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
+		if r.code == 0 {
+			rbSame(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
+			t.Logf("%d crash points checked", n-1)
+			return
+		}
+		ov := filepath.Join(dir, c.file)
+		rbCheck(t, ov, true)
+		rbSameContent(t, filepath.Join(pristine, c.file), ov)
+		if r := rbOurs(t, dir, nil, args...); r.code != 0 {
+			t.Fatalf("re-run after a crash at write %d: exit %d\n%s", n, r.code, r.stderr)
+		}
+		rbSame(t, filepath.Join(clean, c.file), ov)
+		rbCheck(t, ov, false)
+		os.RemoveAll(dir)
 	}
 }
 

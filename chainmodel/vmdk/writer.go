@@ -79,8 +79,36 @@ func NewWriter(img *Image, f File) (*Writer, error) {
 		gts: map[uint32][]uint32{}, dirty: map[uint32]bool{},
 		desc: img.Descriptor(),
 	}
-	w.next = max(int64(img.h.OverHead)*SectorSize, roundUp(img.fileSize, SectorSize))
+	used, err := w.referencedEnd()
+	if err != nil {
+		return nil, err
+	}
+	w.next = max(int64(img.h.OverHead)*SectorSize, roundUp(used, SectorSize))
 	return w, nil
+}
+
+// referencedEnd is the end of the last byte anything in the image points at:
+// the directories, the grain tables and their grains. Space after it was left
+// by an interrupted write (vmdk has no reference counts to say so) and is
+// reused, so that running an interrupted operation again gives the file an
+// uninterrupted run would have given.
+func (w *Writer) referencedEnd() (int64, error) {
+	end := int64(w.img.h.OverHead) * SectorSize
+	for _, r := range w.metadataSectors() {
+		end = max(end, r[1])
+	}
+	for i := range w.gd {
+		gt, err := w.img.GrainTable(i)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range gt {
+			if e > 1 { // 1 marks a zeroed grain
+				end = max(end, int64(e)*SectorSize+w.img.grainBytes)
+			}
+		}
+	}
+	return min(end, roundUp(w.img.fileSize, SectorSize)), nil
 }
 
 func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }
