@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,16 +23,9 @@ import (
 // every image of the chain keeps showing what it showed (qemu-img leaves the
 // intermediate images invalid; see docs/commit.md). No header is rewritten.
 func Commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
-	start := time.Now()
-	env, err := commit(ctx, o, path, req, progress)
-	if err != nil {
-		env = Failed("commit", path, err)
-	}
-	env.DurationMS = time.Since(start).Milliseconds()
-	if o.Sandbox != nil {
-		env.Sandbox = o.Sandbox.Name()
-	}
-	return env, err
+	return timed("commit", path, o.Sandbox, func() (*Envelope, error) {
+		return commit(ctx, o, path, req, progress)
+	})
 }
 
 func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {

@@ -2,8 +2,10 @@ package ctl
 
 import (
 	"encoding/json"
+	"time"
 
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
 // Envelope is the result of one operation (rebase, commit): what `--output=json`
@@ -38,6 +40,22 @@ type Envelope struct {
 func (e *Envelope) JSON() []byte {
 	b, _ := json.Marshal(e)
 	return append(b, '\n')
+}
+
+// timed runs an operation on the image at path and completes its envelope: a
+// failure becomes an envelope reporting the error, and every envelope carries
+// the duration and the sandbox.
+func timed(op, path string, sb vmm.Sandbox, run func() (*Envelope, error)) (*Envelope, error) {
+	start := time.Now()
+	env, err := run()
+	if err != nil {
+		env = Failed(op, path, err)
+	}
+	env.DurationMS = time.Since(start).Milliseconds()
+	if sb != nil {
+		env.Sandbox = sb.Name()
+	}
+	return env, err
 }
 
 // Failed returns an envelope reporting err for operation op on image.

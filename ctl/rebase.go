@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"path/filepath"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -26,16 +24,9 @@ import (
 // verbatim. A worker does the rest. On failure the returned envelope
 // describes the error too.
 func Rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
-	start := time.Now()
-	env, err := rebase(ctx, o, path, req, progress)
-	if err != nil {
-		env = Failed("rebase", filepath.Base(path), err)
-	}
-	env.DurationMS = time.Since(start).Milliseconds()
-	if o.Sandbox != nil {
-		env.Sandbox = o.Sandbox.Name()
-	}
-	return env, err
+	return timed("rebase", path, o.Sandbox, func() (*Envelope, error) {
+		return rebase(ctx, o, path, req, progress)
+	})
 }
 
 func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
@@ -117,7 +108,7 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 	backing := req.Backing
 	env := &Envelope{
 		Operation:        "rebase",
-		Image:            filepath.Base(path),
+		Image:            path,
 		Format:           top.Info.Format,
 		Mode:             r.Mode,
 		NewBacking:       &backing,

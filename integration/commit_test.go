@@ -34,17 +34,7 @@ type commitCase struct {
 	crash    bool // run the crash sweep
 }
 
-func (c commitCase) baseFormat() string { return commitFormat(c.base) }
-
-func commitFormat(name string) string {
-	switch filepath.Ext(name) {
-	case ".vmdk":
-		return "vmdk"
-	case ".raw", ".img":
-		return "raw"
-	}
-	return "qcow2"
-}
+func (c commitCase) baseFormat() string { return formatOf(c.base) }
 
 var commitCases = []commitCase{
 	{
@@ -297,43 +287,10 @@ var commitCases = []commitCase{
 	},
 }
 
-// sh runs a shell command in dir and fails the test when it fails.
-func commitSh(t *testing.T, dir, cmd string) {
-	t.Helper()
-	c := exec.Command("bash", "-c", cmd)
-	c.Dir = dir
-	if out, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", cmd, err, out)
-	}
-}
-
-// commitCopyDir copies the regular files of src into a new directory dst.
-func commitCopyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	commitSh(t, src, "cp --sparse=always -p -- * "+commitQuote(dst)+"/")
-}
-
-func commitQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
 // commitOurs runs instarfs commit in dir with extra environment.
 func commitOurs(t *testing.T, dir string, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"--allow-dir", dir, "commit"}, args...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return runOp(t, dir, env, "commit", args...)
 }
 
 func commitQemu(t *testing.T, dir string, args ...string) result {
@@ -353,7 +310,7 @@ type commitCluster struct {
 // (host offsets ignored).
 func commitMap(t *testing.T, dir, file string, unit int64) []commitCluster {
 	t.Helper()
-	r := commitQemu(t, dir, "map", "--output=json", "-f", commitFormat(file), file)
+	r := commitQemu(t, dir, "map", "--output=json", "-f", formatOf(file), file)
 	if r.code != 0 {
 		t.Fatalf("qemu-img map %s: %s", file, r.stderr)
 	}
@@ -385,12 +342,6 @@ func (c commitCluster) same(d commitCluster) bool {
 	return c.Depth == d.Depth && c.Zero == d.Zero && c.Data == d.Data && c.Present == d.Present
 }
 
-// commitCompare runs qemu-img compare on two files (in two directories).
-func commitCompare(t *testing.T, a, b string) result {
-	t.Helper()
-	return execIn(t, "/", "qemu-img", "compare", "-f", commitFormat(a), "-F", commitFormat(b), a, b)
-}
-
 func commitFileSize(t *testing.T, path string) int64 {
 	t.Helper()
 	st, err := os.Stat(path)
@@ -398,20 +349,6 @@ func commitFileSize(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Size()
-}
-
-// commitCheck fails unless qemu-img check finds no errors (leaks allowed when
-// leaksOK).
-func commitCheck(t *testing.T, dir, file string, leaksOK bool) {
-	t.Helper()
-	if commitFormat(file) == "raw" {
-		return
-	}
-	r := commitQemu(t, dir, "check", "-f", commitFormat(file), file)
-	if r.code == 0 || leaksOK && r.code == 3 {
-		return
-	}
-	t.Errorf("qemu-img check %s: exit %d\n%s%s", file, r.code, r.stdout, r.stderr)
 }
 
 // TestCommitMatchesQemu commits copies of the same chain with instarfs and with
@@ -427,13 +364,13 @@ func TestCommitMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, cmd := range c.build {
-				commitSh(t, pristine, cmd)
+				shellIn(t, pristine, cmd)
 			}
-			commitCopyDir(t, pristine, ours)
-			commitCopyDir(t, pristine, theirs)
+			copyDir(t, pristine, ours)
+			copyDir(t, pristine, theirs)
 
 			args := append(append([]string{}, c.args...), c.top)
-			q := commitQemu(t, theirs, append([]string{"commit", "-f", commitFormat(c.top)}, args...)...)
+			q := commitQemu(t, theirs, append([]string{"commit", "-f", formatOf(c.top)}, args...)...)
 			if q.code != 0 {
 				t.Fatalf("qemu-img commit: exit %d: %s", q.code, q.stderr)
 			}
@@ -455,11 +392,11 @@ func TestCommitMatchesQemu(t *testing.T) {
 
 func commitVerify(t *testing.T, c commitCase, pristine, ours, theirs string) {
 	t.Helper()
-	if r := commitCompare(t, filepath.Join(ours, c.base), filepath.Join(theirs, c.base)); r.code != 0 {
+	if r := compareImages(t, filepath.Join(ours, c.base), filepath.Join(theirs, c.base)); r.code != 0 {
 		t.Errorf("base content differs from qemu's: %s%s", r.stdout, r.stderr)
 	}
 	for _, im := range c.images {
-		commitCheck(t, ours, im, false)
+		checkClean(t, filepath.Join(ours, im), false)
 	}
 	unit := int64(64 << 10)
 	if m, q := commitMap(t, ours, c.base, unit), commitMap(t, theirs, c.base, unit); !reflect.DeepEqual(m, q) {
@@ -470,7 +407,7 @@ func commitVerify(t *testing.T, c commitCase, pristine, ours, theirs string) {
 	}
 	// The top still shows what it showed before, through its chain.
 	for _, im := range append([]string{c.top}, c.unchanged...) {
-		if r := commitCompare(t, filepath.Join(pristine, im), filepath.Join(ours, im)); r.code != 0 {
+		if r := compareImages(t, filepath.Join(pristine, im), filepath.Join(ours, im)); r.code != 0 {
 			t.Errorf("%s content changed: %s%s", im, r.stdout, r.stderr)
 		}
 	}
@@ -478,7 +415,7 @@ func commitVerify(t *testing.T, c commitCase, pristine, ours, theirs string) {
 		commitSnapshotUnchanged(t, c, pristine, ours)
 	}
 	if !c.qemuBreaksTop {
-		if r := commitCompare(t, filepath.Join(theirs, c.top), filepath.Join(ours, c.top)); r.code != 0 {
+		if r := compareImages(t, filepath.Join(theirs, c.top), filepath.Join(ours, c.top)); r.code != 0 {
 			t.Errorf("top content differs from qemu's top: %s%s", r.stdout, r.stderr)
 		}
 	}
@@ -489,9 +426,10 @@ func commitVerify(t *testing.T, c commitCase, pristine, ours, theirs string) {
 func commitSnapshotUnchanged(t *testing.T, c commitCase, pristine, dir string) {
 	t.Helper()
 	for _, d := range []string{pristine, dir} {
-		commitSh(t, d, "qemu-img convert -O raw -l snapshot.name="+c.snapshot+" "+c.base+" snap.raw")
+		shellIn(t, d, "qemu-img convert -O raw -l snapshot.name="+c.snapshot+" "+c.base+" snap.raw")
 	}
-	commitSh(t, dir, "cmp snap.raw "+commitQuote(filepath.Join(pristine, "snap.raw"))+" && rm snap.raw")
+	rbSame(t, filepath.Join(dir, "snap.raw"), filepath.Join(pristine, "snap.raw"))
+	os.Remove(filepath.Join(dir, "snap.raw"))
 }
 
 // commitDiffRows returns the rows of a not in b (at most 8), for messages.
@@ -526,11 +464,11 @@ func TestCommitCrashSweep(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, cmd := range c.build {
-				commitSh(t, pristine, cmd)
+				shellIn(t, pristine, cmd)
 			}
-			commitCopyDir(t, pristine, theirs)
+			copyDir(t, pristine, theirs)
 			args := append(append([]string{"-q"}, c.args...), c.top)
-			if q := commitQemu(t, theirs, append([]string{"commit", "-q", "-f", commitFormat(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
+			if q := commitQemu(t, theirs, append([]string{"commit", "-q", "-f", formatOf(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
 				t.Fatalf("qemu-img commit: %s", q.stderr)
 			}
 			for n := 1; ; n++ {
@@ -538,7 +476,7 @@ func TestCommitCrashSweep(t *testing.T) {
 					t.Fatal("the commit never completed")
 				}
 				dir := filepath.Join(root, "crash"+strconv.Itoa(n))
-				commitCopyDir(t, pristine, dir)
+				copyDir(t, pristine, dir)
 				r := commitOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
 				if r.code == 0 {
 					t.Logf("completed without a crash at N=%d", n)
@@ -546,10 +484,10 @@ func TestCommitCrashSweep(t *testing.T) {
 					return
 				}
 				for _, im := range c.images {
-					commitCheck(t, dir, im, true)
+					checkClean(t, filepath.Join(dir, im), true)
 				}
 				for _, im := range append([]string{c.top}, c.unchanged...) {
-					if r := commitCompare(t, filepath.Join(pristine, im), filepath.Join(dir, im)); r.code != 0 {
+					if r := compareImages(t, filepath.Join(pristine, im), filepath.Join(dir, im)); r.code != 0 {
 						t.Errorf("N=%d: %s content changed by the crash: %s%s", n, im, r.stdout, r.stderr)
 					}
 				}
@@ -570,14 +508,14 @@ func TestCommitCrashSweep(t *testing.T) {
 // image checks (leaks allowed after a crash), the top reads as before.
 func commitVerifyFinal(t *testing.T, c commitCase, pristine, dir, theirs string) {
 	t.Helper()
-	if r := commitCompare(t, filepath.Join(dir, c.base), filepath.Join(theirs, c.base)); r.code != 0 {
+	if r := compareImages(t, filepath.Join(dir, c.base), filepath.Join(theirs, c.base)); r.code != 0 {
 		t.Errorf("base content differs from qemu's: %s%s", r.stdout, r.stderr)
 	}
 	for _, im := range c.images {
-		commitCheck(t, dir, im, true)
+		checkClean(t, filepath.Join(dir, im), true)
 	}
 	for _, im := range append([]string{c.top}, c.unchanged...) {
-		if r := commitCompare(t, filepath.Join(pristine, im), filepath.Join(dir, im)); r.code != 0 {
+		if r := compareImages(t, filepath.Join(pristine, im), filepath.Join(dir, im)); r.code != 0 {
 			t.Errorf("%s content changed: %s%s", im, r.stdout, r.stderr)
 		}
 	}
@@ -590,7 +528,7 @@ func commitVerifyFinal(t *testing.T, c commitCase, pristine, dir, theirs string)
 // the chain.
 func TestCommitErrors(t *testing.T) {
 	dir := t.TempDir()
-	commitSh(t, dir, "qemu-img create -q -f qcow2 solo.qcow2 1M && qemu-img create -q -f qcow2 base.qcow2 1M && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && qemu-img create -q -f qcow2 other.qcow2 1M")
+	shellIn(t, dir, "qemu-img create -q -f qcow2 solo.qcow2 1M && qemu-img create -q -f qcow2 base.qcow2 1M && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && qemu-img create -q -f qcow2 other.qcow2 1M")
 	for _, tc := range []struct {
 		args []string
 		code string
@@ -603,11 +541,11 @@ func TestCommitErrors(t *testing.T) {
 			t.Errorf("commit %v: exit %d, stderr %s; want %s", tc.args, r.code, r.stderr, tc.code)
 		}
 	}
-	commitSh(t, dir, "qemu-img create -q -f vmdk small.vmdk 1M && qemu-img create -q -f qcow2 -b small.vmdk -F vmdk big.qcow2 2M && qemu-io -c 'write -P 1 1536k 4k' big.qcow2 && cp small.vmdk small0.vmdk")
+	shellIn(t, dir, "qemu-img create -q -f vmdk small.vmdk 1M && qemu-img create -q -f qcow2 -b small.vmdk -F vmdk big.qcow2 2M && qemu-io -c 'write -P 1 1536k 4k' big.qcow2 && cp small.vmdk small0.vmdk")
 	if r := commitOurs(t, dir, nil, "big.qcow2"); r.code != 1 || !strings.Contains(string(r.stderr), "COMMIT_UNSUPPORTED") {
 		t.Errorf("commit into a smaller vmdk: exit %d, stderr %s", r.code, r.stderr)
 	}
-	commitSh(t, dir, "cmp small.vmdk small0.vmdk")
+	shellIn(t, dir, "cmp small.vmdk small0.vmdk")
 	r := commitOurs(t, dir, nil, "top.qcow2")
 	if r.code != 0 || string(r.stdout) != "Image committed.\n" {
 		t.Errorf("commit: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
@@ -644,9 +582,9 @@ func TestRebaseVmdk(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			for _, cmd := range build {
-				commitSh(t, dir, cmd)
+				shellIn(t, dir, cmd)
 			}
-			commitSh(t, dir, "cp top.vmdk pristine.vmdk")
+			shellIn(t, dir, "cp top.vmdk pristine.vmdk")
 			cmd := exec.Command(binary, append(append([]string{"--allow-dir", dir, "rebase", "--output=json"}, tc.args...), "top.vmdk")...)
 			cmd.Dir = dir
 			out, err := cmd.Output()
@@ -654,7 +592,7 @@ func TestRebaseVmdk(t *testing.T) {
 				if err == nil || !strings.Contains(string(out), tc.errCode) {
 					t.Fatalf("rebase succeeded or failed with the wrong error: %v %s", err, out)
 				}
-				if r := commitCompare(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+				if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
 					t.Errorf("refused rebase changed the image: %s", r.stdout)
 				}
 				return
@@ -672,10 +610,10 @@ func TestRebaseVmdk(t *testing.T) {
 				t.Errorf("copied %d grains, want copies: %v", env.ClustersCopied, tc.copied)
 			}
 			// pristine.vmdk still reads through old.vmdk.
-			if r := commitCompare(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+			if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
 				t.Errorf("content changed: %s%s", r.stdout, r.stderr)
 			}
-			commitCheck(t, dir, "top.vmdk", false)
+			checkClean(t, filepath.Join(dir, "top.vmdk"), false)
 			var info struct {
 				Backing string `json:"backing-filename"`
 				Spec    struct {

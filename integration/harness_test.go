@@ -142,3 +142,75 @@ func decodeJSON(t *testing.T, what string, r result) any {
 	}
 	return v
 }
+
+// formatOf names an image's format by its file name, as the tests name them.
+func formatOf(name string) string {
+	switch filepath.Ext(name) {
+	case ".vmdk":
+		return "vmdk"
+	case ".raw", ".img":
+		return "raw"
+	}
+	return "qcow2"
+}
+
+// shellIn runs a bash script in dir and fails the test when it fails.
+func shellIn(t *testing.T, dir, script string) {
+	t.Helper()
+	c := exec.Command("bash", "-c", script)
+	c.Dir = dir
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+}
+
+// copyDir copies the regular files of src into dst, keeping holes.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shellIn(t, src, "cp --sparse=always -p -- * '"+strings.ReplaceAll(dst, "'", `'\''`)+"'/")
+}
+
+// runOp runs `instarfs OP ARGS…` in dir, with dir allowed and extra
+// environment (INSTARFS_FAULT_AFTER_WRITES for the crash sweeps).
+func runOp(t *testing.T, dir string, env []string, op string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"--allow-dir", dir, op}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return r
+}
+
+// compareImages runs qemu-img compare on two images, each read through its own
+// backing chain.
+func compareImages(t *testing.T, a, b string) result {
+	t.Helper()
+	return execIn(t, "/", "qemu-img", "compare", "-f", formatOf(a), "-F", formatOf(b), a, b)
+}
+
+// checkClean fails unless qemu-img check finds no errors in the image at path
+// (leaked clusters allowed when leaksOK). Raw images have nothing to check.
+func checkClean(t *testing.T, path string, leaksOK bool) {
+	t.Helper()
+	if formatOf(path) == "raw" {
+		return
+	}
+	r := execIn(t, "/", "qemu-img", "check", "-f", formatOf(path), path)
+	if r.code == 0 || leaksOK && r.code == 3 {
+		return
+	}
+	t.Errorf("qemu-img check %s: exit %d\n%s%s", path, r.code, r.stdout, r.stderr)
+}

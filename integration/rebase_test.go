@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -127,41 +126,15 @@ mk -o cluster_size=512 -b base.qcow2 -F qcow2 ov.qcow2; QI -c 'write -P 0xaa 1M 
 `},
 }
 
-func rbSh(t *testing.T, dir, script string) {
-	t.Helper()
-	c := exec.Command("bash", "-c", rbPrelude+script)
-	c.Dir = dir
-	if out, err := c.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, out)
-	}
-}
-
-func rbCopyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	rbSh(t, src, "cp -p -- * '"+strings.ReplaceAll(dst, "'", `'\''`)+"'/")
-}
+func rbSh(t *testing.T, dir, script string) { t.Helper(); shellIn(t, dir, rbPrelude+script) }
 
 // rbOurs runs instarfs rebase in dir with extra environment.
 func rbOurs(t *testing.T, dir string, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"--allow-dir", dir, "rebase"}, args...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return runOp(t, dir, env, "rebase", args...)
 }
 
+// rbSame fails unless the files at a and b are byte-identical.
 func rbSame(t *testing.T, a, b string) {
 	t.Helper()
 	x, err := os.ReadFile(a)
@@ -183,23 +156,11 @@ func rbSame(t *testing.T, a, b string) {
 	t.Fatalf("%s is %d bytes, %s is %d bytes", a, len(x), b, len(y))
 }
 
-// rbCheck fails unless qemu-img check finds no errors (leaks allowed when
-// leaksOK).
-func rbCheck(t *testing.T, path string, leaksOK bool) {
-	t.Helper()
-	r := execIn(t, "/", "qemu-img", "check", path)
-	if r.code == 0 || leaksOK && r.code == 3 {
-		return
-	}
-	t.Fatalf("qemu-img check %s: exit %d\n%s%s", path, r.code, r.stdout, r.stderr)
-}
-
 // rbSameContent fails unless the two images read the same through their own
 // backing chains.
 func rbSameContent(t *testing.T, a, b string) {
 	t.Helper()
-	r := execIn(t, "/", "qemu-img", "compare", a, b)
-	if r.code != 0 {
+	if r := compareImages(t, a, b); r.code != 0 {
 		t.Fatalf("qemu-img compare %s %s: exit %d\n%s%s", a, b, r.code, r.stdout, r.stderr)
 	}
 }
@@ -217,8 +178,8 @@ func TestRebaseMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			rbSh(t, pristine, c.setup)
-			rbCopyDir(t, pristine, ours)
-			rbCopyDir(t, pristine, theirs)
+			copyDir(t, pristine, ours)
+			copyDir(t, pristine, theirs)
 			args := append(append([]string{}, c.args...), c.file)
 			r := rbOurs(t, ours, nil, append([]string{"--output=json"}, args...)...)
 			if r.code != 0 {
@@ -243,7 +204,7 @@ func TestRebaseMatchesQemu(t *testing.T) {
 				rbSame(t, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
 			}
 			if c.args[len(c.args)-1] != "not-there.qcow2" && !strings.Contains(strings.Join(c.args, " "), "not-there") {
-				rbCheck(t, filepath.Join(ours, c.file), false)
+				checkClean(t, filepath.Join(ours, c.file), false)
 			}
 			if !c.unsafe {
 				rbSameContent(t, filepath.Join(pristine, c.file), filepath.Join(ours, c.file))
@@ -293,7 +254,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 		t.Fatal(err)
 	}
 	rbSh(t, pristine, c.setup)
-	rbCopyDir(t, pristine, clean)
+	copyDir(t, pristine, clean)
 	args := append(append([]string{"-q"}, c.args...), c.file)
 	if r := rbOurs(t, clean, nil, args...); r.code != 0 {
 		t.Fatalf("uninterrupted run: exit %d\n%s", r.code, r.stderr)
@@ -303,7 +264,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 			t.Fatal("no uninterrupted run after 500 writes")
 		}
 		dir := filepath.Join(root, fmt.Sprint("n", n))
-		rbCopyDir(t, pristine, dir)
+		copyDir(t, pristine, dir)
 		r := rbOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
 		if r.code == 0 {
 			rbSame(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
@@ -311,13 +272,13 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 			return
 		}
 		ov := filepath.Join(dir, c.file)
-		rbCheck(t, ov, true)
+		checkClean(t, ov, true)
 		rbSameContent(t, filepath.Join(pristine, c.file), ov)
 		if r := rbOurs(t, dir, nil, args...); r.code != 0 {
 			t.Fatalf("re-run after a crash at write %d: exit %d\n%s", n, r.code, r.stderr)
 		}
 		rbSame(t, filepath.Join(clean, c.file), ov)
-		rbCheck(t, ov, false)
+		checkClean(t, ov, false)
 		os.RemoveAll(dir)
 	}
 }
@@ -370,7 +331,7 @@ func TestRebaseDetectsFormat(t *testing.T) {
 	root := t.TempDir()
 	rbSh(t, root, rbBasic)
 	theirs := filepath.Join(t.TempDir(), "q")
-	rbCopyDir(t, root, theirs)
+	copyDir(t, root, theirs)
 	for _, args := range [][]string{{"-u", "-b", "new.qcow2"}, {"-b", "base.qcow2"}} {
 		if r := rbOurs(t, root, nil, append(args, "ov.qcow2")...); r.code != 0 || string(r.stdout) != "Image rebased.\n" {
 			t.Fatalf("%v: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)

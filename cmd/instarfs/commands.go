@@ -108,6 +108,37 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 	return fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy})
 }
 
+// runOperation runs a changing operation (rebase, commit) on file and prints
+// its outcome as qemu-img does: progress on stderr with -p, the envelope with
+// --output=json, done on success unless -q.
+func (a *app) runOperation(file, output string, quiet, progress bool, done string,
+	op func(context.Context, *chainmodel.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
+	return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+		var show ctl.Progress
+		if progress && !quiet {
+			show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
+			show(0)
+		}
+		env, err := op(ctx, o, show)
+		if show != nil {
+			if err == nil {
+				show(1)
+			}
+			fmt.Fprintln(os.Stderr)
+		}
+		if output == "json" {
+			os.Stdout.Write(env.JSON())
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if output == "human" && !quiet {
+			fmt.Println(done)
+		}
+		return 0
+	}, file)
+}
+
 // fail prints err as qemu-img prints errors and returns exit status 1.
 func fail(err error) int {
 	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
@@ -33,29 +31,9 @@ func (a *app) commitCommand() {
 			}
 			req.Rate = r
 		}
-		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
-			var show ctl.Progress
-			if progress && !quiet {
-				show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
-				show(0)
-			}
-			env, err := ctl.Commit(ctx, o, file, req, show)
-			if show != nil {
-				if err == nil {
-					show(1)
-				}
-				fmt.Fprintln(os.Stderr)
-			}
-			if output == "json" {
-				os.Stdout.Write(env.JSON())
-			}
-			if err != nil {
-				return fail(err)
-			}
-			if output == "human" && !quiet {
-				fmt.Println("Image committed.")
-			}
-			return 0
-		}, file)
+		return a.runOperation(file, output, quiet, progress, "Image committed.",
+			func(ctx context.Context, o *chainmodel.Opener, show ctl.Progress) (*ctl.Envelope, error) {
+				return ctl.Commit(ctx, o, file, req, show)
+			})
 	}
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
@@ -29,33 +27,13 @@ func (a *app) rebaseCommand() {
 			return fail(errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
 		}
 		req := ctl.RebaseRequest{Backing: backing, BackingFormat: backingFormat, Format: format, Unsafe: unsafe}
-		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
-			var show ctl.Progress
-			if progress && !quiet {
-				show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
-				show(0)
-			}
-			env, err := ctl.Rebase(ctx, o, file, req, show)
-			if show != nil {
-				if err == nil {
-					show(1)
-				}
-				fmt.Fprintln(os.Stderr)
-			}
-			if output == "json" {
-				os.Stdout.Write(env.JSON())
-			}
-			if err != nil {
-				return fail(err)
-			}
-			if output == "human" && !quiet {
-				if req.Backing == "" {
-					fmt.Println("Image detached.")
-				} else {
-					fmt.Println("Image rebased.")
-				}
-			}
-			return 0
-		}, file)
+		done := "Image rebased."
+		if req.Backing == "" {
+			done = "Image detached."
+		}
+		return a.runOperation(file, output, quiet, progress, done,
+			func(ctx context.Context, o *chainmodel.Opener, show ctl.Progress) (*ctl.Envelope, error) {
+				return ctl.Rebase(ctx, o, file, req, show)
+			})
 	}
 }
