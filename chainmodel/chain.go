@@ -146,8 +146,22 @@ func validateInfo(info vmm.Info, asked string) error {
 	if asked != "" && asked != info.Format {
 		return errcode.New(errcode.WorkerProtocol, "worker reported format %q for an image opened as %q", info.Format, asked)
 	}
-	if info.VirtualSize < 0 || len(info.BackingFilename) > MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
+	if info.VirtualSize < 0 || info.ClusterSize < 0 || len(info.BackingFilename) > MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
 		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid size or backing name")
+	}
+	for _, s := range info.Snapshots {
+		if s.VMStateSize < 0 || s.DateSec < 0 || s.DateNsec < 0 || s.ClockSec < 0 || s.ClockNsec < 0 {
+			return errcode.New(errcode.WorkerProtocol, "worker reported an invalid snapshot %q", s.ID)
+		}
+	}
+	if fs := info.FormatSpecific; fs != nil {
+		if d, ok := fs.Data.(*vmm.VmdkSpecific); ok {
+			for _, e := range d.Extents {
+				if e.VirtualSize < 0 || e.ClusterSize < 0 {
+					return errcode.New(errcode.WorkerProtocol, "worker reported an invalid vmdk extent")
+				}
+			}
+		}
 	}
 	switch info.BackingFilenameFormat {
 	case "", "qcow2", "vmdk", "raw":

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"instarfs/chainmodel"
+	"instarfs/errcode"
 	"instarfs/vmm"
 )
 
@@ -33,6 +34,12 @@ func Check(ctx context.Context, o *chainmodel.Opener, path, format string) (*Che
 	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
 	if err := chainmodel.DecodeResult(res, &r.CheckResult); err != nil {
 		return nil, err
+	}
+	cr := r.CheckResult
+	for _, n := range []int64{cr.CheckErrors, cr.Corruptions, cr.Leaks, cr.ImageEndOffset, cr.TotalClusters, cr.AllocatedClusters, cr.FragmentedClusters, cr.CompressedClusters} {
+		if n < 0 {
+			return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
+		}
 	}
 	return r, nil
 }

@@ -53,7 +53,8 @@ func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*MapRes
 func (m *MapResult) validate(size int64) error {
 	var next int64
 	for _, e := range m.Entries {
-		if e.Start != next || e.Length <= 0 || e.Depth < 0 || e.Depth >= len(m.Names) {
+		if e.Start != next || e.Length <= 0 || e.Length > size-next || e.Depth < 0 || e.Depth >= len(m.Names) ||
+			e.Offset != nil && *e.Offset < 0 {
 			return errcode.New(errcode.WorkerProtocol, "worker returned an invalid map row at offset %d", e.Start)
 		}
 		next += e.Length

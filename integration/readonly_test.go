@@ -64,8 +64,8 @@ func TestCheckMatchesQemu(t *testing.T) {
 				if got.code != want.code {
 					t.Errorf("exit status %d, qemu-img %d\nstderr: %s", got.code, want.code, got.stderr)
 				}
-				if want.code == 63 {
-					return // qemu-img has no checks for this format
+				if want.code == 63 || want.code == 1 {
+					return // no checks for this format, or the check itself failed: no report
 				}
 				w, g := decodeJSON(t, "qemu-img", want), decodeJSON(t, "instarfs", got)
 				if !reflect.DeepEqual(g, w) {

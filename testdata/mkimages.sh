@@ -341,6 +341,18 @@ cp $SRC damaged/l2-overlap-reftable.qcow2 # an L2 entry pointing at the refcount
 wr damaged/l2-overlap-reftable.qcow2 $((L2 + 8 * SLOT)) 8 $((COPIED | RT))
 damaged damaged/l2-overlap-reftable.qcow2 corrupt
 
+# A vmdk grain 8 GiB past the end of the file: qemu-img check fails (exit 1).
+VSRC=good/vmdk-sparse.vmdk
+le32() { rd "$1" "$2" 4 | { read -r v; echo $(( ((v & 0xff) << 24) | ((v >> 8 & 0xff) << 16) | ((v >> 16 & 0xff) << 8) | (v >> 24 & 0xff) )); }; }
+VGD=$(($(le32 $VSRC 56) * 512)) # gdOffset (sectors, little-endian; the high half is 0)
+VGT=$(($(le32 $VSRC $VGD) * 512))
+(($(le32 $VSRC $((VGT + 4 * 100))) == 0)) || die "$VSRC: grain 100 is allocated"
+cp $VSRC damaged/vmdk-grain-beyond-eof.vmdk
+wr damaged/vmdk-grain-beyond-eof.vmdk $((VGT + 4 * 100)) 4 $((0x0000f0ff)) # 0x00fff000 sectors, little-endian
+rc=$(qemu_check damaged/vmdk-grain-beyond-eof.vmdk vmdk)
+[[ $rc == 1 ]] || die "damaged/vmdk-grain-beyond-eof.vmdk: qemu-img check exited $rc, expected 1"
+emit damaged/vmdk-grain-beyond-eof.vmdk damaged "fmt=vmdk root=damaged check=1 class=corrupt"
+
 ############################################################################################
 # hostile: each case in its own image directory, secrets in OUTDIR/outside
 ############################################################################################

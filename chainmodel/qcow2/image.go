@@ -159,7 +159,8 @@ func (img *Image) extent(off, limit int64) (layer.Extent, error) {
 	}
 
 	us := img.h.SubclusterSize()
-	tableEnd := min((l1i+1)*span, limit)
+	tableStart := l1i * span
+	tableEnd := min(tableStart+span, limit)
 	ustart := off &^ (us - 1)
 	u, end, err := img.unitAt(t, ustart)
 	if err != nil {
@@ -169,19 +170,36 @@ func (img *Image) extent(off, limit int64) (layer.Extent, error) {
 	if u.host >= 0 {
 		e.HostOffset = u.host + (off - ustart)
 	}
-	for end < tableEnd {
-		n, nend, err := img.unitAt(t, end)
-		if err != nil {
-			// Report what is known; the bad unit errors when it is reached.
-			break
+	// Where the run of units that share u's mapping ends depends only on
+	// the table's entries, not on which L1 entry names the table: it is
+	// remembered, so that L1 entries naming one table do not cost a scan of
+	// it each.
+	img.mu.Lock()
+	runEnd, known := t.run(ustart - tableStart)
+	img.mu.Unlock()
+	if known {
+		end = max(end, tableStart+runEnd)
+	} else {
+		natural := false // the scan found the run's end, not the limit's
+		for end < tableEnd {
+			n, nend, err := img.unitAt(t, end)
+			if err != nil {
+				// Report what is known; the bad unit errors when it is reached.
+				natural = true
+				break
+			}
+			if n.kind != u.kind || n.compressed != u.compressed ||
+				(n.host < 0) != (u.host < 0) || (n.host >= 0 && n.host != e.HostOffset+(end-off)) {
+				natural = true
+				break
+			}
+			end = nend
 		}
-		if n.kind != u.kind || n.compressed != u.compressed {
-			break
+		if natural || end >= tableStart+span {
+			img.mu.Lock()
+			t.setRun(ustart-tableStart, end-tableStart)
+			img.mu.Unlock()
 		}
-		if (n.host < 0) != (u.host < 0) || (n.host >= 0 && n.host != e.HostOffset+(end-off)) {
-			break
-		}
-		end = nend
 	}
 	e.Length = min(end, limit) - off
 	return e, nil

@@ -218,6 +218,32 @@ type L2Table struct {
 	Offset int64 // host offset of the table
 	data   []byte
 	h      *Header
+
+	// runs remembers where runs of units sharing one mapping end, as
+	// Image.extent found them, in guest bytes from the table's start. It is
+	// used under Image.mu.
+	runs    [16]l2Run
+	nextRun int
+}
+
+// l2Run is a run of units of an L2 table: [from, to) in guest bytes from the
+// table's start.
+type l2Run struct{ from, to int64 }
+
+// run returns the end of the run that starts at from, if it is remembered.
+func (t *L2Table) run(from int64) (int64, bool) {
+	for _, r := range t.runs {
+		if r.to > r.from && r.from == from {
+			return r.to, true
+		}
+	}
+	return 0, false
+}
+
+// setRun remembers the run [from, to), replacing the oldest one.
+func (t *L2Table) setRun(from, to int64) {
+	t.runs[t.nextRun] = l2Run{from, to}
+	t.nextRun = (t.nextRun + 1) % len(t.runs)
 }
 
 // Len is the number of entries in the table.

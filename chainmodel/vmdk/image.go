@@ -80,6 +80,11 @@ type cachedGT struct {
 	sector uint32
 	used   uint64
 	gt     []uint32
+	// uniform: every grain of the table reads the same way (unallocated,
+	// zeroed, or compressed), so a run that reaches the table covers all of
+	// it. Grain directories whose entries all name one such table would
+	// otherwise cost a lookup per grain of the virtual size.
+	uniform bool
 }
 
 type cachedGrain struct {
@@ -446,9 +451,42 @@ func (img *Image) loadGT(sector uint32) ([]uint32, error) {
 	for i := range gt {
 		gt[i] = binary.LittleEndian.Uint32(buf[4*i:])
 	}
-	img.gts[victim] = cachedGT{sector: sector, used: img.tick, gt: gt}
+	img.gts[victim] = cachedGT{sector: sector, used: img.tick, gt: gt, uniform: img.uniform(gt)}
 	img.lastGT = victim
 	return gt, nil
+}
+
+// uniform reports whether every entry of gt reads the same way with no host
+// offset to keep contiguous: all unallocated, all zeroed, or all compressed.
+func (img *Image) uniform(gt []uint32) bool {
+	class := func(v uint32) int {
+		switch {
+		case v == 0:
+			return 0
+		case v == 1 && img.h.ZeroedGrains():
+			return 1
+		case img.h.Compressed():
+			return 2
+		}
+		return -1 // data grains merge only when contiguous
+	}
+	c := class(gt[0])
+	if c < 0 {
+		return false
+	}
+	for _, v := range gt[1:] {
+		if class(v) != c {
+			return false
+		}
+	}
+	return true
+}
+
+// uniformGT reports whether the grain table at sector, the one used last, is
+// uniform. The caller holds img.mu.
+func (img *Image) uniformGT(sector uint32) bool {
+	c := &img.gts[img.lastGT]
+	return c.gt != nil && c.sector == sector && c.uniform
 }
 
 // grain is what one grain table entry says.
@@ -532,10 +570,11 @@ func (img *Image) extent(off, limit int64) (layer.Extent, error) {
 }
 
 // next returns the guest offset after grain g, or after its whole grain table
-// when the grain directory entry is empty.
+// when the grain directory entry is empty or the table is uniform. g must be
+// the grain looked up last.
 func (img *Image) next(g uint64, gr grain) int64 {
 	n := g + 1
-	if gr.kind == layer.Unallocated && img.gd[g/img.perGT] == 0 {
+	if s := img.gd[g/img.perGT]; gr.kind == layer.Unallocated && s == 0 || s != 0 && img.uniformGT(s) {
 		n = (g/img.perGT + 1) * img.perGT
 	}
 	if n > uint64(img.vsize/img.grainBytes)+1 {

@@ -1,7 +1,10 @@
 package worker
 
 import (
+	"strconv"
+
 	"instarfs/chainmodel/layer"
+	"instarfs/errcode"
 	"instarfs/vmm"
 )
 
@@ -108,11 +111,19 @@ func mapEntry(chain []member, off, n int64) (vmm.MapEntry, error) {
 	panic("unreachable: empty chain")
 }
 
+// maxMapBytes bounds the JSON encoding of a map's rows: the host reads at
+// most vmm.MaxResultBytes of a worker's output, and keeps some for the
+// progress lines and the message around the rows.
+const maxMapBytes = vmm.MaxResultBytes - 1<<20
+
 // chainMap returns the rows of `qemu-img map` for chain (top first): one entry
-// per run of equal status, merged as qemu merges them.
+// per run of equal status, merged as qemu merges them. A map whose rows the
+// host could not accept fails with IMAGE_TOO_LARGE as soon as it is known:
+// a small hostile image can describe millions of rows.
 func chainMap(chain []member, progress func(float64)) ([]vmm.MapEntry, error) {
 	size := chain[0].img.VirtualSize()
 	var rows []vmm.MapEntry
+	var encoded int64 // JSON bytes of the rows before the last one
 	for off := int64(0); off < size; {
 		e, err := mapEntry(chain, off, size-off)
 		if err != nil {
@@ -124,6 +135,12 @@ func chainMap(chain []member, progress func(float64)) ([]vmm.MapEntry, error) {
 		if k := len(rows) - 1; k >= 0 && mergeable(rows[k], e) {
 			rows[k].Length += e.Length
 		} else {
+			if k >= 0 {
+				if encoded += mapEntryJSONLen(rows[k]); encoded > maxMapBytes {
+					return nil, errcode.New(errcode.ImageTooLarge,
+						"the map of this image has more than %d rows (%d bytes) before offset %d of %d: more than a worker may answer", len(rows), encoded, off, size)
+				}
+			}
 			rows = append(rows, e)
 		}
 		off += e.Length
@@ -142,4 +159,24 @@ func mergeable(a, b vmm.MapEntry) bool {
 		return false
 	}
 	return a.Offset == nil || *a.Offset+a.Length == *b.Offset
+}
+
+// mapEntryJSONLen is the length of e encoded by encoding/json, plus the comma
+// that separates it from the next row.
+func mapEntryJSONLen(e vmm.MapEntry) int64 {
+	var buf [24]byte
+	digits := func(v int64) int { return len(strconv.AppendInt(buf[:0], v, 10)) }
+	boolLen := func(b bool) int {
+		if b {
+			return len("true")
+		}
+		return len("false")
+	}
+	n := len(`{"start":,"length":,"depth":,"present":,"zero":,"data":},`) +
+		digits(e.Start) + digits(e.Length) + digits(int64(e.Depth)) +
+		boolLen(e.Present) + boolLen(e.Zero) + boolLen(e.Data)
+	if e.Offset != nil {
+		n += len(`,"offset":`) + digits(*e.Offset)
+	}
+	return int64(n)
 }

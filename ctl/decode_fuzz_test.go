@@ -1,0 +1,188 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"testing"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// These fuzz targets feed arbitrary worker results to the host's side of info,
+// map and check, through a sandbox that answers with the fuzzer's bytes. The
+// host must never panic, must refuse with a named code (never INTERNAL), and
+// what it accepts must satisfy the invariants its renderers rely on.
+
+// fakeSandbox answers each operation with a fixed result document.
+type fakeSandbox map[string][]byte
+
+func (s fakeSandbox) Name() string { return "fake" }
+
+func (s fakeSandbox) Run(_ context.Context, job vmm.Job) (json.RawMessage, error) {
+	return s[job.Request.Op], nil
+}
+
+// Worker results of real images, the seeds of every target.
+const (
+	seedProbeQcow2 = `{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"backing-filename":"b1.qcow2","backing-filename-format":"qcow2","dirty-flag":false,` +
+		`"format-specific":{"type":"qcow2","data":{"compat":"1.1","compression-type":"zlib","lazy-refcounts":false,"refcount-bits":16,"corrupt":false,"extended-l2":false}},` +
+		`"snapshots":[{"icount":0,"vm-clock-nsec":0,"name":"s1","date-sec":1795801756,"date-nsec":447783000,"vm-clock-sec":0,"id":"1","vm-state-size":0}]}`
+	seedProbeVmdk = `{"format":"vmdk","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false,"format-specific":{"type":"vmdk","data":` +
+		`{"cid":3942926646,"parent-cid":4294967295,"create-type":"streamOptimized","extents":[{"virtual-size":4194304,"cluster-size":65536,"format":"","compressed":true}]}}}`
+	seedMap = `[{"start":0,"length":65536,"depth":1,"present":true,"zero":false,"data":true,"offset":327680},` +
+		`{"start":65536,"length":983040,"depth":1,"present":false,"zero":true,"data":false},` +
+		`{"start":1048576,"length":65536,"depth":1,"present":true,"zero":false,"data":true},` +
+		`{"start":1114112,"length":3080192,"depth":0,"present":false,"zero":true,"data":false}]`
+	seedCheck = `{"supported":true,"check_errors":0,"corruptions":0,"leaks":0,"image_end_offset":589824,"total_clusters":64,` +
+		`"allocated_clusters":2,"fragmented_clusters":1,"compressed_clusters":1,"messages":null}`
+)
+
+// emptyImage returns the path of an empty file in a new directory, the image
+// the fake worker describes.
+func emptyImage(f *testing.F) string {
+	path := filepath.Join(f.TempDir(), "img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		f.Fatal(err)
+	}
+	return path
+}
+
+// fakeOpener returns a new Opener (with an empty probe cache) whose worker is
+// sb.
+func fakeOpener(t *testing.T, dir string, sb fakeSandbox) *chainmodel.Opener {
+	p, err := chainmodel.NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &chainmodel.Opener{Sandbox: sb, Policy: p}
+}
+
+// checkRefusal fails t unless err names a code other than INTERNAL.
+func checkRefusal(t *testing.T, err error) {
+	t.Helper()
+	if c := errcode.Code(err); c == errcode.Internal {
+		t.Fatalf("refused with %s: %v", c, err)
+	}
+}
+
+// FuzzInfo runs info on an image whose probe answers with the fuzzer's bytes,
+// and renders what is accepted both ways.
+func FuzzInfo(f *testing.F) {
+	for _, s := range []string{seedProbeQcow2, seedProbeVmdk,
+		`{"format":"raw","virtual-size":0,"dirty-flag":false}`,
+		`{"format":"qcow2","virtual-size":9223372036854775807,"cluster-size":-1,"dirty-flag":true,"snapshots":[{"vm-clock-nsec":-1,"name":"\u001b[2J","date-sec":-9223372036854775808,"date-nsec":0,"vm-clock-sec":9223372036854775807,"id":"","vm-state-size":-5}]}`,
+		`{"format":"vmdk","virtual-size":1,"dirty-flag":false,"format-specific":{"type":"vmdk","data":null}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	path := emptyImage(f)
+	f.Fuzz(func(t *testing.T, res []byte) {
+		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{vmm.OpProbe: res})
+		infos, err := InfoFor(context.Background(), o, path, "", false)
+		if err != nil {
+			checkRefusal(t, err)
+			return
+		}
+		if len(infos) != 1 {
+			t.Fatalf("%d infos for one image", len(infos))
+		}
+		if in := infos[0]; in.VirtualSize < 0 || in.Filename != path {
+			t.Fatalf("accepted info with virtual size %d and file name %q", in.VirtualSize, in.Filename)
+		}
+		if b := InfoJSON(infos, false); !json.Valid(b) {
+			t.Fatalf("info --output=json is not JSON:\n%s", b)
+		}
+		if b := InfoJSON(infos, true); !json.Valid(b) {
+			t.Fatalf("info --backing-chain --output=json is not JSON:\n%s", b)
+		}
+		InfoHuman(infos)
+	})
+}
+
+// FuzzMapResult decodes the fuzzer's bytes as the map of a chain of 1 to
+// MaxDepth+1 layers whose top has the given virtual size. What is accepted
+// must tile the disk with rows of known layers, and render.
+func FuzzMapResult(f *testing.F) {
+	f.Add([]byte(seedMap), int64(4194304), uint8(2))
+	f.Add([]byte(seedMap), int64(4194304), uint8(1))
+	f.Add([]byte(seedMap), int64(4194303), uint8(2))
+	f.Add([]byte(`[]`), int64(0), uint8(1))
+	f.Add([]byte(`[{"start":0,"length":9223372036854775807,"depth":0,"present":false,"zero":true,"data":false}]`), int64(9223372036854775807), uint8(1))
+	f.Add([]byte(`[{"start":0,"length":512,"depth":0,"present":true,"zero":false,"data":true}]`), int64(512), uint8(1))
+	f.Add([]byte(`[{"start":0,"length":512,"depth":-1,"present":true,"zero":false,"data":true,"offset":-7}]`), int64(512), uint8(1))
+	// Lengths that wrap around past 2^63 must not tile a small disk.
+	f.Add([]byte(`[{"start":0,"length":9223372036854775807},{"start":9223372036854775807,"length":9223372036854775807},{"start":-2,"length":4194306}]`), int64(4194304), uint8(1))
+	f.Fuzz(func(t *testing.T, res []byte, size int64, layers uint8) {
+		if size < 0 {
+			return // the probe refuses negative sizes before a map runs
+		}
+		n := int(layers)%(chainmodel.MaxDepth+1) + 1
+		c := &chainmodel.Chain{}
+		for i := range n {
+			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: vmm.Info{Format: "qcow2", VirtualSize: size}})
+		}
+		m, err := MapChain(context.Background(), fakeSandbox{vmm.OpMap: res}, c)
+		if err != nil {
+			checkRefusal(t, err)
+			return
+		}
+		var next int64
+		for i, e := range m.Entries {
+			if e.Start != next || e.Length <= 0 || e.Length > size-next || e.Depth < 0 || e.Depth >= n {
+				t.Fatalf("accepted row %d %+v of a map of %d bytes over %d layers (next offset %d)", i, e, size, n, next)
+			}
+			next += e.Length
+		}
+		if next != size {
+			t.Fatalf("accepted rows covering %d bytes of %d", next, size)
+		}
+		var back []vmm.MapEntry
+		if err := json.Unmarshal(m.JSON(), &back); err != nil {
+			t.Fatalf("map --output=json is not JSON: %v\n%s", err, m.JSON())
+		}
+		if len(back) != len(m.Entries) || len(back) > 0 && !reflect.DeepEqual(back, m.Entries) {
+			t.Fatalf("map --output=json does not round-trip:\n%s", m.JSON())
+		}
+		if _, err := m.Human(); err != nil && errcode.Code(err) != errcode.BadArguments {
+			t.Fatalf("human map failed with %s: %v", errcode.Code(err), err)
+		}
+	})
+}
+
+// FuzzCheckResult runs check on an image whose check answers with the
+// fuzzer's bytes, and renders what is accepted both ways.
+func FuzzCheckResult(f *testing.F) {
+	for _, s := range []string{seedCheck,
+		`{"supported":false,"check_errors":0,"corruptions":0,"leaks":0,"image_end_offset":0,"total_clusters":0,"allocated_clusters":0,"fragmented_clusters":0,"compressed_clusters":0,"messages":null}`,
+		`{"supported":true,"check_errors":0,"corruptions":1,"leaks":0,"image_end_offset":0,"total_clusters":0,"allocated_clusters":0,"fragmented_clusters":0,"compressed_clusters":0,"messages":["ERROR: vmdk grain at sector 4294967280 lies past the end of the file"]}`,
+		`{"supported":true,"check_errors":-1,"corruptions":-9223372036854775808,"leaks":3,"total_clusters":-1,"allocated_clusters":9223372036854775807,"messages":["\u001b[2J"]}`,
+		`{"supported":true,"total_clusters":1,"allocated_clusters":-1,"fragmented_clusters":9223372036854775807}`,
+	} {
+		f.Add([]byte(s))
+	}
+	path := emptyImage(f)
+	f.Fuzz(func(t *testing.T, res []byte) {
+		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{
+			vmm.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
+			vmm.OpCheck: res,
+		})
+		r, err := Check(context.Background(), o, path, "")
+		if err != nil {
+			checkRefusal(t, err)
+			return
+		}
+		if code := r.ExitCode(); !slices.Contains([]int{0, 1, 2, 3, 63}, code) || (code == 63) != !r.Supported {
+			t.Fatalf("exit status %d for %+v", code, r.CheckResult)
+		}
+		if b := r.JSON(); !json.Valid(b) {
+			t.Fatalf("check --output=json is not JSON:\n%s", b)
+		}
+		r.Human()
+	})
+}
