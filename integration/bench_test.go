@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +20,13 @@ import (
 // cpu-ns/op and qemu-cpu-ns/op are the CPU times (user and system, the worker
 // included).
 //
-//	go test ./integration -run XXX -bench . -benchtime 20x
+// BenchmarkRebaseSafe, BenchmarkRebaseUnsafe and BenchmarkCommit change
+// images: they run on the rest of the reference set (an overlay rewriting a
+// quarter of the clusters, a new base differing in a few MiB), each run on
+// fresh copies made outside the timer.
+//
+//	go test ./integration -run XXX -bench 'Info|Map|Check' -benchtime 20x
+//	go test ./integration -run XXX -bench 'Rebase|Commit' -benchtime 5x
 
 const (
 	benchVirtualSize = 2 << 30
@@ -130,4 +139,215 @@ func benchCommand(b *testing.B, args ...string) {
 	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
 	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
 	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+}
+
+// The changing benchmarks run on the rest of the reference set: an overlay of
+// the reference image rewriting a quarter of its clusters, and a new base
+// that differs from the reference image in a few MiB.
+const (
+	benchOverlay = "ov.qcow2"
+	benchNewBase = "newbase.qcow2"
+)
+
+var (
+	benchChainOnce sync.Once
+	benchChainErr  error
+)
+
+// benchChainSetup builds the overlay and the new base once per run, both by
+// qemu-img convert from a raw file written by Go, the overlay by qemu-io.
+func benchChainSetup(b *testing.B) (dir string) {
+	b.Helper()
+	dir, image := benchSetup(b)
+	benchChainOnce.Do(func() {
+		benchChainErr = buildBenchChain(dir, image)
+	})
+	if benchChainErr != nil {
+		b.Fatal(benchChainErr)
+	}
+	return dir
+}
+
+func buildBenchChain(dir, image string) error {
+	convert := func(args ...string) error {
+		cmd := exec.Command("qemu-img", append([]string{"convert"}, args...)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("qemu-img convert %v: %v\n%s", args, err, out)
+		}
+		return nil
+	}
+	raw := filepath.Join(dir, "chain.raw")
+	if err := convert("-f", "qcow2", "-O", "raw", image, raw); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(raw, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// The same cluster positions as writeScatteredRaw.
+	rng := rand.New(rand.NewPCG(1, 2))
+	clusters := rng.Perm(benchVirtualSize / benchCluster)[:benchDataBytes/benchCluster]
+	rng = rand.New(rand.NewPCG(3, 4))
+	fill := func(p []byte) {
+		for i := range p {
+			p[i] = byte(rng.Uint32())
+		}
+	}
+
+	// The new base: 5 MiB of the data overwritten, 3 MiB zeroed and 2 MiB
+	// written into holes (MiBs without data), 1 MiB at a time.
+	const mib = 1 << 20
+	used := make(map[int64]bool, len(clusters))
+	for _, c := range clusters {
+		used[int64(c)*benchCluster/mib] = true
+	}
+	var offs []int64
+	for i := range 8 {
+		offs = append(offs, int64(clusters[i*97])*benchCluster&^(mib-1))
+	}
+	for m := int64(0); m < benchVirtualSize/mib && len(offs) < 10; m++ {
+		if !used[m] {
+			offs = append(offs, m*mib)
+		}
+	}
+	chunk := make([]byte, mib)
+	for i, off := range offs {
+		if i >= 5 && i < 8 {
+			clear(chunk)
+		} else {
+			fill(chunk)
+		}
+		if _, err := f.WriteAt(chunk, off); err != nil {
+			return err
+		}
+	}
+	if err := convert("-f", "raw", "-O", "qcow2", raw, benchNewBase); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Remove(raw); err != nil {
+		return err
+	}
+	// The overlay: a quarter of the data clusters rewritten, each with the
+	// same random chunk, in one qemu-io run.
+	chunkFile := filepath.Join(dir, "chunk")
+	cl := make([]byte, benchCluster)
+	fill(cl)
+	if err := os.WriteFile(chunkFile, cl, 0o644); err != nil {
+		return err
+	}
+	create := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", "qcow2", benchOverlay)
+	create.Dir = dir
+	if out, err := create.CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img create: %v\n%s", err, out)
+	}
+	qio := []string{"-f", "qcow2"}
+	for _, c := range clusters[:len(clusters)/4] {
+		qio = append(qio, "-c", fmt.Sprintf("write -q -s %s %d %d", chunkFile, int64(c)*benchCluster, benchCluster))
+	}
+	cmd := exec.Command("qemu-io", append(qio, benchOverlay)...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-io: %v\n%.1000s", err, out)
+	}
+	return os.Remove(chunkFile)
+}
+
+func BenchmarkRebaseSafe(b *testing.B) {
+	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-b", benchNewBase, "-F", "qcow2", benchOverlay)
+}
+
+func BenchmarkRebaseUnsafe(b *testing.B) {
+	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-u", "-b", benchNewBase, "-F", "qcow2", benchOverlay)
+}
+
+func BenchmarkCommit(b *testing.B) {
+	benchChanging(b, []string{benchImage, benchOverlay}, "commit", "-q", benchOverlay)
+}
+
+// benchChanging times a command that changes images: each run, instarfs's
+// and then qemu-img's, gets fresh copies of the files in change (synced, so
+// that neither pays for writing back the copy) and hard links to the other
+// files of the set. Only instarfs's runs are inside the timer.
+func benchChanging(b *testing.B, change []string, args ...string) {
+	dir := benchChainSetup(b)
+	work := filepath.Join(dir, "run")
+	prepare := func() {
+		if err := os.RemoveAll(work); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Mkdir(work, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		for _, name := range []string{benchImage, benchOverlay, benchNewBase} {
+			src, dst := filepath.Join(dir, name), filepath.Join(work, name)
+			if slices.Contains(change, name) {
+				if err := copyFileSynced(src, dst); err != nil {
+					b.Fatal(err)
+				}
+			} else if err := os.Link(src, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	run := func(name string, args ...string) (wall, cpu time.Duration) {
+		cmd := exec.Command(name, args...)
+		cmd.Dir = work
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%s %v: %v\n%.1000s", name, args, err, out)
+		}
+		wall = time.Since(start)
+		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	ours := append([]string{"--allow-dir", work}, args...)
+	prepare()
+	run("qemu-img", args...) // warm the page cache
+	b.ResetTimer()
+	var oursCPU, qemu, qemuCPU time.Duration
+	for range b.N {
+		b.StopTimer()
+		prepare()
+		b.StartTimer()
+		_, cpu := run(binary, ours...)
+		b.StopTimer()
+		oursCPU += cpu
+		prepare()
+		wall, cpu := run("qemu-img", args...)
+		qemu += wall
+		qemuCPU += cpu
+		b.StartTimer()
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(float64(qemu.Nanoseconds())/n, "qemu-ns/op")
+	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
+	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
+	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+}
+
+// copyFileSynced copies src to dst and makes the copy durable.
+func copyFileSynced(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -24,10 +24,10 @@ var runtimeSyscalls = []string{
 
 // ioSyscalls are the descriptor operations the worker's work needs: reading and
 // writing images and stdio, block status (lseek SEEK_DATA/SEEK_HOLE), size,
-// durability, hole punching and truncation.
+// durability (and starting writeback early), hole punching and truncation.
 var ioSyscalls = []string{
 	"read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev",
-	"lseek", "fstat", "fsync", "fdatasync", "fallocate", "ftruncate", "close",
+	"lseek", "fstat", "fsync", "fdatasync", "sync_file_range", "fallocate", "ftruncate", "close",
 }
 
 // Namespace flags a thread-creating clone must not carry.

@@ -195,11 +195,24 @@ func (r *rebaser) run() error {
 
 // chunk is one step's data: the old chain over the step's whole units and
 // the new chain over the step.
+//
+// Where both chains read as zero by their metadata alone, nothing is read,
+// cleared or compared: skip lists those ranges, and oldBuf holds stale bytes
+// there until a write needs them (see fillSkipped).
 type chunk struct {
 	st             planners.RebaseStep
 	aStart         int64
 	oldBuf, newBuf []byte
+	skip           []planners.Span
+	filled         int // skip[:filled] are already cleared in oldBuf
 	err            error
+}
+
+// piece is a range of a step and whether each side is known to read as zero
+// there.
+type piece struct {
+	off, n           int64
+	oldZero, newZero bool
 }
 
 // execute runs the steps in order. Reading runs one step ahead of comparing
@@ -424,6 +437,46 @@ func (r *rebaser) readOld(st planners.RebaseStep, oldBuf []byte, aStart int64) e
 	return readChain(r.old, oldBuf[end-aStart:], end)
 }
 
+// pieces splits [off, end) where either chain's block status changes. A side
+// that is not read (read false) counts as zero throughout.
+func pieces(old, new []layer.Image, readOld, readNew bool, off, end int64, out []piece) ([]piece, error) {
+	out = out[:0]
+	var oldLeft, newLeft int64 // bytes left of the current extent of each side
+	oldZero, newZero := !readOld, !readNew
+	if !readOld {
+		oldLeft = end - off
+	}
+	if !readNew {
+		newLeft = end - off
+	}
+	for off < end {
+		var err error
+		if oldLeft == 0 {
+			if oldZero, oldLeft, err = chainExtent(old, off, end-off); err != nil {
+				return nil, err
+			}
+		}
+		if newLeft == 0 {
+			if newZero, newLeft, err = chainExtent(new, off, end-off); err != nil {
+				return nil, err
+			}
+		}
+		if oldLeft <= 0 || newLeft <= 0 {
+			return nil, errInternal("block status made no progress at offset %d", off)
+		}
+		n := min(oldLeft, newLeft)
+		if k := len(out) - 1; k >= 0 && out[k].oldZero == oldZero && out[k].newZero == newZero {
+			out[k].n += n
+		} else {
+			out = append(out, piece{off: off, n: n, oldZero: oldZero, newZero: newZero})
+		}
+		off += n
+		oldLeft -= n
+		newLeft -= n
+	}
+	return out, nil
+}
+
 // read fills c with the data of step st, reading the old and the new chain at
 // once (the layers are safe for concurrent use).
 func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
@@ -433,6 +486,90 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	aEnd := (end + r.unit - 1) &^ (r.unit - 1)
 	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
 	c.newBuf = grow(c.newBuf, st.Len)
+	c.skip, c.filled = c.skip[:0], 0
+	if st.PastOldEOF {
+		c.err = r.readWhole(c, st)
+		return
+	}
+	ps, err := pieces(r.old, r.new, st.ReadOld, st.ReadNew, st.Off, end, nil)
+	if err != nil {
+		c.err = err
+		return
+	}
+	// Skipping needs sector-aligned ranges (a raw backing file's end may
+	// not be): otherwise both sides are cleared and compared.
+	aligned := st.Off%sectorSize == 0
+	for _, p := range ps {
+		if p.oldZero && p.newZero {
+			if p.off%sectorSize != 0 || (p.off+p.n)%sectorSize != 0 && p.off+p.n != end {
+				aligned = false
+			}
+			c.skip = append(c.skip, planners.Span{Start: p.off, Length: p.n})
+		}
+	}
+	if !aligned {
+		for i := range ps {
+			if ps[i].oldZero && ps[i].newZero {
+				ps[i].newZero = false // read (as zeros) and compared as usual
+			}
+		}
+		c.skip = c.skip[:0]
+	}
+	var newErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, p := range ps {
+			b := c.newBuf[p.off-st.Off : p.off-st.Off+p.n]
+			switch {
+			case p.oldZero && p.newZero:
+			case p.newZero:
+				clear(b)
+			default:
+				if newErr = readChain(r.new, b, p.off); newErr != nil {
+					return
+				}
+			}
+		}
+	}()
+	oldErr := r.readOldPieces(c, ps)
+	<-done
+	c.err = oldErr
+	if c.err == nil {
+		c.err = newErr
+	}
+}
+
+// readOldPieces reads the old chain into c.oldBuf: the units' parts outside
+// the step, and the step's pieces that are not skipped.
+func (r *rebaser) readOldPieces(c *chunk, ps []piece) error {
+	st, aStart := c.st, c.aStart
+	end := st.Off + st.Len
+	if err := readChain(r.old, c.oldBuf[:st.Off-aStart], aStart); err != nil {
+		return err
+	}
+	if err := readChain(r.old, c.oldBuf[end-aStart:], end); err != nil {
+		return err
+	}
+	for _, p := range ps {
+		b := c.oldBuf[p.off-aStart : p.off-aStart+p.n]
+		switch {
+		case p.oldZero && p.newZero:
+		case p.oldZero:
+			clear(b)
+		default:
+			if err := readChain(r.old, b, p.off); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readWhole reads a step past the old backing's end the plain way: both
+// buffers whole, nothing skipped.
+func (r *rebaser) readWhole(c *chunk, st planners.RebaseStep) error {
+	end := st.Off + st.Len
 	var newErr error
 	done := make(chan struct{})
 	go func() {
@@ -445,45 +582,76 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	}()
 	oldErr := r.readOld(st, c.oldBuf, c.aStart)
 	<-done
-	c.err = oldErr
-	if c.err == nil {
-		c.err = newErr
+	if oldErr != nil {
+		return oldErr
 	}
-	if c.err == nil && st.PastOldEOF {
-		// Past the old backing's end the old side reads zero.
-		clear(c.oldBuf[max(st.Off, r.oldSize)-c.aStart : end-c.aStart])
+	if newErr != nil {
+		return newErr
+	}
+	// Past the old backing's end the old side reads zero.
+	clear(c.oldBuf[max(st.Off, r.oldSize)-c.aStart : end-c.aStart])
+	return nil
+}
+
+// fillSkipped clears oldBuf where the skipped ranges meet [a, b), before
+// that is written: the old chain reads zero there. Writes come in ascending
+// order.
+func (c *chunk) fillSkipped(a, b int64) {
+	for i := c.filled; i < len(c.skip) && c.skip[i].Start < b; i++ {
+		s := c.skip[i]
+		if lo, hi := max(s.Start, a), min(s.End(), b); lo < hi {
+			clear(c.oldBuf[lo-c.aStart : hi-c.aStart])
+		}
+		if s.End() <= b {
+			c.filled = i + 1
+		}
 	}
 }
 
 // step compares one planned range and writes the differences.
 func (r *rebaser) step(c *chunk) error {
-	st, aStart, oldBuf, newBuf := c.st, c.aStart, c.oldBuf, c.newBuf
+	st, oldBuf, newBuf := c.st, c.oldBuf, c.newBuf
 	end := st.Off + st.Len
-	old := oldBuf[st.Off-aStart : end-aStart]
+	old := oldBuf[st.Off-c.aStart : end-c.aStart]
 
-	// Runs of differing 512-byte sectors; equal units are skipped whole.
+	// Runs of differing 512-byte sectors; equal units are skipped whole, and
+	// so are the skipped ranges (equal by block status). Those start and end
+	// on sector boundaries, so a run ends where one starts, as it would if
+	// the range had been compared.
 	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
+	skip := c.skip
 	for pos := st.Off; pos < end; {
+		for len(skip) > 0 && skip[0].End() <= pos {
+			skip = skip[1:]
+		}
+		lim := end
+		if len(skip) > 0 {
+			if skip[0].Start <= pos {
+				pos = skip[0].End()
+				continue
+			}
+			lim = skip[0].Start
+		}
 		u := pos &^ (r.unit - 1)
 		ue := min(u+r.unit, end)
-		if pos == max(u, st.Off) && eq(pos, ue) {
+		if pos == max(u, st.Off) && ue <= lim && eq(pos, ue) {
 			pos = ue
 			continue
 		}
-		e := min(pos+sectorSize, end)
+		e := min(pos+sectorSize, lim)
 		if eq(pos, e) {
 			pos = e
 			continue
 		}
 		re := e
-		for re < end {
-			e2 := min(re+sectorSize, end)
+		for re < lim {
+			e2 := min(re+sectorSize, lim)
 			if eq(re, e2) {
 				break
 			}
 			re = e2
 		}
-		if err := r.write(st, oldBuf, aStart, pos, re); err != nil {
+		if err := r.write(c, pos, re); err != nil {
 			return err
 		}
 		pos = re
@@ -494,7 +662,8 @@ func (r *rebaser) step(c *chunk) error {
 // write handles one run [rs, re) of differing sectors, as qemu-img 7.2's
 // pwrite (old data, widened to whole units by copy-on-write) or, past the old
 // backing's end, write_zeroes.
-func (r *rebaser) write(st planners.RebaseStep, oldBuf []byte, aStart, rs, re int64) error {
+func (r *rebaser) write(c *chunk, rs, re int64) error {
+	st, oldBuf, aStart := c.st, c.oldBuf, c.aStart
 	ws := rs &^ (r.unit - 1)
 	we := (re + r.unit - 1) &^ (r.unit - 1)
 	data := func(a, b int64) error {
@@ -502,6 +671,7 @@ func (r *rebaser) write(st planners.RebaseStep, oldBuf []byte, aStart, rs, re in
 		if a >= b {
 			return nil
 		}
+		c.fillSkipped(a, b)
 		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
 			return err
 		}
