@@ -73,6 +73,18 @@ type committer struct {
 const writebackEvery = 8 << 20
 
 func (c *committer) run() (any, error) {
+	// Refuse a base or a top that cannot be written or emptied before
+	// anything is read or written.
+	t, err := c.target()
+	if err != nil {
+		return nil, err
+	}
+	var empty func() error
+	if !c.args.Drop {
+		if empty, err = c.topEmptier(); err != nil {
+			return nil, err
+		}
+	}
 	chain := make([]member, len(c.imgs))
 	layers := make(commitView, len(c.imgs))
 	for i, o := range c.imgs {
@@ -95,17 +107,6 @@ func (c *committer) run() (any, error) {
 	steps, err := planners.PlanCommit(in)
 	if err != nil {
 		return nil, errInternal("%v", err)
-	}
-	t, err := c.target()
-	if err != nil {
-		return nil, err
-	}
-	var empty func() error
-	if !c.args.Drop {
-		// Refuse a top that cannot be emptied before the base is touched.
-		if empty, err = c.topEmptier(); err != nil {
-			return nil, err
-		}
 	}
 	if c.args.Base >= 2 {
 		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, layers, t); err != nil {
@@ -241,6 +242,9 @@ func (c *committer) target() (commitTarget, error) {
 	f := ImageFile{c.base.file}
 	switch c.base.format {
 	case "qcow2":
+		if _, err := checkWritable(c.base, "a commit into it"); err != nil {
+			return nil, err
+		}
 		w, err := qcow2.NewWriter(f, c.base.size)
 		if err != nil {
 			return nil, err
@@ -407,6 +411,9 @@ func (c *committer) topEmptier() (func() error, error) {
 	f := ImageFile{top.file}
 	switch top.format {
 	case "qcow2":
+		if _, err := checkWritable(top, "a commit empties it"); err != nil {
+			return nil, err
+		}
 		w, err := qcow2.NewWriter(f, top.size)
 		if err != nil {
 			return nil, err
@@ -469,6 +476,9 @@ func (c *committer) preserveIntermediate(steps []planners.Step, layers commitVie
 	)
 	switch mid.format {
 	case "qcow2":
+		if _, err := checkWritable(mid, "a commit writes into it"); err != nil {
+			return 0, err
+		}
 		w, err := qcow2.NewWriter(f, mid.size)
 		if err != nil {
 			return 0, err

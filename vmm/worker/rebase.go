@@ -124,17 +124,28 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 // an interrupted rebase leaves) are reclaimed, so that a rebase run again after
 // a crash places its clusters exactly where an uninterrupted one would.
 func reclaimLeaks(top *opened, w *qcow2.Writer) error {
-	rep, err := qcow2.Check(top.file, top.size)
+	rep, err := checkWritable(top, "a safe rebase")
 	if err != nil {
 		return err
-	}
-	if rep.Corruptions > 0 || rep.CheckErrors > 0 {
-		return errcode.New(errcode.Qcow2Corrupt, "'%s' has %d refcount errors; repair it (check -r) before a safe rebase", top.ref.Name, rep.Corruptions+rep.CheckErrors)
 	}
 	if len(rep.LeakedClusters) == 0 || len(rep.LeakedClusters) >= qcow2.MaxLeakRecords {
 		return nil // nothing to reclaim, or too many to list: leave them
 	}
 	return w.ReclaimLeaks(rep.LeakedClusters)
+}
+
+// checkWritable refuses a qcow2 image whose refcounts are wrong, before
+// anything is written to it: allocating by wrong refcounts would overwrite
+// live data or metadata. Leaks are harmless and allowed.
+func checkWritable(o *opened, before string) (*qcow2.CheckReport, error) {
+	rep, err := qcow2.Check(o.file, o.size)
+	if err != nil {
+		return nil, err
+	}
+	if rep.Corruptions > 0 || rep.CheckErrors > 0 {
+		return nil, errcode.New(errcode.Qcow2Corrupt, "'%s' has %d refcount errors; repair it (check -r) before %s", o.ref.Name, rep.Corruptions+rep.CheckErrors, before)
+	}
+	return rep, nil
 }
 
 func layers(c []*opened) []layer.Image {
