@@ -130,7 +130,9 @@ func TestParseCommit(t *testing.T) {
 }
 
 // FuzzControlGrammar checks that the grammar never panics and that whatever it
-// accepts, rendered back with Args, parses to the same request.
+// accepts, rendered back with Args, parses to the same request. Args quotes
+// every word, so a line near MaxControlLine may render longer than a control
+// file takes; such a rendering is not read back.
 func FuzzControlGrammar(f *testing.F) {
 	for _, s := range []string{
 		"", "\n", "new.qcow2\n", "-u -F qcow2 new.qcow2", `-b ""`, "-b base.qcow2 -d",
@@ -144,17 +146,21 @@ func FuzzControlGrammar(f *testing.F) {
 			if r.Backing == "" {
 				r.BackingFormat = "" // detaching takes no backing format
 			}
-			back, err := ParseRebase(r.Args())
-			if err != nil || back != r {
-				t.Fatalf("rebase %q: parsed %+v, rendered %q, reparsed %+v, %v", line, r, r.Args(), back, err)
+			if s := r.Args(); len(s) <= MaxControlLine {
+				back, err := ParseRebase(s)
+				if err != nil || back != r {
+					t.Fatalf("rebase %q: parsed %+v, rendered %q, reparsed %+v, %v", line, r, s, back, err)
+				}
 			}
 		} else if errcode.Code(err) != errcode.BadArguments {
 			t.Fatalf("rebase %q: error without BAD_ARGUMENTS: %v", line, err)
 		}
 		if c, err := ParseCommit(line); err == nil {
-			back, err := ParseCommit(c.Args())
-			if err != nil || back != c {
-				t.Fatalf("commit %q: parsed %+v, rendered %q, reparsed %+v, %v", line, c, c.Args(), back, err)
+			if s := c.Args(); len(s) <= MaxControlLine {
+				back, err := ParseCommit(s)
+				if err != nil || back != c {
+					t.Fatalf("commit %q: parsed %+v, rendered %q, reparsed %+v, %v", line, c, s, back, err)
+				}
 			}
 		} else if errcode.Code(err) != errcode.BadArguments {
 			t.Fatalf("commit %q: error without BAD_ARGUMENTS: %v", line, err)
