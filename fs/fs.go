@@ -36,6 +36,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -182,6 +183,19 @@ func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
 	return c
 }
 
+// probeTries is how often a probe whose worker failed is tried.
+const probeTries = 3
+
+// transient says whether err is a failure of the worker rather than an answer
+// about the file.
+func transient(err error) bool {
+	switch errcode.Code(err) {
+	case errcode.WorkerCrashed, errcode.WorkerTimeout, errcode.WorkerProtocol, errcode.SandboxUnavailable, errcode.Internal:
+		return true
+	}
+	return false
+}
+
 // minImageSize is the size below which a file cannot be an image: no qcow2,
 // vmdk or partition table fits. Such files are hidden without a probe.
 const minImageSize = 512
@@ -207,6 +221,14 @@ func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
 		return class{}, true
 	}
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, "", true)
+	for try := 1; err != nil && transient(err) && try < probeTries && ctx.Err() == nil; try++ {
+		// A worker that could not start or died says nothing about the file
+		// (a loaded host, a transient resource limit): ask again rather than
+		// hide an image.
+		f.cfg.Log.WithFields(logrus.Fields{"image": rel, "error": err}).Warn("probe failed; retrying")
+		time.Sleep(time.Duration(try) * 50 * time.Millisecond)
+		info, _, err = f.cfg.Opener.Probe(ctx, file, rel, "", true)
+	}
 	if err != nil {
 		code := errcode.Code(err)
 		switch {
@@ -217,7 +239,7 @@ func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
 		case code == errcode.FormatNotDetected:
 			return class{}, true
 		}
-		f.cfg.Log.WithFields(logrus.Fields{"image": rel, "error": err}).Info("probe failed")
+		f.cfg.Log.WithFields(logrus.Fields{"image": rel, "error": err}).Warn("probe failed; the file is hidden until it is looked up again")
 		return class{}, false
 	}
 	if info.BackingFilename != "" && info.BackingFilenameFormat == "raw" {

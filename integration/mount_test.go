@@ -250,7 +250,7 @@ func TestMountFilesMatchCLI(t *testing.T) {
 		}
 		t.Run(rel, func(t *testing.T) {
 			if _, err := os.Stat(m.path(rel)); err != nil {
-				t.Fatalf("not shown in the mount: %v", err)
+				t.Fatalf("not shown in the mount: %v\nmount log:\n%s", err, m.stderr)
 			}
 			for _, c := range []struct {
 				file string
