@@ -573,13 +573,6 @@ const (
 	// named error, the top unchanged, but the base written. (Refcount errors
 	// in the base, the top or an intermediate are refused before any write.)
 	knownTopLate = "commit finds the top unreadable or unemptiable only after writing the base"
-	// The vmdk writer updates a grain table that is also the grain
-	// directory or lies on the header, or a grain shared by many entries.
-	knownVmdkAliased = "the vmdk writer writes through grain tables or grains that alias metadata or each other"
-	// The changing commands cost time and memory in proportion to the
-	// virtual size or the directory entries, not the data (the read
-	// commands keep the bounds on the same images).
-	knownHuge = "changing commands are not bounded by the allocated data"
 )
 
 var hostileChangingKnown = map[string]map[string]string{
@@ -587,16 +580,6 @@ var hostileChangingKnown = map[string]map[string]string{
 	"qcow2/compressed-garbage":         {"commit-top": knownTopLate},
 	"qcow2-xl2/compressed-with-bitmap": {"commit-top": knownTopLate},
 	"qcow2/header-length-cluster":      {"commit-top": knownTopLate},
-	// (rebase-detach: through the mount, which detaches after rebasing
-	// onto good.vmdk, so that there is data to copy.)
-	"vmdk/gd-entry-is-gd":       {"rebase-safe": knownVmdkAliased, "rebase-detach": knownVmdkAliased, "commit-base": knownVmdkAliased},
-	"vmdk/gt-entry-at-header":   {"rebase-safe": knownVmdkAliased, "rebase-detach": knownVmdkAliased, "commit-base": knownVmdkAliased},
-	"vmdk/gt-all-one-grain":     {"rebase-detach": knownVmdkAliased, "commit-base": knownVmdkAliased},
-	"vmdk/gt-entry-last-sector": {"rebase-detach": knownVmdkAliased},
-	"vmdk/gd-8M-entries-one-gt": {"rebase-unsafe": knownHuge, "rebase-safe": knownHuge, "rebase-detach": knownHuge,
-		"commit-top": knownHuge, "commit-base": knownHuge},
-	"vmdk/gd-8M-entries-one-empty-gt": {"rebase-unsafe": knownHuge, "rebase-safe": knownHuge, "rebase-detach": knownHuge,
-		"commit-top": knownHuge, "commit-base": knownHuge},
 }
 
 // Bounds of the qemu-img runs that judge a changing command's result: a

@@ -1,7 +1,9 @@
 package vmdk
 
 import (
+	"cmp"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"maps"
 	"math"
@@ -87,26 +89,72 @@ func NewWriter(img *Image, f File) (*Writer, error) {
 	return w, nil
 }
 
-// referencedEnd is the end of the last byte anything in the image points at:
-// the directories, the grain tables and their grains. Space after it was left
-// by an interrupted write (vmdk has no reference counts to say so) and is
-// reused, so that running an interrupted operation again gives the file an
-// uninterrupted run would have given.
+// referencedEnd checks the layout the writer is about to change and returns
+// the end of the last byte anything in the image points at: the directories,
+// the grain tables and their grains.
+//
+// A crafted image can make a grain table be the grain directory, lie on the
+// header, or be shared by several directory entries, and a grain be shared or
+// lie on metadata; writing through such aliases would change what the image
+// reads elsewhere, so they are refused (VMDK_CORRUPT). Reading tolerates them.
+//
+// Space after the end was left by an interrupted write (vmdk has no reference
+// counts to say so) and is reused, so that running an interrupted operation
+// again gives the file an uninterrupted run would have given.
 func (w *Writer) referencedEnd() (int64, error) {
-	end := int64(w.img.h.OverHead) * SectorSize
-	for _, r := range w.metadataSectors() {
-		end = max(end, r[1])
+	type span struct {
+		start, end int64
+		what       string
 	}
+	spans := []span{
+		{0, SectorSize, "the header"},
+		{w.img.descOffset, w.img.descOffset + w.img.descArea, "the descriptor"},
+	}
+	gtBytes := roundUp(int64(w.img.perGT)*4, SectorSize)
+	for _, d := range []struct {
+		dir    []uint32
+		sector uint64
+		what   string
+	}{{w.gd, w.img.h.GDOffset, "grain directory"}, {w.rgd, w.img.h.RGDOffset, "redundant grain directory"}} {
+		if d.dir == nil {
+			continue
+		}
+		start := int64(d.sector) * SectorSize
+		spans = append(spans, span{start, start + int64(len(d.dir))*4, "the " + d.what})
+		seen := make(map[uint32]int, len(d.dir))
+		for i, e := range d.dir {
+			if e == 0 {
+				continue
+			}
+			if j, dup := seen[e]; dup {
+				return 0, errcode.New(errcode.VmdkCorrupt, "%s entries %d and %d share the grain table at sector %d; refusing to write", d.what, j, i, e)
+			}
+			seen[e] = i
+			spans = append(spans, span{int64(e) * SectorSize, int64(e)*SectorSize + gtBytes, fmt.Sprintf("grain table %d of the %s", i, d.what)})
+		}
+	}
+	end := int64(w.img.h.OverHead) * SectorSize
 	for i := range w.gd {
 		gt, err := w.img.GrainTable(i)
 		if err != nil {
 			return 0, err
 		}
-		for _, e := range gt {
-			if e > 1 { // 1 marks a zeroed grain
-				end = max(end, int64(e)*SectorSize+w.img.grainBytes)
+		for j, e := range gt {
+			if e > 1 || e == 1 && !w.img.ZeroedGrains() { // 1 marks a zeroed grain
+				start := int64(e) * SectorSize
+				spans = append(spans, span{start, start + w.img.grainBytes, fmt.Sprintf("grain %d", uint64(i)*w.img.perGT+uint64(j))})
+				end = max(end, start+w.img.grainBytes)
 			}
 		}
+	}
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.start, b.start) })
+	for k := 1; k < len(spans); k++ {
+		if a, b := spans[k-1], spans[k]; b.start < a.end {
+			return 0, errcode.New(errcode.VmdkCorrupt, "%s overlaps %s; refusing to write", b.what, a.what)
+		}
+	}
+	for _, sp := range spans {
+		end = max(end, sp.end)
 	}
 	return min(end, roundUp(w.img.fileSize, SectorSize)), nil
 }
