@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -68,15 +67,7 @@ func startCLI(t *testing.T, dir string, args ...string) (wait func() result) {
 	done := make(chan result, 1)
 	go func() {
 		err := cmd.Wait()
-		r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
-		var ee *exec.ExitError
-		switch {
-		case errors.As(err, &ee):
-			r.code = ee.ExitCode()
-		case err != nil:
-			r.code = -1
-		}
-		done <- r
+		done <- resultOf(err, out.Bytes(), errb.Bytes())
 	}()
 	var r *result
 	t.Cleanup(func() {

@@ -106,16 +106,32 @@ func execIn(t *testing.T, dir, name string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
+	return runCmd(t, cmd)
+}
+
+// runCmd runs cmd and returns its output and exit status; a command that
+// cannot run at all fails the test.
+func runCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
+	r := resultOf(cmd.Run(), out.Bytes(), errb.Bytes())
+	if r.code < 0 {
+		t.Fatalf("running %v: %s", cmd.Args, r.stderr)
+	}
+	return r
+}
+
+// resultOf is the result of a finished command: its output, and its exit
+// status from err; -1 when it could not run (the error is then in stderr).
+func resultOf(err error, stdout, stderr []byte) result {
+	r := result{stdout: stdout, stderr: stderr}
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:
-		t.Fatalf("running %s %v: %v", name, args, err)
+		r.code, r.stderr = -1, []byte(err.Error())
 	}
 	return r
 }
@@ -180,18 +196,7 @@ func runOp(t *testing.T, dir string, env []string, op string, args ...string) re
 	cmd := exec.Command(binary, append([]string{"--allow-dir", dir, op}, args...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.Bytes(), stderr: errb.Bytes()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatal(err)
-	}
-	return r
+	return runCmd(t, cmd)
 }
 
 // compareImages runs qemu-img compare on two images, each read through its own
