@@ -82,6 +82,19 @@ func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
 	return res, w.sync()
 }
 
+// CheckEmptiable reports, without writing anything, an error MakeEmpty would
+// meet only after it had started: a regenerated header that does not fit in
+// cluster 0. Commit calls it before it touches the base.
+func (w *Writer) CheckEmptiable() error {
+	if !w.canEmptyCompletely() {
+		return nil
+	}
+	h := w.h.clone()
+	h.IncompatibleFeatures &^= IncompatDirty
+	_, err := h.EncodeCluster0()
+	return err
+}
+
 // allocatedClusters walks the active L2 tables: the host clusters of data
 // and allocated zero clusters that the image owns alone (candidates for a
 // hole once freed), and the number of allocated entries.

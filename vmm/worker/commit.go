@@ -91,6 +91,9 @@ func (c *committer) run() (any, error) {
 		chain[i] = o.member()
 		layers[i] = o.img
 	}
+	if err := readableAbove(c.imgs[:c.args.Base]); err != nil {
+		return nil, err
+	}
 	segs, err := commitSegments(chain, c.args.Base)
 	if err != nil {
 		return nil, err
@@ -125,6 +128,32 @@ func (c *committer) run() (any, error) {
 		}
 	}
 	return c.res, nil
+}
+
+// readableAbove decompresses every compressed cluster of the images above the
+// base once before the base is touched, so that a corrupt one is found while
+// nothing has been written. (Other data is read where it lies; only
+// decompression can fail on bytes that are inside the file.)
+func readableAbove(imgs []*opened) error {
+	var one [1]byte
+	for _, o := range imgs {
+		size := o.img.VirtualSize()
+		for off := int64(0); off < size; {
+			e, err := o.img.Extent(off)
+			if err != nil {
+				return err
+			}
+			if step := o.info.ClusterSize; e.Compressed && step > 0 {
+				for p := e.Start; p < e.End(); p += step {
+					if _, err := o.img.ReadAt(one[:], p); err != nil {
+						return err
+					}
+				}
+			}
+			off = e.End()
+		}
+	}
+	return nil
 }
 
 // apply carries out the steps on the base.
@@ -416,6 +445,9 @@ func (c *committer) topEmptier() (func() error, error) {
 		}
 		w, err := qcow2.NewWriter(f, top.size)
 		if err != nil {
+			return nil, err
+		}
+		if err := w.CheckEmptiable(); err != nil {
 			return nil, err
 		}
 		return func() error {
