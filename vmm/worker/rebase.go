@@ -333,15 +333,21 @@ func zeroSpans(chain []layer.Image, size int64) ([]planners.Span, error) {
 			return nil, errInternal("block status made no progress at offset %d", off)
 		}
 		if zero {
-			if k := len(out) - 1; k >= 0 && out[k].End() == off {
-				out[k].Length += n
-			} else {
-				out = append(out, planners.Span{Start: off, Length: n})
-			}
+			out = appendSpan(out, off, n)
 		}
 		off += n
 	}
 	return out, nil
+}
+
+// appendSpan adds [off, off+n) to spans, merging it with the last span when
+// they touch.
+func appendSpan(spans []planners.Span, off, n int64) []planners.Span {
+	if k := len(spans) - 1; k >= 0 && spans[k].End() == off {
+		spans[k].Length += n
+		return spans
+	}
+	return append(spans, planners.Span{Start: off, Length: n})
 }
 
 // unchangedSpans lists the ranges of [0, size) that no layer of above
@@ -371,11 +377,7 @@ func unchangedSpans(above []layer.Image, size int64) ([]planners.Span, error) {
 			return nil, errInternal("block status made no progress at offset %d", off)
 		}
 		if free {
-			if k := len(out) - 1; k >= 0 && out[k].End() == off {
-				out[k].Length += n
-			} else {
-				out = append(out, planners.Span{Start: off, Length: n})
-			}
+			out = appendSpan(out, off, n)
 		}
 		off += n
 	}
