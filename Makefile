@@ -9,18 +9,22 @@ TEST_PACKAGES ?= ./...
 FUZZTIME ?= 10s
 TESTFLAGS ?=
 
-.PHONY: all build test test-deps oracles lint vet bench fuzz demo clean
+.PHONY: all build test test-deps oracles lint vet bench fuzz demo docs-images clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/instarfs
 
-# test-deps installs what the tests need: qemu-utils is the oracle.
+# test-deps installs what the tests need, each command from its Debian
+# package: qemu-utils is the oracle; xmllint and rsvg-convert check map.svg.
+TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin
 test-deps:
-	@command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || { \
-	  echo "installing qemu-utils (the test oracle)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils >/dev/null; }
+	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 # oracles builds a second oracle, qemu-img 10.0 from Debian 13, into
 # build/oracles/trixie without touching the system's packages (a private apt
@@ -53,6 +57,11 @@ fuzz:
 
 clean:
 	rm -rf bin build
+
+# docs-images renders the pictures the docs show (docs/images/) from a chain
+# generated with qemu-img.
+docs-images: test-deps build
+	bash testdata/docs-images.sh $(BIN) docs/images
 
 demo: build
 	bash testdata/demo.sh $(BIN)

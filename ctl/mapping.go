@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"instarfs/chainmodel"
+	"instarfs/ctl/mapsvg"
 	"instarfs/errcode"
 	"instarfs/vmm"
 )
@@ -15,6 +16,9 @@ type MapResult struct {
 	Entries []vmm.MapEntry
 	// Names are the images' names by depth, for the human form.
 	Names []string
+	// Format and VirtualSize describe the top image, for the picture.
+	Format      string
+	VirtualSize int64
 }
 
 // Map opens path's chain and asks a worker for its map.
@@ -36,7 +40,7 @@ func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*MapRes
 	if err != nil {
 		return nil, err
 	}
-	m := &MapResult{}
+	m := &MapResult{Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
 	if err := chainmodel.DecodeResult(res, &m.Entries); err != nil {
 		return nil, err
 	}
@@ -82,6 +86,11 @@ func (m *MapResult) JSON() []byte {
 	}
 	b.WriteString("]\n")
 	return b.Bytes()
+}
+
+// SVG draws the map as a picture (see package mapsvg).
+func (m *MapResult) SVG() []byte {
+	return mapsvg.Render(mapsvg.Input{Image: m.Names[0], Format: m.Format, VirtualSize: m.VirtualSize, Members: m.Names, Entries: m.Entries})
 }
 
 // Human renders the map as `qemu-img map` does: the data ranges and where they

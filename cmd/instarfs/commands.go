@@ -45,7 +45,7 @@ func (a *app) mapCommand() {
 	var file, format, output string
 	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
-	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Flag("output", "human, json, or svg (a picture of the chain).").Default("human").EnumVar(&output, "human", "json", "svg")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
@@ -53,8 +53,12 @@ func (a *app) mapCommand() {
 			if err != nil {
 				return fail(err)
 			}
-			if output == "json" {
+			switch output {
+			case "json":
 				os.Stdout.Write(m.JSON())
+				return 0
+			case "svg":
+				os.Stdout.Write(m.SVG())
 				return 0
 			}
 			out, err := m.Human()
