@@ -60,7 +60,6 @@ const (
 	LimitMSGQUEUE = 0       // no POSIX message queues
 	LimitCORE     = 0       // no core dumps
 	limitCPUSlack = 30      // seconds of CPU on top of timeout × CPUs
-	nobody        = 65534   // host uid/gid the worker runs as when the host is root
 	hostname      = "instarfs-worker"
 )
 
@@ -137,8 +136,7 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 		level = LevelUserNS
 	}
 	for {
-		p := s.process(level, job)
-		res, err := p.Run(ctx, job)
+		res, err := s.runAt(ctx, level, job)
 		var se *vmm.StartError
 		if !errors.As(err, &se) {
 			s.settle(level)
@@ -151,6 +149,17 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 		s.warnOnce(fmt.Sprintf("the kernel refused %s (%v); the worker runs with %s", level, se.Err, next))
 		level = next
 	}
+}
+
+// runAt runs job once at level. A worker started by root runs as a host uid
+// and gid of its own, held until it has exited (see workerIDFirst).
+func (s *Sandbox) runAt(ctx context.Context, level Level, job vmm.Job) (json.RawMessage, error) {
+	id := -1
+	if os.Geteuid() == 0 {
+		id = workerIDs.take()
+		defer workerIDs.release(id)
+	}
+	return s.process(level, job, id).Run(ctx, job)
 }
 
 func (s *Sandbox) settle(level Level) {
@@ -207,8 +216,9 @@ func (s *Sandbox) warnOnce(msg string) {
 	}
 }
 
-// process describes the worker for one run at the given level.
-func (s *Sandbox) process(level Level, job vmm.Job) *vmm.Process {
+// process describes the worker for one run at the given level. id is the host
+// uid and gid the worker runs as when the host is root, -1 otherwise.
+func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 	mode := SeccompKill
 	if job.Request.Op == vmm.OpSandboxProbe {
 		mode = SeccompErrno
@@ -225,8 +235,8 @@ func (s *Sandbox) process(level Level, job vmm.Job) *vmm.Process {
 	switch level {
 	case LevelUserNS:
 		uid, gid := os.Getuid(), os.Getgid()
-		if uid == 0 {
-			uid, gid = nobody, nobody
+		if id >= 0 {
+			uid, gid = id, id
 		}
 		attr.Cloneflags = namespaceFlags | syscall.CLONE_NEWUSER
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
@@ -236,11 +246,14 @@ func (s *Sandbox) process(level Level, job vmm.Job) *vmm.Process {
 		env = append(env, envNamespaces+"=1")
 	case LevelRootNS:
 		attr.Cloneflags = namespaceFlags
-		env = append(env, envNamespaces+"=1", envUID+"="+strconv.Itoa(nobody))
+		env = append(env, envNamespaces+"=1")
+		if id >= 0 {
+			env = append(env, envUID+"="+strconv.Itoa(id))
+		}
 	default:
 		env = append(env, envNamespaces+"=0")
-		if os.Geteuid() == 0 {
-			env = append(env, envUID+"="+strconv.Itoa(nobody))
+		if id >= 0 {
+			env = append(env, envUID+"="+strconv.Itoa(id))
 		}
 	}
 	return &vmm.Process{

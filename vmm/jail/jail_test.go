@@ -288,12 +288,11 @@ func inspect(t *testing.T, pid int, image *os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantHost := itoa(os.Getuid())
-	if os.Getuid() == 0 {
-		wantHost = itoa(nobody)
-	}
-	if f := strings.Fields(string(uidMap)); len(f) != 3 || f[0] != "0" || f[1] != wantHost || f[2] != "1" {
-		t.Errorf("uid_map %q, want 0 %s 1", uidMap, wantHost)
+	f := strings.Fields(string(uidMap))
+	if len(f) != 3 || f[0] != "0" || f[2] != "1" {
+		t.Errorf("uid_map %q, want one id mapped to 0", uidMap)
+	} else if host, _ := strconv.Atoi(f[1]); os.Getuid() == 0 && !isWorkerID(host) || os.Getuid() != 0 && host != os.Getuid() {
+		t.Errorf("uid_map %q maps host uid %d", uidMap, host)
 	}
 	limits, err := os.ReadFile(filepath.Join(proc, "limits"))
 	if err != nil {
@@ -307,6 +306,93 @@ func inspect(t *testing.T, pid int, image *os.File) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// nobody is the unprivileged user the tests switch to.
+const nobody = 65534
+
+func isWorkerID(id int) bool { return id >= workerIDFirst && id < workerIDFirst+workerIDCount }
+
+// TestWorkerUIDs runs two workers side by side at each level and looks at
+// them from the host: as root, each runs as a uid and gid of its own from the
+// worker range, not as nobody, and a process of nobody cannot signal it.
+func TestWorkerUIDs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("an unprivileged host maps the worker to its own uid")
+	}
+	for _, level := range []Level{LevelUserNS, LevelRootNS, LevelNoNS} {
+		t.Run(level.String(), func(t *testing.T) {
+			sb := &Sandbox{forceLevel: level}
+			pids := make(chan int, 2)
+			sb.started = func(pid int) { pids <- pid }
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			ready := make(chan struct{}, 2)
+			done := make(chan error, 2)
+			for range 2 {
+				go func() {
+					_, err := sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: opSleep}, Progress: func(float64) { ready <- struct{}{} }})
+					done <- err
+				}()
+			}
+			<-ready
+			<-ready
+			var uids []int
+			for range 2 {
+				pid := <-pids
+				status := filepath.Join("/proc", itoa(pid), "status")
+				for _, field := range []string{"Uid", "Gid"} {
+					ids := strings.Fields(statusField(status, field))
+					if len(ids) != 4 || ids[0] != ids[1] || ids[0] != ids[2] || ids[0] != ids[3] {
+						t.Fatalf("worker %d: %s %q, want one id four times", pid, field, ids)
+					}
+					id, _ := strconv.Atoi(ids[0])
+					if !isWorkerID(id) {
+						t.Errorf("worker %d: %s %d, want one of the worker range", pid, field, id)
+					}
+					if field == "Uid" {
+						uids = append(uids, id)
+					}
+				}
+				// The attack: any process of nobody could stop or kill a
+				// worker that ran as nobody.
+				kill := exec.Command("/bin/sh", "-c", "kill -0 "+itoa(pid))
+				kill.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+				if out, err := kill.CombinedOutput(); err == nil {
+					t.Errorf("a process of uid %d may signal worker %d (%s)", nobody, pid, out)
+				}
+			}
+			if len(uids) == 2 && uids[0] == uids[1] {
+				t.Errorf("two workers run as the same uid %d", uids[0])
+			}
+			cancel()
+			for range 2 {
+				if err := <-done; errcode.Code(err) != errcode.Cancelled {
+					t.Errorf("worker ended with %v, want CANCELLED", err)
+				}
+			}
+		})
+	}
+}
+
+func TestSubordinateRanges(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "subuid")
+	if err := os.WriteFile(p, []byte("alice:100000:65536\nbad line\nbob:1879048192:10\n#x:1:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := subordinateRanges(p)
+	want := [][2]int{{100000, 65536}, {1879048192, 10}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ranges %v, want %v", got, want)
+	}
+	for _, tt := range []struct {
+		id int
+		in bool
+	}{{99999, false}, {100000, true}, {165535, true}, {165536, false}, {1879048201, true}, {1879048202, false}} {
+		if inRanges(tt.id, got) != tt.in {
+			t.Errorf("inRanges(%d) = %t, want %t", tt.id, !tt.in, tt.in)
+		}
+	}
+}
 
 func TestLevels(t *testing.T) {
 	levels := []Level{LevelUserNS, LevelNoNS}
@@ -327,12 +413,8 @@ func TestLevels(t *testing.T) {
 			if c.Namespaces != (level != LevelNoNS) || c.PrivateRoot != (level != LevelNoNS) {
 				t.Errorf("confinement %+v at level %v", c, level)
 			}
-			wantUID := -1
-			if level != LevelUserNS && os.Geteuid() == 0 {
-				wantUID = nobody
-			}
-			if c.SwitchedUID != wantUID {
-				t.Errorf("switched uid %d, want %d", c.SwitchedUID, wantUID)
+			if switched := level != LevelUserNS && os.Geteuid() == 0; switched && !isWorkerID(c.SwitchedUID) || !switched && c.SwitchedUID != -1 {
+				t.Errorf("switched uid %d at level %v", c.SwitchedUID, level)
 			}
 			if level != LevelUserNS && len(r.Warnings) == 0 {
 				t.Errorf("no warning at level %v", level)
