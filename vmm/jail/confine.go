@@ -238,10 +238,13 @@ func pivotToEmptyRoot() error {
 	return nil
 }
 
-// closeStrayFDs closes every descriptor from first on, except the Go runtime's
-// netpoller (epoll and eventfd). Go's exec passes the worker only its stdio and
-// images, but a descriptor the host inherited or opened without close-on-exec
-// would be passed too.
+// closeStrayFDs closes every descriptor from first on that the Go runtime did
+// not create: its netpoller's epoll and eventfd. Go's exec passes the worker
+// only its stdio and images, but a descriptor the host inherited or opened
+// without close-on-exec is passed too, and may itself be an epoll or eventfd.
+// A descriptor that survived the exec lacks FD_CLOEXEC by definition, while
+// the runtime creates its own with EPOLL_CLOEXEC and EFD_CLOEXEC: so only a
+// close-on-exec epoll or eventfd is kept.
 func closeStrayFDs(first int) (int, error) {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
@@ -257,7 +260,7 @@ func closeStrayFDs(first int) (int, error) {
 		if err != nil {
 			continue // the listing's own descriptor, closed by now
 		}
-		if target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]" {
+		if runtimeFD(fd, target) {
 			continue
 		}
 		if err := unix.Close(fd); err != nil {
@@ -266,6 +269,16 @@ func closeStrayFDs(first int) (int, error) {
 		closed++
 	}
 	return closed, nil
+}
+
+// runtimeFD reports whether fd, whose /proc/self/fd link reads target, is one
+// the Go runtime created in this process.
+func runtimeFD(fd int, target string) bool {
+	if target != "anon_inode:[eventpoll]" && target != "anon_inode:[eventfd]" {
+		return false
+	}
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	return err == nil && flags&unix.FD_CLOEXEC != 0
 }
 
 func setRlimits(cpu uint64) error {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"instarfs/errcode"
 	"instarfs/vmm"
 )
@@ -90,6 +92,84 @@ func TestSandboxCheck(t *testing.T) {
 	if sb.Level() != LevelUserNS {
 		t.Errorf("level %v, want %v", sb.Level(), LevelUserNS)
 	}
+}
+
+// TestInheritedDescriptorsClosed leaks an eventfd and an epoll descriptor
+// without close-on-exec into every worker, as a host that inherited them
+// would, and checks that the worker closed them although they look like the
+// Go runtime's own: from the inside (the probe report) and from the host
+// (/proc/<pid>/fdinfo of a running worker).
+func TestInheritedDescriptorsClosed(t *testing.T) {
+	efd, err := unix.Eventfd(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	epfd, err := unix.EpollCreate(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(epfd)
+	// The inherited epoll watches the inherited eventfd, as the runtime's does.
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
+		t.Fatal(err)
+	}
+
+	r, err := SandboxCheck(context.Background(), New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range r.Worker.Probes {
+		if p.Name == ProbeNoInheritedFD && !p.OK {
+			t.Errorf("probe %s: %s (%s)", p.Name, p.Detail, p.Errno)
+		}
+	}
+
+	sb := New()
+	pids := make(chan int, 1)
+	sb.started = func(pid int) { pids <- pid }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	job := scratchJob(t, opSleep)
+	job.Progress = func(float64) {
+		defer cancel()
+		pid := <-pids
+		first := vmm.FirstImageFD + len(job.Files)
+		entries, err := os.ReadDir(filepath.Join("/proc", itoa(pid), "fd"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, e := range entries {
+			fd, _ := strconv.Atoi(e.Name())
+			if fd < first {
+				continue
+			}
+			info, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "fdinfo", e.Name()))
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			flags, err := strconv.ParseUint(statusLine(string(info), "flags"), 8, 64)
+			if err != nil || flags&unix.O_CLOEXEC == 0 {
+				target, _ := os.Readlink(filepath.Join("/proc", itoa(pid), "fd", e.Name()))
+				t.Errorf("worker descriptor %d -> %s has flags %o: inherited, not closed", fd, target, flags)
+			}
+		}
+	}
+	if _, err := sb.Run(ctx, job); errcode.Code(err) != errcode.Cancelled {
+		t.Fatalf("error %v, want CANCELLED after the inspection", err)
+	}
+}
+
+// statusLine returns the value of "name:" in a /proc key-value text.
+func statusLine(text, name string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 func TestFailureModes(t *testing.T) {

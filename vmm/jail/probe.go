@@ -2,6 +2,7 @@ package jail
 
 import (
 	"bytes"
+	"fmt"
 	"runtime"
 	"syscall"
 	"time"
@@ -61,6 +62,9 @@ const (
 	ProbeMmapExec      = "mmap-exec"
 	ProbeIoUring       = "io-uring"
 )
+
+// ProbeNoInheritedFD checks that Confine closed what the worker inherited.
+const ProbeNoInheritedFD = "no-inherited-fd"
 
 // RunProbes runs the sandbox probes inside a worker, for vmm.OpSandboxProbe.
 // The request's images are at fds vmm.FirstImageFD..; the probes use the
@@ -149,6 +153,11 @@ func RunProbes(req vmm.Request) ProbeReport {
 	refuse(ProbeMmapExec, "mmap(PROT_EXEC)", probeMmapExec())
 	refuse(ProbeIoUring, "io_uring_setup", probeIoUring())
 
+	if fd, err := inheritedFD(vmm.FirstImageFD + len(req.Images)); err != nil {
+		allow(ProbeNoInheritedFD, fmt.Sprintf("descriptor %d past the images lacks close-on-exec: inherited, not closed", fd), err)
+	} else {
+		allow(ProbeNoInheritedFD, "every descriptor past the images is the worker's own (close-on-exec)", nil)
+	}
 	allow("new-thread", "a goroutine locked to a new OS thread", probeThread())
 	allow("timer", "time.Sleep(1ms)", probeTimer())
 	allow("getrandom", "getrandom(16)", probeRandom())
@@ -263,6 +272,19 @@ func probeIoUring() error {
 	}
 	unix.Close(int(fd))
 	return nil
+}
+
+// inheritedFD returns the first descriptor from first on (up to
+// LimitNOFILE) without FD_CLOEXEC, which the worker can only have inherited
+// through exec, and EBADFD; or nil when there is none.
+func inheritedFD(first int) (int, error) {
+	for fd := first; fd < LimitNOFILE; fd++ {
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err == nil && flags&unix.FD_CLOEXEC == 0 {
+			return fd, unix.EBADFD
+		}
+	}
+	return 0, nil
 }
 
 func probeThread() error {
