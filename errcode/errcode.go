@@ -87,6 +87,7 @@ const (
 	VmdkDescriptorTooLarge = "VMDK_DESCRIPTOR_TOO_LARGE"
 	VmdkFileTooLarge       = "VMDK_FILE_TOO_LARGE"
 	VmdkParentNotVmdk      = "VMDK_PARENT_NOT_VMDK"
+	RawBaseIsImage         = "RAW_BASE_IS_IMAGE"
 
 	// qcow2 rebase and the qcow2 writer.
 	BackingNameTooLong = "BACKING_NAME_TOO_LONG"

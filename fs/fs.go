@@ -272,6 +272,8 @@ func Errno(err error) syscall.Errno {
 		return syscall.ENOENT
 	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol:
 		return syscall.EPERM
+	case errcode.RawBaseIsImage:
+		return syscall.EPERM
 	case errcode.ImageInUse, errcode.ChainBusy:
 		return syscall.EBUSY
 	case errcode.Cancelled:

@@ -286,9 +286,26 @@ func (c *committer) target() (commitTarget, error) {
 		}
 		return &vmdkTarget{w: w, v: c.base.v}, nil
 	case "raw":
+		if err := writableAsRaw(c.base); err != nil {
+			return nil, err
+		}
 		return &rawTarget{f: f, size: c.base.img.VirtualSize()}, nil
 	}
 	return nil, errcode.New(errcode.CommitUnsupported, "cannot commit into a %s image", c.base.format)
+}
+
+// writableAsRaw refuses to write, as raw, a file that starts with an image
+// format's magic. A chain names its backing formats itself, so an untrusted
+// overlay can name a qcow2 or vmdk image as its raw backing; qemu-img commit
+// then writes guest data over that image's header and tables. Reading such a
+// file as raw stays allowed (qemu-img does it too): it shows the file's bytes
+// and changes nothing.
+func writableAsRaw(o *opened) error {
+	if o.magic == "" {
+		return nil
+	}
+	return errcode.New(errcode.RawBaseIsImage,
+		"'%s' is named as a raw image but starts with %s magic: writing guest data into it would destroy that image; refusing before writing anything", o.ref.Name, o.magic)
 }
 
 func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }

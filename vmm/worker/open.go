@@ -22,6 +22,9 @@ type opened struct {
 	info   vmm.Info
 	q      *qcow2.Image // set for qcow2
 	v      *vmdk.Image  // set for vmdk
+	// magic is the image format the file's first bytes announce, whatever
+	// format it is opened as (imageMagic).
+	magic string
 }
 
 // sniffBytes is how much of a file format detection looks at.
@@ -30,18 +33,32 @@ const sniffBytes = 64 << 10
 var (
 	qcow2Magic = []byte("QFI\xfb")
 	vmdkMagic  = []byte("KDMV")
+	vmdk3Magic = []byte("COWD")
 	vmdkText   = []byte("# Disk DescriptorFile")
 )
+
+// imageMagic names the image format whose magic first starts with: "qcow2"
+// (qcow version 1 shares it), "vmdk" (sparse extent or descriptor), "vmdk3"
+// (the old COWD sparse format, which instarfs does not read), or "".
+func imageMagic(first []byte) string {
+	switch {
+	case bytes.HasPrefix(first, qcow2Magic):
+		return "qcow2"
+	case bytes.HasPrefix(first, vmdkMagic), bytes.HasPrefix(first, vmdkText):
+		return "vmdk"
+	case bytes.HasPrefix(first, vmdk3Magic):
+		return "vmdk3"
+	}
+	return ""
+}
 
 // detect names the format of a file from its first bytes: qcow2 and vmdk by
 // their magic, raw only when detectRaw is set and the file carries a partition
 // table.
 func detect(first []byte, detectRaw bool, name string) (string, error) {
-	switch {
-	case bytes.HasPrefix(first, qcow2Magic):
-		return "qcow2", nil
-	case bytes.HasPrefix(first, vmdkMagic), bytes.HasPrefix(first, vmdkText):
-		return "vmdk", nil
+	switch m := imageMagic(first); {
+	case m == "qcow2" || m == "vmdk":
+		return m, nil
 	case detectRaw && rawDetect(first):
 		return "raw", nil
 	}
@@ -59,6 +76,7 @@ func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
 	if _, err := f.ReadAt(first, 0); err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "reading %s: %v", ref.Name, err)
 	}
+	o.magic = imageMagic(first)
 	o.format = ref.Format
 	if o.format == "" {
 		if o.format, err = detect(first, detectRaw, ref.Name); err != nil {
@@ -67,12 +85,12 @@ func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
 	}
 	switch o.format {
 	case "qcow2":
-		if !bytes.HasPrefix(first, qcow2Magic) {
+		if o.magic != "qcow2" {
 			return nil, errcode.New(errcode.FormatMismatch, "'%s' is not a qcow2 image", ref.Name)
 		}
 		err = o.openQcow2()
 	case "vmdk":
-		if !bytes.HasPrefix(first, vmdkMagic) && !bytes.HasPrefix(first, vmdkText) {
+		if o.magic != "vmdk" {
 			return nil, errcode.New(errcode.FormatMismatch, "'%s' is not a vmdk image", ref.Name)
 		}
 		err = o.openVmdk()
