@@ -69,11 +69,19 @@ func (m *MapResult) validate(size int64) error {
 	return nil
 }
 
+// emptyMapRow is the row qemu-img map prints for an image of size 0: the
+// zero-length entry it starts from and never extends.
+var emptyMapRow = []vmm.MapEntry{{}}
+
 // JSON renders the map exactly as `qemu-img map --output=json` does.
 func (m *MapResult) JSON() []byte {
 	var b bytes.Buffer
 	b.WriteString("[")
-	for i, e := range m.Entries {
+	entries := m.Entries
+	if len(entries) == 0 {
+		entries = emptyMapRow
+	}
+	for i, e := range entries {
 		if i > 0 {
 			b.WriteString(",\n")
 		}

@@ -120,9 +120,12 @@ const maxMapBytes = vmm.MaxResultBytes - 1<<20
 // per run of equal status, merged as qemu merges them. A map whose rows the
 // host could not accept fails with IMAGE_TOO_LARGE as soon as it is known:
 // a small hostile image can describe millions of rows.
+//
+// An image of virtual size 0 has no rows: the result is an empty list, never
+// null, which the protocol would take for a missing result.
 func chainMap(chain []member, progress func(float64)) ([]vmm.MapEntry, error) {
 	size := chain[0].img.VirtualSize()
-	var rows []vmm.MapEntry
+	rows := []vmm.MapEntry{}
 	var encoded int64 // JSON bytes of the rows before the last one
 	for off := int64(0); off < size; {
 		e, err := mapEntry(chain, off, size-off)

@@ -114,3 +114,18 @@ func mapString(es []vmm.MapEntry) string {
 	}
 	return b.String()
 }
+
+// TestChainMapEmptyImage: an image of virtual size 0 has no rows, and the
+// worker's answer must still be a result ("[]"), not null.
+func TestChainMapEmptyImage(t *testing.T) {
+	needQemu(t)
+	dir := t.TempDir()
+	sh(t, dir, `qemu-img create -q -f qcow2 a.qcow2 0`)
+	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := json.Marshal(got); string(b) != "[]" {
+		t.Errorf("map of an empty image encodes as %s, want []", b)
+	}
+}
