@@ -40,6 +40,9 @@ type Host struct {
 	AllThreadsSyscall bool `json:"all_threads_syscall"`
 	// CapEff is the host process's effective capability mask (hex).
 	CapEff string `json:"cap_eff"`
+	// ProtectedHardlinks is fs.protected_hardlinks, -1 when unknown. instarfs
+	// follows hard links (see hardlinkWarning).
+	ProtectedHardlinks int `json:"protected_hardlinks"`
 }
 
 // HostReport inspects the host.
@@ -57,7 +60,23 @@ func HostReport() Host {
 	_, _, errno := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0)
 	r.AllThreadsSyscall = errno == 0
 	r.CapEff = statusField("/proc/self/status", "CapEff")
+	r.ProtectedHardlinks = -1
+	if v, err := readInt("/proc/sys/fs/protected_hardlinks"); err == nil {
+		r.ProtectedHardlinks = int(v)
+	}
 	return r
+}
+
+// hardlinkWarning says what fs.protected_hardlinks = v means for the path
+// policy, or "" when nothing. A hard link has no path outside the roots to
+// refuse: it is the file itself. instarfs follows hard links, as qemu does and
+// as users who hard-link base images need, and relies on the kernel to stop a
+// user from linking a file that user could not read and write anyway.
+func hardlinkWarning(v int) string {
+	if v != 0 {
+		return ""
+	}
+	return "fs.protected_hardlinks is 0: a user who can create files under an image root can hard-link any file of the same file system into it, and instarfs follows hard links; set it to 1 or keep the roots on a file system of their own"
 }
 
 // userNamespaces reads the kernel settings that decide whether this user may
@@ -211,6 +230,9 @@ func (r *Report) finish(sb vmm.Sandbox) {
 	if r.Worker != nil {
 		r.Warnings = append(r.Warnings, r.Worker.Confinement.Warnings...)
 	}
+	if w := hardlinkWarning(r.Host.ProtectedHardlinks); w != "" {
+		r.Warnings = append(r.Warnings, w)
+	}
 	r.OK = r.WorkerError == "" && r.Worker != nil && r.Worker.OK() && r.ViolationOK
 }
 
@@ -254,6 +276,14 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "  seccomp filters      %s\n", yes(r.Host.SeccompFilter, "available", "unavailable"))
 	fmt.Fprintf(&b, "  per-thread syscalls  %s\n", yes(r.Host.AllThreadsSyscall, "available", "unsupported (cgo build)"))
 	fmt.Fprintf(&b, "  capabilities         CapEff=%s\n", r.Host.CapEff)
+	hardlinks := "on"
+	switch r.Host.ProtectedHardlinks {
+	case -1:
+		hardlinks = "unknown"
+	case 0:
+		hardlinks = "off (fs.protected_hardlinks=0)"
+	}
+	fmt.Fprintf(&b, "  protected hardlinks  %s\n", hardlinks)
 	fmt.Fprintf(&b, "worker:\n")
 	if r.Level != "" {
 		fmt.Fprintf(&b, "  isolation            %s\n", r.Level)

@@ -545,6 +545,29 @@ func TestRegistry(t *testing.T) {
 	}
 }
 
+// TestProtectedHardlinks: sandbox-check reports fs.protected_hardlinks and
+// warns exactly when it is off, since instarfs follows hard links.
+func TestProtectedHardlinks(t *testing.T) {
+	h := HostReport()
+	if v, err := readInt("/proc/sys/fs/protected_hardlinks"); err == nil && int(v) != h.ProtectedHardlinks {
+		t.Errorf("report says %d, the kernel %d", h.ProtectedHardlinks, v)
+	}
+	for _, tt := range []struct {
+		v    int
+		warn bool
+	}{{-1, false}, {0, true}, {1, false}} {
+		r := &Report{Host: Host{ProtectedHardlinks: tt.v}}
+		r.finish(&Plain{})
+		warned := strings.Contains(strings.Join(r.Warnings, "\n"), "fs.protected_hardlinks is 0")
+		if warned != tt.warn {
+			t.Errorf("protected_hardlinks=%d: warnings %q", tt.v, r.Warnings)
+		}
+		if !strings.Contains(r.String(), "protected hardlinks") {
+			t.Errorf("the report does not show protected hardlinks:\n%s", r)
+		}
+	}
+}
+
 func TestReportJSON(t *testing.T) {
 	r := &Report{Backend: "jail", Worker: &ProbeReport{Probes: []ProbeResult{{Name: "x", Expect: ExpectRefused}}}}
 	b, err := json.Marshal(r)
