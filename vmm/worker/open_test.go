@@ -63,3 +63,33 @@ func TestBackingNameIsCString(t *testing.T) {
 		})
 	}
 }
+
+// TestImageMagic: the magic commit consults before writing a file as raw
+// (RAW_BASE_IS_IMAGE), and which of it detection accepts.
+func TestImageMagic(t *testing.T) {
+	mbr := make([]byte, 512)
+	mbr[450], mbr[454], mbr[458] = 0x83, 1, 1 // one partition from sector 1, one sector
+	mbr[510], mbr[511] = 0x55, 0xaa
+	tests := []struct {
+		first, magic, detected string
+	}{
+		{"QFI\xfb\x00\x00\x00\x03", "qcow2", "qcow2"},
+		{"QFI\xfb\x00\x00\x00\x01", "qcow2", "qcow2"}, // qcow version 1 shares the magic
+		{"KDMV\x01\x00\x00\x00", "vmdk", "vmdk"},
+		{"# Disk DescriptorFile\nversion=1\n", "vmdk", "vmdk"},
+		{"COWD\x01\x00\x00\x00", "vmdk3", ""},
+		{string(mbr), "", "raw"},
+		{"QFI", "", ""},
+		{"", "", ""},
+		{"\x00QFI\xfb", "", ""},
+	}
+	for _, tt := range tests {
+		if got := imageMagic([]byte(tt.first)); got != tt.magic {
+			t.Errorf("imageMagic(%q) = %q, want %q", tt.first[:min(8, len(tt.first))], got, tt.magic)
+		}
+		got, err := detect([]byte(tt.first), true, "x")
+		if got != tt.detected || (err != nil) != (tt.detected == "") {
+			t.Errorf("detect(%q) = %q, %v; want %q", tt.first[:min(8, len(tt.first))], got, err, tt.detected)
+		}
+	}
+}
