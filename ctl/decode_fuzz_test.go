@@ -146,7 +146,11 @@ func FuzzMapResult(f *testing.F) {
 		if err := json.Unmarshal(m.JSON(), &back); err != nil {
 			t.Fatalf("map --output=json is not JSON: %v\n%s", err, m.JSON())
 		}
-		if len(back) != len(m.Entries) || len(back) > 0 && !reflect.DeepEqual(back, m.Entries) {
+		want := m.Entries
+		if len(want) == 0 {
+			want = emptyMapRow // qemu-img's one row for an image of size 0
+		}
+		if !reflect.DeepEqual(back, want) {
 			t.Fatalf("map --output=json does not round-trip:\n%s", m.JSON())
 		}
 		if _, err := m.Human(); err != nil && errcode.Code(err) != errcode.BadArguments {
