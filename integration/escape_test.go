@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -375,5 +376,52 @@ func TestCLIRefusesWrittenNames(t *testing.T) {
 		if !bytes.Contains(after, []byte(name)) {
 			t.Errorf("rebase %v did not write the name", tt.args)
 		}
+	}
+}
+
+// TestCLISignalsEndCommand interrupts a rate-limited commit: SIGINT and SIGTERM
+// each end the command within a second, with CANCELLED, and leave both images
+// consistent.
+func TestCLISignalsEndCommand(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			shellIn(t, dir, `qemu-img create -q -f qcow2 base.qcow2 4M &&
+				qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M &&
+				qemu-io -f qcow2 -c "write -q -P 0x33 0 1M" top.qcow2`)
+			cmd := exec.Command(binary, "commit", "-r", "64K", "top.qcow2")
+			cmd.Dir = dir
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			time.Sleep(700 * time.Millisecond)
+			select {
+			case err := <-exited:
+				t.Fatalf("the commit ended before the signal (%v): %s", err, errb.Bytes())
+			default:
+			}
+			start := time.Now()
+			cmd.Process.Signal(sig)
+			select {
+			case err := <-exited:
+				r := resultOf(err, nil, errb.Bytes())
+				if d := time.Since(start); d > time.Second {
+					t.Errorf("%v ended the command after %v", sig, d)
+				}
+				if r.code != 1 || errorCode(r.stderr) != "CANCELLED" {
+					t.Errorf("after %v: exit %d, %s; want CANCELLED", sig, r.code, r.stderr)
+				}
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+				t.Fatalf("%v did not end the command", sig)
+			}
+			checkClean(t, filepath.Join(dir, "base.qcow2"), true)
+			checkClean(t, filepath.Join(dir, "top.qcow2"), true)
+		})
 	}
 }
