@@ -196,13 +196,9 @@ func (p Policy) Open(loc Loc, h How) (*os.File, unix.Stat_t, error) {
 	if err != nil {
 		return nil, st, h.openError(err)
 	}
-	if err := fstat(pfd, h, &st); err != nil {
+	if err := h.check(pfd, &st, h.Want); err != nil {
 		unix.Close(pfd)
 		return nil, st, err
-	}
-	if h.Want != nil && IDOf(&st) != *h.Want {
-		unix.Close(pfd)
-		return nil, st, h.changed()
 	}
 	if h.Access == Path {
 		return os.NewFile(uintptr(pfd), loc.Path()), st, nil
@@ -220,20 +216,17 @@ func (p Policy) Open(loc Loc, h How) (*os.File, unix.Stat_t, error) {
 	if err != nil {
 		return nil, st, h.openError(err)
 	}
-	if err := fstat(fd, h, &st); err != nil {
+	if err := h.check(fd, &st, &want); err != nil {
 		unix.Close(fd)
 		return nil, st, err
 	}
-	if IDOf(&st) != want {
-		unix.Close(fd)
-		return nil, st, h.changed()
-	}
-	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err == nil {
 		_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-		if err != nil {
-			unix.Close(fd)
-			return nil, st, errcode.New(errcode.ReadFailed, "opening '%s': %v", h.Name, err)
-		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, st, errcode.New(errcode.ReadFailed, "opening '%s': %v", h.Name, err)
 	}
 	return os.NewFile(uintptr(fd), loc.Path()), st, nil
 }
@@ -266,16 +259,20 @@ func openat2(loc Loc, flags int) (int, error) {
 	}
 }
 
-// fstat stats fd and refuses a file of the wrong type.
-func fstat(fd int, h How, st *unix.Stat_t) error {
+// check stats fd and refuses another file than want (when set), then a file of
+// the wrong type.
+func (h How) check(fd int, st *unix.Stat_t, want *FileID) error {
 	if err := unix.Fstat(fd, st); err != nil {
 		return errcode.New(errcode.ReadFailed, "stat '%s': %v", h.Name, err)
 	}
-	want, what := uint32(unix.S_IFREG), "a regular file"
-	if h.Dir {
-		want, what = unix.S_IFDIR, "a directory"
+	if want != nil && IDOf(st) != *want {
+		return errcode.New(errcode.ImageChanged, "'%s' was replaced by another file since it was looked up", h.Name)
 	}
-	if t := st.Mode & unix.S_IFMT; t != want {
+	kind, what := uint32(unix.S_IFREG), "a regular file"
+	if h.Dir {
+		kind, what = unix.S_IFDIR, "a directory"
+	}
+	if t := st.Mode & unix.S_IFMT; t != kind {
 		return errcode.New(errcode.NotRegularFile, "'%s' is %s, not %s", h.Name, fileType(t), what)
 	}
 	return nil
@@ -297,10 +294,6 @@ func fileType(t uint32) string {
 		return "a block device"
 	}
 	return "a special file"
-}
-
-func (h How) changed() error {
-	return errcode.New(errcode.ImageChanged, "'%s' was replaced by another file since it was looked up", h.Name)
 }
 
 // openError names what a failed openat2 means.

@@ -237,7 +237,7 @@ const maxClassCache = 1 << 14
 func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c class, final bool) {
 	file, st, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id})
 	if err != nil {
-		return class{}, errcode.Code(err) == errcode.NotRegularFile
+		return class{}, false // gone, or not the file listed any more
 	}
 	defer file.Close()
 	if st.Size < minImageSize {
