@@ -59,7 +59,7 @@ func (p Policy) Close() {
 // Loc names a file beneath a root.
 type Loc struct {
 	Root *Root
-	Rel  string // cleaned and relative; "." is the root itself
+	Rel  string // cleaned and relative (a trailing slash kept); "." is the root itself
 }
 
 // Path is the host path loc names, for messages and lexical resolution only:
