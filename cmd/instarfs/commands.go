@@ -129,7 +129,7 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 }
 
 // cancelGrace is how long a cancelled command may take to stop.
-const cancelGrace = 900 * time.Millisecond
+const cancelGrace = 500 * time.Millisecond
 
 // runOperation runs a changing operation (rebase, commit) on file and prints
 // its outcome as qemu-img does: progress on stderr with -p, the envelope with
