@@ -112,7 +112,8 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 	if err != nil {
 		return fail(err)
 	}
-	defer policy.Close()
+	// The roots stay open until the process exits: fn may still run after a
+	// cancelled command gave up waiting for it.
 	done := make(chan int, 1)
 	go func() { done <- fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy}) }()
 	select {
