@@ -28,15 +28,19 @@ type Image struct {
 	// Name is the image's name as qemu-img prints it: the path the user gave for
 	// the top, and for a backing image its full backing file name.
 	Name string
-	// Path is the host path the image was opened at.
-	Path string
+	// Loc is where the image was opened, beneath an allowed root.
+	Loc  Loc
 	File *os.File
 	Info vmm.Info
 	Stat unix.Stat_t
 }
 
-// Dir is the directory backing references of this image are resolved against.
-func (im *Image) Dir() string { return filepath.Dir(im.Path) }
+// Dir is the directory backing references of this image are resolved against:
+// a host path, taken lexically (Policy.Locate), then opened beneath a root.
+func (im *Image) Dir() string { return filepath.Dir(im.Loc.Path()) }
+
+// ID is the image file's identity.
+func (im *Image) ID() FileID { return IDOf(&im.Stat) }
 
 // ActualSize is the space the image file takes on disk.
 func (im *Image) ActualSize() int64 { return im.Stat.Blocks * 512 }
@@ -186,29 +190,33 @@ type OpenOptions struct {
 	Format    string // the top's format; empty to detect (raw only with a partition table)
 	Writable  bool   // open the top read-write
 	NoBacking bool   // open the top alone
+	// Want, when set, is the identity the top must have (the mount's node for
+	// it); another file at path is IMAGE_CHANGED.
+	Want *FileID
 }
 
-// OpenChain opens the image at path and, unless opts.NoBacking, every backing
-// image below it, each checked by the policy before it is opened.
+// OpenChain opens the image at path (beneath an allowed root) and, unless
+// opts.NoBacking, every backing image below it, each checked by the policy
+// before it is opened.
 func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (*Chain, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, errcode.New(errcode.NotFound, "%s: %v", path, err)
+	loc, ok := o.Policy.Place(path)
+	if !ok {
+		return nil, errcode.New(errcode.BackingPathOutsideRoot, "'%s' is outside the allowed directories", path)
 	}
-	flags := os.O_RDONLY
+	access := Read
 	if opts.Writable {
-		flags = os.O_RDWR
+		access = ReadWrite
 	}
-	f, err := os.OpenFile(abs, flags, 0)
+	f, _, err := o.Policy.Open(loc, How{Access: access, Want: opts.Want, Name: path})
 	if err != nil {
-		return nil, errcode.New(errcode.NotFound, "could not open '%s': %v", path, unwrapPathError(err))
+		return nil, err
 	}
 	if err := LockImage(f, path, opts.Writable); err != nil {
 		f.Close()
 		return nil, err
 	}
 	c := &Chain{}
-	top, err := o.describe(ctx, f, path, abs, opts.Format, opts.Format == "")
+	top, err := o.describe(ctx, f, path, loc, opts.Format, opts.Format == "")
 	if err != nil {
 		UnlockImage(f)
 		f.Close()
@@ -218,7 +226,7 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 	if opts.NoBacking {
 		return c, nil
 	}
-	seen := map[[2]uint64]bool{{top.Stat.Dev, top.Stat.Ino}: true}
+	seen := map[FileID]bool{top.ID(): true}
 	for im := top; im.Info.BackingFilename != ""; {
 		if len(c.Images) > MaxDepth {
 			c.Close()
@@ -229,13 +237,12 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 			c.Close()
 			return nil, err
 		}
-		id := [2]uint64{next.Stat.Dev, next.Stat.Ino}
-		if seen[id] {
+		if seen[next.ID()] {
 			next.File.Close()
 			c.Close()
 			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
 		}
-		seen[id] = true
+		seen[next.ID()] = true
 		if err := LockImage(next.File, next.Name, false); err != nil {
 			next.File.Close()
 			c.Close()
@@ -249,11 +256,11 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 
 func (o *Opener) openBacking(ctx context.Context, im *Image) (*Image, error) {
 	name := im.Info.BackingFilename
-	f, hostPath, err := o.Policy.Open(im.Dir(), name, false)
+	f, loc, _, err := o.Policy.OpenName(im.Dir(), name)
 	if err != nil {
 		return nil, err
 	}
-	next, err := o.describe(ctx, f, FullBackingName(im.Name, name), hostPath, im.Info.BackingFilenameFormat, false)
+	next, err := o.describe(ctx, f, FullBackingName(im.Name, name), loc, im.Info.BackingFilenameFormat, false)
 	if err != nil {
 		f.Close()
 		if errcode.Code(err) == errcode.FormatNotDetected {
@@ -264,12 +271,12 @@ func (o *Opener) openBacking(ctx context.Context, im *Image) (*Image, error) {
 	return next, nil
 }
 
-func (o *Opener) describe(ctx context.Context, f *os.File, name, hostPath, format string, detectRaw bool) (*Image, error) {
+func (o *Opener) describe(ctx context.Context, f *os.File, name string, loc Loc, format string, detectRaw bool) (*Image, error) {
 	info, st, err := o.Probe(ctx, f, name, format, detectRaw)
 	if err != nil {
 		return nil, err
 	}
-	return &Image{Name: name, Path: hostPath, File: f, Info: info, Stat: st}, nil
+	return &Image{Name: name, Loc: loc, File: f, Info: info, Stat: st}, nil
 }
 
 // FullBackingName is the name qemu-img gives a backing file: the backing name
@@ -282,11 +289,4 @@ func FullBackingName(referrer, backing string) string {
 		return referrer[:i+1] + backing
 	}
 	return backing
-}
-
-func unwrapPathError(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return pe.Err
-	}
-	return err
 }

@@ -1,9 +1,13 @@
 package chainmodel
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
 )
@@ -34,6 +38,25 @@ func TestPolicyOpen(t *testing.T) {
 	if err := os.Symlink("/proc/self/root/etc/passwd", filepath.Join(images, "magic.img")); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.Symlink("/"+filepath.Join(images, "base.img"), filepath.Join(images, "absolute.img")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(images, "fifo.img"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("fifo.img", filepath.Join(images, "to-fifo.img")); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(images, "sock.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	device := errcode.NotRegularFile
+	if err := unix.Mknod(filepath.Join(images, "null.img"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Logf("mknod: %v; a device node is not tested", err)
+		device = errcode.BackingNotFound
+	}
 	p, err := NewPolicy(images)
 	if err != nil {
 		t.Fatal(err)
@@ -58,15 +81,101 @@ func TestPolicyOpen(t *testing.T) {
 		{images, `json:{"driver":"raw","file":{"filename":"/etc/passwd"}}`, errcode.BackingProtocol},
 		{images, "nbd://localhost/x", errcode.BackingProtocol},
 		{images, "file:base.img", errcode.BackingProtocol},
-		{images, ".", errcode.BackingNotFound},
+		{images, ".", errcode.NotRegularFile},
+		{images, "sub", errcode.NotRegularFile},
+		{images, "absolute.img", errcode.BackingPathOutsideRoot},
+		{images, "fifo.img", errcode.NotRegularFile},
+		{images, "to-fifo.img", errcode.NotRegularFile},
+		{images, "sock.img", errcode.NotRegularFile},
+		{images, "null.img", device},
 	}
 	for _, tt := range tests {
-		f, _, err := p.Open(tt.dir, tt.name, false)
+		start := time.Now()
+		f, _, _, err := p.OpenName(tt.dir, tt.name)
 		if f != nil {
 			f.Close()
 		}
 		if got := codeOf(err); got != tt.code {
-			t.Errorf("Open(%q, %q) = %v (code %q), want code %q", tt.dir, tt.name, err, got, tt.code)
+			t.Errorf("OpenName(%q, %q) = %v (code %q), want code %q", tt.dir, tt.name, err, got, tt.code)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("OpenName(%q, %q) took %v", tt.dir, tt.name, d)
+		}
+	}
+}
+
+// TestPolicyOpenIdentity checks that Open refuses a file other than the one
+// the caller showed, and a file of the wrong kind.
+func TestPolicyOpenIdentity(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"a.img", "b.img"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	a := Loc{Root: p.Roots[0], Rel: "a.img"}
+	st, err := p.Stat(a, How{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := IDOf(&st)
+	for _, acc := range []Access{Path, Read, ReadWrite} {
+		f, _, err := p.Open(a, How{Access: acc, Want: &id})
+		if err != nil {
+			t.Fatalf("access %d: %v", acc, err)
+		}
+		if fl, _ := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); acc != Path && fl&unix.O_NONBLOCK != 0 {
+			t.Errorf("access %d: O_NONBLOCK left set", acc)
+		}
+		f.Close()
+	}
+	if err := os.Rename(filepath.Join(dir, "b.img"), filepath.Join(dir, "a.img")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Stat(a, How{Want: &id}); codeOf(err) != errcode.ImageChanged {
+		t.Errorf("a replaced file: %v, want IMAGE_CHANGED", err)
+	}
+	if _, err := p.Stat(Loc{Root: p.Roots[0], Rel: "."}, How{Dir: true}); err != nil {
+		t.Errorf("the root as a directory: %v", err)
+	}
+	if _, err := p.Stat(a, How{Dir: true}); codeOf(err) != errcode.NotRegularFile {
+		t.Errorf("a file as a directory: %v, want NOT_REGULAR_FILE", err)
+	}
+}
+
+// TestPolicyAdmit checks which backing names may be written.
+func TestPolicyAdmit(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo.img"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "escape.img")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	tests := []struct{ name, code string }{
+		{"not-yet.qcow2", ""},
+		{"sub/not-yet.qcow2", ""},
+		{filepath.Join(dir, "not-yet.qcow2"), ""},
+		{"/etc/shadow", errcode.BackingPathOutsideRoot},
+		{"../x.qcow2", errcode.BackingPathOutsideRoot},
+		{`json:{"file.filename":"/etc/shadow"}`, errcode.BackingProtocol},
+		{"nbd://host/x", errcode.BackingProtocol},
+		{"escape.img", errcode.BackingPathOutsideRoot},
+		{"fifo.img", errcode.NotRegularFile},
+	}
+	for _, tt := range tests {
+		if got := codeOf(p.Admit(dir, tt.name)); got != tt.code {
+			t.Errorf("Admit(%q) = %q, want %q", tt.name, got, tt.code)
 		}
 	}
 }

@@ -24,7 +24,12 @@ func Check(ctx context.Context, o *chainmodel.Opener, path, format string) (*Che
 		return nil, err
 	}
 	defer c.Close()
-	res, err := o.Sandbox.Run(ctx, vmm.Job{
+	return CheckChain(ctx, o.Sandbox, c)
+}
+
+// CheckChain asks a worker to check the top of an open chain.
+func CheckChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*CheckReport, error) {
+	res, err := sb.Run(ctx, vmm.Job{
 		Request: vmm.Request{Op: vmm.OpCheck, Images: c.Refs()},
 		Files:   c.Files(),
 	})

@@ -3,9 +3,6 @@ package ctl
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
-
-	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -38,7 +35,7 @@ func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRe
 		return nil, errcode.New(errcode.BadArguments, "commit: negative rate limit")
 	}
 	drop := req.Drop || req.Base != ""
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: !drop})
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top})
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +45,7 @@ func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRe
 	}
 	base := 1
 	if req.Base != "" {
-		if base, err = findBase(c, req.Base); err != nil {
+		if base, err = findBase(o.Policy, c, req.Base); err != nil {
 			return nil, errcode.New(errcode.BaseNotInChain, "Did not find '%s' in the backing chain of '%s'", req.Base, path)
 		}
 	}
@@ -98,19 +95,15 @@ func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRe
 // findBase returns the index in c of the image that base names, the way
 // qemu's bdrv_find_backing_image matches it: for each image of the chain,
 // base taken relative to that image's directory (or absolute) must be the
-// same file as the image's backing file.
-func findBase(c *chainmodel.Chain, base string) (int, error) {
+// same file as the image's backing file. base is looked up under the policy.
+func findBase(p chainmodel.Policy, c *chainmodel.Chain, base string) (int, error) {
 	for i := 0; i+1 < len(c.Images); i++ {
-		cand := base
-		if !filepath.IsAbs(cand) {
-			cand = filepath.Join(c.Images[i].Dir(), cand)
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(cand, &st); err != nil {
+		loc, err := p.Locate(c.Images[i].Dir(), base)
+		if err != nil {
 			continue
 		}
-		next := c.Images[i+1].Stat
-		if st.Dev == next.Dev && st.Ino == next.Ino {
+		st, err := p.Stat(loc, chainmodel.How{Backing: true, Name: base})
+		if err == nil && chainmodel.IDOf(&st) == c.Images[i+1].ID() {
 			return i + 1, nil
 		}
 	}
@@ -118,20 +111,15 @@ func findBase(c *chainmodel.Chain, base string) (int, error) {
 }
 
 // reopenWritable replaces the read-only descriptor of image i of c (a backing
-// image) by a read-write one, opened by the path policy from the image that
-// refers to it, locked as qemu locks an image it writes, and checked to be the
-// same file.
+// image) by a read-write one, opened where it was opened, checked to be the
+// same file and locked as qemu locks an image it writes.
 func reopenWritable(o *chainmodel.Opener, c *chainmodel.Chain, i int) error {
-	im, ref := c.Images[i], c.Images[i-1]
+	im := c.Images[i]
 	chainmodel.UnlockImage(im.File)
-	f, _, err := o.Policy.Open(ref.Dir(), ref.Info.BackingFilename, true)
+	id := im.ID()
+	f, _, err := o.Policy.Open(im.Loc, chainmodel.How{Access: chainmodel.ReadWrite, Want: &id, Backing: true, Name: im.Name})
 	if err != nil {
 		return err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Dev != im.Stat.Dev || st.Ino != im.Stat.Ino {
-		f.Close()
-		return errcode.New(errcode.BackingNotFound, "backing file '%s' changed while it was being opened", im.Name)
 	}
 	if err := chainmodel.LockImage(f, im.Name, true); err != nil {
 		f.Close()

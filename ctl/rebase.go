@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"os"
 
-	"golang.org/x/sys/unix"
-
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/vmm"
@@ -40,12 +38,18 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 	if len(req.Backing) > chainmodel.MaxBackingName {
 		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
 	}
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe})
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	top := c.Top()
+	if req.Backing != "" {
+		// Never write a name the policy would refuse to open.
+		if err := o.Policy.Admit(top.Dir(), req.Backing); err != nil {
+			return nil, err
+		}
+	}
 
 	refs := []vmm.ImageRef{top.Ref(true)}
 	files := []*os.File{top.File}
@@ -151,22 +155,17 @@ func validateRebaseResult(r vmm.RebaseResult, req RebaseRequest) error {
 // -F is omitted, with its format detected (never raw).
 func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Chain, req RebaseRequest) (*chainmodel.Chain, int, error) {
 	top := c.Top()
-	f, hostPath, err := o.Policy.Open(top.Dir(), req.Backing, false)
+	f, loc, st, err := o.Policy.OpenName(top.Dir(), req.Backing)
 	if err != nil {
 		return nil, -1, err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		f.Close()
-		return nil, -1, errcode.New(errcode.ReadFailed, "stat %s: %v", req.Backing, err)
-	}
-	if st.Dev == top.Stat.Dev && st.Ino == top.Stat.Ino {
+	if chainmodel.IDOf(&st) == top.ID() {
 		f.Close()
 		return nil, -1, errcode.New(errcode.BackingChainLoop, "'%s' cannot be its own backing file", req.Backing)
 	}
 	if !req.Unsafe {
 		for i, im := range c.Images[1:] {
-			if im.Stat.Dev == st.Dev && im.Stat.Ino == st.Ino {
+			if im.ID() == chainmodel.IDOf(&st) {
 				f.Close()
 				if req.BackingFormat != "" && req.BackingFormat != im.Info.Format {
 					return nil, -1, errcode.New(errcode.FormatMismatch, "'%s' is a %s image, not %s", req.Backing, im.Info.Format, req.BackingFormat)
@@ -176,7 +175,7 @@ func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Cha
 		}
 	}
 	name := chainmodel.FullBackingName(top.Name, req.Backing)
-	nc, err := openChainFrom(ctx, o, f, name, hostPath, req.BackingFormat, req.Unsafe, top.Stat)
+	nc, err := openChainFrom(ctx, o, f, name, loc, req.BackingFormat, req.Unsafe, top.ID())
 	if err != nil {
 		return nil, -1, err
 	}
@@ -188,13 +187,13 @@ func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Cha
 // unless alone, opens and probes each backing file below it the way
 // Opener.OpenChain does. The overlay (identified by overlay) must not appear
 // in it.
-func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name, hostPath, format string, alone bool, overlay unix.Stat_t) (*chainmodel.Chain, error) {
+func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name string, loc chainmodel.Loc, format string, alone bool, overlay chainmodel.FileID) (*chainmodel.Chain, error) {
 	c := &chainmodel.Chain{}
 	fail := func(err error) (*chainmodel.Chain, error) {
 		c.Close()
 		return nil, err
 	}
-	seen := map[[2]uint64]bool{{overlay.Dev, overlay.Ino}: true}
+	seen := map[chainmodel.FileID]bool{overlay: true}
 	for {
 		detect := format == ""
 		info, st, err := o.Probe(ctx, f, name, format, false)
@@ -205,7 +204,7 @@ func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name, 
 			}
 			return fail(err)
 		}
-		id := [2]uint64{st.Dev, st.Ino}
+		id := chainmodel.IDOf(&st)
 		if seen[id] {
 			f.Close()
 			return fail(errcode.New(errcode.BackingChainLoop, "backing file '%s' is already in the chain", name))
@@ -215,7 +214,7 @@ func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name, 
 			f.Close()
 			return fail(err)
 		}
-		im := &chainmodel.Image{Name: name, Path: hostPath, File: f, Info: info, Stat: st}
+		im := &chainmodel.Image{Name: name, Loc: loc, File: f, Info: info, Stat: st}
 		c.Images = append(c.Images, im)
 		if alone || info.BackingFilename == "" {
 			return c, nil
@@ -224,7 +223,7 @@ func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name, 
 			return fail(errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", c.Images[0].Name, chainmodel.MaxDepth))
 		}
 		next := info.BackingFilename
-		if f, hostPath, err = o.Policy.Open(im.Dir(), next, false); err != nil {
+		if f, loc, _, err = o.Policy.OpenName(im.Dir(), next); err != nil {
 			return fail(err)
 		}
 		name = chainmodel.FullBackingName(im.Name, next)

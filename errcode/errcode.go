@@ -52,6 +52,8 @@ const (
 	BackingFormatRequired  = "BACKING_FORMAT_REQUIRED"
 	RawNotInferred         = "RAW_NOT_INFERRED"
 	ImageInUse             = "IMAGE_IN_USE"
+	NotRegularFile         = "NOT_REGULAR_FILE"
+	ImageChanged           = "IMAGE_CHANGED"
 
 	// Image formats.
 	FormatNotDetected   = "FORMAT_NOT_DETECTED"

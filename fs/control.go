@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,7 +114,8 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 		f.cfg.Jobs.Record(spec, err)
 		return Errno(err)
 	}
-	c, _, ok := f.imageClass(ctx, rel)
+	top := chainmodel.FileID(id)
+	c, ok := f.imageClass(ctx, rel, top)
 	if !ok {
 		return syscall.ENOENT
 	}
@@ -133,6 +133,7 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 		if req.Format == "" {
 			req.Format = c.format
 		}
+		req.Top = &top
 		newBacking = req.Backing
 		spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 			return ctl.Rebase(ctx, o, rel, req, p)
@@ -145,6 +146,7 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 		if req.Format == "" {
 			req.Format = c.format
 		}
+		req.Top = &top
 		spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 			return ctl.Commit(ctx, o, rel, req, p)
 		}
@@ -153,7 +155,7 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 	}
 
 	// Reserve every file the job touches: the chain, and a new backing file.
-	members, err := f.members(ctx, rel, c.format, newBacking)
+	members, err := f.members(ctx, rel, top, c.format, newBacking)
 	if err != nil {
 		return refuse(err)
 	}
@@ -175,18 +177,20 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 	return 0
 }
 
-// members opens the chain of the image at rel, and the new backing file, to
-// learn the identities of every file a job on it touches. It also checks them
-// now: a missing or refused file, or an image in use, is reported before the
-// job starts.
+// members opens the chain of the image at rel (the file top), and the new
+// backing file, to learn the identities of every file a job on it touches. It
+// also checks them now: a missing or refused file, or an image in use, is
+// reported before the job starts.
 //
 // A chain that cannot be opened whole (a missing old backing file, which
 // `rebase -u` exists to repair) reserves the image alone: the operation itself
 // then says whether it needs more.
-func (f *FS) members(ctx context.Context, rel, format, newBacking string) ([]ctl.FileID, error) {
-	c, err := f.cfg.Opener.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format})
-	if err != nil && errcode.Code(err) != errcode.ImageInUse && ctx.Err() == nil {
-		c, err = f.cfg.Opener.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: true})
+func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]ctl.FileID, error) {
+	opts := chainmodel.OpenOptions{Format: format, Want: &top}
+	c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
+	if err != nil && errcode.Code(err) != errcode.ImageInUse && errcode.Code(err) != errcode.ImageChanged && ctx.Err() == nil {
+		opts.NoBacking = true
+		c, err = f.cfg.Opener.OpenChain(ctx, rel, opts)
 	}
 	if err != nil {
 		return nil, err
@@ -194,19 +198,15 @@ func (f *FS) members(ctx context.Context, rel, format, newBacking string) ([]ctl
 	defer c.Close()
 	var ids []ctl.FileID
 	for _, im := range c.Images {
-		ids = append(ids, ctl.FileID{Dev: im.Stat.Dev, Ino: im.Stat.Ino})
+		ids = append(ids, ctl.FileID(im.ID()))
 	}
 	if newBacking != "" {
-		nf, _, err := f.cfg.Opener.Policy.Open(filepath.Dir(f.hostPath(rel)), newBacking, false)
+		nf, _, st, err := f.cfg.Opener.Policy.OpenName(c.Top().Dir(), newBacking)
 		if err != nil {
 			return nil, err
 		}
-		defer nf.Close()
-		var st unix.Stat_t
-		if err := unix.Fstat(int(nf.Fd()), &st); err != nil {
-			return nil, errcode.New(errcode.BackingNotFound, "backing file %q: %v", newBacking, err)
-		}
-		ids = append(ids, ctl.FileID{Dev: st.Dev, Ino: st.Ino})
+		nf.Close()
+		ids = append(ids, ctl.FileID(chainmodel.IDOf(&st)))
 	}
 	return ids, nil
 }

@@ -4,18 +4,24 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"instarfs/chainmodel"
 )
 
 // dirNode mirrors a directory of IMAGEDIR (the root included): its
-// subdirectories and its images; other files are hidden.
+// subdirectories and its images; other files are hidden. It stays the
+// directory it was looked up as: when its name comes to mean another file (a
+// symlink, another directory), it serves nothing (IMAGE_CHANGED, EBUSY).
 type dirNode struct {
 	node
+	id chainmodel.FileID
 }
 
 var (
@@ -25,9 +31,9 @@ var (
 )
 
 func (d *dirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	var st unix.Stat_t
-	if err := unix.Stat(d.fs.hostPath(d.rel()), &st); err != nil {
-		return gofs.ToErrno(err)
+	st, errno := d.fs.stat(d.rel(), true, d.id)
+	if errno != 0 {
+		return errno
 	}
 	out.Mode = unix.S_IFDIR | 0o755
 	out.Nlink = 2
@@ -44,10 +50,34 @@ type entry struct {
 	class class
 }
 
+// open opens the host directory (for access), checked to be the one the
+// node showed.
+func (d *dirNode) open(access chainmodel.Access) (*os.File, syscall.Errno) {
+	id := d.id
+	f, _, err := d.fs.cfg.Opener.Policy.Open(d.fs.loc(d.rel()), chainmodel.How{Access: access, Dir: true, Want: &id})
+	if err != nil {
+		return nil, Errno(err)
+	}
+	return f, 0
+}
+
+// lstat stats the entry name of the open directory dir, without following a
+// symlink and without resolving any path again.
+func lstat(dir *os.File, name string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(int(dir.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	return st, err
+}
+
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	rel := filepath.Join(d.rel(), name)
-	var st unix.Stat_t
-	if err := unix.Lstat(d.fs.hostPath(rel), &st); err != nil {
+	dir, errno := d.open(chainmodel.Path)
+	if errno != 0 {
+		return nil, errno
+	}
+	st, err := lstat(dir, name)
+	dir.Close()
+	if err != nil {
 		return nil, syscall.ENOENT
 	}
 	e := entry{name: name, st: st}
@@ -77,10 +107,10 @@ func (d *dirNode) child(ctx context.Context, e entry, out *fuse.EntryOut) *gofs.
 		out.Nlink = 2
 		setTimes(&out.Attr, &e.st)
 		owner(&out.Attr)
-		return d.NewInode(ctx, &dirNode{node: node{fs: d.fs}},
+		return d.NewInode(ctx, &dirNode{node: node{fs: d.fs}, id: chainmodel.IDOf(&e.st)},
 			gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindDir, e.st.Dev, e.st.Ino)})
 	}
-	img := &imageNode{node: node{fs: d.fs}}
+	img := &imageNode{node: node{fs: d.fs}, id: chainmodel.IDOf(&e.st)}
 	img.fillAttr(&out.Attr, &e.st)
 	return d.NewInode(ctx, img, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindImage, e.st.Dev, e.st.Ino)})
 }
@@ -90,21 +120,27 @@ func (d *dirNode) child(ctx context.Context, e entry, out *fuse.EntryOut) *gofs.
 // raw backing file, which the first pass learns.
 func (d *dirNode) scan(ctx context.Context) ([]entry, syscall.Errno) {
 	dir := d.rel()
-	des, err := os.ReadDir(d.fs.hostPath(dir))
+	df, errno := d.open(chainmodel.Read)
+	if errno != 0 {
+		return nil, errno
+	}
+	defer df.Close()
+	names, err := df.Readdirnames(-1)
 	if err != nil {
 		return nil, gofs.ToErrno(err)
 	}
+	sort.Strings(names)
 	var out []entry
-	for _, de := range des {
-		var st unix.Stat_t
-		if unix.Lstat(d.fs.hostPath(filepath.Join(dir, de.Name())), &st) != nil {
+	for _, name := range names {
+		st, err := lstat(df, name)
+		if err != nil {
 			continue
 		}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
-			out = append(out, entry{name: de.Name(), dir: true, st: st})
+			out = append(out, entry{name: name, dir: true, st: st})
 		case unix.S_IFREG:
-			out = append(out, entry{name: de.Name(), st: st})
+			out = append(out, entry{name: name, st: st})
 		}
 	}
 	for pass := 0; pass < 2; pass++ {

@@ -78,14 +78,14 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		return []byte("null\n"), 0
 	}
 	rel := g.imageRel()
-	c, _, ok := g.fs.imageClass(ctx, rel)
+	c, ok := g.fs.imageClass(ctx, rel, chainmodel.FileID(id))
 	if !ok {
 		return nil, syscall.ENOENT
 	}
 	if c.err != nil {
 		return nil, g.fs.errno(g.name(), rel, c.err)
 	}
-	data, err := g.fs.generate(ctx, g.kind, rel, c.format)
+	data, err := g.fs.generate(ctx, g.kind, rel, chainmodel.FileID(id), c.format)
 	if err != nil {
 		return nil, g.fs.errno(g.name(), rel, err)
 	}
@@ -111,10 +111,10 @@ type genCacheEntry struct {
 // generate makes info.json, chain.json, map.json or check.json for the image
 // at rel, exactly as the command line prints them, through a worker. Each is
 // cached by the identity of the files it depends on.
-func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte, error) {
+func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
-	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking})
+	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id})
 	if err != nil {
 		return nil, err
 	}
@@ -142,14 +142,13 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 		if m, err = ctl.MapChain(ctx, o.Sandbox, c); err == nil {
 			data = m.JSON()
 		}
-	}
-	c.Close()
-	if kind == kindCheck { // Check opens the image itself
+	case kindCheck:
 		var r *ctl.CheckReport
-		if r, err = ctl.Check(ctx, o, rel, format); err == nil {
+		if r, err = ctl.CheckChain(ctx, o.Sandbox, c); err == nil {
 			data = r.JSON()
 		}
 	}
+	c.Close()
 	if err != nil {
 		return nil, err
 	}

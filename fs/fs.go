@@ -62,7 +62,9 @@ type Config struct {
 
 // FS is the state shared by every node of one mount.
 type FS struct {
-	cfg Config
+	cfg  Config
+	root *chainmodel.Root // ImageDir, held open
+	id   chainmodel.FileID
 
 	mu       sync.Mutex
 	classes  map[fileState]class       // what each file is, by identity
@@ -100,8 +102,18 @@ func New(cfg Config) (*FS, error) {
 	if cfg.Jobs == nil {
 		cfg.Jobs = &ctl.JobManager{}
 	}
+	loc, ok := cfg.Opener.Policy.Place(cfg.ImageDir)
+	if !ok || loc.Rel != "." {
+		return nil, errcode.New(errcode.BadArguments, "the image directory %s is not a root of the path policy", cfg.ImageDir)
+	}
+	st, err := cfg.Opener.Policy.Stat(loc, chainmodel.How{Dir: true})
+	if err != nil {
+		return nil, err
+	}
 	return &FS{
 		cfg:      cfg,
+		root:     loc.Root,
+		id:       chainmodel.IDOf(&st),
 		classes:  map[fileState]class{},
 		rawNamed: map[string]bool{},
 		gen:      map[genSlot]genCacheEntry{},
@@ -110,7 +122,7 @@ func New(cfg Config) (*FS, error) {
 
 // Root returns the root node.
 func (f *FS) Root() gofs.InodeEmbedder {
-	return &dirNode{node: node{fs: f}}
+	return &dirNode{node: node{fs: f}, id: f.id}
 }
 
 func sameFile(a, b string) bool {
@@ -119,9 +131,25 @@ func sameFile(a, b string) bool {
 	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
 
-// hostPath is the host path of rel, a path relative to ImageDir.
+// hostPath is the host path of rel, a path relative to ImageDir. It is for
+// lexical resolution only: files are opened by loc.
 func (f *FS) hostPath(rel string) string {
 	return filepath.Join(f.cfg.ImageDir, rel)
+}
+
+// loc is where rel, a path relative to ImageDir, lies for the path policy.
+func (f *FS) loc(rel string) chainmodel.Loc {
+	return chainmodel.Loc{Root: f.root, Rel: filepath.Clean(rel)}
+}
+
+// stat returns the attributes of the file at rel, which must be the file
+// (directory with dir) the mount showed as want.
+func (f *FS) stat(rel string, dir bool, want chainmodel.FileID) (unix.Stat_t, syscall.Errno) {
+	st, err := f.cfg.Opener.Policy.Stat(f.loc(rel), chainmodel.How{Dir: dir, Want: &want})
+	if err != nil {
+		return st, Errno(err)
+	}
+	return st, 0
 }
 
 // Inode kinds, mixed into inode numbers.
@@ -167,7 +195,7 @@ func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
 	f.mu.Unlock()
 	if !ok {
 		var final bool
-		c, final = f.probe(ctx, rel)
+		c, final = f.probe(ctx, rel, chainmodel.IDOf(st))
 		if final && ctx.Err() == nil {
 			f.mu.Lock()
 			if len(f.classes) >= maxClassCache {
@@ -203,21 +231,16 @@ const minImageSize = 512
 // maxClassCache bounds the classification cache.
 const maxClassCache = 1 << 14
 
-// probe asks a worker what the file at rel is. final is false when the answer
-// says nothing about the file (the worker failed, the file vanished), so it is
-// not cached.
-func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
-	fd, err := unix.Open(f.hostPath(rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+// probe asks a worker what the file at rel, which must be the file id, is.
+// final is false when the answer says nothing about the file (the worker
+// failed, the file vanished or was replaced), so it is not cached.
+func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c class, final bool) {
+	file, st, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id})
 	if err != nil {
-		return class{}, false
+		return class{}, false // gone, or not the file listed any more
 	}
-	file := os.NewFile(uintptr(fd), rel)
 	defer file.Close()
-	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil {
-		return class{}, false
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size < minImageSize {
+	if st.Size < minImageSize {
 		return class{}, true
 	}
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, "", true)
@@ -243,9 +266,9 @@ func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
 		return class{}, false
 	}
 	if info.BackingFilename != "" && info.BackingFilenameFormat == "raw" {
-		if root, brel, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), info.BackingFilename); err == nil && root == f.cfg.ImageDir {
+		if loc, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), info.BackingFilename); err == nil && loc.Root == f.root {
 			f.mu.Lock()
-			f.rawNamed[brel] = true
+			f.rawNamed[loc.Rel] = true
 			f.mu.Unlock()
 		}
 	}
@@ -270,11 +293,11 @@ func Errno(err error) syscall.Errno {
 		return syscall.EINVAL
 	case errcode.NotFound, errcode.BackingNotFound:
 		return syscall.ENOENT
-	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol:
+	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol, errcode.NotRegularFile:
 		return syscall.EPERM
 	case errcode.RawBaseIsImage:
 		return syscall.EPERM
-	case errcode.ImageInUse, errcode.ChainBusy:
+	case errcode.ImageInUse, errcode.ChainBusy, errcode.ImageChanged:
 		return syscall.EBUSY
 	case errcode.Cancelled:
 		return syscall.EINTR

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,12 +10,16 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"instarfs/chainmodel"
 	"instarfs/ctl"
 )
 
-// imageNode is the directory shown for an image file.
+// imageNode is the directory shown for an image file. It stays the file it
+// was looked up as: when its name comes to mean another file, its files
+// serve nothing and its control files change nothing (IMAGE_CHANGED, EBUSY).
 type imageNode struct {
 	node
+	id chainmodel.FileID
 }
 
 var (
@@ -44,12 +47,9 @@ var imageFiles = []imageFile{
 	{"commit", kindCommit, unix.S_IFREG | 0o200},
 }
 
+// stat returns the attributes of the image file, checked to be the node's.
 func (im *imageNode) stat() (unix.Stat_t, syscall.Errno) {
-	var st unix.Stat_t
-	if err := unix.Lstat(im.fs.hostPath(im.rel()), &st); err != nil {
-		return st, gofs.ToErrno(err)
-	}
-	return st, 0
+	return im.fs.stat(im.rel(), false, im.id)
 }
 
 func (im *imageNode) fillAttr(a *fuse.Attr, st *unix.Stat_t) {
@@ -84,19 +84,19 @@ func (im *imageNode) shown(ctx context.Context, f imageFile) bool {
 // directory, relative to this one, when the backing file lies in IMAGEDIR.
 func (im *imageNode) backingLink(ctx context.Context) (string, bool) {
 	rel := im.rel()
-	c, st, ok := im.fs.imageClass(ctx, rel)
+	c, ok := im.fs.imageClass(ctx, rel, im.id)
 	if !ok || c.err != nil {
 		return "", false
 	}
-	name, err := im.fs.backingName(ctx, rel, c, &st)
+	name, err := im.fs.backingName(ctx, rel, c, im.id)
 	if err != nil || name == "" {
 		return "", false
 	}
-	root, brel, err := im.fs.cfg.Opener.Policy.Locate(filepath.Dir(im.fs.hostPath(rel)), name)
-	if err != nil || root != im.fs.cfg.ImageDir {
+	loc, err := im.fs.cfg.Opener.Policy.Locate(filepath.Dir(im.fs.hostPath(rel)), name)
+	if err != nil || loc.Root != im.fs.root {
 		return "", false
 	}
-	target, err := filepath.Rel(rel, brel)
+	target, err := filepath.Rel(rel, loc.Rel)
 	if err != nil {
 		return "", false
 	}
@@ -162,30 +162,42 @@ func (n *node) imageRel() string {
 	return p
 }
 
-// imageID is the identity of the image whose directory holds n.
-func (n *node) imageID() (ctl.FileID, unix.Stat_t, syscall.Errno) {
-	var st unix.Stat_t
-	if err := unix.Lstat(n.fs.hostPath(n.imageRel()), &st); err != nil {
-		return ctl.FileID{}, st, gofs.ToErrno(err)
+// image is the image directory node n lies in, nil when n is detached.
+func (n *node) image() *imageNode {
+	_, parent := n.Parent()
+	if parent == nil {
+		return nil
 	}
-	return ctl.FileID{Dev: st.Dev, Ino: st.Ino}, st, 0
+	im, _ := parent.Operations().(*imageNode)
+	return im
 }
 
-// imageClass classifies the image at rel again (a cache hit while the file is
-// unchanged).
-func (f *FS) imageClass(ctx context.Context, rel string) (class, unix.Stat_t, bool) {
-	var st unix.Stat_t
-	if unix.Lstat(f.hostPath(rel), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return class{}, st, false
+// imageID is the identity of the image whose directory holds n, as the mount
+// showed it, and the image's attributes now.
+func (n *node) imageID() (ctl.FileID, unix.Stat_t, syscall.Errno) {
+	im := n.image()
+	if im == nil {
+		return ctl.FileID{}, unix.Stat_t{}, syscall.ENOENT
+	}
+	st, errno := im.stat()
+	return ctl.FileID(im.id), st, errno
+}
+
+// imageClass classifies the image at rel, which must be the file id, again
+// (a cache hit while the file is unchanged).
+func (f *FS) imageClass(ctx context.Context, rel string, id chainmodel.FileID) (class, bool) {
+	st, errno := f.stat(rel, false, id)
+	if errno != 0 {
+		return class{}, false
 	}
 	c := f.classify(ctx, rel, &st)
-	return c, st, c.image
+	return c, c.image
 }
 
-// backingName is the backing file name the image at rel records, from its
-// probe (cached by identity).
-func (f *FS) backingName(ctx context.Context, rel string, c class, st *unix.Stat_t) (string, error) {
-	file, err := os.OpenFile(f.hostPath(rel), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+// backingName is the backing file name the image at rel (the file id)
+// records, from its probe (cached by identity).
+func (f *FS) backingName(ctx context.Context, rel string, c class, id chainmodel.FileID) (string, error) {
+	file, _, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id})
 	if err != nil {
 		return "", err
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
@@ -97,7 +98,9 @@ func (a *app) checkCommand() {
 }
 
 // withOpener runs fn with an Opener whose policy allows the directory of file
-// and every --allow-dir, and a context cancelled by SIGINT or SIGTERM.
+// and every --allow-dir, and a context cancelled by SIGINT or SIGTERM. Once
+// cancelled, fn has cancelGrace to return; after that the command ends
+// anyway (every write instarfs makes is crash-safe).
 func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -109,8 +112,25 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 	if err != nil {
 		return fail(err)
 	}
-	return fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy})
+	// The roots stay open until the process exits: fn may still run after a
+	// cancelled command gave up waiting for it.
+	done := make(chan int, 1)
+	go func() { done <- fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy}) }()
+	select {
+	case code := <-done:
+		return code
+	case <-ctx.Done():
+	}
+	select {
+	case code := <-done:
+		return code
+	case <-time.After(cancelGrace):
+		return fail(errcode.New(errcode.Cancelled, "interrupted; '%s' was left as a crash would leave it", file))
+	}
 }
+
+// cancelGrace is how long a cancelled command may take to stop.
+const cancelGrace = 500 * time.Millisecond
 
 // runOperation runs a changing operation (rebase, commit) on file and prints
 // its outcome as qemu-img does: progress on stderr with -p, the envelope with

@@ -21,4 +21,5 @@ func setupLogging(level, format string) {
 	}
 }
 
-func dirOf(file string) string { return filepath.Dir(file) }
+// dirOf is the directory file lies in (for "dir/img/", dir).
+func dirOf(file string) string { return filepath.Dir(filepath.Clean(file)) }
