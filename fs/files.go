@@ -139,7 +139,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 		data = ctl.InfoJSON(ctl.Info(c, true), true)
 	case kindMap:
 		var m *ctl.MapResult
-		if m, err = ctl.MapChain(ctx, o.Sandbox, c); err == nil {
+		if m, err = ctl.MapChain(ctx, o.Sandbox, c, 0); err == nil {
 			data = m.JSON()
 		}
 	}
