@@ -1,16 +1,19 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/errcode"
 )
 
 // genNode is a generated, read-only file: one of the JSON documents, status or
@@ -106,6 +109,7 @@ type genSlot struct {
 type genCacheEntry struct {
 	key  string // the identities of every file the document depends on
 	data []byte
+	err  error // the document was refused (DOCUMENT_TOO_LARGE)
 }
 
 // generate makes info.json, chain.json, map.json or check.json for the image
@@ -124,12 +128,9 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Name)
 	}
 	slot := genSlot{kind, ctl.FileID{Dev: c.Top().Stat.Dev, Ino: c.Top().Stat.Ino}}
-	f.mu.Lock()
-	cached, ok := f.gen[slot]
-	f.mu.Unlock()
-	if ok && cached.key == key.String() {
+	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key.String() {
 		c.Close()
-		return cached.data, nil
+		return v.(genCacheEntry).data, v.(genCacheEntry).err
 	}
 	var data []byte
 	switch kind {
@@ -139,7 +140,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 		data = ctl.InfoJSON(ctl.Info(c, true), true)
 	case kindMap:
 		var m *ctl.MapResult
-		if m, err = ctl.MapChain(ctx, o.Sandbox, c, 0); err == nil {
+		if m, err = ctl.MapChain(ctx, o.Sandbox, c, f.cfg.MaxDocument); err == nil {
 			data = m.JSON()
 		}
 	}
@@ -153,10 +154,28 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
-	f.gen[slot] = genCacheEntry{key: key.String(), data: data}
-	f.mu.Unlock()
-	return data, nil
+	e := genCacheEntry{key: key.String(), data: data}
+	switch {
+	case int64(len(data)) > f.cfg.MaxDocument:
+		// Remember the refusal, so that reading the file again costs no
+		// worker.
+		e.data, e.err = nil, errcode.New(errcode.DocumentTooLarge, "the %s of '%s' is %d bytes, more than the mount serves (%d)",
+			fileName(kind), rel, len(data), f.cfg.MaxDocument)
+	case cap(data) > len(data)+len(data)/8:
+		e.data = bytes.Clone(data) // drop the slack the rendering left
+	}
+	f.cfg.Cache.Add(slot, e, int64(unsafe.Sizeof(slot)+unsafe.Sizeof(e)+uintptr(len(e.key)+cap(e.data)))+errSize(e.err))
+	return e.data, e.err
+}
+
+// fileName is the name of the image directory's file of kind.
+func fileName(kind int) string {
+	for _, f := range imageFiles {
+		if f.kind == kind {
+			return f.name
+		}
+	}
+	return "file"
 }
 
 // snapshot is an open generated file: every read is served from the content

@@ -1,0 +1,171 @@
+package integration
+
+import (
+	"bytes"
+	endian "encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// writeManySnapshots makes dir/name a 4 MiB qcow2 with a data cluster and
+// 65,536 internal snapshots, each with its own id and name and all naming the
+// active L1 table: a file of a few megabytes whose info is tens of megabytes.
+func writeManySnapshots(t *testing.T, dir, name string) {
+	t.Helper()
+	shellIn(t, dir, "qemu-img create -q -f qcow2 "+name+" 4M && qemu-io -c 'write -P 0x11 0 64k' "+name)
+	p := openPatcher(t, filepath.Join(dir, name))
+	defer p.close()
+	l1, l1Size := p.be64At(40), p.be32At(36)
+	var table bytes.Buffer
+	for i := range 65536 {
+		id, sname := strconv.Itoa(i+1), fmt.Sprintf("snap%d", i)
+		var e [56]byte
+		endian.BigEndian.PutUint64(e[0:], l1)
+		endian.BigEndian.PutUint32(e[8:], l1Size)
+		endian.BigEndian.PutUint16(e[12:], uint16(len(id)))
+		endian.BigEndian.PutUint16(e[14:], uint16(len(sname)))
+		endian.BigEndian.PutUint32(e[16:], uint32(1700000000+i)) // date
+		endian.BigEndian.PutUint64(e[24:], uint64(i)*1e9)        // vm clock
+		endian.BigEndian.PutUint32(e[36:], 16)                   // extra data: vm state size, disk size
+		endian.BigEndian.PutUint64(e[48:], 4<<20)
+		table.Write(e[:])
+		table.WriteString(id + sname)
+		table.Write(make([]byte, (8-(len(id)+len(sname))%8)%8))
+	}
+	at := (p.size() + 0xffff) &^ 0xffff
+	p.write(at, table.Bytes())
+	p.be64(64, uint64(at))
+	p.be32(60, 65536)
+}
+
+// writeSharedL2 makes dir/name a qcow2 whose one L2 table names the same data
+// cluster in every entry and is named by each of l1Entries L1 entries: a file
+// of a few hundred kilobytes whose map has a row per cluster of a virtual
+// disk of l1Entries × 512 MiB.
+func writeSharedL2(t *testing.T, dir, name string, l1Entries int) {
+	t.Helper()
+	shellIn(t, dir, "qemu-img create -q -f qcow2 "+name+" 64M && qemu-io -c 'write -P 0x11 0 64k' "+name)
+	p := openPatcher(t, filepath.Join(dir, name))
+	defer p.close()
+	const copied = uint64(1) << 63
+	l1 := int64(p.be64At(40))
+	l2 := p.be64At(l1) &^ copied
+	data := p.be64At(int64(l2))
+	p.write(int64(l2), bytes.Repeat(endian.BigEndian.AppendUint64(nil, data), 65536/8))
+	p.write(l1, bytes.Repeat(endian.BigEndian.AppendUint64(nil, l2|copied), l1Entries))
+	p.be32(36, uint32(l1Entries))
+	p.be64(24, uint64(l1Entries)<<29)
+}
+
+// TestMountMemoryBounded attacks the mount's memory with images made to be
+// expensive to describe, read again and again: a qcow2 with 65,536 snapshots
+// touched between reads (each touch a new file state, so a new probe result
+// and a new info.json), and 16 copies of a small qcow2 whose map would be
+// tens of megabytes, read concurrently. The daemon's peak resident size must
+// follow its cache budget, not the number of reads or images; the oversize
+// map must fail with EFBIG, and fail at once when read again.
+func TestMountMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds images whose documents are tens of megabytes")
+	}
+	const (
+		touches = 60
+		copies  = 16
+		maxHWM  = 300 << 20 // bytes, far below what the attack took unbounded
+	)
+	dir := t.TempDir()
+	writeManySnapshots(t, dir, "snaps.qcow2")
+	writeSharedL2(t, dir, "shared.qcow2", 76)
+	shared, err := os.ReadFile(filepath.Join(dir, "shared.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < copies; i++ {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("shared-%02d.qcow2", i)), shared, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := mount(t, dir, nil, "--cache-size=64MiB")
+	status := func(field string) int64 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, field+":"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					t.Fatalf("%s: %v", l, err)
+				}
+				return kb << 10
+			}
+		}
+		t.Fatalf("no %s in /proc/PID/status", field)
+		return 0
+	}
+
+	start := time.Now()
+	snaps := filepath.Join(dir, "snaps.qcow2")
+	for i := range touches {
+		when := time.Unix(1700000000+int64(i), 0)
+		if err := os.Chtimes(snaps, when, when); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(m.path("snaps.qcow2", "info.json"))
+		if err != nil {
+			t.Fatalf("touch %d: info.json: %v", i, err)
+		}
+		if n := bytes.Count(b, []byte(`"vm-state-size"`)); n != 65536 {
+			t.Fatalf("touch %d: info.json lists %d snapshots, want 65536", i, n)
+		}
+	}
+	t.Logf("%d touches and reads of info.json: %v, VmHWM %d MiB, VmRSS %d MiB", touches, time.Since(start).Round(time.Millisecond), status("VmHWM")>>20, status("VmRSS")>>20)
+
+	start = time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*copies)
+	for round := range 2 {
+		for i := range copies {
+			name := "shared.qcow2"
+			if i > 0 {
+				name = fmt.Sprintf("shared-%02d.qcow2", i)
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := os.ReadFile(m.path(name, "map.json"))
+				if !errors.Is(err, syscall.EFBIG) {
+					errs <- fmt.Errorf("round %d: %s/map.json: %v, want EFBIG", round, name, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if round == 0 {
+			t.Logf("%d concurrent reads of map.json: %v, VmHWM %d MiB", copies, time.Since(start).Round(time.Millisecond), status("VmHWM")>>20)
+			start = time.Now()
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("reading the refused map.json files again took %v: the refusal is not remembered", d)
+	}
+	if !strings.Contains(m.stderr.String(), "DOCUMENT_TOO_LARGE") {
+		t.Errorf("the log does not name DOCUMENT_TOO_LARGE:\n%s", m.stderr)
+	}
+	hwm := status("VmHWM")
+	t.Logf("peak resident size of the mount: %d MiB (bound %d MiB)", hwm>>20, maxHWM>>20)
+	if hwm > maxHWM {
+		t.Errorf("the mount's peak resident size is %d MiB, more than %d MiB", hwm>>20, maxHWM>>20)
+	}
+}
