@@ -71,14 +71,16 @@ func writeSharedL2(t *testing.T, dir, name string, l1Entries int) {
 // and a new info.json), and 16 copies of a small qcow2 whose map would be
 // tens of megabytes, read concurrently. The daemon's peak resident size must
 // follow its cache budget, not the number of reads or images; the oversize
-// map must fail with EFBIG, and fail at once when read again.
+// map must fail with EFBIG, and fail at once when read again; no more workers
+// than --workers may run at once.
 func TestMountMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds images whose documents are tens of megabytes")
 	}
 	const (
-		touches = 60
+		touches = 40
 		copies  = 16
+		workers = 3
 		maxHWM  = 300 << 20 // bytes, far below what the attack took unbounded
 	)
 	dir := t.TempDir()
@@ -93,7 +95,7 @@ func TestMountMemoryBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := mount(t, dir, nil, "--cache-size=64MiB")
+	m := mount(t, dir, nil, "--cache-size=64MiB", fmt.Sprintf("--workers=%d", workers))
 	status := func(field string) int64 {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.cmd.Process.Pid))
 		if err != nil {
@@ -130,6 +132,9 @@ func TestMountMemoryBounded(t *testing.T) {
 	t.Logf("%d touches and reads of info.json: %v, VmHWM %d MiB, VmRSS %d MiB", touches, time.Since(start).Round(time.Millisecond), status("VmHWM")>>20, status("VmRSS")>>20)
 
 	start = time.Now()
+	stopCounting := make(chan struct{})
+	most := make(chan int)
+	go func() { most <- mostChildren(m.cmd.Process.Pid, stopCounting) }()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*copies)
 	for round := range 2 {
@@ -149,6 +154,10 @@ func TestMountMemoryBounded(t *testing.T) {
 		}
 		wg.Wait()
 		if round == 0 {
+			close(stopCounting)
+			if n := <-most; n > workers || n < 2 {
+				t.Errorf("%d workers ran at once during %d concurrent reads, want 2 to %d", n, copies, workers)
+			}
 			t.Logf("%d concurrent reads of map.json: %v, VmHWM %d MiB", copies, time.Since(start).Round(time.Millisecond), status("VmHWM")>>20)
 			start = time.Now()
 		}
@@ -167,5 +176,44 @@ func TestMountMemoryBounded(t *testing.T) {
 	t.Logf("peak resident size of the mount: %d MiB (bound %d MiB)", hwm>>20, maxHWM>>20)
 	if hwm > maxHWM {
 		t.Errorf("the mount's peak resident size is %d MiB, more than %d MiB", hwm>>20, maxHWM>>20)
+	}
+
+	// A document the worker does not bound (info.json) is capped by the
+	// mount itself.
+	small := mount(t, dir, nil, "--max-document-size=1MiB")
+	if _, err := os.ReadFile(small.path("snaps.qcow2", "info.json")); !errors.Is(err, syscall.EFBIG) {
+		t.Errorf("info.json of 65,536 snapshots under a 1 MiB cap: %v, want EFBIG", err)
+	}
+	if _, err := os.ReadFile(small.path("shared.qcow2", "info.json")); err != nil {
+		t.Errorf("a small info.json under a 1 MiB cap: %v", err)
+	}
+}
+
+// mostChildren counts the child processes of pid every few milliseconds until
+// stop is closed, and returns the most it saw at once.
+func mostChildren(pid int, stop <-chan struct{}) int {
+	most := 0
+	want := " " + strconv.Itoa(pid) + " "
+	for {
+		select {
+		case <-stop:
+			return most
+		default:
+		}
+		n := 0
+		procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, p := range procs {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid ...: comm may hold spaces, so start
+			// after its closing parenthesis.
+			if i := bytes.LastIndexByte(b, ')'); i >= 0 && strings.HasPrefix(string(b[i+1:]), " "+string(b[i+2])+want) {
+				n++
+			}
+		}
+		most = max(most, n)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
