@@ -151,14 +151,15 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 			data = r.JSON()
 		}
 	}
-	if err != nil {
+	if err != nil && errcode.Code(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
-	e := genCacheEntry{key: key.String(), data: data}
+	// A refusal for size is remembered like a document, so that reading the
+	// file again costs no worker.
+	e := genCacheEntry{key: key.String(), data: data, err: err}
 	switch {
+	case err != nil:
 	case int64(len(data)) > f.cfg.MaxDocument:
-		// Remember the refusal, so that reading the file again costs no
-		// worker.
 		e.data, e.err = nil, errcode.New(errcode.DocumentTooLarge, "the %s of '%s' is %d bytes, more than the mount serves (%d)",
 			fileName(kind), rel, len(data), f.cfg.MaxDocument)
 	case cap(data) > len(data)+len(data)/8:
