@@ -134,10 +134,16 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 	}
 	var data []byte
 	switch kind {
-	case kindInfo:
-		data = ctl.InfoJSON(ctl.Info(c, false), false)
-	case kindChain:
-		data = ctl.InfoJSON(ctl.Info(c, true), true)
+	case kindInfo, kindChain:
+		// Refuse what is certainly too large before rendering it: a chain
+		// of images with 65,536 snapshots each renders to hundreds of
+		// megabytes.
+		if least := snapshotsJSONAtLeast(c); least > f.cfg.MaxDocument {
+			err = errcode.New(errcode.DocumentTooLarge, "the %s of '%s' would be more than %d bytes (its snapshots alone), more than the mount serves (%d)",
+				fileName(kind), rel, least, f.cfg.MaxDocument)
+		} else {
+			data = ctl.InfoJSON(ctl.Info(c, kind == kindChain), kind == kindChain)
+		}
 	case kindMap:
 		var m *ctl.MapResult
 		if m, err = ctl.MapChain(ctx, o.Sandbox, c, f.cfg.MaxDocument); err == nil {
@@ -167,6 +173,22 @@ func (f *FS) generate(ctx context.Context, kind int, rel, format string) ([]byte
 	}
 	f.cfg.Cache.Add(slot, e, int64(unsafe.Sizeof(slot)+unsafe.Sizeof(e)+uintptr(len(e.key)+cap(e.data)))+errSize(e.err))
 	return e.data, e.err
+}
+
+// minSnapshotJSON is less than the bytes any snapshot takes in info.json or
+// chain.json: seven fields, one a line, indented by twelve spaces or more.
+const minSnapshotJSON = 150
+
+// snapshotsJSONAtLeast is a lower bound on the bytes the snapshots of c's
+// images take in info.json or chain.json.
+func snapshotsJSONAtLeast(c *chainmodel.Chain) int64 {
+	var n int64
+	for _, im := range c.Images {
+		for _, s := range im.Info.Snapshots {
+			n += minSnapshotJSON + int64(len(s.Name)+len(s.ID))
+		}
+	}
+	return n
 }
 
 // fileName is the name of the image directory's file of kind.
