@@ -34,7 +34,7 @@ func Map(ctx context.Context, o *chainmodel.Opener, path, format string) (*MapRe
 
 // MapChain asks a worker for the map of an open chain. maxBytes, when
 // positive, bounds the map's rows as the worker encodes them (compact JSON,
-// shorter than JSON's output): a larger map fails with DOCUMENT_TOO_LARGE
+// shorter than what JSON renders): a larger map fails with DOCUMENT_TOO_LARGE
 // without being made whole or sent.
 func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain, maxBytes int64) (*MapResult, error) {
 	args, _ := json.Marshal(vmm.MapArgs{MaxBytes: maxBytes})
