@@ -256,7 +256,7 @@ func (f *FS) probe(ctx context.Context, rel string) (c class, final bool) {
 	if err != nil {
 		code := errcode.Code(err)
 		switch {
-		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_"):
+		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_") || code == errcode.ImageTooLarge:
 			// Recognisably an image, but one instarfs refuses: show it, and let
 			// its files say why.
 			return class{image: true, err: err}, true
@@ -304,7 +304,7 @@ func Errno(err error) syscall.Errno {
 		return syscall.EINTR
 	case errcode.RebaseUnsupported, errcode.CommitUnsupported:
 		return syscall.EOPNOTSUPP
-	case errcode.DocumentTooLarge:
+	case errcode.DocumentTooLarge, errcode.ImageTooLarge:
 		return syscall.EFBIG
 	}
 	return syscall.EIO

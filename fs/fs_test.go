@@ -26,6 +26,7 @@ func TestErrno(t *testing.T) {
 		{errcode.New(errcode.ChainBusy, "x"), syscall.EBUSY},
 		{errcode.New(errcode.Cancelled, "x"), syscall.EINTR},
 		{errcode.New(errcode.DocumentTooLarge, "x"), syscall.EFBIG},
+		{errcode.New(errcode.ImageTooLarge, "x"), syscall.EFBIG},
 		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
 		{errors.New("plain"), syscall.EIO},
 	}

@@ -15,18 +15,17 @@ import (
 	"time"
 )
 
-// writeManySnapshots makes dir/name a 4 MiB qcow2 with a data cluster and
-// 65,536 internal snapshots, each with its own id and name and all naming the
-// active L1 table: a file of a few megabytes whose info is tens of megabytes.
-func writeManySnapshots(t *testing.T, dir, name string) {
+// writeSnapshots makes dir/file a 4 MiB qcow2 with n internal snapshots,
+// the i-th with id i+1 and name name(i), all naming the active L1 table.
+func writeSnapshots(t *testing.T, dir, file string, n int, name func(i int) string) {
 	t.Helper()
-	shellIn(t, dir, "qemu-img create -q -f qcow2 "+name+" 4M && qemu-io -c 'write -P 0x11 0 64k' "+name)
-	p := openPatcher(t, filepath.Join(dir, name))
+	shellIn(t, dir, "qemu-img create -q -f qcow2 "+file+" 4M")
+	p := openPatcher(t, filepath.Join(dir, file))
 	defer p.close()
 	l1, l1Size := p.be64At(40), p.be32At(36)
 	var table bytes.Buffer
-	for i := range 65536 {
-		id, sname := strconv.Itoa(i+1), fmt.Sprintf("snap%d", i)
+	for i := range n {
+		id, sname := strconv.Itoa(i+1), name(i)
 		var e [56]byte
 		endian.BigEndian.PutUint64(e[0:], l1)
 		endian.BigEndian.PutUint32(e[8:], l1Size)
@@ -43,7 +42,7 @@ func writeManySnapshots(t *testing.T, dir, name string) {
 	at := (p.size() + 0xffff) &^ 0xffff
 	p.write(at, table.Bytes())
 	p.be64(64, uint64(at))
-	p.be32(60, 65536)
+	p.be32(60, uint32(n))
 }
 
 // writeSharedL2 makes dir/name a qcow2 whose one L2 table names the same data
@@ -84,7 +83,8 @@ func TestMountMemoryBounded(t *testing.T) {
 		maxHWM  = 256 << 20 // bytes: unbounded, the reads took 4 GiB
 	)
 	dir := t.TempDir()
-	writeManySnapshots(t, dir, "snaps.qcow2")
+	// 65,536 snapshots: a file of a few megabytes whose info.json is tens.
+	writeSnapshots(t, dir, "snaps.qcow2", 65536, func(i int) string { return fmt.Sprintf("snap%d", i) })
 	writeSharedL2(t, dir, "shared.qcow2", 76)
 	shared, err := os.ReadFile(filepath.Join(dir, "shared.qcow2"))
 	if err != nil {
@@ -208,5 +208,39 @@ func mostChildren(pid int, stop <-chan struct{}) int {
 		}
 		most = max(most, n)
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestOversizeProbe reads an image whose description is larger than a worker
+// may send: 1,000 snapshots named by 60,000 control characters each (60 MB
+// of snapshot table, six times that in JSON). The worker must say
+// IMAGE_TOO_LARGE rather than overflow its output; the mount shows the image,
+// its info.json fails with EFBIG, and reading it again starts no worker.
+func TestOversizeProbe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 60 MB image")
+	}
+	dir := t.TempDir()
+	name := strings.Repeat("\x01", 60000)
+	writeSnapshots(t, dir, "long.qcow2", 1000, func(int) string { return name })
+
+	r := runBounded(t, dir, 2*time.Minute, "info", "--output=json", "long.qcow2")
+	if r.code == 0 || errorCode(r.stderr) != "IMAGE_TOO_LARGE" {
+		t.Errorf("instarfs info: exit %d, %s; want IMAGE_TOO_LARGE", r.code, r.stderr)
+	}
+
+	m := mount(t, dir, nil)
+	for round, want := range []int{1, 0} {
+		stop := make(chan struct{})
+		most := make(chan int)
+		go func() { most <- mostChildren(m.cmd.Process.Pid, stop) }()
+		_, err := os.ReadFile(m.path("long.qcow2", "info.json"))
+		close(stop)
+		if !errors.Is(err, syscall.EFBIG) {
+			t.Errorf("round %d: info.json: %v, want EFBIG", round, err)
+		}
+		if n := <-most; n > want {
+			t.Errorf("round %d: %d workers ran, want at most %d", round, n, want)
+		}
 	}
 }

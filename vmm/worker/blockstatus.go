@@ -111,10 +111,9 @@ func mapEntry(chain []member, off, n int64) (vmm.MapEntry, error) {
 	panic("unreachable: empty chain")
 }
 
-// maxMapBytes bounds the JSON encoding of a map's rows: the host reads at
-// most vmm.MaxResultBytes of a worker's output, and keeps some for the
-// progress lines and the message around the rows.
-const maxMapBytes = vmm.MaxResultBytes - 1<<20
+// maxMapBytes bounds the JSON encoding of a map's rows, so that a map too
+// large to send fails as soon as that is known.
+const maxMapBytes = maxResultJSON
 
 // chainMap returns the rows of `qemu-img map` for chain (top first): one entry
 // per run of equal status, merged as qemu merges them. A map whose rows the
