@@ -7,16 +7,19 @@
 package chainmodel
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/lru"
 	"instarfs/vmm"
 )
 
@@ -85,13 +88,29 @@ func (c *Chain) Close() error {
 	return nil
 }
 
+// DefaultCacheBytes is the budget of an Opener's probe cache when it is given
+// none, and the mount's default budget for all its caches.
+const DefaultCacheBytes = 256 << 20
+
 // Opener opens images and discovers their chains through a sandboxed worker.
 type Opener struct {
 	Sandbox vmm.Sandbox
 	Policy  Policy
+	// Cache keeps probe results by file state. It may be shared with other
+	// caches under one budget; nil means a cache of DefaultCacheBytes of the
+	// Opener's own.
+	Cache *lru.Cache[any, any]
 
-	mu    sync.Mutex
-	cache map[probeKey]vmm.Info
+	mu sync.Mutex
+}
+
+func (o *Opener) cache() *lru.Cache[any, any] {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.Cache == nil {
+		o.Cache = lru.New[any, any](DefaultCacheBytes)
+	}
+	return o.Cache
 }
 
 // probeKey identifies a file's state: a probe result is reused only while the
@@ -111,12 +130,11 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 		return vmm.Info{}, st, errcode.New(errcode.ReadFailed, "stat %s: %v", name, err)
 	}
 	key := probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw}
-	o.mu.Lock()
-	info, ok := o.cache[key]
-	o.mu.Unlock()
-	if ok {
-		return info, st, nil
+	cache := o.cache()
+	if v, ok := cache.Get(key); ok {
+		return v.(vmm.Info), st, nil
 	}
+	var info vmm.Info
 	args, _ := json.Marshal(vmm.ProbeArgs{DetectRaw: detectRaw})
 	res, err := o.Sandbox.Run(ctx, vmm.Job{
 		Request: vmm.Request{Op: vmm.OpProbe, Images: []vmm.ImageRef{{Name: filepath.Base(name), Format: format}}, Args: args},
@@ -131,13 +149,35 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 	if err := validateInfo(info, format); err != nil {
 		return vmm.Info{}, st, err
 	}
-	o.mu.Lock()
-	if o.cache == nil {
-		o.cache = map[probeKey]vmm.Info{}
-	}
-	o.cache[key] = info
-	o.mu.Unlock()
+	cache.Add(key, info, int64(unsafe.Sizeof(key))+infoSize(info))
 	return info, st, nil
+}
+
+// infoSize estimates the bytes info keeps alive: its own fields, its strings,
+// and every snapshot and vmdk extent (65,536 snapshots make a probe result of
+// several megabytes).
+func infoSize(info vmm.Info) int64 {
+	n := int64(unsafe.Sizeof(info)) + int64(len(info.Format)+len(info.BackingFilename)+len(info.BackingFilenameFormat))
+	n += int64(cap(info.Snapshots)) * int64(unsafe.Sizeof(vmm.Snapshot{}))
+	for _, s := range info.Snapshots {
+		n += int64(len(s.Name) + len(s.ID))
+		if s.ICount != nil {
+			n += 8
+		}
+	}
+	if fs := info.FormatSpecific; fs != nil {
+		n += int64(unsafe.Sizeof(*fs)) + int64(len(fs.Type))
+		switch d := fs.Data.(type) {
+		case *vmm.Qcow2Specific:
+			n += int64(unsafe.Sizeof(*d)) + int64(len(d.Compat)+len(d.CompressionType)) + 3*8
+		case *vmm.VmdkSpecific:
+			n += int64(unsafe.Sizeof(*d)) + int64(len(d.CreateType)) + int64(cap(d.Extents))*int64(unsafe.Sizeof(vmm.VmdkExtent{}))
+			for _, e := range d.Extents {
+				n += int64(len(e.Filename) + len(e.Format))
+			}
+		}
+	}
+	return n
 }
 
 // validateInfo re-checks what an untrusted worker reported.
@@ -177,7 +217,7 @@ func validateInfo(info vmm.Info, asked string) error {
 
 // DecodeResult decodes a worker's result document strictly into v.
 func DecodeResult(res json.RawMessage, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(res)))
+	dec := json.NewDecoder(bytes.NewReader(res))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return errcode.New(errcode.WorkerProtocol, "decoding worker result: %v", err)

@@ -127,7 +127,7 @@ func FuzzMapResult(f *testing.F) {
 		for i := range n {
 			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: vmm.Info{Format: "qcow2", VirtualSize: size}})
 		}
-		m, err := MapChain(context.Background(), fakeSandbox{vmm.OpMap: res}, c)
+		m, err := MapChain(context.Background(), fakeSandbox{vmm.OpMap: res}, c, 0)
 		if err != nil {
 			checkRefusal(t, err)
 			return

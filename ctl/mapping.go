@@ -3,6 +3,7 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"instarfs/chainmodel"
@@ -28,13 +29,17 @@ func Map(ctx context.Context, o *chainmodel.Opener, path, format string) (*MapRe
 		return nil, err
 	}
 	defer c.Close()
-	return MapChain(ctx, o.Sandbox, c)
+	return MapChain(ctx, o.Sandbox, c, 0)
 }
 
-// MapChain asks a worker for the map of an open chain.
-func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*MapResult, error) {
+// MapChain asks a worker for the map of an open chain. maxBytes, when
+// positive, bounds the map's rows as the worker encodes them (compact JSON,
+// shorter than what JSON renders): a larger map fails with DOCUMENT_TOO_LARGE
+// without being made whole or sent.
+func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain, maxBytes int64) (*MapResult, error) {
+	args, _ := json.Marshal(vmm.MapArgs{MaxBytes: maxBytes})
 	res, err := sb.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpMap, Images: c.Refs()},
+		Request: vmm.Request{Op: vmm.OpMap, Images: c.Refs(), Args: args},
 		Files:   c.Files(),
 	})
 	if err != nil {

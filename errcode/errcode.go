@@ -99,4 +99,7 @@ const (
 
 	// The mount's control files and job manager.
 	ChainBusy = "CHAIN_BUSY"
+
+	// The mount's generated files.
+	DocumentTooLarge = "DOCUMENT_TOO_LARGE"
 )

@@ -1,16 +1,19 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/errcode"
 )
 
 // genNode is a generated, read-only file: one of the JSON documents, status or
@@ -106,6 +109,7 @@ type genSlot struct {
 type genCacheEntry struct {
 	key  string // the identities of every file the document depends on
 	data []byte
+	err  error // the document was refused (DOCUMENT_TOO_LARGE)
 }
 
 // generate makes info.json, chain.json, map.json or check.json for the image
@@ -124,22 +128,25 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Name)
 	}
 	slot := genSlot{kind, ctl.FileID{Dev: c.Top().Stat.Dev, Ino: c.Top().Stat.Ino}}
-	f.mu.Lock()
-	cached, ok := f.gen[slot]
-	f.mu.Unlock()
-	if ok && cached.key == key.String() {
+	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key.String() {
 		c.Close()
-		return cached.data, nil
+		return v.(genCacheEntry).data, v.(genCacheEntry).err
 	}
 	var data []byte
 	switch kind {
-	case kindInfo:
-		data = ctl.InfoJSON(ctl.Info(c, false), false)
-	case kindChain:
-		data = ctl.InfoJSON(ctl.Info(c, true), true)
+	case kindInfo, kindChain:
+		// Refuse what is certainly too large before rendering it: a chain
+		// of images with 65,536 snapshots each renders to hundreds of
+		// megabytes.
+		if least := snapshotsJSONAtLeast(c); least > f.cfg.MaxDocument {
+			err = errcode.New(errcode.DocumentTooLarge, "the %s of '%s' would be more than %d bytes (its snapshots alone), more than the mount serves (%d)",
+				fileName(kind), rel, least, f.cfg.MaxDocument)
+		} else {
+			data = ctl.InfoJSON(ctl.Info(c, kind == kindChain), kind == kindChain)
+		}
 	case kindMap:
 		var m *ctl.MapResult
-		if m, err = ctl.MapChain(ctx, o.Sandbox, c); err == nil {
+		if m, err = ctl.MapChain(ctx, o.Sandbox, c, f.cfg.MaxDocument); err == nil {
 			data = m.JSON()
 		}
 	case kindCheck:
@@ -149,13 +156,48 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		}
 	}
 	c.Close()
-	if err != nil {
+	if err != nil && errcode.Code(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
-	f.mu.Lock()
-	f.gen[slot] = genCacheEntry{key: key.String(), data: data}
-	f.mu.Unlock()
-	return data, nil
+	// A refusal for size is remembered like a document, so that reading the
+	// file again costs no worker.
+	e := genCacheEntry{key: key.String(), data: data, err: err}
+	switch {
+	case err != nil:
+	case int64(len(data)) > f.cfg.MaxDocument:
+		e.data, e.err = nil, errcode.New(errcode.DocumentTooLarge, "the %s of '%s' is %d bytes, more than the mount serves (%d)",
+			fileName(kind), rel, len(data), f.cfg.MaxDocument)
+	case cap(data) > len(data)+len(data)/8:
+		e.data = bytes.Clone(data) // drop the slack the rendering left
+	}
+	f.cfg.Cache.Add(slot, e, int64(unsafe.Sizeof(slot)+unsafe.Sizeof(e)+uintptr(len(e.key)+cap(e.data)))+errSize(e.err))
+	return e.data, e.err
+}
+
+// minSnapshotJSON is less than the bytes any snapshot takes in info.json or
+// chain.json: seven fields, one a line, indented by twelve spaces or more.
+const minSnapshotJSON = 150
+
+// snapshotsJSONAtLeast is a lower bound on the bytes the snapshots of c's
+// images take in info.json or chain.json.
+func snapshotsJSONAtLeast(c *chainmodel.Chain) int64 {
+	var n int64
+	for _, im := range c.Images {
+		for _, s := range im.Info.Snapshots {
+			n += minSnapshotJSON + int64(len(s.Name)+len(s.ID))
+		}
+	}
+	return n
+}
+
+// fileName is the name of the image directory's file of kind.
+func fileName(kind int) string {
+	for _, f := range imageFiles {
+		if f.kind == kind {
+			return f.name
+		}
+	}
+	return "file"
 }
 
 // snapshot is an open generated file: every read is served from the content

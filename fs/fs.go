@@ -37,6 +37,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -46,6 +47,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/lru"
 )
 
 // Config is what the filesystem serves and how.
@@ -57,19 +59,30 @@ type Config struct {
 	Jobs     *ctl.JobManager
 	// ReadOnly hides the control files and refuses every change.
 	ReadOnly bool
-	Log      logrus.FieldLogger
+	// Cache keeps what each file is and the generated documents. It may be
+	// shared with Opener's probe cache, under one budget; nil means a cache
+	// of chainmodel.DefaultCacheBytes of the mount's own.
+	Cache *lru.Cache[any, any]
+	// MaxDocument bounds the size of a generated document: a larger one
+	// fails to open with DOCUMENT_TOO_LARGE. 0 means DefaultMaxDocument.
+	MaxDocument int64
+	Log         logrus.FieldLogger
 }
+
+// DefaultMaxDocument is the largest generated document a mount serves unless
+// told otherwise.
+const DefaultMaxDocument = 32 << 20
 
 // FS is the state shared by every node of one mount.
 type FS struct {
+	// cfg.Cache holds a class per fileState (what each file is) and a
+	// genCacheEntry per genSlot (the last document made per image and kind).
 	cfg  Config
 	root *chainmodel.Root // ImageDir, held open
 	id   chainmodel.FileID
 
 	mu       sync.Mutex
-	classes  map[fileState]class       // what each file is, by identity
-	rawNamed map[string]bool           // paths (relative to ImageDir) some image names as raw backing
-	gen      map[genSlot]genCacheEntry // generated documents, last one per image and kind
+	rawNamed map[string]bool // paths (relative to ImageDir) some image names as raw backing
 }
 
 // fileState identifies a file's content: a cached answer about the file is
@@ -85,6 +98,20 @@ type class struct {
 	image  bool
 	format string // "" when detected, "raw" for a file named as raw backing
 	err    error  // a recognised but refused image: generated files fail with it
+}
+
+// size estimates the bytes a cached class keeps alive, its key included.
+func (c class) size() int64 {
+	return int64(unsafe.Sizeof(fileState{})+unsafe.Sizeof(c)) + int64(len(c.format)) + errSize(c.err)
+}
+
+// errSize estimates the bytes an error keeps alive: an *errcode.Error holds a
+// code and a message.
+func errSize(err error) int64 {
+	if err == nil {
+		return 0
+	}
+	return 64 + 2*int64(len(err.Error()))
 }
 
 // New returns the filesystem for cfg, to pass to Mount.
@@ -110,13 +137,17 @@ func New(cfg Config) (*FS, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Cache == nil {
+		cfg.Cache = lru.New[any, any](chainmodel.DefaultCacheBytes)
+	}
+	if cfg.MaxDocument <= 0 {
+		cfg.MaxDocument = DefaultMaxDocument
+	}
 	return &FS{
 		cfg:      cfg,
 		root:     loc.Root,
 		id:       chainmodel.IDOf(&st),
-		classes:  map[fileState]class{},
 		rawNamed: map[string]bool{},
-		gen:      map[genSlot]genCacheEntry{},
 	}, nil
 }
 
@@ -189,22 +220,18 @@ func inodeNumber(kind int, dev, ino uint64) uint64 {
 // (the answer is cached by the file's identity). The host reads no byte of it.
 func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
 	key := fileState{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim}
-	f.mu.Lock()
-	c, ok := f.classes[key]
-	named := f.rawNamed[rel]
-	f.mu.Unlock()
+	v, ok := f.cfg.Cache.Get(key)
+	c, _ := v.(class)
 	if !ok {
 		var final bool
 		c, final = f.probe(ctx, rel, chainmodel.IDOf(st))
 		if final && ctx.Err() == nil {
-			f.mu.Lock()
-			if len(f.classes) >= maxClassCache {
-				clear(f.classes) // states of files long changed; start over
-			}
-			f.classes[key] = c
-			f.mu.Unlock()
+			f.cfg.Cache.Add(key, c, c.size())
 		}
 	}
+	f.mu.Lock()
+	named := f.rawNamed[rel]
+	f.mu.Unlock()
 	if !c.image && named {
 		return class{image: true, format: "raw"}
 	}
@@ -227,9 +254,6 @@ func transient(err error) bool {
 // minImageSize is the size below which a file cannot be an image: no qcow2,
 // vmdk or partition table fits. Such files are hidden without a probe.
 const minImageSize = 512
-
-// maxClassCache bounds the classification cache.
-const maxClassCache = 1 << 14
 
 // probe asks a worker what the file at rel, which must be the file id, is.
 // final is false when the answer says nothing about the file (the worker
@@ -255,7 +279,7 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 	if err != nil {
 		code := errcode.Code(err)
 		switch {
-		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_"):
+		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_") || code == errcode.ImageTooLarge:
 			// Recognisably an image, but one instarfs refuses: show it, and let
 			// its files say why.
 			return class{image: true, err: err}, true
@@ -303,6 +327,8 @@ func Errno(err error) syscall.Errno {
 		return syscall.EINTR
 	case errcode.RebaseUnsupported, errcode.CommitUnsupported:
 		return syscall.EOPNOTSUPP
+	case errcode.DocumentTooLarge, errcode.ImageTooLarge:
+		return syscall.EFBIG
 	}
 	return syscall.EIO
 }

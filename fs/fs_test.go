@@ -2,10 +2,14 @@ package fs
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 
+	"instarfs/chainmodel"
+	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
 func TestErrno(t *testing.T) {
@@ -21,6 +25,8 @@ func TestErrno(t *testing.T) {
 		{errcode.New(errcode.ImageInUse, "x"), syscall.EBUSY},
 		{errcode.New(errcode.ChainBusy, "x"), syscall.EBUSY},
 		{errcode.New(errcode.Cancelled, "x"), syscall.EINTR},
+		{errcode.New(errcode.DocumentTooLarge, "x"), syscall.EFBIG},
+		{errcode.New(errcode.ImageTooLarge, "x"), syscall.EFBIG},
 		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
 		{errors.New("plain"), syscall.EIO},
 	}
@@ -74,6 +80,40 @@ func TestUnescapeMountinfo(t *testing.T) {
 	} {
 		if got := unescapeMountinfo(in); got != want {
 			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestSnapshotsJSONAtLeast checks that the bound used to refuse info.json and
+// chain.json before rendering them is below what the snapshots really take,
+// for the smallest snapshots there are (zero values, empty or short names).
+func TestSnapshotsJSONAtLeast(t *testing.T) {
+	chain := func(snaps []vmm.Snapshot, depth int) *chainmodel.Chain {
+		c := &chainmodel.Chain{}
+		for i := range depth {
+			c.Images = append(c.Images, &chainmodel.Image{Name: fmt.Sprintf("i%d.qcow2", i),
+				Info: vmm.Info{Format: "qcow2", VirtualSize: 1 << 20, ClusterSize: 65536, Snapshots: snaps}})
+		}
+		return c
+	}
+	for _, names := range [][2]string{{"", ""}, {"1", "a"}, {"65536", "a snapshot"}, {"\x01", "\"\\"}} {
+		snaps := make([]vmm.Snapshot, 100)
+		for i := range snaps {
+			snaps[i].ID, snaps[i].Name = names[0], names[1]
+		}
+		for _, depth := range []int{1, 3} {
+			for _, backingChain := range []bool{false, true} {
+				with := ctl.InfoJSON(ctl.Info(chain(snaps, depth), backingChain), backingChain)
+				without := ctl.InfoJSON(ctl.Info(chain(nil, depth), backingChain), backingChain)
+				images := 1
+				if backingChain {
+					images = depth
+				}
+				bound := snapshotsJSONAtLeast(chain(snaps, images))
+				if real := int64(len(with) - len(without)); bound > real {
+					t.Errorf("names %q, %d images, chain %v: bound %d bytes for snapshots that take %d", names, images, backingChain, bound, real)
+				}
+			}
 		}
 	}
 }

@@ -13,6 +13,14 @@ type ProbeArgs struct {
 	DetectRaw bool `json:"detect_raw,omitempty"`
 }
 
+// MapArgs are the arguments of OpMap.
+type MapArgs struct {
+	// MaxBytes, when positive, bounds the JSON of the rows below what a worker
+	// may answer: a larger map fails with DOCUMENT_TOO_LARGE as soon as it is
+	// known, before it is made whole.
+	MaxBytes int64 `json:"max_bytes,omitempty"`
+}
+
 // Info is what a worker reports about one image: the fields of `qemu-img info
 // --output=json` that come from the image's bytes. The host adds the file-system
 // fields (filename, full-backing-filename, actual-size).

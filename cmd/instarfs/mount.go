@@ -4,6 +4,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"instarfs/ctl"
 	"instarfs/errcode"
 	"instarfs/fs"
+	"instarfs/lru"
 	"instarfs/vmm"
 )
 
@@ -26,6 +29,12 @@ func (a *app) mountCommand() {
 	c.Flag("read-only", "Hide the control files and refuse every change.").BoolVar(&readOnly)
 	c.Flag("allow-other", "Let other users use the mount (with default_permissions).").BoolVar(&allowOther)
 	c.Flag("fuse-debug", "Log every FUSE request.").Hidden().BoolVar(&debug)
+	cacheSize := c.Flag("cache-size", "Bytes the mount may keep in its caches (probe results, what each file is, generated documents), least recently used dropped first; 0 caches nothing.").
+		Default(strconv.Itoa(chainmodel.DefaultCacheBytes>>20) + "MiB").Bytes()
+	maxDocument := c.Flag("max-document-size", "The largest generated document (info.json, chain.json, map.json, check.json) served; a larger one fails to open with DOCUMENT_TOO_LARGE (EFBIG).").
+		Default(strconv.Itoa(fs.DefaultMaxDocument>>20) + "MiB").Bytes()
+	workers := c.Flag("workers", "How many sandboxed workers may run at once; more requests wait.").
+		Default(strconv.Itoa(2 * runtime.NumCPU())).Int()
 	c.Arg("imagedir", "The directory of images.").Required().StringVar(&imageDir)
 	c.Arg("mountpoint", "An empty directory to mount on.").Required().StringVar(&mountpoint)
 	a.actions[c.FullCommand()] = func() int {
@@ -36,10 +45,16 @@ func (a *app) mountCommand() {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 			return fail(errcode.New(errcode.NotFound, "image directory %s is not a directory", dir))
 		}
+		if *cacheSize < 0 || *maxDocument <= 0 || *workers < 1 {
+			return fail(errcode.New(errcode.BadArguments, "--cache-size must not be negative, --max-document-size and --workers must be positive"))
+		}
 		sb, err := vmm.New(a.global.sandbox)
 		if err != nil {
 			return fail(err)
 		}
+		sb = vmm.Limit(sb, *workers)
+		// One budget for every cache of the mount.
+		cache := lru.New[any, any](int64(*cacheSize))
 		policy, err := chainmodel.NewPolicy(append([]string{dir}, a.global.allowDirs...)...)
 		if err != nil {
 			return fail(err)
@@ -56,11 +71,13 @@ func (a *app) mountCommand() {
 		log := logrus.StandardLogger()
 		jobs := &ctl.JobManager{Sandbox: sb.Name(), Log: log}
 		fsys, err := fs.New(fs.Config{
-			ImageDir: dir,
-			Opener:   &chainmodel.Opener{Sandbox: sb, Policy: policy},
-			Jobs:     jobs,
-			ReadOnly: readOnly,
-			Log:      log,
+			ImageDir:    dir,
+			Opener:      &chainmodel.Opener{Sandbox: sb, Policy: policy, Cache: cache},
+			Jobs:        jobs,
+			ReadOnly:    readOnly,
+			Cache:       cache,
+			MaxDocument: int64(*maxDocument),
+			Log:         log,
 		})
 		if err != nil {
 			return fail(err)
@@ -72,7 +89,8 @@ func (a *app) mountCommand() {
 		if err != nil {
 			return fail(err)
 		}
-		log.WithFields(logrus.Fields{"imagedir": dir, "mountpoint": mnt, "read_only": readOnly, "sandbox": jobs.Sandbox}).Info("mounted")
+		log.WithFields(logrus.Fields{"imagedir": dir, "mountpoint": mnt, "read_only": readOnly, "sandbox": jobs.Sandbox,
+			"cache_size": int64(*cacheSize), "max_document_size": int64(*maxDocument), "workers": *workers}).Info("mounted")
 		stopped := make(chan struct{})
 		go func() {
 			select {

@@ -111,19 +111,23 @@ func mapEntry(chain []member, off, n int64) (vmm.MapEntry, error) {
 	panic("unreachable: empty chain")
 }
 
-// maxMapBytes bounds the JSON encoding of a map's rows: the host reads at
-// most vmm.MaxResultBytes of a worker's output, and keeps some for the
-// progress lines and the message around the rows.
-const maxMapBytes = vmm.MaxResultBytes - 1<<20
+// maxMapBytes bounds the JSON encoding of a map's rows, so that a map too
+// large to send fails as soon as that is known.
+const maxMapBytes = maxResultJSON
 
 // chainMap returns the rows of `qemu-img map` for chain (top first): one entry
 // per run of equal status, merged as qemu merges them. A map whose rows the
-// host could not accept fails with IMAGE_TOO_LARGE as soon as it is known:
-// a small hostile image can describe millions of rows.
+// host could not accept fails with IMAGE_TOO_LARGE as soon as it is known, one
+// whose rows take more than maxBytes (when positive) of JSON with
+// DOCUMENT_TOO_LARGE: a small hostile image can describe millions of rows.
 //
 // An image of virtual size 0 has no rows: the result is an empty list, never
 // null, which the protocol would take for a missing result.
-func chainMap(chain []member, progress func(float64)) ([]vmm.MapEntry, error) {
+func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]vmm.MapEntry, error) {
+	limit, code, what := int64(maxMapBytes), errcode.ImageTooLarge, "more than a worker may answer"
+	if maxBytes > 0 && maxBytes < limit {
+		limit, code, what = maxBytes, errcode.DocumentTooLarge, "more than the "+strconv.FormatInt(maxBytes, 10)+" bytes asked for"
+	}
 	size := chain[0].img.VirtualSize()
 	rows := []vmm.MapEntry{}
 	var encoded int64 // JSON bytes of the rows before the last one
@@ -139,9 +143,9 @@ func chainMap(chain []member, progress func(float64)) ([]vmm.MapEntry, error) {
 			rows[k].Length += e.Length
 		} else {
 			if k >= 0 {
-				if encoded += mapEntryJSONLen(rows[k]); encoded > maxMapBytes {
-					return nil, errcode.New(errcode.ImageTooLarge,
-						"the map of this image has more than %d rows (%d bytes) before offset %d of %d: more than a worker may answer", len(rows), encoded, off, size)
+				if encoded += mapEntryJSONLen(rows[k]); encoded > limit {
+					return nil, errcode.New(code, "the map of this image has more than %d rows (%d bytes) before offset %d of %d: %s",
+						len(rows), encoded, off, size, what)
 				}
 			}
 			rows = append(rows, e)

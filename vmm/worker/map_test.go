@@ -95,7 +95,7 @@ func TestChainMapMatchesQemu(t *testing.T) {
 			if err := json.Unmarshal([]byte(sh(t, dir, "qemu-img map --output=json "+tt.top)), &want); err != nil {
 				t.Fatal(err)
 			}
-			got, err := chainMap(openChainFiles(t, dir, tt.top), nil)
+			got, err := chainMap(openChainFiles(t, dir, tt.top), 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -121,7 +121,7 @@ func TestChainMapEmptyImage(t *testing.T) {
 	needQemu(t)
 	dir := t.TempDir()
 	sh(t, dir, `qemu-img create -q -f qcow2 a.qcow2 0`)
-	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), nil)
+	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

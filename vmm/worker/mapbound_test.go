@@ -33,22 +33,29 @@ func (s stripes) Extent(off int64) (layer.Extent, error) {
 }
 
 // TestMapRowsBounded checks that a map with more rows than the host accepts
-// fails early with IMAGE_TOO_LARGE, and that smaller maps are whole.
+// fails early with IMAGE_TOO_LARGE, one larger than the caller's limit with
+// DOCUMENT_TOO_LARGE, and that smaller maps are whole.
 func TestMapRowsBounded(t *testing.T) {
 	tests := []struct {
 		name     string
 		img      stripes
+		maxBytes int64
 		wantErr  string
 		wantRows int
 	}{
 		{name: "small", img: stripes{size: 1 << 20, unit: 512}, wantRows: 2048},
 		{name: "2 PiB", img: stripes{size: 1 << 51, unit: 64 << 10}, wantErr: errcode.ImageTooLarge},
 		{name: "largest", img: stripes{size: math.MaxInt64 &^ 511, unit: 512}, wantErr: errcode.ImageTooLarge},
+		// 2048 rows of about 80 bytes.
+		{name: "small within a limit", img: stripes{size: 1 << 20, unit: 512}, maxBytes: 256 << 10, wantRows: 2048},
+		{name: "small beyond a limit", img: stripes{size: 1 << 20, unit: 512}, maxBytes: 64 << 10, wantErr: errcode.DocumentTooLarge},
+		{name: "2 PiB beyond a limit", img: stripes{size: 1 << 51, unit: 64 << 10}, maxBytes: 32 << 20, wantErr: errcode.DocumentTooLarge},
+		{name: "a limit above the worker's own", img: stripes{size: 1 << 51, unit: 64 << 10}, maxBytes: 1 << 40, wantErr: errcode.ImageTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			rows, err := chainMap([]member{{img: tt.img}}, nil)
+			rows, err := chainMap([]member{{img: tt.img}}, tt.maxBytes, nil)
 			if d := time.Since(start); d > 20*time.Second {
 				t.Errorf("took %v", d)
 			}

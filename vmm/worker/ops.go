@@ -22,6 +22,10 @@ func opProbe(_ context.Context, s *session) (any, error) {
 }
 
 func opMap(_ context.Context, s *session) (any, error) {
+	var args vmm.MapArgs
+	if err := s.args(&args); err != nil {
+		return nil, err
+	}
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
@@ -33,7 +37,7 @@ func opMap(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	return chainMap(chain, s.out.progress)
+	return chainMap(chain, args.MaxBytes, s.out.progress)
 }
 
 func opCheck(_ context.Context, s *session) (any, error) {

@@ -158,10 +158,22 @@ func (o *output) progress(f float64) {
 	o.flush()
 }
 
+// maxResultJSON bounds the JSON of a result: the host reads at most
+// vmm.MaxResultBytes of a worker's output, and takes a worker that writes more
+// for a broken one; some of it is kept for progress and warning lines and the
+// message around the result.
+const maxResultJSON = vmm.MaxResultBytes - 1<<20
+
 func (o *output) result(v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		o.fail(errcode.New(errcode.Internal, "encoding result: %v", err))
+		return
+	}
+	if len(b) > maxResultJSON {
+		// A small image can describe more than that: 64 MiB of snapshot
+		// names made of control characters encode to six times as much.
+		o.fail(errcode.New(errcode.ImageTooLarge, "the answer about this image is %d bytes of JSON, more than a worker may send (%d)", len(b), maxResultJSON))
 		return
 	}
 	o.line(vmm.Message{Result: b})

@@ -1,0 +1,78 @@
+package chainmodel
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"instarfs/vmm"
+)
+
+// TestInfoSize compares the estimate of a probe result's size with the heap
+// that decoding it really takes: the estimate must not be far below (the
+// cache's budget would be a fiction) nor far above (the cache would hold
+// much less than its budget allows).
+func TestInfoSize(t *testing.T) {
+	yes := true
+	icount := int64(7)
+	for _, tc := range []struct {
+		name string
+		info vmm.Info
+	}{
+		{"65536 snapshots", vmm.Info{Format: "qcow2", VirtualSize: 1 << 30, ClusterSize: 65536,
+			FormatSpecific: &vmm.FormatSpecific{Type: "qcow2", Data: &vmm.Qcow2Specific{Compat: "1.1", CompressionType: "zlib", Corrupt: &yes}},
+			Snapshots:      snapshots(65536, &icount)}},
+		{"4096 vmdk extents", vmm.Info{Format: "vmdk", VirtualSize: 1 << 30,
+			FormatSpecific: &vmm.FormatSpecific{Type: "vmdk", Data: &vmm.VmdkSpecific{CreateType: "twoGbMaxExtentSparse", Extents: extents(4096)}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc, err := json.Marshal(tc.info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const copies = 8
+			decoded := make([]vmm.Info, copies)
+			var warm vmm.Info // the first decode leaves garbage of its own
+			if err := DecodeResult(doc, &warm); err != nil {
+				t.Fatal(err)
+			}
+			before := heapInUse()
+			for i := range decoded {
+				if err := DecodeResult(doc, &decoded[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			real := (heapInUse() - before) / copies
+			est := infoSize(decoded[0])
+			runtime.KeepAlive(decoded)
+			t.Logf("estimate %d bytes, heap %d bytes (JSON %d)", est, real, len(doc))
+			if est < real/2 || est > real*2 {
+				t.Errorf("estimate %d bytes for a result that takes %d bytes of heap", est, real)
+			}
+		})
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+func snapshots(n int, icount *int64) []vmm.Snapshot {
+	out := make([]vmm.Snapshot, n)
+	for i := range out {
+		out[i] = vmm.Snapshot{ID: fmt.Sprint(i + 1), Name: fmt.Sprintf("snapshot-%d", i), DateSec: 1700000000, ICount: icount}
+	}
+	return out
+}
+
+func extents(n int) []vmm.VmdkExtent {
+	out := make([]vmm.VmdkExtent, n)
+	for i := range out {
+		out[i] = vmm.VmdkExtent{Filename: fmt.Sprintf("disk-s%03d.vmdk", i+1), VirtualSize: 2 << 30, ClusterSize: 65536, Format: "SPARSE"}
+	}
+	return out
+}

@@ -1,0 +1,52 @@
+package worker
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// TestOutputResultBounded checks that a result whose JSON the host would not
+// read whole is answered with IMAGE_TOO_LARGE instead, and that one just
+// within the bound is sent as it is.
+func TestOutputResultBounded(t *testing.T) {
+	// A string of control characters: each encodes to six bytes (\u0001).
+	fits := strings.Repeat("\x01", (maxResultJSON-2)/6)
+	for _, tc := range []struct {
+		name     string
+		v        any
+		wantCode string
+	}{
+		{"within the bound", fits, ""},
+		{"one character more", fits + "\x01", errcode.ImageTooLarge},
+		{"a 12 MiB snapshot name of control characters", []vmm.Snapshot{{Name: strings.Repeat("\x01", 12<<20)}}, errcode.ImageTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			o := &output{w: bufio.NewWriter(&buf)}
+			o.result(tc.v)
+			o.flush()
+			if buf.Len() > vmm.MaxResultBytes {
+				t.Errorf("wrote %d bytes, more than the host reads (%d)", buf.Len(), vmm.MaxResultBytes)
+			}
+			if tc.wantCode == "" {
+				if !bytes.HasPrefix(buf.Bytes(), []byte(`{"result":"\u0001`)) {
+					t.Errorf("no result: %.200s", buf.Bytes())
+				}
+				return
+			}
+			var m vmm.Message
+			if err := json.Unmarshal(bytes.TrimSuffix(buf.Bytes(), []byte("\n")), &m); err != nil {
+				t.Fatalf("not one message: %v", err)
+			}
+			if m.Error == nil || m.Error.Code != tc.wantCode {
+				t.Errorf("error %+v, want %s", m.Error, tc.wantCode)
+			}
+		})
+	}
+}
