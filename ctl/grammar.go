@@ -35,7 +35,7 @@ const MaxControlLine = 4096
 
 // word is one word of a control-file line. quoteAt is the length the word
 // had when its last quote opened, -1 when it has none: a value that starts at
-// k and is empty was given explicitly (-b "", --backing='') only when quoteAt
+// k and is empty was given explicitly (-b "", or two single quotes) only when quoteAt
 // >= k. An empty rest without quotes (-b at the end, --backing=) is a line cut
 // short, as a split write would send it, never an empty value.
 type word struct {
@@ -251,7 +251,7 @@ const rebaseForms = `[-u] [-F FMT] -b NEW_BACKING, or [-u] -b "" to detach`
 
 // ParseRebase parses what was written to a rebase control file. The new
 // backing file is -b's value or the one positional word. The target is never
-// implied: detaching takes -b "" (or -b ''), and a line without a target
+// implied: detaching takes -b "" (or two single quotes), and a line without a target
 // (empty, -u alone, -F FMT alone) is refused, because it may be the first
 // part of a command that a writer split into several writes.
 func ParseRebase(line string) (RebaseRequest, error) {

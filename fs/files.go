@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/errcode"
 )
 
 // genNode is a generated, read-only file: one of the JSON documents, status or
@@ -38,7 +41,34 @@ func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	out.Nlink = 1
 	setTimes(&out.Attr, &st)
 	owner(&out.Attr)
+	if g.fs.jobTimes(&out.Attr, g.kind, &st) {
+		out.SetTimeout(uncached)
+	}
 	return 0
+}
+
+// uncached is the attribute timeout of files whose attributes the kernel must
+// not cache: go-fuse replaces a timeout of 0 with the mount's default.
+const uncached = time.Nanosecond
+
+// jobTimes sets the times of status and result.json, the image st's job
+// files, to when their content last changed (the mount's start before any
+// change), and reports whether kind is one of them. The kernel must not cache
+// these attributes: a tool that watches the mtime sees each change.
+func (f *FS) jobTimes(a *fuse.Attr, kind int, st *unix.Stat_t) bool {
+	if kind != kindStatus && kind != kindResult {
+		return false
+	}
+	status, result := f.cfg.Jobs.Changed(ctl.FileID{Dev: st.Dev, Ino: st.Ino})
+	t := status
+	if kind == kindResult {
+		t = result
+	}
+	if t.IsZero() {
+		t = f.started
+	}
+	a.SetTimes(nil, &t, &t)
+	return true
 }
 
 func (g *genNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -55,7 +85,9 @@ func (g *genNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		}
 		return nil, 0, syscall.EACCES
 	}
-	data, errno := g.content(ctx)
+	cctx, stop := callerContext(ctx)
+	data, errno := g.content(cctx)
+	stop()
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -86,10 +118,33 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, g.fs.errno(g.name(), rel, c.err)
 	}
 	data, err := g.fs.generate(ctx, g.kind, rel, c.format)
+	for errcode.Code(err) == errcode.ImageInUse && g.fs.cfg.Jobs.RunningJobs() != "" {
+		// A job of this mount holds a lock on the chain, most likely: answer
+		// what was made last, or wait for the jobs and try again. A lock
+		// another process holds is still EBUSY once they are done.
+		if last := g.fs.lastDocument(g.kind, id); last != nil {
+			return last, 0
+		}
+		if g.fs.cfg.Jobs.WaitRunning(ctx) != nil {
+			return nil, syscall.EINTR
+		}
+		data, err = g.fs.generate(ctx, g.kind, rel, c.format)
+	}
 	if err != nil {
 		return nil, g.fs.errno(g.name(), rel, err)
 	}
 	return data, 0
+}
+
+// lastDocument is the document of kind made last for the image id, whatever
+// the state of its files now; nil when none was made.
+func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e, ok := f.gen[genSlot{kind, id}]; ok {
+		return e.data
+	}
+	return nil
 }
 
 func (g *genNode) name() string {

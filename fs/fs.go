@@ -62,7 +62,8 @@ type Config struct {
 
 // FS is the state shared by every node of one mount.
 type FS struct {
-	cfg Config
+	cfg     Config
+	started time.Time // when the mount was made: the times of files that never changed
 
 	mu       sync.Mutex
 	classes  map[fileState]class       // what each file is, by identity
@@ -102,6 +103,7 @@ func New(cfg Config) (*FS, error) {
 	}
 	return &FS{
 		cfg:      cfg,
+		started:  time.Now(),
 		classes:  map[fileState]class{},
 		rawNamed: map[string]bool{},
 		gen:      map[genSlot]genCacheEntry{},
