@@ -87,16 +87,13 @@ func callerContext(ctx context.Context) (c context.Context, stop context.CancelF
 // pending that it does not block.
 func terminating(tid uint32) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tid))
-	if err != nil {
-		return false
-	}
-	pending, blocked := pendingSignals(b)
-	return pending&^blocked&terminatingSignals != 0
+	return err == nil && terminatingPending(b)
 }
 
-// pendingSignals reads the pending (thread and thread group) and blocked
-// signal sets from the text of /proc/<tid>/status.
-func pendingSignals(status []byte) (pending, blocked uint64) {
+// terminatingPending reports whether the text of /proc/<tid>/status shows a
+// terminating signal pending (for the thread or its group) and not blocked.
+func terminatingPending(status []byte) bool {
+	var pending, blocked uint64
 	for _, line := range bytes.Split(status, []byte("\n")) {
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
@@ -113,5 +110,6 @@ func pendingSignals(status []byte) (pending, blocked uint64) {
 			blocked = set
 		}
 	}
-	return pending, blocked
+	blocked &^= sigMask(unix.SIGKILL) // cannot be blocked
+	return pending&^blocked&terminatingSignals != 0
 }
