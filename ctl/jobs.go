@@ -61,9 +61,6 @@ func (j *Job) Wait(ctx context.Context) (*Envelope, error) {
 	return j.env, j.err
 }
 
-// Spec is what the job was started with.
-func (j *Job) Spec() JobSpec { return j.spec }
-
 // Progress is the fraction of the job done, in [0,1].
 func (j *Job) Progress() float64 { return math.Float64frombits(j.progress.Load()) }
 
