@@ -178,7 +178,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		if running := f.cfg.Jobs.RunningJobs(); running != "" {
 			// Most likely the lock of a job of this mount, on an image
 			// this chain shares: say so rather than blame a VM.
-			err = errcode.New(errcode.ChainBusy, "%v; %s is running and may hold it: try again when it is done", err, running)
+			err = errcode.New(errcode.ChainBusy, "an image of the chain of '%s' is locked, most likely by %s, which this mount runs: try again when it is done", rel, running)
 		}
 	}
 	if err != nil {
