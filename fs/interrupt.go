@@ -59,10 +59,11 @@ func callerContext(ctx context.Context) (c context.Context, stop context.CancelF
 		// an interrupt does not cancel.
 		return c, cancel
 	}
-	pid := caller.Pid
+	// Read what the request holds now: go-fuse reuses it once it returns.
+	pid, interrupted := caller.Pid, ctx.Done()
 	go func() {
 		select {
-		case <-ctx.Done():
+		case <-interrupted:
 		case <-c.Done():
 			return
 		}
