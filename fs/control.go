@@ -221,9 +221,15 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 	if ran {
 		what = "ran as the whole command"
 	}
-	line := func(b []byte) string { return ctl.QuoteWord(strings.TrimRight(string(b), "\n")) }
+	line := func(b []byte) string {
+		s := strings.TrimRight(string(b), "\n")
+		if len(s) > 64 {
+			s = s[:64] + "..."
+		}
+		return ctl.QuoteWord(s)
+	}
 	err := errcode.New(errcode.BadArguments, "%s: a second write on one open file: %s, after %s, which %s; "+
-		"a command must come in one write (echo, or printf with one argument, not printf '%%s\\n' with several)",
+		"a command must come in one write: write it as one line (bash's echo and printf write once per line)",
 		cn.op, line(data), line(first), what)
 	cn.fs.cfg.Jobs.Record(ctl.JobSpec{Operation: cn.op, Image: cn.imageRel(), Arguments: strings.TrimRight(string(data), "\n"), Top: id}, err)
 	return Errno(err)
