@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -270,35 +269,21 @@ func (m *JobManager) Result(id FileID) *Envelope {
 	return nil
 }
 
-// WaitRunning waits until the jobs running now have ended, or ctx ends.
-func (m *JobManager) WaitRunning(ctx context.Context) error {
-	m.mu.Lock()
-	var jobs []*Job
-	for _, j := range m.running {
-		jobs = append(jobs, j)
-	}
-	m.mu.Unlock()
-	for _, j := range jobs {
+// WaitFree waits until no job holds id, or ctx ends.
+func (m *JobManager) WaitFree(ctx context.Context, id FileID) error {
+	for {
+		m.mu.Lock()
+		j := m.busy[id]
+		m.mu.Unlock()
+		if j == nil {
+			return nil
+		}
 		select {
 		case <-j.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	return nil
-}
-
-// RunningJobs names the jobs running now ("commit of 'top.qcow2'"), "" when
-// none runs.
-func (m *JobManager) RunningJobs() string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var names []string
-	for _, j := range m.running {
-		names = append(names, fmt.Sprintf("%s of '%s'", j.spec.Operation, j.spec.Image))
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
 }
 
 // CancelAll cancels every running job and waits for them to stop.

@@ -72,10 +72,13 @@ func TestJobManager(t *testing.T) {
 		t.Errorf("result of a member after a refusal: %+v", r)
 	}
 	waitCtx, stopWait := context.WithTimeout(context.Background(), 10*time.Millisecond)
-	if err := m.WaitRunning(waitCtx); err == nil || m.RunningJobs() != "rebase of 'a'" {
-		t.Errorf("WaitRunning returned %v while a job runs", err)
+	if err := m.WaitFree(waitCtx, b); err == nil {
+		t.Errorf("WaitFree returned while a job holds the file")
 	}
 	stopWait()
+	if err := m.WaitFree(context.Background(), c); err != nil {
+		t.Errorf("WaitFree of a free file: %v", err)
+	}
 	done := make(chan struct{})
 	close(done)
 	jc, err := m.Start(JobSpec{Operation: "commit", Image: "c", Top: c, Run: blockingJob(done)})
@@ -85,8 +88,8 @@ func TestJobManager(t *testing.T) {
 	jc.Wait(context.Background())
 
 	close(release)
-	if err := m.WaitRunning(context.Background()); err != nil || m.RunningJobs() != "" {
-		t.Errorf("WaitRunning: %v", err)
+	if err := m.WaitFree(context.Background(), b); err != nil || m.BusyError(b) != nil {
+		t.Errorf("WaitFree: %v", err)
 	}
 	env, err := j.Wait(context.Background())
 	if err != nil || env.Sandbox != "jail" {

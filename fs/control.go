@@ -175,10 +175,12 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 	// Reserve every file the job touches: the chain, and a new backing file.
 	members, err := f.members(ctx, rel, c.format, newBacking)
 	if errcode.Code(err) == errcode.ImageInUse {
-		if running := f.cfg.Jobs.RunningJobs(); running != "" {
-			// Most likely the lock of a job of this mount, on an image
-			// this chain shares: say so rather than blame a VM.
-			err = errcode.New(errcode.ChainBusy, "an image of the chain of '%s' is locked, most likely by %s, which this mount runs: try again when it is done", rel, running)
+		// A job of this mount on a file this chain shares holds its lock:
+		// say which, rather than blame another process.
+		if held, busy := f.chainBusy(ctx, rel); busy {
+			if e := f.cfg.Jobs.BusyError(held); e != nil {
+				err = e
+			}
 		}
 	}
 	if err != nil {

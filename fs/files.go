@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -118,14 +119,18 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, g.fs.errno(g.name(), rel, c.err)
 	}
 	data, err := g.fs.generate(ctx, g.kind, rel, c.format)
-	for errcode.Code(err) == errcode.ImageInUse && g.fs.cfg.Jobs.RunningJobs() != "" {
-		// A job of this mount holds a lock on the chain, most likely: answer
-		// what was made last, or wait for the jobs and try again. A lock
-		// another process holds is still EBUSY once they are done.
+	for errcode.Code(err) == errcode.ImageInUse {
+		// A job of this mount on the chain holds its locks: answer what
+		// was made last, or wait for the job and try again. A lock another
+		// process holds is still EBUSY.
+		held, busy := g.fs.chainBusy(ctx, rel)
+		if !busy {
+			break
+		}
 		if last := g.fs.lastDocument(g.kind, id); last != nil {
 			return last, 0
 		}
-		if g.fs.cfg.Jobs.WaitRunning(ctx) != nil {
+		if g.fs.cfg.Jobs.WaitFree(ctx, held) != nil {
 			return nil, syscall.EINTR
 		}
 		data, err = g.fs.generate(ctx, g.kind, rel, c.format)
@@ -135,6 +140,39 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 	return data, 0
 }
+
+// chainBusy returns a file of the chain of the image at rel that a job of
+// this mount holds. It follows the backing names the probes recorded (cached
+// by identity) as far as they stay in IMAGEDIR.
+func (f *FS) chainBusy(ctx context.Context, rel string) (ctl.FileID, bool) {
+	seen := map[string]bool{}
+	for depth := 0; depth < maxChainWalk && !seen[rel]; depth++ {
+		seen[rel] = true
+		c, st, ok := f.imageClass(ctx, rel)
+		if !ok {
+			break
+		}
+		if id := (ctl.FileID{Dev: st.Dev, Ino: st.Ino}); f.cfg.Jobs.BusyError(id) != nil {
+			return id, true
+		}
+		if c.err != nil {
+			break
+		}
+		name, err := f.backingName(ctx, rel, c, &st)
+		if err != nil || name == "" {
+			break
+		}
+		root, brel, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), name)
+		if err != nil || root != f.cfg.ImageDir {
+			break
+		}
+		rel = brel
+	}
+	return ctl.FileID{}, false
+}
+
+// maxChainWalk bounds chainBusy's walk, as chains are bounded.
+const maxChainWalk = 16
 
 // lastDocument is the document of kind made last for the image id, whatever
 // the state of its files now; nil when none was made.
