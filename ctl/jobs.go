@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,9 +36,8 @@ type JobSpec struct {
 // Job is a running or finished operation.
 type Job struct {
 	spec      JobSpec
-	progress  atomic.Uint64 // math.Float64bits of the fraction done
-	percent   atomic.Int64  // the whole percent status shows
-	changedAt atomic.Int64  // when percent last changed, in Unix nanoseconds
+	percent   atomic.Int64 // the whole percent status shows
+	changedAt atomic.Int64 // when percent last changed, in Unix nanoseconds
 	cancel    context.CancelFunc
 	done      chan struct{}
 	env       *Envelope
@@ -60,14 +58,10 @@ func (j *Job) Wait(ctx context.Context) (*Envelope, error) {
 	return j.env, j.err
 }
 
-// Progress is the fraction of the job done, in [0,1].
-func (j *Job) Progress() float64 { return math.Float64frombits(j.progress.Load()) }
-
 func (j *Job) setProgress(f float64) {
 	if f < 0 || f > 1 {
 		return
 	}
-	j.progress.Store(math.Float64bits(f))
 	if p := int64(f * 100); j.percent.Swap(p) != p {
 		j.changedAt.Store(time.Now().UnixNano())
 	}
