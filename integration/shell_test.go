@@ -113,7 +113,8 @@ func signalMount(t *testing.T) (m *mounted, pristine string) {
 }
 
 // TestMountSignals sends the signals a shell or runtime really gets to a
-// writer waiting for a long commit: only a terminating one cancels it.
+// writer waiting for a long commit: only a terminating one cancels it. The
+// cases run in parallel, each on its own mount: the commits mostly sleep.
 func TestMountSignals(t *testing.T) {
 	const commit = "-b base.qcow2 -r 2M"
 	// Signals that must not cancel: the commit completes and the write
@@ -124,6 +125,7 @@ func TestMountSignals(t *testing.T) {
 		{"WINCH untrapped", `(sleep 0.5; kill -WINCH $$) & echo ` + commit + ` > top.qcow2/commit`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			m, pristine := signalMount(t)
 			start := time.Now()
 			if r := m.shell(t, tt.script); r.code != 0 {
@@ -140,6 +142,7 @@ func TestMountSignals(t *testing.T) {
 	}
 
 	t.Run("python SA_RESTART", func(t *testing.T) {
+		t.Parallel()
 		m, pristine := signalMount(t)
 		r := execIn(t, m.mnt, "python3", "-c", pyWriter, "top.qcow2/commit", commit, "restart")
 		if r.code != 0 || !bytes.HasPrefix(r.stdout, []byte(fmt.Sprintf("wrote %d ", len(commit)))) {
@@ -172,6 +175,7 @@ func TestMountSignals(t *testing.T) {
 		}
 	}
 	t.Run("timeout -s INT", func(t *testing.T) {
+		t.Parallel()
 		m, pristine := signalMount(t)
 		start := time.Now()
 		r := execIn(t, m.mnt, "timeout", "-s", "INT", "0.7", "bash", "-c", "echo "+commit+" > top.qcow2/commit")
@@ -181,6 +185,7 @@ func TestMountSignals(t *testing.T) {
 		cancelled(t, m, pristine)
 	})
 	t.Run("python SIGTERM handler", func(t *testing.T) {
+		t.Parallel()
 		// Python restarts the write after EINTR (PEP 475): the restarted
 		// write re-attaches to the cancelled job and ends with ECANCELED.
 		m, pristine := signalMount(t)
@@ -191,6 +196,7 @@ func TestMountSignals(t *testing.T) {
 		cancelled(t, m, pristine)
 	})
 	t.Run("interactive Ctrl-C", func(t *testing.T) {
+		t.Parallel()
 		m, pristine := signalMount(t)
 		// A 6 s commit; the prompt comes back soon after Ctrl-C.
 		r := execIn(t, m.mnt, "python3", "-c", pyInteractive, "echo -b base.qcow2 -r 1M > top.qcow2/commit", "top.qcow2/status")
