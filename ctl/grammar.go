@@ -21,19 +21,44 @@ import (
 // --backing-format=qcow2). --output is accepted and ignored (the result is in
 // result.json). "--" ends the flags. Anything else is refused with
 // BAD_ARGUMENTS, which a control file reports as EINVAL.
+//
+// A line is a whole command, but a writer may split one command into several
+// writes (bash's printf '%s\n' a b writes once per argument), and only the
+// first write of an open file runs. So no prefix of a command may mean more
+// than the command: a flag's value is never empty unless quotes spell it out
+// (-b "" detaches; -b at the end of a line, or --backing=, is a missing
+// value), and rebase always names its target (an empty line, -u alone or
+// -F FMT alone is refused rather than read as a detach).
 
 // MaxControlLine is the longest control-file write accepted.
 const MaxControlLine = 4096
 
-// SplitWords splits a control-file line into words.
-func SplitWords(line string) ([]string, error) {
+// word is one word of a control-file line. quoteAt is the length the word
+// had when its last quote opened, -1 when it has none: a value that starts at
+// k and is empty was given explicitly (-b "", or two single quotes) only when quoteAt
+// >= k. An empty rest without quotes (-b at the end, --backing=) is a line cut
+// short, as a split write would send it, never an empty value.
+type word struct {
+	s       string
+	quoteAt int
+}
+
+// explicitEmpty reports whether the part of w from byte k on is an empty
+// value that quotes spelled out.
+func (w word) explicitEmpty(k int) bool {
+	return len(w.s) == k && w.quoteAt >= k
+}
+
+// splitWords splits a control-file line into words.
+func splitWords(line string) ([]word, error) {
 	if len(line) > MaxControlLine {
 		return nil, badArgs("the arguments are %d bytes long (at most %d)", len(line), MaxControlLine)
 	}
 	var (
-		words []string
-		cur   strings.Builder
-		in    bool // inside a word
+		words   []word
+		cur     strings.Builder
+		in      bool // inside a word
+		quoteAt = -1
 	)
 	for i := 0; i < len(line); i++ {
 		c := line[i]
@@ -42,12 +67,12 @@ func SplitWords(line string) ([]string, error) {
 			return nil, badArgs("the arguments contain a NUL byte")
 		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
 			if in {
-				words = append(words, cur.String())
+				words = append(words, word{cur.String(), quoteAt})
 				cur.Reset()
-				in = false
+				in, quoteAt = false, -1
 			}
 		case c == '\'':
-			in = true
+			in, quoteAt = true, cur.Len()
 			j := strings.IndexByte(line[i+1:], '\'')
 			if j < 0 {
 				return nil, badArgs("unterminated single quote")
@@ -55,7 +80,7 @@ func SplitWords(line string) ([]string, error) {
 			cur.WriteString(line[i+1 : i+1+j])
 			i += j + 1
 		case c == '"':
-			in = true
+			in, quoteAt = true, cur.Len()
 			i++
 			for ; i < len(line) && line[i] != '"'; i++ {
 				if line[i] == 0 {
@@ -70,14 +95,14 @@ func SplitWords(line string) ([]string, error) {
 				return nil, badArgs("unterminated double quote")
 			}
 		case c == '\\':
-			in = true
 			if i+1 >= len(line) {
 				return nil, badArgs("a backslash ends the arguments")
 			}
 			i++
 			if line[i] == '\n' {
-				continue // line continuation
+				continue // line continuation: no character, no word
 			}
+			in = true
 			if line[i] == 0 {
 				return nil, badArgs("the arguments contain a NUL byte")
 			}
@@ -88,12 +113,12 @@ func SplitWords(line string) ([]string, error) {
 		}
 	}
 	if in {
-		words = append(words, cur.String())
+		words = append(words, word{cur.String(), quoteAt})
 	}
 	return words, nil
 }
 
-// QuoteWord quotes w so that SplitWords reads it back as one word.
+// QuoteWord quotes w so that the grammar reads it back as one word.
 func QuoteWord(w string) string {
 	if w != "" && strings.IndexFunc(w, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:+,=@%", r))
@@ -115,27 +140,40 @@ const outputFlag = 'o'
 
 // parsed is the outcome of parseFlags: flag values by letter (the last one
 // wins for booleans; a repeated valued flag is an error) and the positional
-// words.
+// words. A flag's value is never empty unless quotes spelled it out
+// (-b ""); args keeps the positional words with their quoting.
 type parsed struct {
 	values map[byte]string
 	set    map[byte]bool
-	args   []string
+	args   []word
 }
 
-func parseFlags(cmd string, words []string, specs map[byte]flagSpec) (*parsed, error) {
+func parseFlags(cmd string, words []word, specs map[byte]flagSpec) (*parsed, error) {
 	p := &parsed{values: map[byte]string{}, set: map[byte]bool{}}
+	// value takes a flag's value from w starting at byte k; the flag is named
+	// name in messages.
+	value := func(name string, c byte, w word, k int) error {
+		if w.s[k:] == "" && !w.explicitEmpty(k) {
+			return badArgs("%s: flag %s needs a value", cmd, name)
+		}
+		if p.set[c] {
+			return badArgs("%s: flag %s given twice", cmd, name)
+		}
+		p.set[c], p.values[c] = true, w.s[k:]
+		return nil
+	}
 	for i := 0; i < len(words); i++ {
 		w := words[i]
-		if w == "--" {
+		if w.s == "--" {
 			p.args = append(p.args, words[i+1:]...)
 			break
 		}
-		if len(w) < 2 || w[0] != '-' {
+		if len(w.s) < 2 || w.s[0] != '-' {
 			p.args = append(p.args, w)
 			continue
 		}
-		if w[1] == '-' {
-			name, v, hasValue := strings.Cut(w[2:], "=")
+		if w.s[1] == '-' {
+			name, _, hasValue := strings.Cut(w.s[2:], "=")
 			c, spec, ok := byte(0), flagSpec{}, false
 			for k, s := range specs {
 				if s.long == name {
@@ -150,20 +188,22 @@ func parseFlags(cmd string, words []string, specs map[byte]flagSpec) (*parsed, e
 			case !spec.value:
 				p.set[c] = true
 				continue
-			case !hasValue && i+1 >= len(words):
+			case hasValue:
+				if err := value("--"+name, c, w, 3+len(name)); err != nil {
+					return nil, err
+				}
+				continue
+			case i+1 >= len(words):
 				return nil, badArgs("%s: flag --%s needs a value", cmd, name)
-			case !hasValue:
-				i++
-				v = words[i]
 			}
-			if p.set[c] {
-				return nil, badArgs("%s: flag --%s given twice", cmd, name)
+			i++
+			if err := value("--"+name, c, words[i], 0); err != nil {
+				return nil, err
 			}
-			p.set[c], p.values[c] = true, v
 			continue
 		}
-		for j := 1; j < len(w); j++ {
-			c := w[j]
+		for j := 1; j < len(w.s); j++ {
+			c := w.s[j]
 			spec, ok := specs[c]
 			if !ok || c == outputFlag {
 				return nil, badArgs("%s: unknown flag -%c", cmd, c)
@@ -172,20 +212,20 @@ func parseFlags(cmd string, words []string, specs map[byte]flagSpec) (*parsed, e
 				p.set[c] = true
 				continue
 			}
-			var v string
+			name := "-" + string(c)
+			var err error
 			switch {
-			case j+1 < len(w):
-				v = w[j+1:]
+			case j+1 < len(w.s) || w.explicitEmpty(j+1):
+				err = value(name, c, w, j+1)
 			case i+1 < len(words):
 				i++
-				v = words[i]
+				err = value(name, c, words[i], 0)
 			default:
-				return nil, badArgs("%s: flag -%c needs a value", cmd, c)
+				err = badArgs("%s: flag %s needs a value", cmd, name)
 			}
-			if p.set[c] {
-				return nil, badArgs("%s: flag -%c given twice", cmd, c)
+			if err != nil {
+				return nil, err
 			}
-			p.set[c], p.values[c] = true, v
 			break
 		}
 	}
@@ -206,12 +246,17 @@ var rebaseFlags = map[byte]flagSpec{
 	outputFlag: {true, "output"},
 }
 
+// rebaseForms is the grammar of a rebase control file, for messages.
+const rebaseForms = `[-u] [-F FMT] -b NEW_BACKING, or [-u] -b "" to detach`
+
 // ParseRebase parses what was written to a rebase control file. The new
-// backing file is -b's value or the one positional word; with neither (an empty
-// line, or -b "") the image is detached from its backing file.
+// backing file is -b's value or the one positional word. The target is never
+// implied: detaching takes -b "" (or two single quotes), and a line without a target
+// (empty, -u alone, -F FMT alone) is refused, because it may be the first
+// part of a command that a writer split into several writes.
 func ParseRebase(line string) (RebaseRequest, error) {
 	var r RebaseRequest
-	words, err := SplitWords(line)
+	words, err := splitWords(line)
 	if err != nil {
 		return r, err
 	}
@@ -226,14 +271,24 @@ func ParseRebase(line string) (RebaseRequest, error) {
 	case len(p.args) > 1:
 		return r, badArgs("rebase: too many arguments: %s (give the new backing file once)", joinQuoted(p.args))
 	case len(p.args) == 1 && p.set['b']:
-		return r, badArgs("rebase: the new backing file is given both by -b and as %s", QuoteWord(p.args[0]))
+		return r, badArgs("rebase: the new backing file is given both by -b and as %s", QuoteWord(p.args[0].s))
+	case len(p.args) == 1 && p.args[0].s == "":
+		return r, badArgs(`rebase: the new backing file is empty; to detach the image write -b "" (%s)`, rebaseForms)
 	case len(p.args) == 1:
-		r.Backing = p.args[0]
-	default:
+		r.Backing = p.args[0].s
+	case p.set['b']:
 		r.Backing = p.values['b']
+	case len(words) == 0:
+		return r, badArgs("rebase: the line is empty; name the new backing file: %s", rebaseForms)
+	case p.set['u']:
+		return r, badArgs("rebase: -u needs the new backing file: %s", rebaseForms)
+	case p.set['F']:
+		return r, badArgs("rebase: -F %s names the format of a new backing file, but none is given: %s", QuoteWord(p.values['F']), rebaseForms)
+	default:
+		return r, badArgs("rebase: no new backing file given: %s", rebaseForms)
 	}
 	r.BackingFormat, r.Format, r.Unsafe = p.values['F'], p.values['f'], p.set['u']
-	if r.BackingFormat != "" {
+	if p.set['F'] {
 		if err := checkFormat("rebase", 'F', r.BackingFormat); err != nil {
 			return r, err
 		}
@@ -267,7 +322,7 @@ func checkOutput(cmd string, p *parsed) error {
 // commit's flags and no positional word.
 func ParseCommit(line string) (CommitRequest, error) {
 	var r CommitRequest
-	words, err := SplitWords(line)
+	words, err := splitWords(line)
 	if err != nil {
 		return r, err
 	}
@@ -279,9 +334,12 @@ func ParseCommit(line string) (CommitRequest, error) {
 		return r, err
 	}
 	if len(p.args) > 0 {
-		return r, badArgs("commit: unexpected argument %s (the image is the directory written to; use -b for the base)", QuoteWord(p.args[0]))
+		return r, badArgs("commit: unexpected argument %s (the image is the directory written to; use -b for the base)", QuoteWord(p.args[0].s))
 	}
 	r.Base, r.Format, r.Drop = p.values['b'], p.values['f'], p.set['d']
+	if p.set['b'] && r.Base == "" {
+		return r, badArgs("commit: -b: the base image's name is empty (leave -b out to commit into the backing file)")
+	}
 	if p.set['f'] {
 		if err := checkFormat("commit", 'f', r.Format); err != nil {
 			return r, err
@@ -371,10 +429,10 @@ func (r CommitRequest) Args() string {
 	return strings.Join(w, " ")
 }
 
-func joinQuoted(ws []string) string {
+func joinQuoted(ws []word) string {
 	q := make([]string, len(ws))
 	for i, w := range ws {
-		q[i] = QuoteWord(w)
+		q[i] = QuoteWord(w.s)
 	}
 	return strings.Join(q, " ")
 }

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"instarfs/errcode"
@@ -23,6 +24,7 @@ func TestSplitWords(t *testing.T) {
 		{in: `"a\"b\\c\d"`, want: []string{`a"b\c\d`}},
 		{in: `a\ b`, want: []string{"a b"}},
 		{in: "a\\\nb", want: []string{"ab"}},
+		{in: "a \\\n b", want: []string{"a", "b"}},
 		{in: `'it'\''s'`, want: []string{"it's"}},
 		{in: `'open`, bad: true},
 		{in: `"open`, bad: true},
@@ -30,15 +32,19 @@ func TestSplitWords(t *testing.T) {
 		{in: "a\x00b", bad: true},
 	}
 	for _, tt := range tests {
-		got, err := SplitWords(tt.in)
+		ws, err := splitWords(tt.in)
+		var got []string
+		for _, w := range ws {
+			got = append(got, w.s)
+		}
 		if tt.bad {
 			if errcode.Code(err) != errcode.BadArguments {
-				t.Errorf("SplitWords(%q) = %q, %v; want BAD_ARGUMENTS", tt.in, got, err)
+				t.Errorf("splitWords(%q) = %q, %v; want BAD_ARGUMENTS", tt.in, got, err)
 			}
 			continue
 		}
 		if err != nil || !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("SplitWords(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			t.Errorf("splitWords(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
 }
@@ -53,28 +59,53 @@ func TestParseRebase(t *testing.T) {
 		{in: "-u -F qcow2 new.qcow2", want: RebaseRequest{Backing: "new.qcow2", BackingFormat: "qcow2", Unsafe: true}},
 		{in: "-b new.qcow2 -F raw -f qcow2", want: RebaseRequest{Backing: "new.qcow2", BackingFormat: "raw", Format: "qcow2"}},
 		{in: "-uFvmdk -bsub/b.vmdk", want: RebaseRequest{Backing: "sub/b.vmdk", BackingFormat: "vmdk", Unsafe: true}},
-		{in: "", want: RebaseRequest{}},
-		{in: "\n", want: RebaseRequest{}},
-		{in: `-b ""`, want: RebaseRequest{}},
-		{in: "-u", want: RebaseRequest{Unsafe: true}},
 		{in: "-p -q new.qcow2", want: RebaseRequest{Backing: "new.qcow2"}},
 		{in: "-- -odd-name", want: RebaseRequest{Backing: "-odd-name"}},
 		{in: `"my image.qcow2"`, want: RebaseRequest{Backing: "my image.qcow2"}},
-		{in: "-x new.qcow2", bad: true},
 		{in: "--output=json new.qcow2", want: RebaseRequest{Backing: "new.qcow2"}},
+		{in: "--unsafe --backing-format=qcow2 --backing new.qcow2", want: RebaseRequest{Backing: "new.qcow2", BackingFormat: "qcow2", Unsafe: true}},
+		// Detaching is spelled out, with quotes.
+		{in: `-b ""`, want: RebaseRequest{}},
+		{in: `-b ''` + "\n", want: RebaseRequest{}},
+		{in: `-u -b ""`, want: RebaseRequest{Unsafe: true}},
+		{in: `-b""`, want: RebaseRequest{}},
+		{in: `-u -b''`, want: RebaseRequest{Unsafe: true}},
+		{in: `--backing=""`, want: RebaseRequest{}},
+		{in: `--backing ''`, want: RebaseRequest{}},
+		// Lines without a target, as the first write of a split command
+		// sends them, never detach.
+		{in: "", bad: true},
+		{in: "\n", bad: true},
+		{in: " \t\n", bad: true},
+		{in: "-u", bad: true},
+		{in: "-u\n", bad: true},
+		{in: "-F qcow2", bad: true},
+		{in: "-u -F qcow2\n", bad: true},
+		{in: "-p", bad: true},
+		{in: "-q -p\n", bad: true},
+		{in: "-u -b ", bad: true},
+		{in: "-u -b\n", bad: true},
+		{in: "-b", bad: true},
+		{in: "--backing=", bad: true},
+		{in: "--backing=\n", bad: true},
+		{in: "--backing", bad: true},
+		{in: "-u --backing=", bad: true},
+		{in: `""`, bad: true},
+		{in: `-u ''`, bad: true},
+		{in: `-F qcow2 -b ""`, bad: true},
+		// Other refusals.
+		{in: "-x new.qcow2", bad: true},
 		{in: "--output=xml new.qcow2", bad: true},
 		{in: "-o json new.qcow2", bad: true},
-		{in: "--unsafe --backing-format=qcow2 --backing new.qcow2", want: RebaseRequest{Backing: "new.qcow2", BackingFormat: "qcow2", Unsafe: true}},
-		{in: "--backing=", want: RebaseRequest{}},
 		{in: "--unsafe=yes", bad: true},
-		{in: "--backing", bad: true},
 		{in: "--bogus", bad: true},
 		{in: "a.qcow2 b.qcow2", bad: true},
 		{in: "-b a.qcow2 b.qcow2", bad: true},
 		{in: "-b a.qcow2 -b b.qcow2", bad: true},
 		{in: "-F qed new.qcow2", bad: true},
 		{in: "-f", bad: true},
-		{in: "-F qcow2", bad: true},
+		{in: "-f new.qcow2", bad: true},
+		{in: "--format= new.qcow2", bad: true},
 		{in: "'new.qcow2", bad: true},
 	}
 	for _, tt := range tests {
@@ -114,6 +145,13 @@ func TestParseCommit(t *testing.T) {
 		{in: "-f qed", bad: true},
 		{in: "--drop --base=base.qcow2 --rate 1M --cache unsafe -q", want: CommitRequest{Drop: true, Base: "base.qcow2", Rate: 1 << 20, Cache: "unsafe"}},
 		{in: "--dropp", bad: true},
+		{in: "-b", bad: true},
+		{in: "-d -b\n", bad: true},
+		{in: "--base=", bad: true},
+		{in: `-b ""`, bad: true},
+		{in: "-r", bad: true},
+		{in: "--rate=", bad: true},
+		{in: "-t ''", bad: true},
 	}
 	for _, tt := range tests {
 		got, err := ParseCommit(tt.in)
@@ -137,19 +175,30 @@ func FuzzControlGrammar(f *testing.F) {
 	for _, s := range []string{
 		"", "\n", "new.qcow2\n", "-u -F qcow2 new.qcow2", `-b ""`, "-b base.qcow2 -d",
 		"-d -f qcow2 -t none -r 10M", `'a b'c"d\" e"`, "-uFvmdk -bsub/b.vmdk", "-- -x", "a\\\nb",
-		"-r 1.5k", "'it'\\''s'", "-b",
+		"-r 1.5k", "'it'\\''s'", "-b", "-u -b base.qcow2", `-u -b ""`, "--backing= x", "-b'' -u",
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
 		if r, err := ParseRebase(line); err == nil {
-			if r.Backing == "" {
-				r.BackingFormat = "" // detaching takes no backing format
+			if r.Backing == "" && (r.BackingFormat != "" || !strings.Contains(line, `""`) && !strings.Contains(line, "''")) {
+				t.Fatalf("rebase %q: detaches (%+v) without an explicit -b \"\"", line, r)
 			}
 			if s := r.Args(); len(s) <= MaxControlLine {
 				back, err := ParseRebase(s)
 				if err != nil || back != r {
 					t.Fatalf("rebase %q: parsed %+v, rendered %q, reparsed %+v, %v", line, r, s, back, err)
+				}
+			}
+			// No prefix of an accepted line that ends between words may
+			// detach: a split write must never run half a command as a
+			// detach.
+			for i := 0; i < len(line); i++ {
+				if line[i] != ' ' && line[i] != '\n' {
+					continue
+				}
+				if p, err := ParseRebase(line[:i]); err == nil && p.Backing == "" && r.Backing != "" {
+					t.Fatalf("rebase %q: the prefix %q detaches", line, line[:i])
 				}
 			}
 		} else if errcode.Code(err) != errcode.BadArguments {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,17 +35,19 @@ type JobSpec struct {
 
 // Job is a running or finished operation.
 type Job struct {
-	spec     JobSpec
-	progress atomic.Uint64 // math.Float64bits of the fraction done
-	cancel   context.CancelFunc
-	done     chan struct{}
-	env      *Envelope
-	err      error
+	spec      JobSpec
+	percent   atomic.Int64 // the whole percent status shows
+	changedAt atomic.Int64 // when percent last changed, in Unix nanoseconds
+	cancel    context.CancelFunc
+	done      chan struct{}
+	env       *Envelope
+	err       error
 }
 
 // Wait waits until the job finishes and returns its envelope and error. When
 // ctx ends first, Wait cancels the job, still waits for it to stop, and
-// returns an error with code CANCELLED.
+// returns what the job returned: an error with code CANCELLED, or its result
+// when it finished before it could stop.
 func (j *Job) Wait(ctx context.Context) (*Envelope, error) {
 	select {
 	case <-j.done:
@@ -57,12 +58,19 @@ func (j *Job) Wait(ctx context.Context) (*Envelope, error) {
 	return j.env, j.err
 }
 
-// Progress is the fraction of the job done, in [0,1].
-func (j *Job) Progress() float64 { return math.Float64frombits(j.progress.Load()) }
+func (j *Job) setProgress(f float64) {
+	if f < 0 || f > 1 {
+		return
+	}
+	if p := int64(f * 100); j.percent.Swap(p) != p {
+		j.changedAt.Store(time.Now().UnixNano())
+	}
+}
 
 // JobManager runs at most one job per chain: a job reserves every file it
 // touches, and a job on any of them is refused with CHAIN_BUSY until it ends.
-// It keeps, per image, the outcome of the last job for status and result.json.
+// It keeps, per image, the outcome of the last job or refusal for status and
+// result.json, and when each of them last changed.
 type JobManager struct {
 	// Sandbox names the sandbox backend, for the log.
 	Sandbox string
@@ -73,6 +81,7 @@ type JobManager struct {
 	busy    map[FileID]*Job
 	running map[FileID]*Job // by Top
 	last    map[FileID]lastResult
+	changed map[FileID]changeTimes
 	wg      sync.WaitGroup
 }
 
@@ -82,16 +91,39 @@ type lastResult struct {
 	err error
 }
 
+// changeTimes says when an image's status and result last changed.
+type changeTimes struct {
+	status, result time.Time
+}
+
+func (m *JobManager) init() {
+	if m.busy == nil {
+		m.busy, m.running, m.last, m.changed = map[FileID]*Job{}, map[FileID]*Job{}, map[FileID]lastResult{}, map[FileID]changeTimes{}
+	}
+}
+
+// touch records that the status of ids changed now, and their result too
+// when result is set. m.mu is held.
+func (m *JobManager) touch(result bool, ids ...FileID) {
+	now := time.Now()
+	for _, id := range ids {
+		c := m.changed[id]
+		c.status = now
+		if result {
+			c.result = now
+		}
+		m.changed[id] = c
+	}
+}
+
 // Start reserves spec's files and runs spec.Run in its own goroutine.
 func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.busy == nil {
-		m.busy, m.running, m.last = map[FileID]*Job{}, map[FileID]*Job{}, map[FileID]lastResult{}
-	}
+	m.init()
 	for _, id := range append([]FileID{spec.Top}, spec.Members...) {
 		if other := m.busy[id]; other != nil {
-			return nil, errcode.New(errcode.ChainBusy, "%s of '%s' is running on the same chain; try again when it is done", other.spec.Operation, other.spec.Image)
+			return nil, chainBusy(other)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -101,6 +133,7 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 		m.busy[id] = j
 	}
 	m.running[spec.Top] = j
+	m.touch(false, append([]FileID{spec.Top}, spec.Members...)...)
 	m.wg.Add(1)
 	go m.run(ctx, j)
 	return j, nil
@@ -115,11 +148,7 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 				env, err = nil, errcode.New(errcode.Internal, "%s panicked: %v", j.spec.Operation, r)
 			}
 		}()
-		return j.spec.Run(ctx, func(f float64) {
-			if f >= 0 && f <= 1 {
-				j.progress.Store(math.Float64bits(f))
-			}
-		})
+		return j.spec.Run(ctx, j.setProgress)
 	}()
 	if err != nil && ctx.Err() != nil && errcode.Code(err) == errcode.Internal {
 		err = errcode.New(errcode.Cancelled, "%s was interrupted: %v", j.spec.Operation, err)
@@ -145,47 +174,60 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 	for id, b := range m.busy {
 		if b == j {
 			delete(m.busy, id)
+			m.touch(false, id)
 		}
 	}
 	delete(m.running, j.spec.Top)
 	m.last[j.spec.Top] = lastResult{op: j.spec.Operation, env: env, err: err}
+	m.touch(true, j.spec.Top)
 	m.mu.Unlock()
 	j.cancel()
 	close(j.done)
 }
 
 // Record stores the outcome of an operation that was refused before it could
-// start (bad arguments, a missing backing file), so that status and
-// result.json explain the refusal, and logs it.
+// start (bad arguments, a missing backing file, a busy chain), so that status
+// and result.json of the image written to explain the refusal, and logs it.
+// A job running on the image goes on; its result replaces the refusal when it
+// ends.
 func (m *JobManager) Record(spec JobSpec, err error) *Envelope {
 	env := Failed(spec.Operation, spec.Image, err)
 	env.Sandbox = m.Sandbox
 	m.logJob(spec, env, err, 0)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.last == nil {
-		m.busy, m.running, m.last = map[FileID]*Job{}, map[FileID]*Job{}, map[FileID]lastResult{}
-	}
-	if m.running[spec.Top] == nil {
-		m.last[spec.Top] = lastResult{op: spec.Operation, env: env, err: err}
-	}
+	m.init()
+	m.last[spec.Top] = lastResult{op: spec.Operation, env: env, err: err}
+	m.touch(true, spec.Top)
 	return env
 }
 
-// Busy reports whether a job holds id.
-func (m *JobManager) Busy(id FileID) bool {
+// BusyError is the CHAIN_BUSY error for a job on id, or nil when no job holds
+// id.
+func (m *JobManager) BusyError(id FileID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.busy[id] != nil
+	if j := m.busy[id]; j != nil {
+		return chainBusy(j)
+	}
+	return nil
+}
+
+func chainBusy(j *Job) error {
+	return errcode.New(errcode.ChainBusy, "%s of '%s' is running on the same chain; try again when it is done", j.spec.Operation, j.spec.Image)
 }
 
 // Status is the one-line state of an image: "idle", "running <op> <n>%",
+// "busy: <op> of <image>" (a job on another image of its chain uses it),
 // "ok <op>" or "failed <op>: <message>". It never waits.
 func (m *JobManager) Status(id FileID) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if j := m.running[id]; j != nil {
-		return fmt.Sprintf("running %s %d%%", j.spec.Operation, int(j.Progress()*100))
+		return fmt.Sprintf("running %s %d%%", j.spec.Operation, j.percent.Load())
+	}
+	if j := m.busy[id]; j != nil {
+		return fmt.Sprintf("busy: %s of %s", j.spec.Operation, j.spec.Image)
 	}
 	last, ok := m.last[id]
 	switch {
@@ -197,7 +239,21 @@ func (m *JobManager) Status(id FileID) string {
 	return "ok " + last.op
 }
 
-// Result is the envelope of the last finished job on id, or nil.
+// Changed says when Status(id) and Result(id) last changed; zero times when
+// they have not changed since the manager was made.
+func (m *JobManager) Changed(id FileID) (status, result time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.changed[id]
+	if j := m.running[id]; j != nil {
+		if t := time.Unix(0, j.changedAt.Load()); t.After(c.status) {
+			c.status = t
+		}
+	}
+	return c.status, c.result
+}
+
+// Result is the envelope of the last finished job or refusal on id, or nil.
 func (m *JobManager) Result(id FileID) *Envelope {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -205,6 +261,23 @@ func (m *JobManager) Result(id FileID) *Envelope {
 		return last.env
 	}
 	return nil
+}
+
+// WaitFree waits until no job holds id, or ctx ends.
+func (m *JobManager) WaitFree(ctx context.Context, id FileID) error {
+	for {
+		m.mu.Lock()
+		j := m.busy[id]
+		m.mu.Unlock()
+		if j == nil {
+			return nil
+		}
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // CancelAll cancels every running job and waits for them to stop.

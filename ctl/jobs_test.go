@@ -46,11 +46,38 @@ func TestJobManager(t *testing.T) {
 	if s := m.Status(a); s != "running rebase 50%" {
 		t.Errorf("status while running: %q", s)
 	}
+	// The other images of the chain say which job uses them.
+	if s := m.Status(b); s != "busy: rebase of a" {
+		t.Errorf("status of a member while running: %q", s)
+	}
+	if st, _ := m.Changed(b); st.IsZero() {
+		t.Errorf("a member's status time did not change when the job started")
+	}
+	before, _ := m.Changed(a)
 	// Any image of the chain is busy; another chain is not.
 	for _, top := range []FileID{a, b} {
-		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Code(err) != errcode.ChainBusy {
-			t.Errorf("second job on %v: %v, want CHAIN_BUSY", top, err)
+		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Code(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
+			t.Errorf("second job on %v: %v, want CHAIN_BUSY naming rebase of 'a'", top, err)
 		}
+		if err := m.BusyError(top); errcode.Code(err) != errcode.ChainBusy {
+			t.Errorf("BusyError(%v) = %v", top, err)
+		}
+	}
+	// A refusal on a member is recorded; the busy state still shows.
+	m.Record(JobSpec{Operation: "commit", Image: "b", Top: b}, m.BusyError(b))
+	if s := m.Status(b); s != "busy: rebase of a" {
+		t.Errorf("status of a member after a refusal: %q", s)
+	}
+	if r := m.Result(b); r == nil || r.Error.Code != errcode.ChainBusy {
+		t.Errorf("result of a member after a refusal: %+v", r)
+	}
+	waitCtx, stopWait := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	if err := m.WaitFree(waitCtx, b); err == nil {
+		t.Errorf("WaitFree returned while a job holds the file")
+	}
+	stopWait()
+	if err := m.WaitFree(context.Background(), c); err != nil {
+		t.Errorf("WaitFree of a free file: %v", err)
 	}
 	done := make(chan struct{})
 	close(done)
@@ -61,6 +88,9 @@ func TestJobManager(t *testing.T) {
 	jc.Wait(context.Background())
 
 	close(release)
+	if err := m.WaitFree(context.Background(), b); err != nil || m.BusyError(b) != nil {
+		t.Errorf("WaitFree: %v", err)
+	}
 	env, err := j.Wait(context.Background())
 	if err != nil || env.Sandbox != "jail" {
 		t.Fatalf("Wait: %+v, %v", env, err)
@@ -68,8 +98,14 @@ func TestJobManager(t *testing.T) {
 	if s := m.Status(a); s != "ok rebase" {
 		t.Errorf("status after success: %q", s)
 	}
-	if m.Busy(b) {
+	if m.BusyError(b) != nil {
 		t.Errorf("chain still busy after the job")
+	}
+	if s := m.Status(b); s != "failed commit: rebase of 'a' is running on the same chain; try again when it is done" {
+		t.Errorf("status of a member after the job: %q", s)
+	}
+	if st, rt := m.Changed(a); !st.After(before) || !rt.Equal(st) {
+		t.Errorf("times after the job: status %v, result %v; started %v", st, rt, before)
 	}
 
 	// Cancelling the waiter cancels the job.
@@ -98,7 +134,7 @@ func TestJobManager(t *testing.T) {
 			lines++
 		}
 	}
-	if lines != 4 {
-		t.Errorf("%d log lines for 4 jobs", lines)
+	if lines != 5 {
+		t.Errorf("%d log lines for 5 jobs and refusals", lines)
 	}
 }

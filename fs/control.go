@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"sync"
@@ -8,7 +9,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
@@ -16,9 +16,10 @@ import (
 	"instarfs/errcode"
 )
 
-// controlNode is a write-only control file, rebase or commit. One write(2)
-// carries the subcommand's arguments; the write runs the operation as a job
-// and returns when it is done, with an errno that says how it went.
+// controlNode is a write-only control file, rebase or commit. The first
+// write(2) of an open carries the subcommand's arguments; the write runs the
+// operation as a job and returns when it is done, with an errno that says how
+// it went.
 type controlNode struct {
 	node
 	op string
@@ -73,51 +74,70 @@ func (cn *controlNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle,
 	return &controlHandle{node: cn}, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// controlHandle is one open of a control file: it takes exactly one write.
+// controlHandle is one open of a control file. Its first write is the
+// command. A later write of the same bytes is that write restarted by the
+// writer's runtime after EINTR (Python and Go retry interrupted writes): it
+// waits for the job the first one started and returns its outcome. Any other
+// later write is refused: it is the rest of a command split into several
+// writes, which must not run as a command of its own.
 type controlHandle struct {
-	node    *controlNode
-	mu      sync.Mutex
-	written bool
+	node  *controlNode
+	mu    sync.Mutex
+	first []byte   // the first write; nil before it
+	job   *ctl.Job // the job the first write started; nil if it was refused
 }
 
 var _ gofs.FileWriter = (*controlHandle)(nil)
 
 func (h *controlHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	wctx, stop := callerContext(ctx)
+	defer stop()
 	h.mu.Lock()
-	if h.written {
-		h.mu.Unlock()
-		return 0, syscall.EINVAL // one write carries the whole command
+	first, job := h.first, h.job
+	if first == nil {
+		h.first = bytes.Clone(data)
+		if h.first == nil {
+			h.first = []byte{}
+		}
 	}
-	h.written = true
 	h.mu.Unlock()
-	if errno := h.node.run(ctx, string(data)); errno != 0 {
-		return 0, errno
+	switch {
+	case first == nil:
+		job, errno := h.node.start(wctx, string(data))
+		if job == nil {
+			return 0, errno
+		}
+		h.mu.Lock()
+		h.job = job
+		h.mu.Unlock()
+		return h.node.wait(wctx, job, false, len(data))
+	case job != nil && bytes.Equal(data, first):
+		return h.node.wait(wctx, job, true, len(data))
 	}
-	return uint32(len(data)), 0
+	return 0, h.node.refuseLater(first, data, job != nil)
 }
 
-// run validates args, runs the operation as a job and waits for it.
-func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
+// start validates args and starts the operation as a job. A refusal is
+// recorded in the image's status and result.json, and returned as an errno.
+func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscall.Errno) {
 	f := cn.fs
 	rel := cn.imageRel()
 	id, _, errno := cn.imageID()
 	if errno != 0 {
-		return errno
+		return nil, errno
 	}
 	spec := ctl.JobSpec{Operation: cn.op, Image: rel, Arguments: strings.TrimRight(args, "\n"), Top: id}
-	if f.cfg.Jobs.Busy(id) {
-		err := errcode.New(errcode.ChainBusy, "another operation is running on the chain of '%s'", rel)
-		f.cfg.Log.WithFields(logrus.Fields{"operation": spec.Operation, "image": rel, "arguments": spec.Arguments, "result": errcode.Code(err)}).Warn(err.Error())
-		return Errno(err)
-	}
-	refuse := func(err error) syscall.Errno {
+	refuse := func(err error) (*ctl.Job, syscall.Errno) {
 		f.cfg.Jobs.Record(spec, err)
-		return Errno(err)
+		return nil, Errno(err)
+	}
+	if err := f.cfg.Jobs.BusyError(id); err != nil {
+		return refuse(err)
 	}
 	top := chainmodel.FileID(id)
 	c, ok := f.imageClass(ctx, rel, top)
 	if !ok {
-		return syscall.ENOENT
+		return nil, syscall.ENOENT
 	}
 	if c.err != nil {
 		return refuse(c.err)
@@ -151,30 +171,72 @@ func (cn *controlNode) run(ctx context.Context, args string) syscall.Errno {
 			return ctl.Commit(ctx, o, rel, req, p)
 		}
 	default:
-		return syscall.EIO
+		return nil, syscall.EIO
 	}
 
 	// Reserve every file the job touches: the chain, and a new backing file.
 	members, err := f.members(ctx, rel, top, c.format, newBacking)
+	if errcode.Code(err) == errcode.ImageInUse {
+		// A job of this mount on a file this chain shares holds its lock:
+		// say which, rather than blame another process.
+		if held, busy := f.chainBusy(ctx, rel, top); busy {
+			if e := f.cfg.Jobs.BusyError(held); e != nil {
+				err = e
+			}
+		}
+	}
 	if err != nil {
 		return refuse(err)
 	}
 	spec.Members = members
 	job, err := f.cfg.Jobs.Start(spec)
 	if err != nil {
-		f.cfg.Log.WithFields(logrus.Fields{"operation": spec.Operation, "image": rel, "arguments": spec.Arguments, "result": errcode.Code(err)}).Warn(err.Error())
-		return Errno(err)
+		return refuse(err)
 	}
+	return job, 0
+}
+
+// wait waits for job and returns what the write that waits for it returns:
+// n on success, the errno of its error otherwise. A write restarted after an
+// interrupted one gets ECANCELED rather than EINTR for a cancelled job, so
+// that a runtime that restarts writes on EINTR does not restart it forever.
+func (cn *controlNode) wait(ctx context.Context, job *ctl.Job, restarted bool, n int) (uint32, syscall.Errno) {
 	env, err := job.Wait(ctx)
-	switch {
-	case ctx.Err() != nil:
-		return syscall.EINTR
-	case env != nil && env.Error != nil:
-		return Errno(env.Error)
-	case err != nil:
-		return Errno(err)
+	if env != nil && env.Error != nil {
+		err = env.Error
 	}
-	return 0
+	switch {
+	case err == nil:
+		return uint32(n), 0
+	case restarted && errcode.Code(err) == errcode.Cancelled:
+		return 0, syscall.ECANCELED
+	}
+	return 0, Errno(err)
+}
+
+// refuseLater refuses a write that follows the first on the same open, and
+// records why.
+func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
+	id, _, errno := cn.imageID()
+	if errno != 0 {
+		return errno
+	}
+	what := "was refused"
+	if ran {
+		what = "ran as the whole command"
+	}
+	line := func(b []byte) string {
+		s := strings.TrimRight(string(b), "\n")
+		if len(s) > 64 {
+			s = s[:64] + "..."
+		}
+		return ctl.QuoteWord(s)
+	}
+	err := errcode.New(errcode.BadArguments, "%s: a second write on one open file: %s, after %s, which %s; "+
+		"a command must come in one write: write it as one line (bash's echo and printf write once per line)",
+		cn.op, line(data), line(first), what)
+	cn.fs.cfg.Jobs.Record(ctl.JobSpec{Operation: cn.op, Image: cn.imageRel(), Arguments: strings.TrimRight(string(data), "\n"), Top: id}, err)
+	return Errno(err)
 }
 
 // members opens the chain of the image at rel (the file top), and the new

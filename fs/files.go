@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
@@ -41,7 +44,34 @@ func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	out.Nlink = 1
 	setTimes(&out.Attr, &st)
 	owner(&out.Attr)
+	if g.fs.jobTimes(&out.Attr, g.kind, &st) {
+		out.SetTimeout(uncached)
+	}
 	return 0
+}
+
+// uncached is the attribute timeout of files whose attributes the kernel must
+// not cache: go-fuse replaces a timeout of 0 with the mount's default.
+const uncached = time.Nanosecond
+
+// jobTimes sets the times of status and result.json, the image st's job
+// files, to when their content last changed (the mount's start before any
+// change), and reports whether kind is one of them. The kernel must not cache
+// these attributes: a tool that watches the mtime sees each change.
+func (f *FS) jobTimes(a *fuse.Attr, kind int, st *unix.Stat_t) bool {
+	if kind != kindStatus && kind != kindResult {
+		return false
+	}
+	status, result := f.cfg.Jobs.Changed(ctl.FileID{Dev: st.Dev, Ino: st.Ino})
+	t := status
+	if kind == kindResult {
+		t = result
+	}
+	if t.IsZero() {
+		t = f.started
+	}
+	a.SetTimes(nil, &t, &t)
+	return true
 }
 
 func (g *genNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -58,7 +88,9 @@ func (g *genNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint
 		}
 		return nil, 0, syscall.EACCES
 	}
-	data, errno := g.content(ctx)
+	cctx, stop := callerContext(ctx)
+	data, errno := g.content(cctx)
+	stop()
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -89,10 +121,67 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, g.fs.errno(g.name(), rel, c.err)
 	}
 	data, err := g.fs.generate(ctx, g.kind, rel, chainmodel.FileID(id), c.format)
+	for errcode.Code(err) == errcode.ImageInUse {
+		// A job of this mount on the chain holds its locks: answer what
+		// was made last, or wait for the job and try again. A lock another
+		// process holds is still EBUSY.
+		held, busy := g.fs.chainBusy(ctx, rel, chainmodel.FileID(id))
+		if !busy {
+			break
+		}
+		if last := g.fs.lastDocument(g.kind, id); last != nil {
+			return last, 0
+		}
+		if g.fs.cfg.Jobs.WaitFree(ctx, held) != nil {
+			return nil, syscall.EINTR
+		}
+		data, err = g.fs.generate(ctx, g.kind, rel, chainmodel.FileID(id), c.format)
+	}
 	if err != nil {
 		return nil, g.fs.errno(g.name(), rel, err)
 	}
 	return data, 0
+}
+
+// chainBusy returns a file of the chain of the image at rel (the file id)
+// that a job of this mount holds. It follows the backing names the probes
+// recorded (cached by identity) as far as they stay in IMAGEDIR.
+func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (ctl.FileID, bool) {
+	for depth := 0; depth < maxChainWalk; depth++ {
+		if f.cfg.Jobs.BusyError(ctl.FileID(id)) != nil {
+			return ctl.FileID(id), true
+		}
+		c, ok := f.imageClass(ctx, rel, id)
+		if !ok || c.err != nil {
+			break
+		}
+		name, err := f.backingName(ctx, rel, c, id)
+		if err != nil || name == "" {
+			break
+		}
+		loc, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), name)
+		if err != nil || loc.Root != f.root {
+			break
+		}
+		st, err := f.cfg.Opener.Policy.Stat(loc, chainmodel.How{})
+		if err != nil {
+			break
+		}
+		rel, id = loc.Rel, chainmodel.IDOf(&st)
+	}
+	return ctl.FileID{}, false
+}
+
+// maxChainWalk bounds chainBusy's walk, as chains are bounded.
+const maxChainWalk = 16
+
+// lastDocument is the document of kind made last for the image id, whatever
+// the state of its files now; nil when none was made.
+func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
+	if v, ok := f.cfg.Cache.Get(genSlot{kind, id}); ok {
+		return v.(genCacheEntry).data
+	}
+	return nil
 }
 
 func (g *genNode) name() string {

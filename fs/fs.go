@@ -12,7 +12,7 @@
 //	<image>/map.json     instarfs map --output=json <image>
 //	<image>/check.json   instarfs check --output=json <image>
 //	<image>/backing      symlink to the backing image's directory, when inside IMAGEDIR
-//	<image>/status       idle | running <op> <n>% | ok <op> | failed <op>: <message>
+//	<image>/status       idle | running <op> <n>% | busy: <op> of <image> | ok <op> | failed <op>: <message>
 //	<image>/result.json  the result envelope of the last operation on the image
 //	<image>/rebase       write-only control file (absent on a read-only mount)
 //	<image>/commit       write-only control file (absent on a read-only mount)
@@ -25,7 +25,9 @@
 // stable across lookups and remounts. Generated files are opened with direct
 // I/O and serve every read from a snapshot taken at open, so a reader never
 // sees a torn or stale document. Nothing in a FUSE request waits on a job,
-// except the write to a control file that started it.
+// except the write to a control file that started it, and the open of a JSON
+// file whose chain the job has locked and that has no earlier document to
+// answer. Interrupts cancel only for terminating signals (interrupt.go).
 package fs
 
 import (
@@ -77,9 +79,10 @@ const DefaultMaxDocument = 32 << 20
 type FS struct {
 	// cfg.Cache holds a class per fileState (what each file is) and a
 	// genCacheEntry per genSlot (the last document made per image and kind).
-	cfg  Config
-	root *chainmodel.Root // ImageDir, held open
-	id   chainmodel.FileID
+	cfg     Config
+	root    *chainmodel.Root // ImageDir, held open
+	id      chainmodel.FileID
+	started time.Time // when the mount was made: the times of files that never changed
 
 	mu       sync.Mutex
 	rawNamed map[string]bool // paths (relative to ImageDir) some image names as raw backing
@@ -147,6 +150,7 @@ func New(cfg Config) (*FS, error) {
 		cfg:      cfg,
 		root:     loc.Root,
 		id:       chainmodel.IDOf(&st),
+		started:  time.Now(),
 		rawNamed: map[string]bool{},
 	}, nil
 }

@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
@@ -115,5 +117,37 @@ func TestSnapshotsJSONAtLeast(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestTerminatingPending(t *testing.T) {
+	status := func(thread, group, blocked uint64) string {
+		return fmt.Sprintf("Name:\tbash\nShdPnd:\t%016x\nSigPnd:\t%016x\nSigBlk:\t%016x\nSigIgn:\t0000000000000004\nSigCgt:\t000000004b813efb\n", group, thread, blocked)
+	}
+	tests := []struct {
+		name                   string
+		thread, group, blocked uint64
+		want                   bool
+	}{
+		{"SIGCHLD", 0, sigMask(unix.SIGCHLD), 0, false},
+		{"harmless", sigMask(unix.SIGURG), sigMask(unix.SIGWINCH, unix.SIGALRM, unix.SIGUSR1), 0, false},
+		{"SIGINT to the group", 0, sigMask(unix.SIGINT), 0, true},
+		{"SIGINT blocked", 0, sigMask(unix.SIGINT), sigMask(unix.SIGINT), false},
+		{"fatal, as SIGKILL", sigMask(unix.SIGKILL), 0, sigMask(unix.SIGKILL), true},
+		{"SIGPIPE to the thread", sigMask(unix.SIGPIPE), sigMask(unix.SIGCHLD), 0, true},
+		{"SIGHUP", 0, sigMask(unix.SIGHUP), 0, true},
+		{"SIGQUIT", 0, sigMask(unix.SIGQUIT), 0, true},
+		{"SIGTERM", sigMask(unix.SIGTERM), 0, 0, true},
+	}
+	for _, tt := range tests {
+		if got := terminatingPending([]byte(status(tt.thread, tt.group, tt.blocked))); got != tt.want {
+			t.Errorf("%s: cancel %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if terminatingPending([]byte("garbage")) {
+		t.Errorf("unreadable status cancels")
+	}
+	if terminating(uint32(unix.Gettid())) {
+		t.Errorf("this test has a terminating signal pending")
 	}
 }

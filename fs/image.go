@@ -119,6 +119,9 @@ func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		out.Nlink = 1
 		setTimes(&out.Attr, &st)
 		owner(&out.Attr)
+		if im.fs.jobTimes(&out.Attr, f.kind, &st) {
+			out.SetAttrTimeout(uncached)
+		}
 		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: f.mode & unix.S_IFMT, Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
 	}
 	return nil, syscall.ENOENT

@@ -312,6 +312,12 @@ func TestMountControlErrors(t *testing.T) {
 		{"commit", "-t sometimes", "Invalid argument", "BAD_ARGUMENTS"},
 		{"commit", "--drop=yes", "Invalid argument", "BAD_ARGUMENTS"},
 		{"rebase", "--bogus new-base.qcow2", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebase", "", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebase", "-u", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebase", "-F qcow2", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebase", "-u -b", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebase", "--backing=", "Invalid argument", "BAD_ARGUMENTS"},
+		{"commit", "-d -b", "Invalid argument", "BAD_ARGUMENTS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file+" "+tt.line, func(t *testing.T) {
@@ -345,9 +351,12 @@ func TestMountControlErrors(t *testing.T) {
 		t.Errorf("orphan.qcow2/backing -> %q after rebase -u", l)
 	}
 
-	// A control file takes one write per open; it cannot be read.
+	// A control file takes one command per open; it cannot be read.
 	if r := m.shell(t, "{ printf -- '-x'; printf ' y'; } > overlay.qcow2/commit"); r.code == 0 || !bytes.Contains(r.stderr, []byte("Invalid argument")) {
 		t.Errorf("two writes: exit %d, %s", r.code, r.stderr)
+	}
+	if s := m.read(t, "overlay.qcow2", "status"); !strings.Contains(s, "second write") {
+		t.Errorf("status after two writes: %q", s)
 	}
 	if r := m.shell(t, "cat overlay.qcow2/rebase"); r.code == 0 {
 		t.Errorf("reading a control file succeeded")
@@ -507,8 +516,11 @@ func TestMountLocks(t *testing.T) {
 			t.Errorf("second job through %s: exit %d, %s", ctl, r.code, r.stderr)
 		}
 	}
-	if s := m.read(t, "base.qcow2", "status"); s != "idle\n" {
-		t.Errorf("a refused job on a busy chain changed base.qcow2's status: %q", s)
+	if s := m.read(t, "base.qcow2", "status"); s != "busy: commit of top.qcow2\n" {
+		t.Errorf("base.qcow2's status during the commit: %q", s)
+	}
+	if code := resultCode(t, m, "base.qcow2"); code != "CHAIN_BUSY" {
+		t.Errorf("a refused job on a busy chain: base.qcow2/result.json code %q", code)
 	}
 	if r := <-done; r.code != 0 {
 		t.Fatalf("slow commit: exit %d, %s", r.code, r.stderr)
