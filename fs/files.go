@@ -201,7 +201,7 @@ type genCacheEntry struct {
 	err  error // the document was refused (DOCUMENT_TOO_LARGE)
 }
 
-// generate makes info.json, chain.json, map.json or check.json for the image
+// generate makes info.json, chain.json, map.json, map.svg or check.json for the image
 // at rel, exactly as the command line prints them, through a worker. Each is
 // cached by the identity of the files it depends on.
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
@@ -233,10 +233,15 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		} else {
 			data = ctl.InfoJSON(ctl.Info(c, kind == kindChain), kind == kindChain)
 		}
-	case kindMap:
+	case kindMap, kindMapSVG:
+		// One worker run makes both forms of the map; the other is cached
+		// for when it is read.
 		var m *ctl.MapResult
 		if m, err = ctl.MapChain(ctx, o.Sandbox, c, f.cfg.MaxDocument); err == nil {
-			data = m.JSON()
+			forms := map[int][]byte{kindMap: m.JSON(), kindMapSVG: m.SVG()}
+			data = forms[kind]
+			other := kindMap + kindMapSVG - kind
+			f.remember(genSlot{other, slot.id}, key.String(), rel, forms[other], nil)
 		}
 	case kindCheck:
 		var r *ctl.CheckReport
@@ -248,19 +253,25 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	if err != nil && errcode.Code(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
-	// A refusal for size is remembered like a document, so that reading the
-	// file again costs no worker.
-	e := genCacheEntry{key: key.String(), data: data, err: err}
+	e := f.remember(slot, key.String(), rel, data, err)
+	return e.data, e.err
+}
+
+// remember caches the document of slot, made from the files key names, and
+// returns the entry. A refusal for size is remembered like a document, so
+// that reading the file again costs no worker.
+func (f *FS) remember(slot genSlot, key, rel string, data []byte, err error) genCacheEntry {
+	e := genCacheEntry{key: key, data: data, err: err}
 	switch {
 	case err != nil:
 	case int64(len(data)) > f.cfg.MaxDocument:
 		e.data, e.err = nil, errcode.New(errcode.DocumentTooLarge, "the %s of '%s' is %d bytes, more than the mount serves (%d)",
-			fileName(kind), rel, len(data), f.cfg.MaxDocument)
+			fileName(slot.kind), rel, len(data), f.cfg.MaxDocument)
 	case cap(data) > len(data)+len(data)/8:
 		e.data = bytes.Clone(data) // drop the slack the rendering left
 	}
 	f.cfg.Cache.Add(slot, e, int64(unsafe.Sizeof(slot)+unsafe.Sizeof(e)+uintptr(len(e.key)+cap(e.data)))+errSize(e.err))
-	return e.data, e.err
+	return e
 }
 
 // minSnapshotJSON is less than the bytes any snapshot takes in info.json or

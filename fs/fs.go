@@ -10,6 +10,7 @@
 //	<image>/info.json    instarfs info --output=json <image>
 //	<image>/chain.json   instarfs info --output=json --backing-chain <image>
 //	<image>/map.json     instarfs map --output=json <image>
+//	<image>/map.svg      instarfs map --output=svg <image>
 //	<image>/check.json   instarfs check --output=json <image>
 //	<image>/backing      symlink to the backing image's directory, when inside IMAGEDIR
 //	<image>/status       idle | running <op> <n>% | busy: <op> of <image> | ok <op> | failed <op>: <message>
@@ -200,6 +201,7 @@ const (
 	kindResult
 	kindRebase
 	kindCommit
+	kindMapSVG
 )
 
 // inodeNumber derives a stable inode number from a host file's identity and the

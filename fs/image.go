@@ -39,6 +39,7 @@ var imageFiles = []imageFile{
 	{"info.json", kindInfo, unix.S_IFREG | 0o444},
 	{"chain.json", kindChain, unix.S_IFREG | 0o444},
 	{"map.json", kindMap, unix.S_IFREG | 0o444},
+	{"map.svg", kindMapSVG, unix.S_IFREG | 0o444},
 	{"check.json", kindCheck, unix.S_IFREG | 0o444},
 	{"backing", kindBacking, unix.S_IFLNK | 0o777},
 	{"status", kindStatus, unix.S_IFREG | 0o444},

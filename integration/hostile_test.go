@@ -1164,7 +1164,7 @@ func (p *patcher) setDescriptor(s string) {
 
 // hostileMountFiles are the generated files of an image directory that
 // TestHostileMount reads.
-var hostileMountFiles = []string{"info.json", "chain.json", "map.json", "check.json", "status", "result.json"}
+var hostileMountFiles = []string{"info.json", "chain.json", "map.json", "map.svg", "check.json", "status", "result.json"}
 
 // hostileMountWrites are the control-file writes TestHostileMount makes on
 // each crafted image, in order; each may change the image the next one sees.

@@ -168,7 +168,7 @@ func TestMountTree(t *testing.T) {
 	if got, want := names(t, m.path("sub")), []string{"disk.raw", "top.qcow2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("sub lists %q, want %q", got, want)
 	}
-	want := []string{"backing", "chain.json", "check.json", "commit", "info.json", "map.json", "rebase", "result.json", "status"}
+	want := []string{"backing", "chain.json", "check.json", "commit", "info.json", "map.json", "map.svg", "rebase", "result.json", "status"}
 	if got := names(t, m.path("overlay.qcow2")); !reflect.DeepEqual(got, want) {
 		t.Errorf("overlay.qcow2 lists %q, want %q", got, want)
 	}
@@ -259,6 +259,7 @@ func TestMountFilesMatchCLI(t *testing.T) {
 				{"info.json", []string{"info", "--output=json"}},
 				{"chain.json", []string{"info", "--output=json", "--backing-chain"}},
 				{"map.json", []string{"map", "--output=json"}},
+				{"map.svg", []string{"map", "--output=svg"}},
 				{"check.json", []string{"check", "--output=json"}},
 			} {
 				args := append(append([]string{"--allow-dir", good}, c.args...), f...)
