@@ -30,7 +30,7 @@ const (
 	rowHeight = 28
 	rowGap    = 6
 	margin    = 12
-	headerH   = 34
+	headerH   = 42
 	legendRow = 20
 	// minCellBytes is the least a cell covers: an image smaller than
 	// Columns × minCellBytes is drawn on one row with fewer bytes per cell
