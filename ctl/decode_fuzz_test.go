@@ -28,6 +28,10 @@ func (s fakeSandbox) Run(_ context.Context, job vmm.Job) (json.RawMessage, error
 	return s[job.Request.Op], nil
 }
 
+func (s fakeSandbox) Start(context.Context, vmm.Job) (*vmm.Session, error) {
+	return nil, errcode.New(errcode.SandboxUnavailable, "the fake sandbox has no sessions")
+}
+
 // Worker results of real images, the seeds of every target.
 const (
 	seedProbeQcow2 = `{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"backing-filename":"b1.qcow2","backing-filename-format":"qcow2","dirty-flag":false,` +

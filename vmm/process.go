@@ -45,6 +45,9 @@ type Process struct {
 	// CPULimit is the worker's RLIMIT_CPU, if the backend set one; a worker
 	// killed after using that much CPU time is reported as WORKER_TIMEOUT.
 	CPULimit time.Duration
+	// Exited, when set, is called once the worker has exited and been
+	// waited for, or could not be started.
+	Exited func()
 }
 
 // StartError reports that a worker process could not be started at all. Its
@@ -84,27 +87,11 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
-	if len(job.Files) != len(job.Request.Images) {
-		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
-			len(job.Files), len(job.Request.Images))
-	}
-	request, err := json.Marshal(job.Request)
+	request, timeout, err := encodeJob(job)
 	if err != nil {
-		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+		return nil, err
 	}
-	request = append(request, '\n')
-	timeout := job.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	log := p.Log
-	if log == nil {
-		log = logrus.StandardLogger()
-	}
-	warn := p.Warn
-	if warn == nil {
-		warn = func(s string) { log.Warnf("sandbox worker: %s", s) }
-	}
+	log, warn := p.loggers()
 
 	pp, err := newPipes()
 	if err != nil {
@@ -112,30 +99,9 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 	defer pp.closeHost()
 
-	cmd := &exec.Cmd{
-		Path:        p.Path,
-		Args:        p.Args,
-		Env:         append([]string{}, p.Env...), // never nil: nil would inherit
-		Dir:         "/",
-		Stdin:       pp.stdinR,
-		Stdout:      pp.stdoutW,
-		Stderr:      pp.stderrW,
-		ExtraFiles:  job.Files,
-		SysProcAttr: p.SysProcAttr,
-	}
-	if cmd.Path == "" {
-		cmd.Path = "/proc/self/exe"
-	}
-	if cmd.Args == nil {
-		cmd.Args = []string{WorkerArg0}
-	}
-	err = cmd.Start()
-	pp.closeChild()
+	cmd, err := p.start(pp, job.Files)
 	if err != nil {
-		return nil, &StartError{Err: err}
-	}
-	if p.Started != nil {
-		p.Started(cmd.Process.Pid)
+		return nil, err
 	}
 
 	go func() {
@@ -160,6 +126,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 			cmd.Process.Kill()
 		}
 		cmd.Wait()
+		p.exited()
 	}()
 
 	timer := time.NewTimer(timeout)
@@ -195,6 +162,74 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
 	}
 	return res, err
+}
+
+func (p *Process) exited() {
+	if p.Exited != nil {
+		p.Exited()
+	}
+}
+
+// encodeJob checks job and returns its request line and its timeout.
+func encodeJob(job Job) ([]byte, time.Duration, error) {
+	if len(job.Files) != len(job.Request.Images) {
+		return nil, 0, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+			len(job.Files), len(job.Request.Images))
+	}
+	request, err := json.Marshal(job.Request)
+	if err != nil {
+		return nil, 0, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+	}
+	timeout := job.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	return append(request, '\n'), timeout, nil
+}
+
+// loggers returns where the worker's diagnostics and warnings go.
+func (p *Process) loggers() (logrus.FieldLogger, func(string)) {
+	log := p.Log
+	if log == nil {
+		log = logrus.StandardLogger()
+	}
+	warn := p.Warn
+	if warn == nil {
+		warn = func(s string) { log.Warnf("sandbox worker: %s", s) }
+	}
+	return log, warn
+}
+
+// start starts the worker on the standard streams pp and the image
+// descriptors files. The child's ends of pp are closed in the host either way.
+func (p *Process) start(pp *pipes, files []*os.File) (*exec.Cmd, error) {
+	cmd := &exec.Cmd{
+		Path:        p.Path,
+		Args:        p.Args,
+		Env:         append([]string{}, p.Env...), // never nil: nil would inherit
+		Dir:         "/",
+		Stdin:       pp.stdinR,
+		Stdout:      pp.stdoutW,
+		Stderr:      pp.stderrW,
+		ExtraFiles:  files,
+		SysProcAttr: p.SysProcAttr,
+	}
+	if cmd.Path == "" {
+		cmd.Path = "/proc/self/exe"
+	}
+	if cmd.Args == nil {
+		cmd.Args = []string{WorkerArg0}
+	}
+	err := cmd.Start()
+	pp.closeChild()
+	if err != nil {
+		p.exited()
+		return nil, &StartError{Err: err}
+	}
+	if p.Started != nil {
+		p.Started(cmd.Process.Pid)
+	}
+	return cmd, nil
 }
 
 // outcomeError maps how the worker ended to the result of Run.

@@ -28,7 +28,8 @@ func TestMain(m *testing.M) {
 // tested in vmm/jail.
 func testWorker() {
 	var req Request
-	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
+	dec := json.NewDecoder(os.Stdin)
+	if err := dec.Decode(&req); err != nil {
 		fmt.Fprintf(os.Stderr, "decoding request: %v\n", err)
 		os.Exit(9)
 	}
@@ -40,6 +41,19 @@ func testWorker() {
 	switch req.Op {
 	case OpNoop:
 		result(struct{}{})
+	case "session":
+		result("ready")
+		in, err := SessionInput(dec, os.Stdin)
+		if err != nil {
+			os.Exit(7)
+		}
+		sessionWorker(in)
+	case "session-error":
+		m, _ := json.Marshal(Message{Error: errcode.New(errcode.ReadFailed, "cannot begin")})
+		os.Stdout.Write(append(m, '\n'))
+	case "session-garbage":
+		os.Stdout.Write([]byte("not json\n"))
+		time.Sleep(time.Hour)
 	case "env":
 		result(os.Environ())
 	case "read-image":

@@ -100,8 +100,11 @@ const MaxStderrBytes = 64 << 10
 
 // Sandbox runs a worker. Run returns the worker's result document, or an error
 // carrying an errcode (the worker's own, or WORKER_CRASHED, WORKER_TIMEOUT,
-// WORKER_PROTOCOL, SANDBOX_VIOLATION, CANCELLED).
+// WORKER_PROTOCOL, SANDBOX_VIOLATION, CANCELLED). Start starts a worker that
+// stays up as a Session (see session.go) under the same confinement; the
+// job's Timeout is then the session's whole life.
 type Sandbox interface {
 	Name() string
 	Run(ctx context.Context, job Job) (json.RawMessage, error)
+	Start(ctx context.Context, job Job) (*Session, error)
 }

@@ -131,35 +131,62 @@ func (s *Sandbox) Level() Level {
 // Run runs job in a jailed worker. The first run finds the strongest level the
 // kernel allows and later runs reuse it; a missing layer is logged once.
 func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	var res json.RawMessage
+	err := s.spawn(job, func(p *vmm.Process) (err error) {
+		res, err = p.Run(ctx, job)
+		return err
+	})
+	return res, err
+}
+
+// Start starts a jailed worker for a session, at the level Run settles on.
+func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
+	var sess *vmm.Session
+	err := s.spawn(job, func(p *vmm.Process) (err error) {
+		sess, err = p.Start(ctx, job)
+		return err
+	})
+	return sess, err
+}
+
+// spawn calls run with the worker process for job, trying weaker levels while
+// the kernel refuses to start it.
+func (s *Sandbox) spawn(job vmm.Job, run func(*vmm.Process) error) error {
 	level := s.Level()
 	if level == LevelUnknown {
 		level = LevelUserNS
 	}
 	for {
-		res, err := s.runAt(ctx, level, job)
+		err := s.runAt(level, job, run)
 		var se *vmm.StartError
 		if !errors.As(err, &se) {
 			s.settle(level)
-			return res, err
+			return err
 		}
 		next := fallback(level)
 		if s.Level() != LevelUnknown || next == LevelUnknown || !namespacesRefused(se.Err) {
-			return nil, err
+			return err
 		}
 		s.warnOnce(fmt.Sprintf("the kernel refused %s (%v); the worker runs with %s", level, se.Err, next))
 		level = next
 	}
 }
 
-// runAt runs job once at level. A worker started by root runs as a host uid
-// and gid of its own, held until it has exited (see workerIDFirst).
-func (s *Sandbox) runAt(ctx context.Context, level Level, job vmm.Job) (json.RawMessage, error) {
+// runAt calls run once with the worker process for job at level. A worker
+// started by root runs as a host uid and gid of its own, held until it has
+// exited (see workerIDFirst): the process gives it back through its Exited
+// hook, which for a session is when the session's worker ends.
+func (s *Sandbox) runAt(level Level, job vmm.Job, run func(*vmm.Process) error) error {
 	id := -1
+	var exited func()
 	if os.Geteuid() == 0 {
 		id = workerIDs.take()
-		defer workerIDs.release(id)
+		var once sync.Once
+		exited = func() { once.Do(func() { workerIDs.release(id) }) }
 	}
-	return s.process(level, job, id).Run(ctx, job)
+	p := s.process(level, job, id)
+	p.Exited = exited
+	return run(p)
 }
 
 func (s *Sandbox) settle(level Level) {
@@ -299,11 +326,19 @@ func (p *Plain) Name() string { return "plain" }
 
 // Run runs job in an unconfined worker.
 func (p *Plain) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
-	proc := &vmm.Process{
+	return p.process().Run(ctx, job)
+}
+
+// Start starts an unconfined worker for a session.
+func (p *Plain) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
+	return p.process().Start(ctx, job)
+}
+
+func (p *Plain) process() *vmm.Process {
+	return &vmm.Process{
 		Env:         append([]string{EnvSandbox + "=plain"}, baseEnv()...),
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
 		Log:         p.Log,
 		Started:     p.started,
 	}
-	return proc.Run(ctx, job)
 }

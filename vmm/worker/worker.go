@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -42,6 +43,12 @@ var ops = map[string]op{
 	vmm.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
 }
 
+// sessionOps are the operations that serve a session (vmm.Session): they
+// write the ready line themselves and then answer frames read from in.
+var sessionOps = map[string]func(s *session, in io.Reader) error{
+	vmm.OpDisk: serveDisk,
+}
+
 // register adds an operation; the files implementing rebase and commit call it
 // from init.
 func register(name string, fn op) {
@@ -56,6 +63,7 @@ type session struct {
 	req   vmm.Request
 	files []*os.File
 	out   *output
+	began bool // a session operation wrote its ready line
 }
 
 // Main is the worker's entry point: the instarfs binary calls it when started as
@@ -93,6 +101,20 @@ func serve(stdin io.Reader, out *output) (code int) {
 	}
 	for i, ref := range req.Images {
 		files = append(files, os.NewFile(uintptr(vmm.FirstImageFD+i), ref.Name))
+	}
+	if serveSession, ok := sessionOps[req.Op]; ok {
+		s := &session{req: req, files: files, out: out}
+		in, err := vmm.SessionInput(dec, stdin)
+		if err == nil {
+			err = serveSession(s, in)
+		}
+		if err != nil {
+			if !s.began {
+				out.fail(err)
+			}
+			return 1
+		}
+		return 0
 	}
 	run, ok := ops[req.Op]
 	if !ok {
@@ -185,6 +207,18 @@ func (o *output) fail(err error) {
 		e = &errcode.Error{Code: errcode.Internal, Message: err.Error()}
 	}
 	o.line(vmm.Message{Error: e})
+}
+
+// frame writes one reply frame of a session and flushes it.
+func (o *output) frame(status byte, body []byte) {
+	var hdr [5]byte
+	hdr[0] = status
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.w.Write(hdr[:])
+	o.w.Write(body)
+	o.w.Flush()
 }
 
 func (o *output) flush() {

@@ -1,0 +1,161 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"instarfs/errcode"
+)
+
+// sessionWorker answers frames by what they say: "ok N" with N bytes 'x',
+// "err" with an error frame, and the rest with the misbehaviour they name.
+func sessionWorker(in io.Reader) {
+	out := func(status byte, body []byte) {
+		hdr := []byte{status, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
+		os.Stdout.Write(append(hdr, body...))
+	}
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(in, hdr[:]); err != nil {
+			return
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		io.ReadFull(in, body)
+		cmd, arg, _ := strings.Cut(string(body), " ")
+		n, _ := strconv.Atoi(arg)
+		switch cmd {
+		case "ok":
+			out(FrameOK, bytes.Repeat([]byte("x"), n))
+		case "err":
+			b, _ := json.Marshal(errcode.New(errcode.ReadFailed, "bad \x1b[31msector"))
+			out(FrameError, b)
+		case "err-bad":
+			out(FrameError, []byte(`{"code":"lower","message":"x"}`))
+		case "err-long":
+			out(FrameError, bytes.Repeat([]byte("e"), MaxErrorLineBytes+1))
+		case "status":
+			out(7, nil)
+		case "short":
+			os.Stdout.Write([]byte{FrameOK, 0, 0, 0, 16, 'x'})
+			os.Exit(0)
+		case "die":
+			os.Exit(3)
+		case "hang":
+			time.Sleep(time.Hour)
+		}
+	}
+}
+
+func startSession(t *testing.T, op string) (*Session, error) {
+	t.Helper()
+	s, err := plainProcess().Start(context.Background(), Job{Request: Request{Op: op}, Timeout: time.Minute})
+	if err == nil {
+		t.Cleanup(func() { s.Close() })
+	}
+	return s, err
+}
+
+func TestSessionCalls(t *testing.T) {
+	s, err := startSession(t, "session")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(s.Ready) != `"ready"` {
+		t.Fatalf("ready document %s", s.Ready)
+	}
+	buf := make([]byte, 64)
+	for i := 0; i < 3; i++ {
+		n, err := s.Call(context.Background(), []byte("ok 64"), buf)
+		if err != nil || n != 64 || buf[63] != 'x' {
+			t.Fatalf("call %d: %d, %v", i, n, err)
+		}
+	}
+	_, err = s.Call(context.Background(), []byte("err"), buf)
+	if errcode.Code(err) != errcode.ReadFailed || strings.ContainsRune(err.Error(), 0x1b) {
+		t.Fatalf("error frame: %v", err)
+	}
+	if n, err := s.Call(context.Background(), []byte("ok 1"), buf); err != nil || n != 1 {
+		t.Fatalf("after an error frame: %d, %v", n, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Call(ctx, []byte("ok 1"), buf); errcode.Code(err) != errcode.Cancelled {
+		t.Fatalf("cancelled call: %v", err)
+	}
+	if _, err := s.Call(context.Background(), make([]byte, MaxFrameRequest+1), buf); errcode.Code(err) != errcode.Internal {
+		t.Fatalf("oversized request: %v", err)
+	}
+	pid := s.Pid()
+	s.Close()
+	if _, err := s.Call(context.Background(), []byte("ok 1"), buf); err == nil {
+		t.Fatal("call after Close succeeded")
+	}
+	if err := syscallKill0(pid); err == nil {
+		t.Errorf("worker %d still runs after Close", pid)
+	}
+}
+
+func TestSessionHostileReplies(t *testing.T) {
+	old := callTimeout
+	callTimeout = 500 * time.Millisecond
+	defer func() { callTimeout = old }()
+	for _, tc := range []struct {
+		req  string
+		code string
+	}{
+		{"ok 65", errcode.WorkerProtocol}, // longer than asked
+		{"err-bad", errcode.WorkerProtocol},
+		{"err-long", errcode.WorkerProtocol},
+		{"status", errcode.WorkerProtocol},
+		{"short", errcode.WorkerCrashed},
+		{"die", errcode.WorkerCrashed},
+		{"hang", errcode.WorkerTimeout},
+	} {
+		t.Run(tc.req, func(t *testing.T) {
+			s, err := startSession(t, "session")
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 64)
+			if _, err := s.Call(context.Background(), []byte(tc.req), buf); errcode.Code(err) != tc.code {
+				t.Fatalf("got %v, want %s", err, tc.code)
+			}
+			// The session is over: the next call fails the same way.
+			if _, err := s.Call(context.Background(), []byte("ok 1"), buf); errcode.Code(err) != tc.code {
+				t.Fatalf("next call: %v, want %s", err, tc.code)
+			}
+		})
+	}
+}
+
+func TestSessionStartFailures(t *testing.T) {
+	for _, tc := range []struct {
+		op   string
+		code string
+	}{
+		{"session-error", errcode.ReadFailed},
+		{"session-garbage", errcode.WorkerProtocol},
+		{"die-at-once", errcode.WorkerCrashed}, // exits without a ready line
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			if _, err := startSession(t, tc.op); errcode.Code(err) != tc.code {
+				t.Fatalf("got %v, want %s", err, tc.code)
+			}
+		})
+	}
+}
+
+func syscallKill0(pid int) error {
+	p, _ := os.FindProcess(pid)
+	return p.Signal(syscall.Signal(0))
+}

@@ -1,0 +1,122 @@
+package worker
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+
+	"instarfs/chainmodel/layer"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// maxMergedRuns bounds how many extents one DiskExtent reply merges, so that
+// a fragmented disk cannot keep the worker from its next request for long.
+const maxMergedRuns = 4096
+
+// serveDisk is vmm.OpDisk: it opens the chain, announces its size, then
+// answers read and extent requests until the host closes its standard input.
+func serveDisk(s *session, in io.Reader) error {
+	if err := s.need(1); err != nil {
+		return err
+	}
+	imgs, err := s.openImages()
+	if err != nil {
+		return err
+	}
+	stack := make(layer.Stack, len(imgs))
+	for i, o := range imgs {
+		stack[i] = o.img
+	}
+	s.began = true
+	s.out.result(vmm.DiskReady{VirtualSize: stack.VirtualSize()})
+	s.out.flush()
+	buf := make([]byte, vmm.MaxDiskRead)
+	var hdr [4]byte
+	body := make([]byte, vmm.MaxFrameRequest)
+	for {
+		if _, err := io.ReadFull(in, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return errcode.New(errcode.WorkerProtocol, "reading a request: %v", err)
+		}
+		n := binary.BigEndian.Uint32(hdr[:])
+		if n > vmm.MaxFrameRequest {
+			return errcode.New(errcode.WorkerProtocol, "a request of %d bytes", n)
+		}
+		if _, err := io.ReadFull(in, body[:n]); err != nil {
+			return errcode.New(errcode.WorkerProtocol, "reading a request: %v", err)
+		}
+		reply, err := answerDisk(stack, body[:n], buf)
+		if err != nil {
+			s.out.frame(vmm.FrameError, errorJSON(err))
+		} else {
+			s.out.frame(vmm.FrameOK, reply)
+		}
+	}
+}
+
+// answerDisk answers one request of a disk session; buf holds a read's bytes.
+func answerDisk(stack layer.Stack, body, buf []byte) ([]byte, error) {
+	req, err := vmm.DecodeDiskRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	size := stack.VirtualSize()
+	switch req.Kind {
+	case vmm.DiskRead:
+		if req.Off < 0 || req.Len < 0 || req.Len > vmm.MaxDiskRead || req.Off > size-req.Len {
+			return nil, errcode.New(errcode.WorkerProtocol, "read of %d bytes at %d: outside the disk of %d bytes", req.Len, req.Off, size)
+		}
+		p := buf[:req.Len]
+		if _, err := stack.ReadAt(p, req.Off); err != nil {
+			return nil, err
+		}
+		return p, nil
+	case vmm.DiskExtent:
+		if req.Off < 0 || req.Off >= size {
+			return nil, errcode.New(errcode.WorkerProtocol, "extent at %d: outside the disk of %d bytes", req.Off, size)
+		}
+		run, err := diskRun(stack, req.Off)
+		if err != nil {
+			return nil, err
+		}
+		return run.Encode(), nil
+	}
+	return nil, errcode.New(errcode.WorkerProtocol, "unknown disk request kind %d", req.Kind)
+}
+
+// diskRun is the run of data or of holes that starts at off: consecutive
+// extents of the same kind merged, up to maxMergedRuns of them.
+func diskRun(stack layer.Stack, off int64) (vmm.DiskRun, error) {
+	size := stack.VirtualSize()
+	var run vmm.DiskRun
+	for i := 0; i < maxMergedRuns && off+run.Length < size; i++ {
+		e, err := stack.Extent(off + run.Length)
+		if err != nil {
+			return vmm.DiskRun{}, err
+		}
+		data := e.Kind == layer.Data
+		if i > 0 && data != run.Data {
+			break
+		}
+		run.Data = data
+		run.Length += e.Length
+	}
+	return run, nil
+}
+
+// errorJSON encodes err as the body of an error frame.
+func errorJSON(err error) []byte {
+	var e *errcode.Error
+	if !errors.As(err, &e) {
+		e = &errcode.Error{Code: errcode.Internal, Message: err.Error()}
+	}
+	if len(e.Message) > 4<<10 {
+		e = &errcode.Error{Code: e.Code, Message: e.Message[:4<<10] + "..."}
+	}
+	b, _ := json.Marshal(e)
+	return b
+}
