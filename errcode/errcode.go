@@ -102,4 +102,7 @@ const (
 
 	// The mount's generated files.
 	DocumentTooLarge = "DOCUMENT_TOO_LARGE"
+
+	// The mount's disk view.
+	ChainChanged = "CHAIN_CHANGED"
 )

@@ -189,6 +189,12 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		return refuse(err)
 	}
 	spec.Members = members
+	run := spec.Run
+	spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
+		// The job holds the chain now: no disk opens it until it ends.
+		f.revokeDisks(members, cn.op)
+		return run(ctx, p)
+	}
 	job, err := f.cfg.Jobs.Start(spec)
 	if err != nil {
 		return refuse(err)

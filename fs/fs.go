@@ -17,6 +17,7 @@
 //	<image>/result.json  the result envelope of the last operation on the image
 //	<image>/rebase       write-only control file (absent on a read-only mount)
 //	<image>/commit       write-only control file (absent on a read-only mount)
+//	<image>/disk         the image's guest-visible content, read-only (package diskview)
 //
 // Image names are relative to IMAGEDIR, which must be the process's working
 // directory: the names in the generated files are then the ones the command
@@ -49,6 +50,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/diskview"
 	"instarfs/errcode"
 	"instarfs/lru"
 )
@@ -70,6 +72,9 @@ type Config struct {
 	// fails to open with DOCUMENT_TOO_LARGE. 0 means DefaultMaxDocument.
 	MaxDocument int64
 	Log         logrus.FieldLogger
+	// DiskWorkers bounds the live workers of the disk view; 0 means
+	// diskview.DefaultMaxWorkers.
+	DiskWorkers int
 }
 
 // DefaultMaxDocument is the largest generated document a mount serves unless
@@ -87,6 +92,7 @@ type FS struct {
 
 	mu       sync.Mutex
 	rawNamed map[string]bool // paths (relative to ImageDir) some image names as raw backing
+	disks    *diskFiles
 }
 
 // fileState identifies a file's content: a cached answer about the file is
@@ -147,12 +153,14 @@ func New(cfg Config) (*FS, error) {
 	if cfg.MaxDocument <= 0 {
 		cfg.MaxDocument = DefaultMaxDocument
 	}
+	pool := diskview.New(diskview.Config{Opener: cfg.Opener, MaxWorkers: cfg.DiskWorkers, Busy: cfg.Jobs.BusyError, Log: cfg.Log})
 	return &FS{
 		cfg:      cfg,
 		root:     loc.Root,
 		id:       chainmodel.IDOf(&st),
 		started:  time.Now(),
 		rawNamed: map[string]bool{},
+		disks:    &diskFiles{pool: pool, nodes: map[string]*diskNode{}},
 	}, nil
 }
 
@@ -202,6 +210,7 @@ const (
 	kindRebase
 	kindCommit
 	kindMapSVG
+	kindDisk
 )
 
 // inodeNumber derives a stable inode number from a host file's identity and the

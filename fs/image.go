@@ -12,6 +12,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/vmm"
 )
 
 // imageNode is the directory shown for an image file. It stays the file it
@@ -46,6 +47,7 @@ var imageFiles = []imageFile{
 	{"result.json", kindResult, unix.S_IFREG | 0o444},
 	{"rebase", kindRebase, unix.S_IFREG | 0o200},
 	{"commit", kindCommit, unix.S_IFREG | 0o200},
+	{"disk", kindDisk, unix.S_IFREG | 0o444},
 }
 
 // stat returns the attributes of the image file, checked to be the node's.
@@ -123,6 +125,9 @@ func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		if im.fs.jobTimes(&out.Attr, f.kind, &st) {
 			out.SetAttrTimeout(uncached)
 		}
+		if f.kind == kindDisk {
+			im.fs.diskSize(ctx, im.rel(), im.id, &out.Attr)
+		}
 		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: f.mode & unix.S_IFMT, Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
 	}
 	return nil, syscall.ENOENT
@@ -134,6 +139,8 @@ func (im *imageNode) newChild(f imageFile) gofs.InodeEmbedder {
 		return &backingNode{node: node{fs: im.fs}}
 	case kindRebase, kindCommit:
 		return &controlNode{node: node{fs: im.fs}, op: f.name}
+	case kindDisk:
+		return &diskNode{node: node{fs: im.fs}}
 	}
 	return &genNode{node: node{fs: im.fs}, kind: f.kind, mode: f.mode}
 }
@@ -201,16 +208,20 @@ func (f *FS) imageClass(ctx context.Context, rel string, id chainmodel.FileID) (
 // backingName is the backing file name the image at rel (the file id)
 // records, from its probe (cached by identity).
 func (f *FS) backingName(ctx context.Context, rel string, c class, id chainmodel.FileID) (string, error) {
+	info, err := f.imageInfo(ctx, rel, c, id)
+	return info.BackingFilename, err
+}
+
+// imageInfo is what the probe of the image at rel (the file id) says
+// (cached by identity).
+func (f *FS) imageInfo(ctx context.Context, rel string, c class, id chainmodel.FileID) (vmm.Info, error) {
 	file, _, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id})
 	if err != nil {
-		return "", err
+		return vmm.Info{}, err
 	}
 	defer file.Close()
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, c.format, c.format == "")
-	if err != nil {
-		return "", err
-	}
-	return info.BackingFilename, nil
+	return info, err
 }
 
 // backingNode is the backing symlink.

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
 // MountOptions say how to mount.
@@ -45,6 +46,8 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 		DirectMountStrict: os.Geteuid() == 0,
 		Debug:             opts.Debug,
 		MaxBackground:     12,
+		// Large requests: max_read and max_pages, for the disk view.
+		MaxWrite: vmm.MaxDiskRead,
 	}
 	if opts.AllowOther {
 		mo.Options = append(mo.Options, "default_permissions")

@@ -23,6 +23,10 @@ func newGate() *gate {
 
 func (g *gate) Name() string { return "gate" }
 
+func (g *gate) Start(context.Context, Job) (*Session, error) {
+	return nil, errcode.New(errcode.SandboxUnavailable, "the gate has no sessions")
+}
+
 func (g *gate) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	g.running.Add(1)
 	defer g.running.Add(-1)

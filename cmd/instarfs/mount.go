@@ -13,6 +13,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/diskview"
 	"instarfs/errcode"
 	"instarfs/fs"
 	"instarfs/lru"
@@ -24,10 +25,12 @@ func (a *app) mountCommand() {
 		imageDir, mountpoint string
 		readOnly, allowOther bool
 		debug                bool
+		diskWorkers          int
 	)
 	c := a.Command("mount", "Mount a directory of images: one directory per image, with JSON about it and rebase/commit control files. Runs in the foreground until SIGINT, SIGTERM or an unmount; exits 0 after unmounting cleanly.")
 	c.Flag("read-only", "Hide the control files and refuse every change.").BoolVar(&readOnly)
 	c.Flag("allow-other", "Let other users use the mount (with default_permissions).").BoolVar(&allowOther)
+	c.Flag("disk-workers", "Live workers serving disk files at most; the least recently used one ends first.").Default(strconv.Itoa(diskview.DefaultMaxWorkers)).IntVar(&diskWorkers)
 	c.Flag("fuse-debug", "Log every FUSE request.").Hidden().BoolVar(&debug)
 	cacheSize := c.Flag("cache-size", "Bytes the mount may keep in its caches (probe results, what each file is, generated documents), least recently used dropped first; 0 caches nothing.").
 		Default(strconv.Itoa(chainmodel.DefaultCacheBytes>>20) + "MiB").Bytes()
@@ -78,6 +81,7 @@ func (a *app) mountCommand() {
 			Cache:       cache,
 			MaxDocument: int64(*maxDocument),
 			Log:         log,
+			DiskWorkers: diskWorkers,
 		})
 		if err != nil {
 			return fail(err)
@@ -105,6 +109,7 @@ func (a *app) mountCommand() {
 		server.Wait()
 		close(stopped)
 		jobs.CancelAll()
+		fsys.Close()
 		log.WithField("mountpoint", mnt).Info("unmounted")
 		return 0
 	}
