@@ -51,29 +51,34 @@ func (d *diskNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 	}
 	if h, ok := fh.(*diskHandle); ok {
 		out.Size = uint64(h.h.Size())
+		out.Blksize = diskBlockSize
 		out.Blocks = min(uint64(h.h.Blocks()), (out.Size+511)/512)
 	} else {
-		d.fs.diskSize(ctx, d.imageRel(), chainmodel.FileID(id), &out.Attr)
-		out.Blocks = min(uint64(st.Blocks), (out.Size+511)/512)
+		d.fs.diskSize(ctx, d.imageRel(), chainmodel.FileID(id), &out.Attr, &st)
 	}
 	out.Mode = unix.S_IFREG | 0o444
 	out.Nlink = 1
-	out.Blksize = 1 << 20
 	setTimes(&out.Attr, &st)
 	owner(&out.Attr)
 	return 0
 }
 
-// diskSize sets the size of the disk file of the image at rel: its virtual
-// size, from its probe. An image that cannot be probed shows size 0; its open
-// says why.
-func (f *FS) diskSize(ctx context.Context, rel string, id chainmodel.FileID, a *fuse.Attr) {
+// diskBlockSize is the disk file's st_blksize: the largest read the mount
+// passes on in one request.
+const diskBlockSize = 1 << 20
+
+// diskSize sets the size of the disk file of the image at rel, whose file's
+// stat is st: its virtual size, from its probe, and the top file's blocks.
+// An image that cannot be probed shows size 0; its open says why.
+func (f *FS) diskSize(ctx context.Context, rel string, id chainmodel.FileID, a *fuse.Attr, st *unix.Stat_t) {
+	a.Blksize = diskBlockSize
 	c, ok := f.imageClass(ctx, rel, id)
 	if !ok || c.err != nil {
 		return
 	}
 	if info, err := f.imageInfo(ctx, rel, c, id); err == nil {
 		a.Size = uint64(info.VirtualSize)
+		a.Blocks = min(uint64(st.Blocks), (a.Size+511)/512)
 	}
 }
 

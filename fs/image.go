@@ -126,7 +126,7 @@ func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 			out.SetAttrTimeout(uncached)
 		}
 		if f.kind == kindDisk {
-			im.fs.diskSize(ctx, im.rel(), im.id, &out.Attr)
+			im.fs.diskSize(ctx, im.rel(), im.id, &out.Attr, &st)
 		}
 		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: f.mode & unix.S_IFMT, Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
 	}

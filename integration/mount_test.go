@@ -168,7 +168,7 @@ func TestMountTree(t *testing.T) {
 	if got, want := names(t, m.path("sub")), []string{"disk.raw", "top.qcow2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("sub lists %q, want %q", got, want)
 	}
-	want := []string{"backing", "chain.json", "check.json", "commit", "info.json", "map.json", "map.svg", "rebase", "result.json", "status"}
+	want := []string{"backing", "chain.json", "check.json", "commit", "disk", "info.json", "map.json", "map.svg", "rebase", "result.json", "status"}
 	if got := names(t, m.path("overlay.qcow2")); !reflect.DeepEqual(got, want) {
 		t.Errorf("overlay.qcow2 lists %q, want %q", got, want)
 	}
