@@ -71,6 +71,7 @@ type entry struct {
 	used    time.Time // the last read, open or close
 	start   chan struct{}
 	revoked error // set when the chain was taken away from its readers
+	ra      readahead
 }
 
 // New returns a pool.
@@ -164,14 +165,17 @@ func (h *Handle) Key() string { return h.e.key }
 
 // ReadAt fills p with the disk's bytes at off, which must lie within it.
 func (h *Handle) ReadAt(ctx context.Context, p []byte, off int64) error {
-	for len(p) > 0 {
-		n := min(len(p), vmm.MaxDiskRead)
-		if err := h.call(ctx, func(d *vmm.Disk) error { return d.ReadAt(ctx, p[:n], off) }); err != nil {
-			return err
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
+	return h.e.ra.readAt(ctx, h, p, off)
+}
+
+func (p *Pool) revokedErr(e *entry) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return e.revoked
+}
+
+func (h *Handle) read(ctx context.Context, p []byte, off int64) error {
+	return h.call(ctx, func(d *vmm.Disk) error { return d.ReadAt(ctx, p, off) })
 }
 
 // Seek is lseek's SEEK_DATA (data true) and SEEK_HOLE: the first offset at or
@@ -308,6 +312,7 @@ func (p *Pool) startWorker(c *chainmodel.Chain, size int64) (*vmm.Disk, error) {
 		Request: vmm.Request{Op: vmm.OpDisk, Images: c.Refs()},
 		Files:   c.Files(),
 		Timeout: p.cfg.Life + vmm.CallTimeout + time.Minute,
+		Shared:  vmm.MaxDiskRead,
 	})
 	if err != nil {
 		return nil, err
@@ -437,6 +442,7 @@ func (p *Pool) reap() {
 				idle = append(idle, e.disk)
 				e.disk = nil
 			}
+			e.ra.drop()
 			if e.refs == 0 {
 				gone = append(gone, e)
 				delete(p.chains, key)

@@ -46,6 +46,9 @@ type Request struct {
 	Op     string          `json:"op"`
 	Images []ImageRef      `json:"images"`
 	Args   json.RawMessage `json:"args,omitempty"`
+	// Shared is the size of the memory a session shares with its worker
+	// (Job.Shared), passed as the descriptor after the images; 0 for none.
+	Shared int `json:"shared,omitempty"`
 }
 
 // ImageRef describes one image descriptor handed to the worker. Name is used in
@@ -78,6 +81,9 @@ type Job struct {
 	Progress func(float64)
 	// Timeout bounds the run; zero means DefaultTimeout.
 	Timeout time.Duration
+	// Shared, for a session, is how many bytes of memory the host shares
+	// with the worker for replies (FrameShared); 0 for none.
+	Shared int
 }
 
 // DefaultTimeout bounds a worker run when the job does not set one.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
 )
@@ -44,6 +45,10 @@ import (
 const (
 	FrameOK    = 0
 	FrameError = 1
+	// FrameShared is an answer the worker wrote at the start of the shared
+	// memory (Job.Shared) instead of after the header: the length says how
+	// long it is, and no body follows. It saves the pipe's two copies.
+	FrameShared = 2
 )
 
 // Bounds of a session.
@@ -55,6 +60,8 @@ const (
 	CallTimeout = time.Minute
 	// readyTimeout bounds the wait for the ready line.
 	readyTimeout = time.Minute
+	// sessionPipeBytes is the size asked for the worker's standard output.
+	sessionPipeBytes = 1<<20 + 4<<10
 	// closeGrace is how long a closed session's worker may take to exit.
 	closeGrace = 2 * time.Second
 )
@@ -69,6 +76,7 @@ type Session struct {
 
 	cmd     *exec.Cmd
 	pp      *pipes
+	shared  []byte // the host's mapping of the shared memory
 	br      *bufio.Reader
 	stderr  *headBuffer
 	exited  chan struct{}
@@ -98,17 +106,40 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		return nil, err
 	}
 	log, warn := p.loggers()
+	files := job.Files
+	var shared []byte
+	if job.Shared > 0 {
+		f, m, err := sharedMemory(job.Shared)
+		if err != nil {
+			return nil, &StartError{Err: err}
+		}
+		defer f.Close() // the mapping stays, and the worker has its own
+		files, shared = append(append([]*os.File{}, files...), f), m
+		job.Request.Shared = job.Shared
+		if request, _, err = encodeJob(job); err != nil {
+			unix.Munmap(m)
+			return nil, err
+		}
+	}
 	pp, err := newPipes()
 	if err != nil {
+		unix.Munmap(shared)
 		return nil, &StartError{Err: err}
 	}
-	cmd, err := p.start(pp, job.Files)
+	// A whole read reply fits in the pipe: the worker writes it in one go.
+	// Best effort: the kernel caps pipe sizes (fs.pipe-max-size).
+	// (Fd would make the pipe blocking and end its deadlines.)
+	if rc, err := pp.stdoutR.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { unix.FcntlInt(fd, unix.F_SETPIPE_SZ, sessionPipeBytes) })
+	}
+	cmd, err := p.start(pp, files)
 	if err != nil {
 		pp.closeHost()
+		unix.Munmap(shared)
 		return nil, err
 	}
 	s := &Session{
-		cmd: cmd, pp: pp, br: bufio.NewReaderSize(pp.stdoutR, 64<<10),
+		cmd: cmd, pp: pp, shared: shared, br: bufio.NewReaderSize(pp.stdoutR, 64<<10),
 		stderr: &headBuffer{max: MaxStderrBytes}, exited: make(chan struct{}),
 		timeout: timeout, cpu: p.CPULimit, log: log,
 	}
@@ -221,6 +252,11 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 			return 0, s.fail(err)
 		}
 		return int(n), nil
+	case FrameShared:
+		if n > int64(len(reply)) || n > int64(len(s.shared)) {
+			return 0, s.fail(violation("a shared reply of %d bytes to a request that allows %d (%d shared)", n, len(reply), len(s.shared)))
+		}
+		return copy(reply, s.shared[:n]), nil
 	case FrameError:
 		if n > MaxErrorLineBytes {
 			return 0, s.fail(violation("an error frame of %d bytes, more than %d", n, MaxErrorLineBytes))
@@ -270,7 +306,45 @@ func (s *Session) Close() error {
 	}
 	s.life.Stop()
 	s.pp.closeHost()
+	if s.shared != nil {
+		unix.Munmap(s.shared)
+		s.shared = nil
+	}
 	return nil
+}
+
+// sharedMemory creates size bytes of memory to share with a worker: an
+// anonymous file, and the host's mapping of it.
+func sharedMemory(size int) (*os.File, []byte, error) {
+	fd, err := unix.MemfdCreate("instarfs-session", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "instarfs-session")
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("sizing the shared memory: %w", err)
+	}
+	m, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("mapping the shared memory: %w", err)
+	}
+	return f, m, nil
+}
+
+// WorkerShared maps, in a worker, the memory its session shares with the
+// host: the descriptor after the images of req. It returns nil when the
+// request shares none.
+func WorkerShared(req Request) ([]byte, error) {
+	if req.Shared <= 0 {
+		return nil, nil
+	}
+	m, err := unix.Mmap(FirstImageFD+len(req.Images), 0, req.Shared, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, errcode.New(errcode.WorkerProtocol, "mapping the shared memory: %v", err)
+	}
+	return m, nil
 }
 
 // kill ends the worker from outside a call: its life or the start's ctx

@@ -255,7 +255,7 @@ func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 		EnvSandbox + "=jail",
 		envSeccomp + "=" + mode,
 		envCPU + "=" + strconv.Itoa(cpu),
-		envImages + "=" + strconv.Itoa(len(job.Files)),
+		envImages + "=" + strconv.Itoa(len(job.Files)+min(job.Shared, 1)),
 	}
 	env = append(env, baseEnv()...)
 	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}

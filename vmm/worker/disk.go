@@ -29,10 +29,19 @@ func serveDisk(s *session, in io.Reader) error {
 	for i, o := range imgs {
 		stack[i] = o.img
 	}
+	// Reads land in the memory shared with the host when there is enough
+	// of it, and are then answered with a bare FrameShared header.
+	shared, err := vmm.WorkerShared(s.req)
+	if err != nil {
+		return err
+	}
+	buf := shared
+	if len(buf) < vmm.MaxDiskRead {
+		buf, shared = make([]byte, vmm.MaxDiskRead), nil
+	}
 	s.began = true
 	s.out.result(vmm.DiskReady{VirtualSize: stack.VirtualSize()})
 	s.out.flush()
-	buf := make([]byte, vmm.MaxDiskRead)
 	var hdr [4]byte
 	body := make([]byte, vmm.MaxFrameRequest)
 	for {
@@ -50,10 +59,14 @@ func serveDisk(s *session, in io.Reader) error {
 			return errcode.New(errcode.WorkerProtocol, "reading a request: %v", err)
 		}
 		reply, err := answerDisk(stack, body[:n], buf)
-		if err != nil {
-			s.out.frame(vmm.FrameError, errorJSON(err))
-		} else {
-			s.out.frame(vmm.FrameOK, reply)
+		switch {
+		case err != nil:
+			b := errorJSON(err)
+			s.out.frame(vmm.FrameError, len(b), b)
+		case shared != nil && len(reply) > 0 && &reply[0] == &shared[0]:
+			s.out.frame(vmm.FrameShared, len(reply), nil)
+		default:
+			s.out.frame(vmm.FrameOK, len(reply), reply)
 		}
 	}
 }

@@ -209,11 +209,12 @@ func (o *output) fail(err error) {
 	o.line(vmm.Message{Error: e})
 }
 
-// frame writes one reply frame of a session and flushes it.
-func (o *output) frame(status byte, body []byte) {
+// frame writes one reply frame of a session, of length n, and flushes it;
+// body is empty when the answer is elsewhere (vmm.FrameShared).
+func (o *output) frame(status byte, n int, body []byte) {
 	var hdr [5]byte
 	hdr[0] = status
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
+	binary.BigEndian.PutUint32(hdr[1:], uint32(n))
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.w.Write(hdr[:])
