@@ -75,6 +75,9 @@ type Config struct {
 	// DiskWorkers bounds the live workers of the disk view; 0 means
 	// diskview.DefaultMaxWorkers.
 	DiskWorkers int
+	// DiskIdle is how long a disk worker outlives its last read; 0 means
+	// diskview.DefaultIdle.
+	DiskIdle time.Duration
 }
 
 // DefaultMaxDocument is the largest generated document a mount serves unless
@@ -153,7 +156,7 @@ func New(cfg Config) (*FS, error) {
 	if cfg.MaxDocument <= 0 {
 		cfg.MaxDocument = DefaultMaxDocument
 	}
-	pool := diskview.New(diskview.Config{Opener: cfg.Opener, MaxWorkers: cfg.DiskWorkers, Busy: cfg.Jobs.BusyError, Log: cfg.Log})
+	pool := diskview.New(diskview.Config{Opener: cfg.Opener, MaxWorkers: cfg.DiskWorkers, Idle: cfg.DiskIdle, Busy: cfg.Jobs.BusyError, Log: cfg.Log})
 	return &FS{
 		cfg:      cfg,
 		root:     loc.Root,

@@ -29,7 +29,7 @@ type mounted struct {
 // waits until the mount is up. Cleanup stops it with SIGTERM, expects exit 0,
 // and detaches the mount if anything went wrong, so a failing test never
 // leaves a mount behind.
-func mount(t *testing.T, dir string, global []string, opts ...string) *mounted {
+func mount(t testing.TB, dir string, global []string, opts ...string) *mounted {
 	t.Helper()
 	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
 		t.Skipf("no usable /dev/fuse (%v): mount tests need FUSE", err)

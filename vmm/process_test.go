@@ -47,7 +47,11 @@ func testWorker() {
 		if err != nil {
 			os.Exit(7)
 		}
-		sessionWorker(in)
+		shared, err := WorkerShared(req)
+		if err != nil {
+			os.Exit(6)
+		}
+		sessionWorker(in, shared)
 	case "session-error":
 		m, _ := json.Marshal(Message{Error: errcode.New(errcode.ReadFailed, "cannot begin")})
 		os.Stdout.Write(append(m, '\n'))

@@ -18,7 +18,7 @@ import (
 
 // sessionWorker answers frames by what they say: "ok N" with N bytes 'x',
 // "err" with an error frame, and the rest with the misbehaviour they name.
-func sessionWorker(in io.Reader) {
+func sessionWorker(in io.Reader, shared []byte) {
 	out := func(status byte, body []byte) {
 		hdr := []byte{status, 0, 0, 0, 0}
 		binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
@@ -36,6 +36,11 @@ func sessionWorker(in io.Reader) {
 		switch cmd {
 		case "ok":
 			out(FrameOK, bytes.Repeat([]byte("x"), n))
+		case "shared":
+			copy(shared, bytes.Repeat([]byte("y"), n))
+			hdr := []byte{FrameShared, 0, 0, 0, 0}
+			binary.BigEndian.PutUint32(hdr[1:], uint32(n))
+			os.Stdout.Write(hdr)
 		case "err":
 			b, _ := json.Marshal(errcode.New(errcode.ReadFailed, "bad \x1b[31msector"))
 			out(FrameError, b)
@@ -58,7 +63,7 @@ func sessionWorker(in io.Reader) {
 
 func startSession(t *testing.T, op string) (*Session, error) {
 	t.Helper()
-	s, err := plainProcess().Start(context.Background(), Job{Request: Request{Op: op}, Timeout: time.Minute})
+	s, err := plainProcess().Start(context.Background(), Job{Request: Request{Op: op}, Timeout: time.Minute, Shared: 64})
 	if err == nil {
 		t.Cleanup(func() { s.Close() })
 	}
@@ -79,6 +84,9 @@ func TestSessionCalls(t *testing.T) {
 		if err != nil || n != 64 || buf[63] != 'x' {
 			t.Fatalf("call %d: %d, %v", i, n, err)
 		}
+	}
+	if n, err := s.Call(context.Background(), []byte("shared 40"), buf); err != nil || n != 40 || !bytes.Equal(buf[:n], bytes.Repeat([]byte("y"), 40)) {
+		t.Fatalf("shared reply: %d, %v", n, err)
 	}
 	_, err = s.Call(context.Background(), []byte("err"), buf)
 	if errcode.Code(err) != errcode.ReadFailed || strings.ContainsRune(err.Error(), 0x1b) {
@@ -113,7 +121,8 @@ func TestSessionHostileReplies(t *testing.T) {
 		req  string
 		code string
 	}{
-		{"ok 65", errcode.WorkerProtocol}, // longer than asked
+		{"ok 65", errcode.WorkerProtocol},     // longer than asked
+		{"shared 65", errcode.WorkerProtocol}, // longer than asked and shared
 		{"err-bad", errcode.WorkerProtocol},
 		{"err-long", errcode.WorkerProtocol},
 		{"status", errcode.WorkerProtocol},

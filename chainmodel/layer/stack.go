@@ -43,6 +43,20 @@ func (s Stack) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Bounded is an Image that can stop an extent at a limit: reading a few
+// bytes then costs no walk of the metadata far past them.
+type Bounded interface {
+	ExtentBefore(off, limit int64) (Extent, error)
+}
+
+// extentBefore is l's extent at off; it may end at limit when l is Bounded.
+func extentBefore(l Image, off, limit int64) (Extent, error) {
+	if b, ok := l.(Bounded); ok {
+		return b.ExtentBefore(off, limit)
+	}
+	return l.Extent(off)
+}
+
 // read fills p with the guest bytes of s at off, which must lie within the
 // top; below it, bytes past an image's end read as zero.
 func (s Stack) read(p []byte, off int64) error {
@@ -57,7 +71,7 @@ func (s Stack) read(p []byte, off int64) error {
 			clear(p)
 			return nil
 		}
-		e, err := l.Extent(off)
+		e, err := extentBefore(l, off, off+int64(len(p)))
 		if err != nil {
 			return err
 		}

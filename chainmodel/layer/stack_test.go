@@ -46,13 +46,34 @@ func kindOf(c byte) Kind {
 	return Data
 }
 
+// bounded is a fake that stops its extents at the limit asked.
+type bounded struct{ fake }
+
+func (b bounded) ExtentBefore(off, limit int64) (Extent, error) {
+	e, err := b.Extent(off)
+	e.Length = min(e.Length, limit-off)
+	return e, err
+}
+
+// withBounds is s with every image bounded.
+func withBounds(s Stack) Stack {
+	out := make(Stack, len(s))
+	for i, l := range s {
+		out[i] = bounded{l.(fake)}
+	}
+	return out
+}
+
 // flat is what the chain reads as, one character per block ('0' for zero).
 func flat(s Stack) string {
 	out := make([]byte, s.VirtualSize()/blk)
 	for i := range out {
 		out[i] = '0'
 		for _, l := range s {
-			f := l.(fake)
+			f, ok := l.(fake)
+			if !ok {
+				f = l.(bounded).fake
+			}
 			if i >= len(f) {
 				break
 			}
@@ -79,47 +100,50 @@ func TestStack(t *testing.T) {
 		{"deep", Stack{fake("..a."), fake(".b.."), fake("c..."), fake("...d")}, "dddd"},
 		{"nothing", Stack{fake("....")}, "zzzz"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			want := flat(tc.chain)
-			size := tc.chain.VirtualSize()
-			// Every offset and length, so runs split mid-block are covered.
-			for off := int64(0); off < size; off++ {
-				for n := int64(1); off+n <= size+3; n++ {
-					p := make([]byte, n)
-					got, err := tc.chain.ReadAt(p, off)
-					if off+n > size {
-						if err != io.EOF || int64(got) != size-off {
-							t.Fatalf("ReadAt(%d, %d) = %d, %v; want %d, EOF", off, n, got, err, size-off)
+		for _, chain := range []Stack{tc.chain, withBounds(tc.chain)} {
+			tc.chain = chain
+			t.Run(tc.name, func(t *testing.T) {
+				want := flat(tc.chain)
+				size := tc.chain.VirtualSize()
+				// Every offset and length, so runs split mid-block are covered.
+				for off := int64(0); off < size; off++ {
+					for n := int64(1); off+n <= size+3; n++ {
+						p := make([]byte, n)
+						got, err := tc.chain.ReadAt(p, off)
+						if off+n > size {
+							if err != io.EOF || int64(got) != size-off {
+								t.Fatalf("ReadAt(%d, %d) = %d, %v; want %d, EOF", off, n, got, err, size-off)
+							}
+						} else if err != nil || int64(got) != n {
+							t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, got, err)
 						}
-					} else if err != nil || int64(got) != n {
-						t.Fatalf("ReadAt(%d, %d) = %d, %v", off, n, got, err)
+						for i := int64(0); i < int64(got); i++ {
+							w := want[(off+i)/blk]
+							if w == '0' {
+								w = 0
+							}
+							if p[i] != w {
+								t.Fatalf("ReadAt(%d, %d)[%d] = %q, want %q", off, n, i, p[i], w)
+							}
+						}
 					}
-					for i := int64(0); i < int64(got); i++ {
-						w := want[(off+i)/blk]
-						if w == '0' {
-							w = 0
-						}
-						if p[i] != w {
-							t.Fatalf("ReadAt(%d, %d)[%d] = %q, want %q", off, n, i, p[i], w)
-						}
+				}
+				var kinds []byte
+				for off := int64(0); off < size; {
+					e, err := tc.chain.Extent(off)
+					if err != nil || e.Start != off || e.Length <= 0 || e.End() > size || e.HostOffset != -1 {
+						t.Fatalf("Extent(%d) = %+v, %v", off, e, err)
 					}
+					for i := int64(0); i < e.Length/blk; i++ {
+						kinds = append(kinds, map[Kind]byte{Data: 'd', Zero: 'z'}[e.Kind])
+					}
+					off = e.End()
 				}
-			}
-			var kinds []byte
-			for off := int64(0); off < size; {
-				e, err := tc.chain.Extent(off)
-				if err != nil || e.Start != off || e.Length <= 0 || e.End() > size || e.HostOffset != -1 {
-					t.Fatalf("Extent(%d) = %+v, %v", off, e, err)
+				if !bytes.Equal(kinds, []byte(tc.extent)) {
+					t.Errorf("extents %s, want %s", kinds, tc.extent)
 				}
-				for i := int64(0); i < e.Length/blk; i++ {
-					kinds = append(kinds, map[Kind]byte{Data: 'd', Zero: 'z'}[e.Kind])
-				}
-				off = e.End()
-			}
-			if !bytes.Equal(kinds, []byte(tc.extent)) {
-				t.Errorf("extents %s, want %s", kinds, tc.extent)
-			}
-		})
+			})
+		}
 	}
 	if _, err := (Stack{fake("ab")}).Extent(8); err == nil {
 		t.Error("Extent past the end succeeded")

@@ -121,6 +121,12 @@ func (img *Image) Extent(off int64) (layer.Extent, error) {
 	return img.extent(off, img.VirtualSize())
 }
 
+// ExtentBefore is Extent for a caller that needs nothing past limit: the
+// extent may end there instead of running on (layer.Bounded).
+func (img *Image) ExtentBefore(off, limit int64) (layer.Extent, error) {
+	return img.extent(off, limit)
+}
+
 // unit is one (sub)cluster's mapping.
 type unit struct {
 	kind       layer.Kind

@@ -26,11 +26,13 @@ func (a *app) mountCommand() {
 		readOnly, allowOther bool
 		debug                bool
 		diskWorkers          int
+		diskIdle             time.Duration
 	)
 	c := a.Command("mount", "Mount a directory of images: one directory per image, with JSON about it and rebase/commit control files. Runs in the foreground until SIGINT, SIGTERM or an unmount; exits 0 after unmounting cleanly.")
 	c.Flag("read-only", "Hide the control files and refuse every change.").BoolVar(&readOnly)
 	c.Flag("allow-other", "Let other users use the mount (with default_permissions).").BoolVar(&allowOther)
 	c.Flag("disk-workers", "Live workers serving disk files at most; the least recently used one ends first.").Default(strconv.Itoa(diskview.DefaultMaxWorkers)).IntVar(&diskWorkers)
+	c.Flag("disk-idle", "How long a disk worker outlives its last read.").Hidden().Default(diskview.DefaultIdle.String()).DurationVar(&diskIdle)
 	c.Flag("fuse-debug", "Log every FUSE request.").Hidden().BoolVar(&debug)
 	cacheSize := c.Flag("cache-size", "Bytes the mount may keep in its caches (probe results, what each file is, generated documents), least recently used dropped first; 0 caches nothing.").
 		Default(strconv.Itoa(chainmodel.DefaultCacheBytes>>20) + "MiB").Bytes()
@@ -82,6 +84,7 @@ func (a *app) mountCommand() {
 			MaxDocument: int64(*maxDocument),
 			Log:         log,
 			DiskWorkers: diskWorkers,
+			DiskIdle:    diskIdle,
 		})
 		if err != nil {
 			return fail(err)
