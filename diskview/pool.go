@@ -72,6 +72,7 @@ type entry struct {
 	start   chan struct{}
 	revoked error // set when the chain was taken away from its readers
 	ra      readahead
+	runs    runMap
 }
 
 // New returns a pool.
@@ -174,7 +175,13 @@ func (p *Pool) revokedErr(e *entry) error {
 	return e.revoked
 }
 
+// read reads p at off from the worker, or answers zeros for a hole.
 func (h *Handle) read(ctx context.Context, p []byte, off int64) error {
+	h.e.runs.load(h)
+	if h.e.runs.hole(off, len(p)) {
+		clear(p)
+		return nil
+	}
 	return h.call(ctx, func(d *vmm.Disk) error { return d.ReadAt(ctx, p, off) })
 }
 
@@ -182,7 +189,15 @@ func (h *Handle) read(ctx context.Context, p []byte, off int64) error {
 // after off that is data, or a hole. The end of the disk counts as a hole;
 // SEEK_DATA past the last data returns ok false (ENXIO).
 func (h *Handle) Seek(ctx context.Context, off int64, data bool) (int64, bool, error) {
+	h.e.runs.load(h)
 	for off < h.e.size {
+		if isData, end, ok := h.e.runs.run(off); ok {
+			if isData == data {
+				return off, true, nil
+			}
+			off = end
+			continue
+		}
 		var run vmm.DiskRun
 		err := h.call(ctx, func(d *vmm.Disk) (err error) {
 			run, err = d.Extent(ctx, off)

@@ -25,6 +25,10 @@ const (
 	// DiskExtent asks whether the chain stores data at Off; the reply is a
 	// DiskRun (diskRunBytes bytes) for the run that starts there.
 	DiskExtent = 2
+	// DiskMap asks for the runs of data and holes from Off on, as
+	// consecutive DiskRuns: as many as the reply holds, or until the worker
+	// has spent its budget; the host asks again from where they end.
+	DiskMap = 3
 )
 
 // MaxDiskRead bounds one DiskRead: the worker's buffer, and so its memory, does
@@ -122,6 +126,33 @@ func (d *Disk) Extent(ctx context.Context, off int64) (DiskRun, error) {
 		return DiskRun{}, d.violation("an extent reply %x for offset %d of %d", b[:n], off, d.Size)
 	}
 	return r, nil
+}
+
+// Map returns the runs of data and holes from off (0 <= off < Size) on, at
+// least one, consecutive and within the disk.
+func (d *Disk) Map(ctx context.Context, off int64) ([]DiskRun, error) {
+	if off < 0 || off >= d.Size {
+		return nil, errcode.New(errcode.Internal, "disk map at %d outside the disk", off)
+	}
+	b := make([]byte, MaxDiskRead/diskRunBytes*diskRunBytes)
+	n, err := d.S.Call(ctx, DiskRequest{Kind: DiskMap, Off: off}.Encode(), b)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 || n%diskRunBytes != 0 {
+		return nil, d.violation("a map reply of %d bytes", n)
+	}
+	runs := make([]DiskRun, 0, n/diskRunBytes)
+	for at := off; len(runs) < n/diskRunBytes; {
+		r := b[len(runs)*diskRunBytes:]
+		run := DiskRun{Data: r[0] == 1, Length: int64(binary.BigEndian.Uint64(r[1:]))}
+		if r[0] > 1 || run.Length <= 0 || run.Length > d.Size-at {
+			return nil, d.violation("a map run %x at offset %d of %d", r[:diskRunBytes], at, d.Size)
+		}
+		runs = append(runs, run)
+		at += run.Length
+	}
+	return runs, nil
 }
 
 // violation ends a session whose reply parsed but made no sense.

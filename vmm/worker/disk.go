@@ -97,8 +97,42 @@ func answerDisk(stack layer.Stack, body, buf []byte) ([]byte, error) {
 			return nil, err
 		}
 		return run.Encode(), nil
+	case vmm.DiskMap:
+		if req.Off < 0 || req.Off >= size {
+			return nil, errcode.New(errcode.WorkerProtocol, "map at %d: outside the disk of %d bytes", req.Off, size)
+		}
+		return diskMap(stack, req.Off, buf)
 	}
 	return nil, errcode.New(errcode.WorkerProtocol, "unknown disk request kind %d", req.Kind)
+}
+
+// maxMapExtents bounds the extents one DiskMap reply looks at.
+const maxMapExtents = 1 << 16
+
+// diskMap writes into buf the runs of data and holes from off on: as many
+// as buf holds, or until maxMapExtents extents were looked at.
+func diskMap(stack layer.Stack, off int64, buf []byte) ([]byte, error) {
+	size := stack.VirtualSize()
+	out := buf[:0]
+	var run vmm.DiskRun
+	for looked := 0; off+run.Length < size && looked < maxMapExtents; looked++ {
+		e, err := stack.Extent(off + run.Length)
+		if err != nil {
+			return nil, err
+		}
+		data := e.Kind == layer.Data
+		if run.Length > 0 && data != run.Data {
+			if len(out)+2*len(run.Encode()) > len(buf) {
+				break // room for this run only
+			}
+			out = append(out, run.Encode()...)
+			off += run.Length
+			run = vmm.DiskRun{}
+		}
+		run.Data = data
+		run.Length += e.Length
+	}
+	return append(out, run.Encode()...), nil
 }
 
 // diskRun is the run of data or of holes that starts at off: consecutive
