@@ -43,10 +43,14 @@ lint: vet
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 # The changing benchmarks (rebase, commit) copy their images before every run,
-# outside the timer; 5 runs keep them within a few minutes.
+# outside the timer; 5 runs keep them within a few minutes. The disk view is
+# measured against qemu-storage-daemon's FUSE export (qemu-system-common).
 bench: test-deps build
-	$(GO) test -run '^$$' -bench . -skip 'Rebase|Commit' -benchtime 20x ./...
+	@command -v qemu-storage-daemon >/dev/null || { echo "installing qemu-system-common"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-common >/dev/null; }
+	$(GO) test -run '^$$' -bench . -skip 'Rebase|Commit|Disk' -benchtime 20x ./...
 	$(GO) test -run '^$$' -bench 'Rebase|Commit' -benchtime 5x ./integration
+	$(GO) test -run '^$$' -bench 'Disk' -benchtime 5x ./integration
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:
