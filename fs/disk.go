@@ -27,10 +27,13 @@ type diskFiles struct {
 // take (the top's alone until it is open), at most the size, so that copy
 // tools see a sparse file and ask for its holes.
 //
-// Reads go through the kernel's page cache. An open whose chain is in the
-// same state as at the node's previous open keeps the cached pages
-// (FOPEN_KEEP_CACHE); any other open drops them, and a job that changes the
-// chain drops them at once (NotifyContent).
+// Reads bypass the kernel's page cache (direct I/O): measured faster than
+// cached reads, since the pool's read-ahead and map of holes serve
+// sequential readers and holes, and nothing is copied into the cache.
+// mmap still works, through the page cache (DIRECT_IO_ALLOW_MMAP): an open
+// whose chain is in the same state as at the node's previous open keeps the
+// mapped pages (FOPEN_KEEP_CACHE); any other open drops them, and a job that
+// changes the chain drops them at once (NotifyContent).
 type diskNode struct {
 	node
 	mu      sync.Mutex
@@ -111,13 +114,13 @@ func (d *diskNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	d.fs.disks.nodes[rel] = d
 	d.fs.disks.mu.Unlock()
 	d.mu.Lock()
-	var keep uint32
+	open := uint32(fuse.FOPEN_DIRECT_IO)
 	if d.lastKey == h.Key() {
-		keep = fuse.FOPEN_KEEP_CACHE
+		open |= fuse.FOPEN_KEEP_CACHE
 	}
 	d.lastKey = h.Key()
 	d.mu.Unlock()
-	return &diskHandle{h: h, node: d, rel: rel}, keep, 0
+	return &diskHandle{h: h, node: d, rel: rel}, open, 0
 }
 
 func (d *diskNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {

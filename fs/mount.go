@@ -46,8 +46,10 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 		DirectMountStrict: os.Geteuid() == 0,
 		Debug:             opts.Debug,
 		MaxBackground:     12,
-		// Large requests: max_read and max_pages, for the disk view.
-		MaxWrite: vmm.MaxDiskRead,
+		// Large requests: max_read and max_pages, for the disk view, whose
+		// direct I/O files may still be mapped (where the kernel offers it).
+		MaxWrite:          vmm.MaxDiskRead,
+		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
 	if opts.AllowOther {
 		mo.Options = append(mo.Options, "default_permissions")
