@@ -97,6 +97,10 @@ const (
 	RebaseUnsupported  = "REBASE_UNSUPPORTED"
 	Qcow2NoSpace       = "QCOW2_NO_SPACE"
 
+	// check -r.
+	RepairUnsupported  = "REPAIR_UNSUPPORTED"
+	RepairNeedsRebuild = "REPAIR_NEEDS_REBUILD"
+
 	// The mount's control files and job manager.
 	ChainBusy = "CHAIN_BUSY"
 

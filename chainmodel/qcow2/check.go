@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math"
@@ -181,11 +182,22 @@ const (
 // for the regions the image references), plus one cluster of buffers per
 // table walked at a time.
 func Check(r io.ReaderAt, fileSize int64) (*CheckReport, error) {
+	c, err := newRefChecker(r, fileSize)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.run(); err != nil {
+		return nil, err
+	}
+	return c.rep, nil
+}
+
+func newRefChecker(r io.ReaderAt, fileSize int64) (*refChecker, error) {
 	h, err := checkModeHeader(r, fileSize)
 	if err != nil {
 		return nil, err
 	}
-	c := &refChecker{
+	return &refChecker{
 		r:        r,
 		fileSize: fileSize,
 		h:        h,
@@ -195,11 +207,7 @@ func Check(r io.ReaderAt, fileSize int64) (*CheckReport, error) {
 		extL2:    h.ExtendedL2(),
 		rep:      &CheckReport{},
 		work:     MaxCheckWork,
-	}
-	if err := c.run(); err != nil {
-		return nil, err
-	}
-	return c.rep, nil
+	}, nil
 }
 
 // checkModeHeader parses the header the way qemu opens an image for checking:
@@ -235,6 +243,21 @@ type refChecker struct {
 	buf   []byte // one cluster, for L2 tables
 	l1buf []byte
 	rb    refblockCache
+
+	// Repair state (repair.go); zero for the read-only check.
+	fix          RepairMode
+	rebuild      bool                      // the refcount structure must be rebuilt
+	fixed        fixCounts                 // qemu's leaks_fixed, corruptions_fixed
+	changed      map[uint64]*RefcountBlock // refcount blocks changed in memory, by offset
+	freed        []int64                   // clusters whose refcount a repair lowered to 0
+	refused      string                    // why Repair must refuse this image, when set
+	needsRebuild bool                      // -r leaks met a structure only -r all can repair
+	w            RepairFile                // the file Repair writes
+}
+
+// fixCounts are the repairs made.
+type fixCounts struct {
+	leaks, corruptions int64
 }
 
 type checkSnapshot struct {
@@ -282,6 +305,29 @@ func (c *refChecker) readZ(p []byte, off uint64) error {
 }
 
 func (c *refChecker) run() error {
+	if err := c.load(); err != nil {
+		return err
+	}
+	if err := c.calculate(); err != nil {
+		return err
+	}
+	highest, err := c.compare()
+	if err != nil {
+		return err
+	}
+	if err := c.pastEOF(); err != nil {
+		return err
+	}
+	if err := c.checkCopied(); err != nil {
+		return err
+	}
+	c.rep.ImageEndOffset = (highest + 1) * c.cs
+	return nil
+}
+
+// load reads what qemu reads when it opens the image: the snapshot table and
+// the refcount table.
+func (c *refChecker) load() error {
 	h := c.h
 	nb := checkDivUp(c.fileSize, c.cs)
 	if nb > maxCheckClusters {
@@ -311,21 +357,6 @@ func (c *refChecker) run() error {
 			c.reftable[i] = be64(raw[8*i:])
 		}
 	}
-
-	if err := c.calculate(); err != nil {
-		return err
-	}
-	highest, err := c.compare()
-	if err != nil {
-		return err
-	}
-	if err := c.pastEOF(); err != nil {
-		return err
-	}
-	if err := c.checkCopied(); err != nil {
-		return err
-	}
-	c.rep.ImageEndOffset = (highest + 1) * c.cs
 	return nil
 }
 
@@ -384,6 +415,7 @@ func (c *refChecker) readSnapshotTable() error {
 		for i, s := range c.snaps {
 			if s.extraSize < 16 {
 				c.corruption("ERROR snapshot table entry %d is incomplete", i)
+				c.refuse("its snapshot table has incomplete entries")
 			}
 		}
 	}
@@ -425,8 +457,7 @@ func (c *refChecker) calculate() error {
 	if err := c.bitmaps(); err != nil {
 		return err
 	}
-	c.refblocks()
-	return nil
+	return c.refblocks()
 }
 
 // inc counts one reference to every cluster of [off, off+size)
@@ -506,6 +537,7 @@ func (c *refChecker) walkL1(off uint64, n uint32, active bool) error {
 			c.inc(l2, uint64(c.cs))
 			if l2&uint64(c.cs-1) != 0 {
 				c.corruption("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2)
+				c.refuse("an L2 table is not cluster aligned")
 			}
 			if err := c.walkL2(l2, active); err != nil {
 				return err
@@ -572,6 +604,7 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 				} else {
 					c.corruption("ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.", hoff)
 				}
+				c.refuse("a data cluster is not cluster aligned")
 			}
 			if active {
 				c.rep.AllocatedClusters++
@@ -590,21 +623,34 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 	return nil
 }
 
-// refblocks is qemu's check_refblocks: every refcount table entry.
-func (c *refChecker) refblocks() {
+// refblocks is qemu's check_refblocks: every refcount table entry. With
+// RepairErrors, a block past the end of the file is repaired by extending the
+// file to hold it (it reads as zeros there anyway).
+func (c *refChecker) refblocks() error {
 	for i, e := range c.reftable {
 		off := e & RefcountTableOffsetMask
 		k := int64(off >> c.cbits)
 		if e&^RefcountTableOffsetMask != 0 {
 			c.corruption("ERROR refcount table entry %d has reserved bits set", i)
+			c.rebuild = true
 			continue
 		}
 		if off&uint64(c.cs-1) != 0 {
 			c.corruption("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
+			c.rebuild = true
 			continue
 		}
 		if off>>c.cbits >= uint64(c.nb) {
-			c.corruption("ERROR refcount block %d is outside image", i)
+			if c.fix&RepairErrors == 0 {
+				c.corruption("ERROR refcount block %d is outside image", i)
+				continue
+			}
+			c.msg(MsgInfo, "Repairing refcount block %d is outside image", i)
+			if err := c.extend(int64(off) + c.cs); err != nil {
+				return err
+			}
+			c.fixed.corruptions++
+			c.inc(off, uint64(c.cs))
 			continue
 		}
 		if off == 0 {
@@ -613,8 +659,10 @@ func (c *refChecker) refblocks() {
 		c.inc(off, uint64(c.cs))
 		if v := c.imrt.get(k); v != 1 {
 			c.corruption("ERROR refcount block %d refcount=%d", i, v)
+			c.rebuild = true
 		}
 	}
+	return nil
 }
 
 // pastEOF records, in LeakedClusters only, the clusters past the end of the
@@ -653,11 +701,15 @@ func (c *refChecker) refblock(ti uint64) (b *RefcountBlock, ok bool, err error) 
 		return nil, true, nil
 	}
 	if boff&uint64(c.cs-1) != 0 {
+		c.refuse("a refcount block is not cluster aligned (qemu marks the image corrupt)")
 		if !c.signaled {
 			c.signaled = true
 			c.msg(MsgInfo, "qcow2: Image is corrupt: Refblock offset %s unaligned (reftable index: %s); further non-fatal corruption events will be suppressed", checkHexAlt(boff), checkHexAlt(ti))
 		}
 		return nil, false, nil
+	}
+	if b := c.changed[boff]; b != nil {
+		return b, true, nil
 	}
 	b, err = c.rb.get(c, boff)
 	if err != nil {
@@ -676,7 +728,10 @@ func (c *refChecker) storedRefcount(k uint64) (v uint64, ok bool, err error) {
 }
 
 // compare is qemu's compare_refcounts; it returns the highest cluster with a
-// stored or computed refcount.
+// stored or computed refcount. It sets c.rebuild when a referenced cluster
+// has a stored refcount of 0. With c.fix it repairs what c.fix allows: leaks
+// (RepairLeaks) and refcounts lower than the references (RepairErrors), in
+// memory (see setStored).
 func (c *refChecker) compare() (int64, error) {
 	var highest int64
 	per := int64(1) << c.rbBits
@@ -700,25 +755,50 @@ func (c *refChecker) compare() (int64, error) {
 			if stored > 0 || computed > 0 {
 				highest = k
 			}
-			switch {
-			case stored < computed:
-				c.corruption("ERROR cluster %d refcount=%d reference=%d", k, stored, computed)
-			case stored > computed:
-				c.rep.Leaks++
-				if len(c.rep.LeakedClusters) < MaxLeakRecords {
-					c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: stored, Referenced: computed})
-				}
-				c.msg(MsgLeak, "Leaked cluster %d refcount=%d reference=%d", k, stored, computed)
+			if stored == computed {
+				continue
 			}
+			if stored == 0 {
+				c.rebuild = true
+			} else if (stored > computed && c.fix&RepairLeaks != 0) || (stored < computed && c.fix&RepairErrors != 0) {
+				c.msg(MsgInfo, "Repairing cluster %d refcount=%d reference=%d", k, stored, computed)
+				if stored > computed {
+					c.fixed.leaks++
+				} else {
+					c.fixed.corruptions++
+				}
+				c.setStored(b, k, computed)
+				continue
+			}
+			if stored < computed {
+				c.corruption("ERROR cluster %d refcount=%d reference=%d", k, stored, computed)
+				continue
+			}
+			c.rep.Leaks++
+			if len(c.rep.LeakedClusters) < MaxLeakRecords {
+				c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: stored, Referenced: computed})
+			}
+			c.msg(MsgLeak, "Leaked cluster %d refcount=%d reference=%d", k, stored, computed)
 		}
 	}
 	return highest, nil
 }
 
-// checkCopied is qemu's check_oflag_copied on the active L1 table.
+// checkCopied is qemu's check_oflag_copied on the active L1 table. It
+// repairs the flags (in memory, see repair.go) when c.fix has RepairErrors,
+// or RepairLeaks on an image that is otherwise clean by now.
 func (c *refChecker) checkCopied() error {
 	h := c.h
+	repair := c.fix&RepairErrors != 0 ||
+		(c.fix&RepairLeaks != 0 && c.rep.CheckErrors == 0 && c.rep.Corruptions == 0 && c.rep.Leaks == 0)
+	word := "ERROR"
+	if repair {
+		word = "Repairing"
+	}
 	n := uint64(h.L1Size)
+	if c.l1buf == nil {
+		c.l1buf = make([]byte, checkL1Chunk*8)
+	}
 	for i := uint64(0); i < n; i += checkL1Chunk {
 		pos := h.L1TableOffset + i*8
 		if pos >= uint64(c.fileSize) {
@@ -746,9 +826,15 @@ func (c *refChecker) checkCopied() error {
 				continue
 			}
 			if (rc == 1) != (e&OflagCopied != 0) {
-				c.corruption("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i+j, e, rc)
+				c.rep.Corruptions++
+				c.msg(MsgCorruption, "%s OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", word, i+j, e, rc)
+				if repair {
+					if err := c.fixL1Copied(b, i, i+j, e, rc == 1); err != nil {
+						return err
+					}
+				}
 			}
-			if err := c.copiedL2(l2); err != nil {
+			if err := c.copiedL2(l2, word, repair); err != nil {
 				return err
 			}
 		}
@@ -756,7 +842,7 @@ func (c *refChecker) checkCopied() error {
 	return nil
 }
 
-func (c *refChecker) copiedL2(off uint64) error {
+func (c *refChecker) copiedL2(off uint64, word string, repair bool) error {
 	n := c.cs / c.entSize
 	if err := c.spend(n); err != nil {
 		return err
@@ -764,6 +850,7 @@ func (c *refChecker) copiedL2(off uint64) error {
 	if err := c.readZ(c.buf, off); err != nil {
 		return err
 	}
+	dirty := int64(0)
 	for i := int64(0); i < n; i++ {
 		raw := be64(c.buf[i*c.entSize:])
 		if raw == 0 {
@@ -781,8 +868,16 @@ func (c *refChecker) copiedL2(off uint64) error {
 			continue
 		}
 		if (rc == 1) != (raw&OflagCopied != 0) {
-			c.corruption("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", raw, rc)
+			c.rep.Corruptions++
+			c.msg(MsgCorruption, "%s OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", word, raw, rc)
+			if repair {
+				binary.BigEndian.PutUint64(c.buf[i*c.entSize:], raw^OflagCopied)
+				dirty++
+			}
 		}
+	}
+	if dirty > 0 {
+		return c.fixL2Copied(off, dirty)
 	}
 	return nil
 }
@@ -802,11 +897,13 @@ func (c *refChecker) bitmaps() error {
 			c.msg(MsgInfo, "warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent")
 		}
 		c.msg(MsgInfo, "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+		c.refuse("it has a bitmaps extension that qemu drops when it opens the image read-write")
 		return nil
 	}
 	if ext.NbBitmaps == 0 {
 		return nil
 	}
+	c.refuse("it has persistent bitmaps")
 	if err != nil || !ok || ext.NbBitmaps == 0 {
 		return err
 	}
@@ -916,6 +1013,15 @@ type refblockCache struct {
 	offs   [16]uint64
 	blocks [16]*RefcountBlock
 	next   int
+}
+
+// forget drops the block at off, which was written.
+func (rc *refblockCache) forget(off uint64) {
+	for i, o := range rc.offs {
+		if o == off {
+			rc.offs[i], rc.blocks[i] = 0, nil
+		}
+	}
 }
 
 func (rc *refblockCache) get(c *refChecker, off uint64) (*RefcountBlock, error) {

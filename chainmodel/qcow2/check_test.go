@@ -409,8 +409,37 @@ func (c *ckImage) bitmapTable(i int) uint64 {
 	return c.u64(off)
 }
 
-func TestCheckDamagedImages(t *testing.T) {
-	ckNeedQemu(t)
+// ckCase is a damaged image: made by qemu, then patched.
+type ckCase struct {
+	name   string
+	opts   []string
+	cmds   []string
+	post   func(t *testing.T, path string)
+	damage func(c *ckImage)
+	// exit is the exit status qemu-img check must have, as a guard that
+	// the damage does what the case says.
+	exit int
+}
+
+// make creates the case's image at path.
+func (tt ckCase) make(t *testing.T, path string) {
+	t.Helper()
+	cmds := tt.cmds
+	if cmds == nil {
+		cmds = ckWrites
+	}
+	ckCreate(t, path, tt.opts, cmds...)
+	if tt.post != nil {
+		tt.post(t, path)
+	}
+	tt.damage(ckLoad(t, path))
+	if q := runQemuCheck(t, path); q.exit != tt.exit {
+		t.Fatalf("qemu-img check exits %d, want %d: the damage is not what the case expects", q.exit, tt.exit)
+	}
+}
+
+// ckDamagedCases are the damaged images the check and repair tests share.
+func ckDamagedCases() []ckCase {
 	const cs = 65536
 	withSnapshots := func(t *testing.T, path string) {
 		ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
@@ -422,16 +451,7 @@ func TestCheckDamagedImages(t *testing.T) {
 		ckRun(t, "qemu-img", "bitmap", "--add", path, "b1")
 		ckIO(t, path, "write -P 9 0 64k", "write -P 9 40M 64k")
 	}
-	tests := []struct {
-		name   string
-		opts   []string
-		cmds   []string
-		post   func(t *testing.T, path string)
-		damage func(c *ckImage)
-		// exit is the exit status qemu-img check must have, as a guard that
-		// the damage does what the case says.
-		exit int
-	}{
+	return []ckCase{
 		{
 			name: "leak-unused-cluster", exit: 3,
 			damage: func(c *ckImage) {
@@ -658,21 +678,14 @@ func TestCheckDamagedImages(t *testing.T) {
 			damage: func(c *ckImage) { c.put64(24, 64<<20-100) },
 		},
 	}
-	for _, tt := range tests {
+}
+
+func TestCheckDamagedImages(t *testing.T) {
+	ckNeedQemu(t)
+	for _, tt := range ckDamagedCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), tt.name+".qcow2")
-			cmds := tt.cmds
-			if cmds == nil {
-				cmds = ckWrites
-			}
-			ckCreate(t, path, tt.opts, cmds...)
-			if tt.post != nil {
-				tt.post(t, path)
-			}
-			tt.damage(ckLoad(t, path))
-			if q := runQemuCheck(t, path); q.exit != tt.exit {
-				t.Fatalf("qemu-img check exits %d, want %d: the damage is not what the case expects", q.exit, tt.exit)
-			}
+			tt.make(t, path)
 			compareCheck(t, path)
 		})
 	}

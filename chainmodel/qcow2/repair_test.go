@@ -1,0 +1,277 @@
+package qcow2
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+)
+
+// The repair tests run `qemu-img check -r` (the oracle) and Repair on two
+// copies of each damaged image, and compare the messages, the counts, the
+// second check and the bytes of the repaired files.
+
+// osRepairFile is a RepairFile over an *os.File.
+type osRepairFile struct{ *os.File }
+
+func (f osRepairFile) Datasync() error { return unix.Fdatasync(int(f.Fd())) }
+func (f osRepairFile) PunchHole(off, n int64) error {
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// qemuRepair is what `qemu-img check -r` printed.
+type qemuRepair struct {
+	exit     int
+	stdout   string
+	messages []string // stderr lines, less qemu-img's own "qemu-img: " lines
+	failed   bool     // qemu-img said "Check failed"
+}
+
+func runQemuRepair(t *testing.T, path, mode string) qemuRepair {
+	t.Helper()
+	cmd := exec.Command("qemu-img", "check", "-r", mode, "-f", "qcow2", path)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	q := qemuRepair{stdout: stdout.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		q.exit = ee.ExitCode()
+	default:
+		t.Fatalf("qemu-img check -r: %v", err)
+	}
+	for _, l := range strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n") {
+		switch {
+		case strings.HasPrefix(l, "qemu-img: Check failed"):
+			q.failed = true
+		case l != "" && !strings.HasPrefix(l, "qemu-img: "):
+			q.messages = append(q.messages, l)
+		}
+	}
+	return q
+}
+
+func repairPath(t *testing.T, path string, mode RepairMode) (*RepairReport, error) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Repair(osRepairFile{f}, st.Size(), mode)
+}
+
+// repairHead is the start of qemu-img check -r's output when it fixed
+// something.
+func repairHead(rep *RepairReport) string {
+	if rep.Final == nil {
+		return ""
+	}
+	return fmt.Sprintf("The following inconsistencies were found and repaired:\n\n    %d leaked clusters\n    %d corruptions\n\nDouble checking the fixed image now...\n", rep.LeaksFixed, rep.CorruptionsFixed)
+}
+
+func TestRepairMatchesQemu(t *testing.T) {
+	ckNeedQemu(t)
+	modes := []struct {
+		name string
+		mode RepairMode
+	}{{"leaks", RepairLeaks}, {"all", RepairAll}}
+	for _, tt := range append(repairCases(), ckDamagedCases()...) {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), tt.name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			orig := filepath.Join(dir, "orig.qcow2")
+			tt.make(t, orig)
+			for _, m := range modes {
+				t.Run(m.name, func(t *testing.T) {
+					theirs := filepath.Join(dir, m.name+"-qemu.qcow2")
+					ours := filepath.Join(dir, m.name+"-ours.qcow2")
+					ckRun(t, "cp", "--sparse=always", orig, theirs)
+					ckRun(t, "cp", "--sparse=always", orig, ours)
+					compareRepair(t, orig, theirs, ours, m.name, m.mode)
+				})
+			}
+		})
+	}
+}
+
+func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode RepairMode) {
+	q := runQemuRepair(t, theirs, modeName)
+	rep, err := repairPath(t, ours, mode)
+	if err != nil {
+		if errcode.Code(err) == errcode.RepairUnsupported {
+			t.Logf("refused: %v", err)
+			requireSameBytes(t, orig, ours)
+			return
+		}
+		if why, ok := repairDiverges[filepath.Base(filepath.Dir(orig))]; ok {
+			t.Logf("refused (%v): %s", err, why)
+			requireSameBytes(t, orig, ours)
+			return
+		}
+		if !q.failed && q.exit != 1 {
+			t.Fatalf("Repair: %v; qemu-img check -r exits %d:\n%s", err, q.exit, q.stdout)
+		}
+		requireSameBytes(t, orig, ours)
+		return
+	}
+	var got []string
+	for _, r := range []*CheckReport{rep.Pass, rep.Final} {
+		if r == nil {
+			continue
+		}
+		for _, m := range r.Messages {
+			got = append(got, m.Text)
+		}
+	}
+	if !reflect.DeepEqual(got, q.messages) {
+		t.Errorf("messages differ:\n got %q\nwant %q", got, q.messages)
+	}
+	if rep.NeedsRebuild {
+		if !q.failed {
+			t.Errorf("Repair needs a rebuild, qemu-img check -r did not fail")
+		}
+		requireSameBytes(t, theirs, ours)
+		return
+	}
+	if q.failed {
+		t.Fatalf("qemu-img check -r failed, Repair did not")
+	}
+	head := repairHead(rep)
+	if !strings.HasPrefix(q.stdout, head) || (head == "" && strings.HasPrefix(q.stdout, "The following")) {
+		t.Errorf("output differs:\n got %q\nwant %q", head, q.stdout)
+	}
+	final := rep.Pass
+	if rep.Final != nil {
+		final = rep.Final
+	}
+	if got := final.ExitCode(); got != q.exit {
+		t.Errorf("exit %d, qemu-img exits %d", got, q.exit)
+	}
+	requireSameBytes(t, theirs, ours)
+}
+
+// requireSameBytes fails unless files a and b hold the same bytes.
+func requireSameBytes(t *testing.T, a, b string) {
+	t.Helper()
+	da, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(da, db) {
+		return
+	}
+	if len(da) != len(db) {
+		t.Fatalf("%s is %d bytes, %s is %d", filepath.Base(a), len(da), filepath.Base(b), len(db))
+	}
+	for i := range da {
+		if da[i] != db[i] {
+			t.Fatalf("%s and %s differ first at byte %#x", filepath.Base(a), filepath.Base(b), i)
+		}
+	}
+}
+
+// repairDiverges are the shared damaged cases whose repair qemu does and
+// Repair refuses with the error Check gives.
+var repairDiverges = map[string]string{
+	"snapshot-extra-too-large": "qemu drops the snapshot's extra data; Repair does not rewrite snapshot tables",
+}
+
+// repairCases are damaged images beyond the check tests' own.
+func repairCases() []ckCase {
+	const cs = 65536
+	withSnapshots := func(t *testing.T, path string) {
+		ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
+		ckIO(t, path, "write -P 7 0 128k")
+	}
+	leakData := func(c *ckImage) {
+		n := int64(len(c.data)) / cs
+		c.grow(3)
+		c.setRefcount(n, 1)
+		c.setRefcount(n+2, 2)
+		c.put64(n*cs, 0x5555555555555555)
+	}
+	return []ckCase{
+		{name: "repair-leak-with-data", exit: 3, damage: leakData},
+		{name: "repair-leak-snapshots", exit: 3, post: withSnapshots, damage: leakData},
+		{
+			name: "repair-too-low-shared", exit: 2, post: withSnapshots,
+			damage: func(c *ckImage) { c.setRefcount(c.host(3)/cs, 1) },
+		},
+		{
+			name: "repair-too-low-and-leak", exit: 2, post: withSnapshots,
+			damage: func(c *ckImage) {
+				c.setRefcount(c.host(3)/cs, 1)
+				leakData(c)
+			},
+		},
+		{
+			name: "repair-l2-copied-cleared", exit: 2,
+			damage: func(c *ckImage) { c.put64(c.l2Off(0, 1), c.u64(c.l2Off(0, 1))&^OflagCopied) },
+		},
+		{
+			name: "repair-l1-copied-cleared", exit: 2,
+			damage: func(c *ckImage) { c.put64(c.l1Off(0), c.u64(c.l1Off(0))&^OflagCopied) },
+		},
+		{
+			name: "repair-dirty-leak", exit: 3, opts: []string{"lazy_refcounts=on"},
+			damage: func(c *ckImage) {
+				leakData(c)
+				c.put64(72, IncompatDirty)
+			},
+		},
+		{
+			name: "repair-dirty-too-low", exit: 2, opts: []string{"lazy_refcounts=on"}, post: withSnapshots,
+			damage: func(c *ckImage) {
+				c.setRefcount(c.host(3)/cs, 1)
+				c.put64(72, IncompatDirty)
+			},
+		},
+		{
+			name: "repair-dirty-zero", exit: 2, opts: []string{"lazy_refcounts=on"},
+			damage: func(c *ckImage) {
+				c.setRefcount(c.host(2)/cs, 0)
+				c.put64(72, IncompatDirty)
+			},
+		},
+		{
+			name: "repair-corrupt-leak", exit: 3,
+			damage: func(c *ckImage) {
+				leakData(c)
+				c.put64(72, IncompatCorrupt)
+			},
+		},
+		{
+			name: "repair-leak-refcount-bits-4", exit: 3, opts: []string{"refcount_bits=4"}, damage: leakData,
+		},
+		{
+			name: "repair-zero-extended-l2", exit: 2, opts: []string{"extended_l2=on"},
+			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 0) },
+		},
+		{
+			name: "repair-zero-snapshots", exit: 2, post: withSnapshots,
+			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 0) },
+		},
+	}
+}
