@@ -40,11 +40,8 @@ func CheckChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*Chec
 	if err := chainmodel.DecodeResult(res, &r.CheckResult); err != nil {
 		return nil, err
 	}
-	cr := r.CheckResult
-	for _, n := range []int64{cr.CheckErrors, cr.Corruptions, cr.Leaks, cr.ImageEndOffset, cr.TotalClusters, cr.AllocatedClusters, cr.FragmentedClusters, cr.CompressedClusters} {
-		if n < 0 {
-			return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
-		}
+	if !validCounts(r.CheckResult) {
+		return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
 	}
 	return r, nil
 }
@@ -65,30 +62,37 @@ func (r *CheckReport) ExitCode() int {
 	return 0
 }
 
-// checkJSON is `qemu-img check --output=json`, in qemu-img's field order; the
-// optional fields appear only when non-zero, as in qemu-img.
+// checkJSON is `qemu-img check --output=json`, in qemu-img's key order (the
+// order of its QDict's hash buckets); the optional fields appear only when
+// non-zero, as in qemu-img.
 type checkJSON struct {
 	ImageEndOffset     int64  `json:"image-end-offset,omitempty"`
+	CompressedClusters int64  `json:"compressed-clusters,omitempty"`
 	TotalClusters      int64  `json:"total-clusters,omitempty"`
+	Corruptions        int64  `json:"corruptions,omitempty"`
+	CorruptionsFixed   int64  `json:"corruptions-fixed,omitempty"`
 	CheckErrors        int64  `json:"check-errors"`
 	Leaks              int64  `json:"leaks,omitempty"`
-	Corruptions        int64  `json:"corruptions,omitempty"`
+	LeaksFixed         int64  `json:"leaks-fixed,omitempty"`
 	AllocatedClusters  int64  `json:"allocated-clusters,omitempty"`
-	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
-	CompressedClusters int64  `json:"compressed-clusters,omitempty"`
 	Filename           string `json:"filename"`
 	Format             string `json:"format"`
+	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
 }
 
 // JSON renders the report as `qemu-img check --output=json` does.
-func (r *CheckReport) JSON() []byte {
+func (r *CheckReport) JSON() []byte { return r.json(0, 0) }
+
+func (r *CheckReport) json(leaksFixed, corruptionsFixed int64) []byte {
 	j := checkJSON{
-		ImageEndOffset: r.ImageEndOffset,
-		CheckErrors:    r.CheckErrors,
-		Leaks:          r.Leaks,
-		Corruptions:    r.Corruptions,
-		Filename:       r.Filename,
-		Format:         r.Format,
+		ImageEndOffset:   r.ImageEndOffset,
+		CheckErrors:      r.CheckErrors,
+		Leaks:            r.Leaks,
+		Corruptions:      r.Corruptions,
+		LeaksFixed:       leaksFixed,
+		CorruptionsFixed: corruptionsFixed,
+		Filename:         r.Filename,
+		Format:           r.Format,
 
 		TotalClusters:      r.TotalClusters,
 		AllocatedClusters:  r.AllocatedClusters,

@@ -361,10 +361,20 @@ func ParseCommit(line string) (CommitRequest, error) {
 	return r, nil
 }
 
-// ParseRate parses a rate limit in bytes per second as qemu-img does: a
-// number, possibly fractional, with an optional binary suffix B, K, M, G, T, P
-// or E (upper or lower case).
+// ParseRate parses a rate limit in bytes per second as qemu-img does (see
+// ParseSize).
 func ParseRate(s string) (int64, error) {
+	r, problem := ParseSize(s)
+	if problem != "" {
+		return 0, badArgs("commit: -r: %s %s (bytes per second, e.g. 10M)", problem, QuoteWord(s))
+	}
+	return r, nil
+}
+
+// ParseSize parses a byte count as qemu-img's cvtnum does: a number, possibly
+// fractional, with an optional binary suffix B, K, M, G, T, P or E (upper or
+// lower case). problem names what is wrong, or is empty.
+func ParseSize(s string) (n int64, problem string) {
 	num, mult := s, float64(1)
 	if n := len(s); n > 0 {
 		if i := strings.IndexByte("BKMGTPE", upper(s[n-1])); i >= 0 {
@@ -372,17 +382,15 @@ func ParseRate(s string) (int64, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(num, 64)
-	if err != nil || num == "" || strings.ContainsAny(num, "eExXpPnNiI_+") || v < 0 || math.IsNaN(v) {
-		return 0, badArgs("commit: -r: invalid rate %s (bytes per second, e.g. 10M)", QuoteWord(s))
+	switch {
+	case err != nil || num == "" || strings.ContainsAny(num, "eExXpPnNiI_+") || v < 0 || math.IsNaN(v):
+		return 0, "invalid size"
+	case mult == 1 && v != math.Trunc(v):
+		return 0, "a fractional size needs a suffix:"
+	case v*mult >= math.MaxInt64:
+		return 0, "too large:"
 	}
-	if mult == 1 && v != math.Trunc(v) {
-		return 0, badArgs("commit: -r: a fractional rate needs a suffix: %s", QuoteWord(s))
-	}
-	r := v * mult
-	if r >= math.MaxInt64 {
-		return 0, badArgs("commit: -r: rate %s is too large", QuoteWord(s))
-	}
-	return int64(r), nil
+	return int64(v * mult), ""
 }
 
 func upper(c byte) byte {

@@ -78,6 +78,38 @@ func (m *MapResult) validate(size int64) error {
 // zero-length entry it starts from and never extends.
 var emptyMapRow = []vmm.MapEntry{{}}
 
+// Window keeps the part of the map in [start, start+maxLen) (maxLen < 0: to
+// the end), as qemu-img map --start-offset/--max-length print it: rows cut at
+// both ends, host offsets moved with their start. An empty window is the one
+// row qemu-img prints then: start, length 0, nothing present.
+func (m *MapResult) Window(start, maxLen int64) {
+	var size int64
+	if n := len(m.Entries); n > 0 {
+		size = m.Entries[n-1].Start + m.Entries[n-1].Length
+	}
+	end := size
+	if maxLen >= 0 && maxLen < size-start {
+		end = start + maxLen
+	}
+	var out []vmm.MapEntry
+	for _, e := range m.Entries {
+		lo, hi := max(e.Start, start), min(e.Start+e.Length, end)
+		if lo >= hi {
+			continue
+		}
+		if e.Offset != nil {
+			off := *e.Offset + lo - e.Start
+			e.Offset = &off
+		}
+		e.Start, e.Length = lo, hi-lo
+		out = append(out, e)
+	}
+	if out == nil {
+		out = []vmm.MapEntry{{Start: start}}
+	}
+	m.Entries = out
+}
+
 // JSON renders the map exactly as `qemu-img map --output=json` does.
 func (m *MapResult) JSON() []byte {
 	var b bytes.Buffer

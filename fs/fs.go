@@ -343,7 +343,7 @@ func Errno(err error) syscall.Errno {
 		return syscall.EBUSY
 	case errcode.Cancelled:
 		return syscall.EINTR
-	case errcode.RebaseUnsupported, errcode.CommitUnsupported:
+	case errcode.RebaseUnsupported, errcode.CommitUnsupported, errcode.RepairUnsupported:
 		return syscall.EOPNOTSUPP
 	case errcode.DocumentTooLarge, errcode.ImageTooLarge:
 		return syscall.EFBIG

@@ -40,6 +40,10 @@ const (
 // arguments are CommitArgs.
 const OpCommit = "commit"
 
+// OpRepair repairs an image's metadata (qemu-img check -r); its arguments
+// are RepairArgs and its result a RepairResult.
+const OpRepair = "repair"
+
 // Request is what the host sends a worker on its standard input, as one JSON
 // document.
 type Request struct {

@@ -108,6 +108,25 @@ type CheckResult struct {
 	Messages           []string `json:"messages"`
 }
 
+// RepairArgs are the arguments of OpRepair: Mode is "leaks" or "all". The one
+// image of the request is writable.
+type RepairArgs struct {
+	Mode string `json:"mode"`
+}
+
+// RepairResult is what OpRepair reports, in the shape of qemu-img check -r's
+// output: the repairing check (its messages, and its counts after the
+// repairs), what was fixed, and the second check when something was.
+type RepairResult struct {
+	Pass             CheckResult  `json:"pass"`
+	LeaksFixed       int64        `json:"leaks_fixed"`
+	CorruptionsFixed int64        `json:"corruptions_fixed"`
+	Final            *CheckResult `json:"final,omitempty"`
+	// NeedsRebuild: -r leaks found a refcount structure only -r all
+	// repairs; qemu-img fails ("Check failed: Input/output error").
+	NeedsRebuild bool `json:"needs_rebuild,omitempty"`
+}
+
 // UnmarshalJSON decodes Data into the type that Type names, strictly.
 func (f *FormatSpecific) UnmarshalJSON(b []byte) error {
 	var raw struct {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -43,16 +44,29 @@ func (a *app) infoCommand() {
 }
 
 func (a *app) mapCommand() {
-	var file, format, output string
+	var file, format, output, startOffset, maxLength string
 	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("output", "human, json, or svg (a picture of the chain).").Default("human").EnumVar(&output, "human", "json", "svg")
+	c.Flag("start-offset", "Map from this guest offset (suffixes K, M, G...).").StringVar(&startOffset)
+	c.Flag("max-length", "Map at most this many bytes (suffixes K, M, G...).").StringVar(&maxLength)
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
+		start, err := sizeFlag(startOffset, 0, "start offset")
+		if err != nil {
+			return fail(err)
+		}
+		length, err := sizeFlag(maxLength, -1, "max length")
+		if err != nil {
+			return fail(err)
+		}
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
 			m, err := ctl.Map(ctx, o, file, format)
 			if err != nil {
 				return fail(err)
+			}
+			if startOffset != "" || maxLength != "" {
+				m.Window(start, length)
 			}
 			switch output {
 			case "json":
@@ -72,14 +86,32 @@ func (a *app) mapCommand() {
 	}
 }
 
+// sizeFlag parses a size flag as qemu-img's cvtnum does; empty gives def.
+func sizeFlag(v string, def int64, what string) (int64, error) {
+	if v == "" {
+		return def, nil
+	}
+	n, problem := ctl.ParseSize(v)
+	if problem != "" {
+		return 0, errcode.New(errcode.BadArguments, "Invalid %s specified: %q (%s). You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.", what, v, strings.TrimSuffix(problem, ":"))
+	}
+	return n, nil
+}
+
 func (a *app) checkCommand() {
-	var file, format, output string
-	c := a.Command("check", "Check an image's metadata for consistency, read-only (qemu-img check). Exit status: 0 clean, 2 corrupt, 3 leaks only.")
+	var file, format, output, repair string
+	var quiet bool
+	c := a.Command("check", "Check an image's metadata for consistency (qemu-img check); with -r, repair it. Exit status: 0 clean, 1 the check failed, 2 corrupt, 3 leaks only, 63 no checks for this format.")
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
+	c.Flag("repair", "Repair the image: leaks frees leaked clusters, all also fixes refcount errors and the corruptions qemu-img repairs.").Short('r').EnumVar(&repair, "leaks", "all")
+	c.Flag("quiet", "Print no report on stdout (the problems are still listed on stderr).").Short('q').BoolVar(&quiet)
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			if repair != "" {
+				return showRepair(ctx, o, file, format, repair, output, quiet)
+			}
 			r, err := ctl.Check(ctx, o, file, format)
 			if err != nil {
 				return fail(err)
@@ -87,14 +119,38 @@ func (a *app) checkCommand() {
 			for _, m := range r.Messages {
 				fmt.Fprintln(os.Stderr, m)
 			}
-			if output == "json" {
+			switch {
+			case quiet:
+			case output == "json":
 				os.Stdout.Write(r.JSON())
-			} else {
+			default:
 				os.Stdout.Write(r.Human())
 			}
 			return r.ExitCode()
 		}, file)
 	}
+}
+
+// showRepair runs check -r and prints its outcome as qemu-img does.
+func showRepair(ctx context.Context, o *chainmodel.Opener, file, format, mode, output string, quiet bool) int {
+	r, err := ctl.Repair(ctx, o, file, format, mode)
+	if err != nil {
+		return fail(err)
+	}
+	for _, m := range r.Messages() {
+		fmt.Fprintln(os.Stderr, m)
+	}
+	if err := r.Err(); err != nil {
+		return fail(err)
+	}
+	switch {
+	case quiet:
+	case output == "json":
+		os.Stdout.Write(r.JSON())
+	default:
+		os.Stdout.Write(r.Human())
+	}
+	return r.ExitCode()
 }
 
 // withOpener runs fn with an Opener whose policy allows the directory of file

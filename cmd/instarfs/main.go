@@ -9,6 +9,7 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"instarfs/errcode"
 	"instarfs/vmm"
 	"instarfs/vmm/worker"
 )
@@ -33,6 +34,10 @@ type globalFlags struct {
 	logFormat string
 	sandbox   string
 	allowDirs []string
+
+	// qemu-img flags that are refused (see refuseQemuOnly).
+	imageOpts bool
+	objects   []string
 }
 
 func newApp() *app {
@@ -45,6 +50,8 @@ func newApp() *app {
 	a.Flag("log-format", "Log format on stderr: text or json.").Default("text").EnumVar(&a.global.logFormat, "text", "json")
 	a.Flag("sandbox", "Where image bytes are parsed: auto or jail.").Default("auto").EnumVar(&a.global.sandbox, "auto", "jail")
 	a.Flag("allow-dir", "Another directory backing files may be opened from (repeatable).").StringsVar(&a.global.allowDirs)
+	a.Flag("image-opts", "Refused: qemu-img's protocol options are never honoured.").Hidden().BoolVar(&a.global.imageOpts)
+	a.Flag("object", "Refused: qemu-img's objects are never used.").Hidden().StringsVar(&a.global.objects)
 	a.infoCommand()
 	a.mapCommand()
 	a.checkCommand()
@@ -62,5 +69,21 @@ func (a *app) run(args []string) int {
 		return 1
 	}
 	setupLogging(a.global.logLevel, a.global.logFormat)
+	if err := a.refuseQemuOnly(); err != nil {
+		return fail(err)
+	}
 	return a.actions[cmd]()
+}
+
+// refuseQemuOnly refuses the qemu-img flags that would make instarfs read
+// files, protocols or secrets it never honours, rather than silently
+// ignoring them.
+func (a *app) refuseQemuOnly() error {
+	switch {
+	case a.global.imageOpts:
+		return errcode.New(errcode.BadArguments, "--image-opts is not supported: it turns the file name into qemu block-layer options (drivers, protocols, file.*) that instarfs never honours; give the image's path")
+	case len(a.global.objects) > 0:
+		return errcode.New(errcode.BadArguments, "--object is not supported: it defines qemu objects (secrets, TLS credentials, throttle groups) that instarfs never uses")
+	}
+	return nil
 }

@@ -43,6 +43,11 @@ func checkQcow2(o *opened) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	return checkResult(r), nil
+}
+
+// checkResult is a qcow2 check report as the host receives it.
+func checkResult(r *qcow2.CheckReport) vmm.CheckResult {
 	res := vmm.CheckResult{
 		Supported:          true,
 		CheckErrors:        r.CheckErrors,
@@ -57,7 +62,7 @@ func checkQcow2(o *opened) (any, error) {
 	for _, m := range r.Messages {
 		res.Messages = append(res.Messages, m.Text)
 	}
-	return res, nil
+	return res
 }
 
 // checkVmdk is qemu's vmdk check: every allocated grain, compressed or not, must

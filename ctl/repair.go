@@ -1,0 +1,119 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/vmm"
+)
+
+// RepairReport is the outcome of `check -r` on one image.
+type RepairReport struct {
+	Filename string
+	Format   string
+	vmm.RepairResult
+}
+
+// Repair opens path alone, read-write and locked as qemu locks an image it
+// writes, and asks a worker to repair it as `qemu-img check -r mode` does
+// (mode "leaks" or "all").
+func Repair(ctx context.Context, o *chainmodel.Opener, path, format, mode string) (*RepairReport, error) {
+	if mode != "leaks" && mode != "all" {
+		return nil, errcode.New(errcode.BadArguments, "check: -r: unknown mode %q (leaks or all)", mode)
+	}
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, Writable: true})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	refs := c.Refs()
+	refs[0].Writable = true
+	args, _ := json.Marshal(vmm.RepairArgs{Mode: mode})
+	res, err := o.Sandbox.Run(ctx, vmm.Job{
+		Request: vmm.Request{Op: vmm.OpRepair, Images: refs, Args: args},
+		Files:   c.Files(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &RepairReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
+	if err := chainmodel.DecodeResult(res, &r.RepairResult); err != nil {
+		return nil, err
+	}
+	if r.LeaksFixed < 0 || r.CorruptionsFixed < 0 || (r.Final != nil) != (r.LeaksFixed+r.CorruptionsFixed > 0) {
+		return nil, errcode.New(errcode.WorkerProtocol, "worker reported inconsistent repair counts")
+	}
+	for _, cr := range []*vmm.CheckResult{&r.Pass, r.Final} {
+		if cr != nil && !validCounts(*cr) {
+			return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
+		}
+	}
+	return r, nil
+}
+
+// Messages are the lines qemu-img prints on stderr: the repairing check's,
+// then the second check's.
+func (r *RepairReport) Messages() []string {
+	m := r.Pass.Messages
+	if r.Final != nil {
+		m = append(m[:len(m):len(m)], r.Final.Messages...)
+	}
+	return m
+}
+
+// Err is the error qemu-img fails with after the messages, or nil:
+// REPAIR_NEEDS_REBUILD when -r leaks met a refcount structure that only
+// -r all can repair.
+func (r *RepairReport) Err() error {
+	if r.NeedsRebuild {
+		return errcode.New(errcode.RepairNeedsRebuild, "Check failed: Input/output error: the refcount structure of '%s' must be rebuilt, which only check -r all does", r.Filename)
+	}
+	return nil
+}
+
+// final is the report qemu-img prints: the second check when something was
+// repaired, else the repairing one.
+func (r *RepairReport) final() *CheckReport {
+	cr := r.Pass
+	if r.Final != nil {
+		cr = *r.Final
+	}
+	return &CheckReport{Filename: r.Filename, Format: r.Format, CheckResult: cr}
+}
+
+// ExitCode is qemu-img check -r's exit status, from the final report.
+func (r *RepairReport) ExitCode() int {
+	if r.NeedsRebuild {
+		return 1
+	}
+	return r.final().ExitCode()
+}
+
+// Human renders the outcome as qemu-img check -r does on stdout.
+func (r *RepairReport) Human() []byte {
+	var b bytes.Buffer
+	if r.Final != nil {
+		fmt.Fprintf(&b, "The following inconsistencies were found and repaired:\n\n    %d leaked clusters\n    %d corruptions\n\nDouble checking the fixed image now...\n", r.LeaksFixed, r.CorruptionsFixed)
+	}
+	b.Write(r.final().Human())
+	return b.Bytes()
+}
+
+// JSON renders the outcome as qemu-img check -r --output=json does.
+func (r *RepairReport) JSON() []byte {
+	return r.final().json(r.LeaksFixed, r.CorruptionsFixed)
+}
+
+// validCounts reports whether no count of cr is negative.
+func validCounts(cr vmm.CheckResult) bool {
+	for _, n := range []int64{cr.CheckErrors, cr.Corruptions, cr.Leaks, cr.ImageEndOffset, cr.TotalClusters, cr.AllocatedClusters, cr.FragmentedClusters, cr.CompressedClusters} {
+		if n < 0 {
+			return false
+		}
+	}
+	return true
+}
