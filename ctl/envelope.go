@@ -15,7 +15,7 @@ type Envelope struct {
 	Operation string `json:"operation"`
 	Image     string `json:"image"`
 	Format    string `json:"format,omitempty"`
-	Mode      string `json:"mode,omitempty"` // rebase: "safe" or "unsafe"
+	Mode      string `json:"mode,omitempty"` // rebase: "safe" or "unsafe"; repair: "leaks" or "all"
 
 	// rebase
 	NewBacking       *string `json:"new_backing,omitempty"`
@@ -30,6 +30,12 @@ type Envelope struct {
 	ClustersCommitted      *int64  `json:"clusters_committed,omitempty"`
 	BytesCommitted         *int64  `json:"bytes_committed,omitempty"`
 	OverlayClustersCleared *int64  `json:"overlay_clusters_cleared,omitempty"`
+
+	// repair: what was fixed, and what the final check still finds
+	LeaksFixed       *int64 `json:"leaks_fixed,omitempty"`
+	CorruptionsFixed *int64 `json:"corruptions_fixed,omitempty"`
+	Leaks            *int64 `json:"leaks,omitempty"`
+	Corruptions      *int64 `json:"corruptions,omitempty"`
 
 	DurationMS int64          `json:"duration_ms"`
 	Sandbox    string         `json:"sandbox,omitempty"`

@@ -25,7 +25,7 @@ type JobFunc func(ctx context.Context, progress Progress) (*Envelope, error)
 
 // JobSpec describes a job to start.
 type JobSpec struct {
-	Operation string   // "rebase" or "commit"
+	Operation string   // "rebase", "commit" or "repair"
 	Image     string   // the image's name, for status, the envelope and the log
 	Arguments string   // what was asked, for the log
 	Top       FileID   // the image the job was started on

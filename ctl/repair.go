@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -22,10 +23,15 @@ type RepairReport struct {
 // writes, and asks a worker to repair it as `qemu-img check -r mode` does
 // (mode "leaks" or "all").
 func Repair(ctx context.Context, o *chainmodel.Opener, path, format, mode string) (*RepairReport, error) {
+	return repair(ctx, o, path, format, mode, nil)
+}
+
+// repair is Repair of an image that must have the identity want, when set.
+func repair(ctx context.Context, o *chainmodel.Opener, path, format, mode string, want *chainmodel.FileID) (*RepairReport, error) {
 	if mode != "leaks" && mode != "all" {
 		return nil, errcode.New(errcode.BadArguments, "check: -r: unknown mode %q (leaks or all)", mode)
 	}
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, Writable: true})
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, Writable: true, Want: want})
 	if err != nil {
 		return nil, err
 	}
@@ -116,4 +122,61 @@ func validCounts(cr vmm.CheckResult) bool {
 		}
 	}
 	return true
+}
+
+// ParseRepair parses what was written to a repair control file: the mode,
+// leaks or all, as one word. No prefix of either is a mode, so a write split
+// in two never runs the wrong repair.
+func ParseRepair(line string) (string, error) {
+	words, err := splitWords(line)
+	if err != nil {
+		return "", err
+	}
+	if len(words) != 1 || (words[0].s != "leaks" && words[0].s != "all") {
+		return "", badArgs("repair: write leaks or all (got %s)", QuoteWord(strings.TrimRight(line, "\n")))
+	}
+	return words[0].s, nil
+}
+
+// RepairRequest is what a repair control file asks for.
+type RepairRequest struct {
+	Mode   string // leaks or all
+	Format string
+	// Top, when set, is the identity the image must have (the mount's node
+	// for it).
+	Top *chainmodel.FileID
+}
+
+// RepairImage runs check -r on the image at path for a control file and
+// returns the result envelope: what was fixed, what the final check still
+// finds. A format without checks is REPAIR_UNSUPPORTED; a check that failed
+// is an error too. On failure the envelope reports the error.
+func RepairImage(ctx context.Context, o *chainmodel.Opener, path string, req RepairRequest) (*Envelope, error) {
+	mode := req.Mode
+	return timed("repair", path, o.Sandbox, func() (*Envelope, error) {
+		r, err := repair(ctx, o, path, req.Format, mode, req.Top)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.Err(); err != nil {
+			return nil, err
+		}
+		if !r.Pass.Supported {
+			return nil, errcode.New(errcode.RepairUnsupported, "'%s' is a %s image, which has no repairs", path, r.Format)
+		}
+		f := r.final()
+		if f.CheckErrors > 0 {
+			return nil, errcode.New(errcode.Qcow2Corrupt, "Check failed: %d internal errors occurred during the check of '%s'", f.CheckErrors, path)
+		}
+		return &Envelope{
+			Operation:        "repair",
+			Image:            path,
+			Format:           r.Format,
+			Mode:             mode,
+			LeaksFixed:       &r.LeaksFixed,
+			CorruptionsFixed: &r.CorruptionsFixed,
+			Leaks:            &f.Leaks,
+			Corruptions:      &f.Corruptions,
+		}, nil
+	})
 }

@@ -16,7 +16,7 @@ import (
 	"instarfs/errcode"
 )
 
-// controlNode is a write-only control file, rebase or commit. The first
+// controlNode is a write-only control file, rebase, commit or repair. The first
 // write(2) of an open carries the subcommand's arguments; the write runs the
 // operation as a job and returns when it is done, with an errno that says how
 // it went.
@@ -169,6 +169,15 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		req.Top = &top
 		spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 			return ctl.Commit(ctx, o, rel, req, p)
+		}
+	case "repair":
+		mode, err := ctl.ParseRepair(args)
+		if err != nil {
+			return refuse(err)
+		}
+		req := ctl.RepairRequest{Mode: mode, Format: c.format, Top: &top}
+		spec.Run = func(ctx context.Context, _ ctl.Progress) (*ctl.Envelope, error) {
+			return ctl.RepairImage(ctx, o, rel, req)
 		}
 	default:
 		return nil, syscall.EIO

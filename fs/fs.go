@@ -214,6 +214,7 @@ const (
 	kindCommit
 	kindMapSVG
 	kindDisk
+	kindRepair
 )
 
 // inodeNumber derives a stable inode number from a host file's identity and the

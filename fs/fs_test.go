@@ -30,6 +30,8 @@ func TestErrno(t *testing.T) {
 		{errcode.New(errcode.DocumentTooLarge, "x"), syscall.EFBIG},
 		{errcode.New(errcode.ImageTooLarge, "x"), syscall.EFBIG},
 		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
+		{errcode.New(errcode.RepairUnsupported, "x"), syscall.EOPNOTSUPP},
+		{errcode.New(errcode.RepairNeedsRebuild, "x"), syscall.EIO},
 		{errors.New("plain"), syscall.EIO},
 	}
 	for _, tt := range tests {
@@ -41,7 +43,7 @@ func TestErrno(t *testing.T) {
 
 func TestInodeNumber(t *testing.T) {
 	seen := map[uint64]bool{}
-	for kind := kindDir; kind <= kindCommit; kind++ {
+	for kind := kindDir; kind <= kindRepair; kind++ {
 		for ino := uint64(1); ino < 100; ino++ {
 			n := inodeNumber(kind, 2049, ino)
 			if n <= 1 || n == ^uint64(0) || seen[n] {

@@ -47,6 +47,7 @@ var imageFiles = []imageFile{
 	{"result.json", kindResult, unix.S_IFREG | 0o444},
 	{"rebase", kindRebase, unix.S_IFREG | 0o200},
 	{"commit", kindCommit, unix.S_IFREG | 0o200},
+	{"repair", kindRepair, unix.S_IFREG | 0o200},
 	{"disk", kindDisk, unix.S_IFREG | 0o444},
 }
 
@@ -74,7 +75,7 @@ func (im *imageNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.
 // shown reports whether f appears in this image directory now.
 func (im *imageNode) shown(ctx context.Context, f imageFile) bool {
 	switch f.kind {
-	case kindRebase, kindCommit:
+	case kindRebase, kindCommit, kindRepair:
 		return !im.fs.cfg.ReadOnly
 	case kindBacking:
 		_, ok := im.backingLink(ctx)
@@ -137,7 +138,7 @@ func (im *imageNode) newChild(f imageFile) gofs.InodeEmbedder {
 	switch f.kind {
 	case kindBacking:
 		return &backingNode{node: node{fs: im.fs}}
-	case kindRebase, kindCommit:
+	case kindRebase, kindCommit, kindRepair:
 		return &controlNode{node: node{fs: im.fs}, op: f.name}
 	case kindDisk:
 		return &diskNode{node: node{fs: im.fs}}

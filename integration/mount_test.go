@@ -168,7 +168,7 @@ func TestMountTree(t *testing.T) {
 	if got, want := names(t, m.path("sub")), []string{"disk.raw", "top.qcow2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("sub lists %q, want %q", got, want)
 	}
-	want := []string{"backing", "chain.json", "check.json", "commit", "disk", "info.json", "map.json", "map.svg", "rebase", "result.json", "status"}
+	want := []string{"backing", "chain.json", "check.json", "commit", "disk", "info.json", "map.json", "map.svg", "rebase", "repair", "result.json", "status"}
 	if got := names(t, m.path("overlay.qcow2")); !reflect.DeepEqual(got, want) {
 		t.Errorf("overlay.qcow2 lists %q, want %q", got, want)
 	}
@@ -193,7 +193,7 @@ func TestMountTree(t *testing.T) {
 	if s := m.read(t, "overlay.qcow2", "result.json"); s != "null\n" {
 		t.Errorf("result.json before any job: %q", s)
 	}
-	for p, mode := range map[string]os.FileMode{"rebase": 0o200, "commit": 0o200, "info.json": 0o444, "status": 0o444} {
+	for p, mode := range map[string]os.FileMode{"rebase": 0o200, "commit": 0o200, "repair": 0o200, "info.json": 0o444, "status": 0o444} {
 		if st, err := os.Stat(m.path("overlay.qcow2", p)); err != nil || st.Mode().Perm() != mode {
 			t.Errorf("%s: mode %v, %v; want %v", p, st.Mode(), err, mode)
 		}

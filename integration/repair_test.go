@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	be "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -261,5 +262,77 @@ func TestRepairCrashSweep(t *testing.T) {
 				os.RemoveAll(dir)
 			}
 		})
+	}
+}
+
+// TestMountRepair repairs through the repair control file: the same bytes as
+// qemu-img check -r, result.json and status as for rebase and commit, and the
+// errnos of refusals.
+func TestMountRepair(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range rpCases {
+		rpSetup(t, c, filepath.Join(dir, "pristine-"+c.name))
+		copyDir(t, filepath.Join(dir, "pristine-"+c.name), filepath.Join(dir, "qemu-"+c.name))
+	}
+	images := t.TempDir()
+	for _, c := range rpCases {
+		shellIn(t, dir, fmt.Sprintf("cp --sparse=always pristine-%s/img.qcow2 %q/%s.qcow2", c.name, images, c.name))
+	}
+	shellIn(t, images, "cp --sparse=always rebuild.qcow2 rebuild-leaks.qcow2 && qemu-img create -q -f vmdk disk.vmdk 1M")
+	m := mount(t, images, nil)
+
+	ok := []struct{ image, mode, qemu string }{
+		{"leaks", "leaks", "leaks"},
+		{"everything", "all", "everything"},
+		{"rebuild", "all", "rebuild"},
+	}
+	for _, tt := range ok {
+		if r := m.shell(t, "echo "+tt.mode+" > "+tt.image+".qcow2/repair"); r.code != 0 {
+			t.Fatalf("echo %s > %s.qcow2/repair: exit %d, %s; status %s", tt.mode, tt.image, r.code, r.stderr, m.read(t, tt.image+".qcow2", "status"))
+		}
+		var env struct {
+			Operation, Mode string
+			LeaksFixed      *int64 `json:"leaks_fixed"`
+			Corruptions     *int64
+			Error           map[string]string
+		}
+		if err := json.Unmarshal([]byte(m.read(t, tt.image+".qcow2", "result.json")), &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.Operation != "repair" || env.Mode != tt.mode || env.Error != nil || env.LeaksFixed == nil || env.Corruptions == nil || *env.Corruptions != 0 {
+			t.Errorf("%s: result.json %+v", tt.image, env)
+		}
+		if s := m.read(t, tt.image+".qcow2", "status"); s != "ok repair\n" {
+			t.Errorf("%s: status %q", tt.image, s)
+		}
+		execIn(t, filepath.Join(dir, "qemu-"+tt.qemu), "qemu-img", "check", "-q", "-r", tt.mode, "img.qcow2")
+		rbSame(t, filepath.Join(dir, "qemu-"+tt.qemu, "img.qcow2"), filepath.Join(images, tt.image+".qcow2"))
+	}
+
+	refused := []struct{ image, line, message, code string }{
+		{"leaks", "bogus", "Invalid argument", "BAD_ARGUMENTS"},
+		{"leaks", "-r leaks", "Invalid argument", "BAD_ARGUMENTS"},
+		{"rebuild-leaks", "leaks", "Input/output error", "REPAIR_NEEDS_REBUILD"},
+		{"disk.vmdk", "all", "Operation not supported", "REPAIR_UNSUPPORTED"},
+	}
+	for _, tt := range refused {
+		dirName := tt.image
+		if !strings.Contains(dirName, ".") {
+			dirName += ".qcow2"
+		}
+		r := m.shell(t, "echo "+quote(tt.line)+" > "+dirName+"/repair")
+		if r.code == 0 || !bytes.Contains(r.stderr, []byte("write error: "+tt.message)) {
+			t.Errorf("%s %q: exit %d, stderr %q; want write error: %s", dirName, tt.line, r.code, r.stderr, tt.message)
+		}
+		var env struct {
+			Operation string
+			Error     map[string]string
+		}
+		if err := json.Unmarshal([]byte(m.read(t, dirName, "result.json")), &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.Operation != "repair" || !strings.EqualFold(codeOf(env.Error), tt.code) {
+			t.Errorf("%s %q: result.json %+v, want %s", dirName, tt.line, env, tt.code)
+		}
 	}
 }
