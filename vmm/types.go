@@ -60,13 +60,14 @@ type VmdkSpecific struct {
 	Extents    []VmdkExtent `json:"extents"`
 }
 
-// VmdkExtent is one extent of a vmdk image as qemu-img info reports it.
+// VmdkExtent is one extent of a vmdk image as qemu-img info reports it, its
+// fields in qemu-img's key order (the order of its QDict's hash buckets).
 type VmdkExtent struct {
-	Filename    string `json:"filename,omitempty"`
+	Compressed  bool   `json:"compressed,omitempty"`
 	VirtualSize int64  `json:"virtual-size"`
+	Filename    string `json:"filename,omitempty"`
 	ClusterSize int64  `json:"cluster-size"`
 	Format      string `json:"format"`
-	Compressed  bool   `json:"compressed,omitempty"`
 }
 
 // Snapshot is one internal snapshot, as in qemu-img info.
