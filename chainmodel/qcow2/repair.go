@@ -295,6 +295,9 @@ func (c *refChecker) fixL1Copied(b []byte, base, idx, e uint64, copied bool) err
 	const perSector = 64
 	start := idx &^ (perSector - 1)
 	n := min(uint64(perSector), uint64(c.h.L1Size)-start)
+	if err := c.overlapCheck(c.h.L1TableOffset+8*start, 8*n, true); err != nil {
+		return err
+	}
 	if err := c.write(b[8*(start-base):8*(start-base+n)], int64(c.h.L1TableOffset+8*start)); err != nil {
 		return err
 	}
@@ -306,11 +309,51 @@ func (c *refChecker) fixL1Copied(b []byte, base, idx, e uint64, copied bool) err
 // fixL2Copied writes the L2 table in c.buf, at off, whose COPIED flags were
 // repaired in dirty entries.
 func (c *refChecker) fixL2Copied(off uint64, dirty int64) error {
+	if err := c.overlapCheck(off, uint64(c.cs), false); err != nil {
+		return err
+	}
 	if err := c.write(c.buf, int64(off)); err != nil {
 		return err
 	}
 	c.rep.Corruptions -= dirty
 	c.fixed.corruptions += dirty
+	return nil
+}
+
+// overlapCheck refuses a write of a table to [off, off+size) that would land
+// on other metadata, as qemu's overlap check (its default "cached" set)
+// refuses it: the header, the active L1 table (unless activeL1, the table
+// being written), the refcount table and blocks, the snapshot table and the
+// snapshots' L1 tables. qemu then marks the image corrupt and fails; the
+// repair stops with REPAIR_UNSUPPORTED, the image as consistent as before.
+func (c *refChecker) overlapCheck(off, size uint64, activeL1 bool) error {
+	lo := off &^ uint64(c.cs-1)
+	hi := (off + size + uint64(c.cs) - 1) &^ uint64(c.cs-1)
+	meets := func(a, n uint64) bool { return n > 0 && a < hi && lo < a+n }
+	what := ""
+	switch {
+	case off < uint64(c.cs):
+		what = "the header"
+	case !activeL1 && meets(c.h.L1TableOffset, uint64(c.h.L1Size)*8):
+		what = "the active L1 table"
+	case meets(c.h.RefcountTableOffset, uint64(len(c.reftable))*8):
+		what = "the refcount table"
+	case meets(c.h.SnapshotsOffset, uint64(c.snapsSize)):
+		what = "the snapshot table"
+	}
+	for _, s := range c.snaps {
+		if what == "" && meets(s.l1Offset, uint64(s.l1Size)*8) {
+			what = "a snapshot's L1 table"
+		}
+	}
+	for _, e := range c.reftable {
+		if b := e & RefcountTableOffsetMask; what == "" && b != 0 && meets(b, uint64(c.cs)) {
+			what = "a refcount block"
+		}
+	}
+	if what != "" {
+		return errcode.New(errcode.RepairUnsupported, "qcow2 repair: refusing to write the table at %#x: it overlaps %s (qemu marks the image corrupt)", off, what)
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -129,6 +130,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 		if !q.failed && q.exit != 1 {
 			t.Fatalf("Repair: %v; qemu-img check -r exits %d:\n%s", err, q.exit, q.stdout)
 		}
+		t.Logf("both fail: %v", err)
 		requireSameBytes(t, orig, ours)
 		return
 	}
@@ -270,8 +272,67 @@ func repairCases() []ckCase {
 			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 0) },
 		},
 		{
+			// The second L2 table is the refcount block: writing its COPIED
+			// flags would overwrite refcounts.
+			name: "repair-l2-is-refblock", exit: 2,
+			damage: func(c *ckImage) {
+				rb := c.u64(int64(c.h.RefcountTableOffset))
+				c.put64(c.l1Off(0), rb)
+			},
+		},
+		{
+			// The L2 table is the L1 table.
+			name: "repair-l2-is-l1", exit: 2,
+			damage: func(c *ckImage) { c.put64(c.l1Off(0), c.h.L1TableOffset) },
+		},
+		{
 			name: "repair-zero-snapshots", exit: 2, post: withSnapshots,
 			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 0) },
 		},
+	}
+}
+
+// TestRepairOverlapCheck checks the refusal of table writes that land on
+// other metadata, which qemu's overlap check stops.
+func TestRepairOverlapCheck(t *testing.T) {
+	ckNeedQemu(t)
+	path := filepath.Join(t.TempDir(), "a.qcow2")
+	ckCreate(t, path, nil, ckWrites...)
+	ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	c, err := newRefChecker(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.load(); err != nil {
+		t.Fatal(err)
+	}
+	h := c.h
+	l2 := binary.BigEndian.Uint64(ckLoad(t, path).data[h.L1TableOffset:]) & L1OffsetMask
+	tests := []struct {
+		name     string
+		off      uint64
+		activeL1 bool
+		refused  bool
+	}{
+		{"header", 0x200, false, true},
+		{"refcount table", h.RefcountTableOffset, false, true},
+		{"refcount block", c.reftable[0] & RefcountTableOffsetMask, false, true},
+		{"snapshot table", h.SnapshotsOffset, false, true},
+		{"snapshot L1", c.snaps[0].l1Offset, false, true},
+		{"active L1 as L2", h.L1TableOffset, false, true},
+		{"active L1 itself", h.L1TableOffset, true, false},
+		{"an L2 table", l2, false, false},
+	}
+	for _, tt := range tests {
+		err := c.overlapCheck(tt.off, uint64(c.cs), tt.activeL1)
+		if got := errcode.Code(err) == errcode.RepairUnsupported; got != tt.refused {
+			t.Errorf("%s (%#x): %v, refused %v", tt.name, tt.off, err, tt.refused)
+		}
 	}
 }
