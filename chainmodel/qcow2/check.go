@@ -9,7 +9,8 @@ import (
 	"instarfs/errcode"
 )
 
-// This file is the read-only consistency check, `qemu-img check` without -r.
+// This file is the consistency check, `qemu-img check`. Without a fix mode
+// (Check) it only reads; repair.go drives the same walk with one (Repair).
 //
 // It follows qemu 7.2 (block/qcow2-refcount.c, qcow2-snapshot.c,
 // qcow2-bitmap.c): an in-memory refcount is computed for every host cluster
@@ -253,6 +254,7 @@ type refChecker struct {
 	refused      string                    // why Repair must refuse this image, when set
 	needsRebuild bool                      // -r leaks met a structure only -r all can repair
 	w            RepairFile                // the file Repair writes
+	data         checkCounts               // Repair: 1 for the clusters guest data lives in
 }
 
 // fixCounts are the repairs made.
@@ -442,10 +444,12 @@ func (c *refChecker) calculate() error {
 	for _, s := range c.snaps {
 		if s.l1Offset&uint64(c.cs-1) != 0 {
 			c.corruption("ERROR snapshot %s (%s) l1_offset=%s: L1 table is not cluster aligned; snapshot table entry corrupted", s.id, s.name, checkHexAlt(s.l1Offset))
+			c.refuse("a snapshot's L1 table is not cluster aligned (its clusters cannot be counted)")
 			continue
 		}
 		if s.l1Size > MaxL1Entries {
 			c.corruption("ERROR snapshot %s (%s) l1_size=%s: L1 table is too large; snapshot table entry corrupted", s.id, s.name, checkHexAlt(uint64(s.l1Size)))
+			c.refuse("a snapshot's L1 table is too large (its clusters cannot be counted)")
 			continue
 		}
 		if err := c.walkL1(s.l1Offset, s.l1Size, false); err != nil {
@@ -471,6 +475,7 @@ func (c *refChecker) inc(off, size uint64) {
 	end := off + size
 	if end > uint64(c.fileSize) && end-uint64(c.fileSize) >= uint64(c.cs) {
 		c.corruption("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x", off, size)
+		c.refuse("a reference points past the end of the file (the clusters there could be reused while in use)")
 		return
 	}
 	first := int64(off >> c.cbits)
@@ -579,9 +584,11 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 			}
 			if bitmap != 0 {
 				c.corruption("ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=0x%x", i, raw&^OflagCopied)
+				c.refuse("a compressed cluster has a subcluster bitmap (it cannot be counted)")
 				continue
 			}
 			c.inc(coff, uint64(e.CompressedSize))
+			c.markData(coff, uint64(e.CompressedSize))
 			if active {
 				c.rep.AllocatedClusters++
 				c.rep.CompressedClusters++
@@ -614,6 +621,7 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 				next = hoff + uint64(c.cs)
 			}
 			c.inc(hoff, uint64(c.cs))
+			c.markData(hoff, uint64(c.cs))
 		case ClusterUnallocated:
 			if bitmap&BitmapAllocMask != 0 {
 				c.corruption("ERROR: Unallocated cluster has non-zero subcluster allocation map")

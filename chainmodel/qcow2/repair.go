@@ -13,8 +13,10 @@ package qcow2
 //
 // # Write ordering
 //
-// Every write leaves an image that reads as before, so a crash at any write
-// leaves one that a second repair completes:
+// The repair is worked out on changes staged in memory (repair_stage.go) and
+// applied only if nothing was refused, in this order. Every write leaves an
+// image that reads as before, so a crash at any write leaves one that a
+// second repair completes:
 //
 //  1. a refcount block past the end of the file: the file is extended (the
 //     block read as zeros before and does after);
@@ -83,38 +85,54 @@ type RepairReport struct {
 // Images whose repair qemu does differently from a refcount repair (a
 // snapshot table with incomplete entries, unaligned L2 tables or data
 // clusters, persistent bitmaps, which qemu rewrites when it opens an image
-// read-write) are refused with REPAIR_UNSUPPORTED before anything is written;
-// so is everything Check refuses.
+// read-write), and images whose repair would change what they read (a
+// reference the check cannot count, so that a freed or rebuilt cluster could
+// be in use; a table write onto data or other metadata), are refused with
+// REPAIR_UNSUPPORTED; so is everything Check refuses. A refused repair
+// writes nothing: the changes are staged in memory and applied only once the
+// whole repair has been worked out.
 func Repair(f RepairFile, fileSize int64, mode RepairMode) (*RepairReport, error) {
 	if mode&RepairLeaks == 0 || mode&^RepairAll != 0 {
 		return nil, errcode.New(errcode.BadArguments, "qcow2 repair: mode must be leaks or all")
 	}
-	dry, err := newRefChecker(f, fileSize)
+	// The repair is worked out on a staged copy of the changes; it is
+	// applied only when nothing was refused.
+	staged := newStagedFile(f, fileSize)
+	c, err := newRefChecker(staged, fileSize)
 	if err != nil {
 		return nil, err
 	}
-	if err := dry.run(); err != nil {
-		return nil, err
+	c.fix, c.w = mode, staged
+	err = c.repair()
+	if c.refused != "" {
+		return nil, errcode.New(errcode.RepairUnsupported, "qcow2 repair: refusing to repair this image: %s", c.refused)
 	}
-	if dry.refused != "" {
-		return nil, errcode.New(errcode.RepairUnsupported, "qcow2 repair: refusing to repair this image: %s", dry.refused)
-	}
-
-	c, err := newRefChecker(f, fileSize)
 	if err != nil {
 		return nil, err
 	}
-	c.fix, c.w = mode, f
-	if err := c.repair(); err != nil {
+	if err := staged.apply(); err != nil {
 		return nil, err
 	}
 	rep := &RepairReport{Pass: c.rep, LeaksFixed: c.fixed.leaks, CorruptionsFixed: c.fixed.corruptions, NeedsRebuild: c.needsRebuild}
 	if rep.LeaksFixed > 0 || rep.CorruptionsFixed > 0 {
-		if rep.Final, err = Check(f, c.fileSize); err != nil {
+		if rep.Final, err = Check(f, staged.size); err != nil {
 			return nil, err
 		}
 	}
 	return rep, nil
+}
+
+// markData records, when repairing, that [off, off+size) holds guest data
+// (within the clusters the check covers: inc refuses, and Repair then
+// refuses, references further out).
+func (c *refChecker) markData(off, size uint64) {
+	if c.w == nil || size == 0 {
+		return
+	}
+	last := min(int64((off+size-1)>>c.cbits), c.nb-1)
+	for k := int64(off >> c.cbits); k <= last; k++ {
+		c.data.set(k, 1)
+	}
 }
 
 // refuse records why Repair must not write to this image (the first reason).
@@ -331,7 +349,13 @@ func (c *refChecker) overlapCheck(off, size uint64, activeL1 bool) error {
 	hi := (off + size + uint64(c.cs) - 1) &^ uint64(c.cs-1)
 	meets := func(a, n uint64) bool { return n > 0 && a < hi && lo < a+n }
 	what := ""
+	for k := int64(lo >> c.cbits); k < int64(hi>>c.cbits); k++ {
+		if c.data.get(k) != 0 {
+			what = "guest data"
+		}
+	}
 	switch {
+	case what != "":
 	case off < uint64(c.cs):
 		what = "the header"
 	case !activeL1 && meets(c.h.L1TableOffset, uint64(c.h.L1Size)*8):
@@ -368,6 +392,10 @@ func (c *refChecker) markClean(consistent bool) error {
 		bits |= IncompatCorrupt
 	}
 	if c.h.IncompatibleFeatures&bits == 0 {
+		return nil
+	}
+	if c.data.get(0) != 0 {
+		c.refuse("the header cluster holds guest data")
 		return nil
 	}
 	h := c.h.clone()
