@@ -67,21 +67,28 @@ type qemuCheck struct {
 	messages []string       // stderr lines, without qemu-img's own "qemu-img: " lines
 }
 
-func runQemuCheck(t testing.TB, path string) qemuCheck {
+// runQemu runs qemu-img with args and returns its output and exit status.
+func runQemu(t testing.TB, args ...string) (stdout, stderr *bytes.Buffer, exit int) {
 	t.Helper()
-	cmd := exec.Command("qemu-img", "check", "--output=json", "-f", "qcow2", path)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd := exec.Command("qemu-img", args...)
+	stdout, stderr = &bytes.Buffer{}, &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	err := cmd.Run()
-	var q qemuCheck
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
-		q.exit = ee.ExitCode()
+		exit = ee.ExitCode()
 	default:
-		t.Fatalf("qemu-img check: %v", err)
+		t.Fatalf("qemu-img %s: %v", strings.Join(args, " "), err)
 	}
+	return stdout, stderr, exit
+}
+
+func runQemuCheck(t testing.TB, path string) qemuCheck {
+	t.Helper()
+	stdout, stderr, exit := runQemu(t, "check", "--output=json", "-f", "qcow2", path)
+	q := qemuCheck{exit: exit}
 	if stdout.Len() > 0 {
 		if err := json.Unmarshal(stdout.Bytes(), &q.json); err != nil {
 			t.Fatalf("qemu-img check output: %v\n%s", err, stdout.Bytes())

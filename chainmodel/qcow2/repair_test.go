@@ -3,10 +3,8 @@ package qcow2
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -39,19 +37,8 @@ type qemuRepair struct {
 
 func runQemuRepair(t *testing.T, path, mode string) qemuRepair {
 	t.Helper()
-	cmd := exec.Command("qemu-img", "check", "-r", mode, "-f", "qcow2", path)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	q := qemuRepair{stdout: stdout.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		q.exit = ee.ExitCode()
-	default:
-		t.Fatalf("qemu-img check -r: %v", err)
-	}
+	stdout, stderr, exit := runQemu(t, "check", "-r", mode, "-f", "qcow2", path)
+	q := qemuRepair{stdout: stdout.String(), exit: exit}
 	for _, l := range strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n") {
 		switch {
 		case strings.HasPrefix(l, "qemu-img: Check failed"):

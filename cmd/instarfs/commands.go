@@ -116,18 +116,30 @@ func (a *app) checkCommand() {
 			if err != nil {
 				return fail(err)
 			}
-			for _, m := range r.Messages {
-				fmt.Fprintln(os.Stderr, m)
-			}
-			switch {
-			case quiet:
-			case output == "json":
-				os.Stdout.Write(r.JSON())
-			default:
-				os.Stdout.Write(r.Human())
-			}
+			printReport(r.Messages, r, output, quiet)
 			return r.ExitCode()
 		}, file)
+	}
+}
+
+// report is what check prints on stdout, in either form.
+type report interface {
+	JSON() []byte
+	Human() []byte
+}
+
+// printReport prints check's problem lines on stderr and its report on
+// stdout (none with -q), as qemu-img check does.
+func printReport(messages []string, r report, output string, quiet bool) {
+	for _, m := range messages {
+		fmt.Fprintln(os.Stderr, m)
+	}
+	switch {
+	case quiet:
+	case output == "json":
+		os.Stdout.Write(r.JSON())
+	default:
+		os.Stdout.Write(r.Human())
 	}
 }
 
@@ -137,19 +149,11 @@ func showRepair(ctx context.Context, o *chainmodel.Opener, file, format, mode, o
 	if err != nil {
 		return fail(err)
 	}
-	for _, m := range r.Messages() {
-		fmt.Fprintln(os.Stderr, m)
-	}
 	if err := r.Err(); err != nil {
+		printReport(r.Messages(), r, output, true)
 		return fail(err)
 	}
-	switch {
-	case quiet:
-	case output == "json":
-		os.Stdout.Write(r.JSON())
-	default:
-		os.Stdout.Write(r.Human())
-	}
+	printReport(r.Messages(), r, output, quiet)
 	return r.ExitCode()
 }
 
