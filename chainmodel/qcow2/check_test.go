@@ -129,18 +129,26 @@ func ckJSON(r *CheckReport) map[string]any {
 	return m
 }
 
-func checkPath(t testing.TB, path string) (*CheckReport, error) {
+// openSized opens path with flag for the rest of the test and returns it
+// with its size.
+func openSized(t testing.TB, path string, flag int) (*os.File, int64) {
 	t.Helper()
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	st, err := f.Stat()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Check(f, st.Size())
+	return f, st.Size()
+}
+
+func checkPath(t testing.TB, path string) (*CheckReport, error) {
+	t.Helper()
+	f, n := openSized(t, path, os.O_RDONLY)
+	return Check(f, n)
 }
 
 // compareCheck runs both checks on path and reports any difference in the

@@ -52,16 +52,8 @@ func runQemuRepair(t *testing.T, path, mode string) qemuRepair {
 
 func repairPath(t *testing.T, path string, mode RepairMode) (*RepairReport, error) {
 	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return Repair(osRepairFile{f}, st.Size(), mode)
+	f, n := openSized(t, path, os.O_RDWR)
+	return Repair(osRepairFile{f}, n, mode)
 }
 
 // repairHead is the start of qemu-img check -r's output when it fixed
@@ -286,13 +278,8 @@ func TestRepairOverlapCheck(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.qcow2")
 	ckCreate(t, path, nil, ckWrites...)
 	ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
-	c, err := newRefChecker(f, st.Size())
+	f, n := openSized(t, path, os.O_RDONLY)
+	c, err := newRefChecker(f, n)
 	if err != nil {
 		t.Fatal(err)
 	}
