@@ -233,6 +233,9 @@ type OpenOptions struct {
 	// Want, when set, is the identity the top must have (the mount's node for
 	// it); another file at path is IMAGE_CHANGED.
 	Want *FileID
+	// Partial: when a backing file cannot be opened, return the images
+	// opened so far (still open) together with the error.
+	Partial bool
 }
 
 // OpenChain opens the image at path (beneath an allowed root) and, unless
@@ -273,6 +276,9 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 			return nil, errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", path, MaxDepth)
 		}
 		next, err := o.openBacking(ctx, im)
+		if err != nil && opts.Partial {
+			return c, err
+		}
 		if err != nil {
 			c.Close()
 			return nil, err

@@ -36,6 +36,9 @@ type Envelope struct {
 	CorruptionsFixed *int64 `json:"corruptions_fixed,omitempty"`
 	Leaks            *int64 `json:"leaks,omitempty"`
 	Corruptions      *int64 `json:"corruptions,omitempty"`
+	// Warnings are what went through but deserves attention (a new backing
+	// file that does not exist yet); the command line prints them on stderr.
+	Warnings []string `json:"warnings,omitempty"`
 
 	DurationMS int64          `json:"duration_ms"`
 	Sandbox    string         `json:"sandbox,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"instarfs/chainmodel"
+	"instarfs/errcode"
 	"instarfs/vmm"
 )
 
@@ -85,6 +86,24 @@ func InfoJSON(infos []ImageInfo, backingChain bool) []byte {
 		v = infos[0]
 	}
 	return qemuJSON(v)
+}
+
+// Unopened stands in a backing chain for the image that could not be opened
+// (missing, refused), below the images that could.
+type Unopened struct {
+	Filename string         `json:"filename"`
+	Error    *errcode.Error `json:"error"`
+}
+
+// PartialChainJSON renders the images of a chain that could be opened, top
+// first, and then the one that could not: --backing-chain's array, where
+// qemu-img fails instead.
+func PartialChainJSON(infos []ImageInfo, last Unopened) []byte {
+	v := make([]any, 0, len(infos)+1)
+	for _, ii := range infos {
+		v = append(v, ii)
+	}
+	return qemuJSON(append(v, last))
 }
 
 // qemuJSON renders v with qemu's four-space indentation and a final newline.

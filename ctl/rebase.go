@@ -3,6 +3,9 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 
 	"instarfs/chainmodel"
@@ -38,6 +41,9 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 	if len(req.Backing) > chainmodel.MaxBackingName {
 		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
 	}
+	if err := CheckImageName("rebase", "-b", req.Backing); err != nil {
+		return nil, err
+	}
 	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
 	if err != nil {
 		return nil, err
@@ -64,7 +70,16 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 
 	// The new backing file is opened in safe mode, and in unsafe mode when
 	// its format must be detected or when the overlay is a vmdk image (whose
-	// descriptor records the parent's CID).
+	// descriptor records the parent's CID). In unsafe mode it is first looked
+	// at (lookAtNewBacking).
+	var warnings []string
+	if req.Backing != "" && req.Unsafe {
+		w, err := lookAtNewBacking(ctx, o, c, req)
+		if err != nil {
+			return nil, err
+		}
+		warnings = w
+	}
 	if req.Backing != "" && (!req.Unsafe || req.BackingFormat == "" || top.Info.Format == "vmdk") {
 		probe := req
 		vmdkUnsafe := req.Unsafe && top.Info.Format == "vmdk"
@@ -120,6 +135,7 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 		Detached:         req.Backing == "",
 		ClustersCopied:   &r.ClustersCopied,
 		BytesCopied:      &r.BytesCopied,
+		Warnings:         warnings,
 	}
 	return env, nil
 }
@@ -161,7 +177,7 @@ func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Cha
 	}
 	if chainmodel.IDOf(&st) == top.ID() {
 		f.Close()
-		return nil, -1, errcode.New(errcode.BackingChainLoop, "'%s' cannot be its own backing file", req.Backing)
+		return nil, -1, ontoItself(top.Name, req.Backing)
 	}
 	if !req.Unsafe {
 		for i, im := range c.Images[1:] {
@@ -205,7 +221,11 @@ func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name s
 			return fail(err)
 		}
 		id := chainmodel.IDOf(&st)
-		if seen[id] {
+		switch {
+		case id == overlay:
+			f.Close()
+			return fail(errcode.New(errcode.RebaseCreatesLoop, "'%s' is an overlay of the image being rebased: its backing chain reaches that image as '%s', so the chain would loop", c.Images[0].Name, name))
+		case seen[id]:
 			f.Close()
 			return fail(errcode.New(errcode.BackingChainLoop, "backing file '%s' is already in the chain", name))
 		}
@@ -229,4 +249,53 @@ func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name s
 		name = chainmodel.FullBackingName(im.Name, next)
 		format = info.BackingFilenameFormat
 	}
+}
+
+func ontoItself(image, backing string) error {
+	return errcode.New(errcode.RebaseCreatesLoop, "'%s' is '%s' itself: an image cannot be its own backing file", backing, image)
+}
+
+// lookAtNewBacking checks, for an unsafe rebase that does not read the new
+// backing file, that the name can still work: a name that does not exist yet
+// is written with a warning (qemu-img allows it: files are often moved into
+// place afterwards); one that exists must be a file the policy opens, neither
+// the image itself nor one of its overlays.
+func lookAtNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Chain, req RebaseRequest) ([]string, error) {
+	top := c.Top()
+	f, loc, st, err := o.Policy.OpenName(top.Dir(), req.Backing)
+	if err != nil {
+		if missing(o.Policy, top.Dir(), req.Backing) {
+			return []string{missingWarning(req.Backing)}, nil
+		}
+		return nil, err
+	}
+	if chainmodel.IDOf(&st) == top.ID() {
+		f.Close()
+		return nil, ontoItself(top.Name, req.Backing)
+	}
+	// The images below it are looked at only to find a loop; anything else
+	// wrong there is not this rebase's concern, as the data is not read.
+	nc, err := openChainFrom(ctx, o, f, chainmodel.FullBackingName(top.Name, req.Backing), loc, req.BackingFormat, false, top.ID())
+	if errcode.Code(err) == errcode.RebaseCreatesLoop {
+		return nil, err
+	}
+	if err == nil {
+		nc.Close()
+	}
+	return nil, nil
+}
+
+// missing reports whether name, resolved against dir, is a name the policy
+// allows that does not exist (yet).
+func missing(p chainmodel.Policy, dir, name string) bool {
+	loc, err := p.Locate(dir, name)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(loc.Path())
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+func missingWarning(name string) string {
+	return fmt.Sprintf("backing file '%s' does not exist; the name was written anyway (unsafe mode), and the image cannot be opened until it exists", name)
 }

@@ -54,6 +54,8 @@ const (
 	ImageInUse             = "IMAGE_IN_USE"
 	NotRegularFile         = "NOT_REGULAR_FILE"
 	ImageChanged           = "IMAGE_CHANGED"
+	NameTooLong            = "NAME_TOO_LONG"
+	AmbiguousName          = "AMBIGUOUS_NAME"
 
 	// Image formats.
 	FormatNotDetected   = "FORMAT_NOT_DETECTED"
@@ -95,6 +97,7 @@ const (
 	BackingNameTooLong = "BACKING_NAME_TOO_LONG"
 	BackingNameNoRoom  = "BACKING_NAME_NO_ROOM"
 	RebaseUnsupported  = "REBASE_UNSUPPORTED"
+	RebaseCreatesLoop  = "REBASE_CREATES_LOOP"
 	Qcow2NoSpace       = "QCOW2_NO_SPACE"
 
 	// check -r.

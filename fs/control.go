@@ -154,6 +154,9 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 			req.Format = c.format
 		}
 		req.Top = &top
+		if req.Backing, err = f.hostName("rebase", "-b", rel, req.Backing); err != nil {
+			return refuse(err)
+		}
 		newBacking = req.Backing
 		spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 			return ctl.Rebase(ctx, o, rel, req, p)
@@ -167,6 +170,9 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 			req.Format = c.format
 		}
 		req.Top = &top
+		if req.Base, err = f.hostName("commit", "-b", rel, req.Base); err != nil {
+			return refuse(err)
+		}
 		spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 			return ctl.Commit(ctx, o, rel, req, p)
 		}
@@ -279,6 +285,9 @@ func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, for
 	}
 	if newBacking != "" {
 		nf, _, st, err := f.cfg.Opener.Policy.OpenName(c.Top().Dir(), newBacking)
+		if errcode.Code(err) == errcode.BackingNotFound {
+			return ids, nil // the operation says whether it needs the file (rebase -u does not)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -78,6 +78,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	st, err := lstat(dir, name)
 	dir.Close()
 	if err != nil {
+		if err == unix.ENAMETOOLONG {
+			return nil, syscall.ENAMETOOLONG
+		}
 		return nil, syscall.ENOENT
 	}
 	e := entry{name: name, st: st}

@@ -207,7 +207,17 @@ type genCacheEntry struct {
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
-	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id})
+	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain})
+	if err != nil && c != nil {
+		// chain.json says which member could not be opened; not cached, as
+		// the missing file may appear at any time.
+		defer c.Close()
+		last := c.Images[len(c.Images)-1]
+		return ctl.PartialChainJSON(ctl.Info(c, true), ctl.Unopened{
+			Filename: chainmodel.FullBackingName(last.Name, last.Info.BackingFilename),
+			Error:    &errcode.Error{Code: errcode.Code(err), Message: err.Error()},
+		}), nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -92,6 +92,9 @@ type FS struct {
 	root    *chainmodel.Root // ImageDir, held open
 	id      chainmodel.FileID
 	started time.Time // when the mount was made: the times of files that never changed
+	// mountpoint is where the tree is mounted (set by Mount): absolute names
+	// in control files may point into it.
+	mountpoint string
 
 	mu       sync.Mutex
 	rawNamed map[string]bool // paths (relative to ImageDir) some image names as raw backing
@@ -332,8 +335,10 @@ func Errno(err error) syscall.Errno {
 	switch errcode.Code(err) {
 	case errcode.BadArguments, errcode.UnknownFormat, errcode.FormatMismatch, errcode.BackingFormatRequired,
 		errcode.RawNotInferred, errcode.FormatNotDetected, errcode.NoBackingFile, errcode.BaseNotInChain,
-		errcode.BackingNameTooLong:
+		errcode.BackingNameTooLong, errcode.RebaseCreatesLoop, errcode.AmbiguousName:
 		return syscall.EINVAL
+	case errcode.NameTooLong:
+		return syscall.ENAMETOOLONG
 	case errcode.NotFound, errcode.BackingNotFound:
 		return syscall.ENOENT
 	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol, errcode.NotRegularFile:

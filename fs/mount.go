@@ -38,6 +38,7 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.mountpoint = mnt
 	entry, attr, negative := time.Second, time.Second, time.Duration(0)
 	mo := fuse.MountOptions{
 		FsName:            f.cfg.ImageDir,

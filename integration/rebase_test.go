@@ -330,7 +330,7 @@ printf 'not an image at all' > junk.bin
 		code string
 	}{
 		{"name too long", "ov.qcow2", []string{"-u", "-b", long, "-F", "qcow2"}, "BACKING_NAME_TOO_LONG"},
-		{"no room", "small.qcow2", []string{"-u", "-b", strings.Repeat("y", 400), "-F", "qcow2"}, "BACKING_NAME_NO_ROOM"},
+		{"no room", "small.qcow2", []string{"-u", "-b", strings.Repeat("y", 200) + "/" + strings.Repeat("y", 199), "-F", "qcow2"}, "BACKING_NAME_NO_ROOM"},
 		{"missing new backing", "ov.qcow2", []string{"-b", "nope.qcow2", "-F", "qcow2"}, "BACKING_NOT_FOUND"},
 		{"outside root", "ov.qcow2", []string{"-b", "../../../../etc/passwd", "-F", "raw"}, "BACKING_PATH_OUTSIDE_ROOT"},
 		{"json refused", "ov.qcow2", []string{"-b", `json:{"file":"/etc/passwd"}`, "-F", "raw"}, "BACKING_PROTOCOL_REFUSED"},

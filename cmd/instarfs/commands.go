@@ -210,6 +210,9 @@ func (a *app) runOperation(file, output string, quiet, progress bool, done strin
 			}
 			fmt.Fprintln(os.Stderr)
 		}
+		for _, w := range env.Warnings {
+			fmt.Fprintf(os.Stderr, "instarfs: warning: %s\n", w)
+		}
 		if output == "json" {
 			os.Stdout.Write(env.JSON())
 		}
