@@ -9,7 +9,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
@@ -22,7 +21,8 @@ import (
 // it went.
 type controlNode struct {
 	node
-	op string
+	op   string
+	kind int
 }
 
 var (
@@ -36,10 +36,7 @@ func (cn *controlNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fus
 	if errno != 0 {
 		return errno
 	}
-	out.Mode = unix.S_IFREG | 0o200
-	out.Nlink = 1
-	setTimes(&out.Attr, &st)
-	owner(&out.Attr)
+	setAttr(&out.Attr, cn.kind, &st)
 	return 0
 }
 

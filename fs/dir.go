@@ -35,10 +35,7 @@ func (d *dirNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	if errno != 0 {
 		return errno
 	}
-	out.Mode = unix.S_IFDIR | 0o755
-	out.Nlink = 2
-	setTimes(&out.Attr, &st)
-	owner(&out.Attr)
+	setAttr(&out.Attr, kindDir, &st)
 	return 0
 }
 
@@ -106,15 +103,12 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 func (d *dirNode) child(ctx context.Context, e entry, out *fuse.EntryOut) *gofs.Inode {
 	if e.dir {
-		out.Mode = unix.S_IFDIR | 0o755
-		out.Nlink = 2
-		setTimes(&out.Attr, &e.st)
-		owner(&out.Attr)
+		setAttr(&out.Attr, kindDir, &e.st)
 		return d.NewInode(ctx, &dirNode{node: node{fs: d.fs}, id: chainmodel.IDOf(&e.st)},
 			gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindDir, e.st.Dev, e.st.Ino)})
 	}
 	img := &imageNode{node: node{fs: d.fs}, id: chainmodel.IDOf(&e.st)}
-	img.fillAttr(&out.Attr, &e.st)
+	setAttr(&out.Attr, kindImage, &e.st)
 	return d.NewInode(ctx, img, gofs.StableAttr{Mode: unix.S_IFDIR, Ino: inodeNumber(kindImage, e.st.Dev, e.st.Ino)})
 }
 

@@ -52,6 +52,7 @@ func (d *diskNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 	if errno != 0 {
 		return errno
 	}
+	setAttr(&out.Attr, kindDisk, &st)
 	if h, ok := fh.(*diskHandle); ok {
 		out.Size = uint64(h.h.Size())
 		out.Blksize = diskBlockSize
@@ -59,10 +60,6 @@ func (d *diskNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 	} else {
 		d.fs.diskSize(ctx, d.imageRel(), chainmodel.FileID(id), &out.Attr, &st)
 	}
-	out.Mode = unix.S_IFREG | 0o444
-	out.Nlink = 1
-	setTimes(&out.Attr, &st)
-	owner(&out.Attr)
 	return 0
 }
 

@@ -24,7 +24,6 @@ import (
 type genNode struct {
 	node
 	kind int
-	mode uint32
 }
 
 var (
@@ -40,10 +39,7 @@ func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	if errno != 0 {
 		return errno
 	}
-	out.Mode = g.mode
-	out.Nlink = 1
-	setTimes(&out.Attr, &st)
-	owner(&out.Attr)
+	setAttr(&out.Attr, g.kind, &st)
 	if g.fs.jobTimes(&out.Attr, g.kind, &st) {
 		out.SetTimeout(uncached)
 	}

@@ -417,14 +417,3 @@ func (n *node) rel() string {
 	}
 	return p
 }
-
-// setTimes copies a host file's times into attr.
-func setTimes(a *fuse.Attr, st *unix.Stat_t) {
-	a.Atime, a.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
-	a.Mtime, a.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
-	a.Ctime, a.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
-}
-
-func owner(a *fuse.Attr) {
-	a.Uid, a.Gid = uint32(os.Getuid()), uint32(os.Getgid())
-}

@@ -33,22 +33,21 @@ var (
 type imageFile struct {
 	name string
 	kind int
-	mode uint32
 }
 
 var imageFiles = []imageFile{
-	{"info.json", kindInfo, unix.S_IFREG | 0o444},
-	{"chain.json", kindChain, unix.S_IFREG | 0o444},
-	{"map.json", kindMap, unix.S_IFREG | 0o444},
-	{"map.svg", kindMapSVG, unix.S_IFREG | 0o444},
-	{"check.json", kindCheck, unix.S_IFREG | 0o444},
-	{"backing", kindBacking, unix.S_IFLNK | 0o777},
-	{"status", kindStatus, unix.S_IFREG | 0o444},
-	{"result.json", kindResult, unix.S_IFREG | 0o444},
-	{"rebase", kindRebase, unix.S_IFREG | 0o200},
-	{"commit", kindCommit, unix.S_IFREG | 0o200},
-	{"repair", kindRepair, unix.S_IFREG | 0o200},
-	{"disk", kindDisk, unix.S_IFREG | 0o444},
+	{"info.json", kindInfo},
+	{"chain.json", kindChain},
+	{"map.json", kindMap},
+	{"map.svg", kindMapSVG},
+	{"check.json", kindCheck},
+	{"backing", kindBacking},
+	{"status", kindStatus},
+	{"result.json", kindResult},
+	{"rebase", kindRebase},
+	{"commit", kindCommit},
+	{"repair", kindRepair},
+	{"disk", kindDisk},
 }
 
 // stat returns the attributes of the image file, checked to be the node's.
@@ -56,19 +55,12 @@ func (im *imageNode) stat() (unix.Stat_t, syscall.Errno) {
 	return im.fs.stat(im.rel(), false, im.id)
 }
 
-func (im *imageNode) fillAttr(a *fuse.Attr, st *unix.Stat_t) {
-	a.Mode = unix.S_IFDIR | 0o755
-	a.Nlink = 2
-	setTimes(a, st)
-	owner(a)
-}
-
 func (im *imageNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	st, errno := im.stat()
 	if errno != 0 {
 		return errno
 	}
-	im.fillAttr(&out.Attr, &st)
+	setAttr(&out.Attr, kindImage, &st)
 	return 0
 }
 
@@ -119,17 +111,14 @@ func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		if errno != 0 {
 			return nil, errno
 		}
-		out.Mode = f.mode
-		out.Nlink = 1
-		setTimes(&out.Attr, &st)
-		owner(&out.Attr)
+		setAttr(&out.Attr, f.kind, &st)
 		if im.fs.jobTimes(&out.Attr, f.kind, &st) {
 			out.SetAttrTimeout(uncached)
 		}
 		if f.kind == kindDisk {
 			im.fs.diskSize(ctx, im.rel(), im.id, &out.Attr, &st)
 		}
-		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: f.mode & unix.S_IFMT, Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
+		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: fileType(f.kind), Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
 	}
 	return nil, syscall.ENOENT
 }
@@ -139,11 +128,11 @@ func (im *imageNode) newChild(f imageFile) gofs.InodeEmbedder {
 	case kindBacking:
 		return &backingNode{node: node{fs: im.fs}}
 	case kindRebase, kindCommit, kindRepair:
-		return &controlNode{node: node{fs: im.fs}, op: f.name}
+		return &controlNode{node: node{fs: im.fs}, op: f.name, kind: f.kind}
 	case kindDisk:
 		return &diskNode{node: node{fs: im.fs}}
 	}
-	return &genNode{node: node{fs: im.fs}, kind: f.kind, mode: f.mode}
+	return &genNode{node: node{fs: im.fs}, kind: f.kind}
 }
 
 func (im *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
@@ -154,7 +143,7 @@ func (im *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno
 	var list []fuse.DirEntry
 	for _, f := range imageFiles {
 		if im.shown(ctx, f) {
-			list = append(list, fuse.DirEntry{Name: f.name, Mode: f.mode & unix.S_IFMT, Ino: inodeNumber(f.kind, st.Dev, st.Ino)})
+			list = append(list, fuse.DirEntry{Name: f.name, Mode: fileType(f.kind), Ino: inodeNumber(f.kind, st.Dev, st.Ino)})
 		}
 	}
 	return gofs.NewListDirStream(list), 0
@@ -230,7 +219,24 @@ type backingNode struct {
 	node
 }
 
-var _ gofs.NodeReadlinker = (*backingNode)(nil)
+var (
+	_ gofs.NodeReadlinker = (*backingNode)(nil)
+	_ gofs.NodeGetattrer  = (*backingNode)(nil)
+)
+
+// Getattr gives the symlink's mode, the image file's owner and times, and the
+// length of the target as its size.
+func (b *backingNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	_, st, errno := b.imageID()
+	if errno != 0 {
+		return errno
+	}
+	setAttr(&out.Attr, kindBacking, &st)
+	if target, errno := b.Readlink(ctx); errno == 0 {
+		out.Size = uint64(len(target))
+	}
+	return 0
+}
 
 func (b *backingNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	_, parent := b.Parent()

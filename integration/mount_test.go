@@ -193,7 +193,7 @@ func TestMountTree(t *testing.T) {
 	if s := m.read(t, "overlay.qcow2", "result.json"); s != "null\n" {
 		t.Errorf("result.json before any job: %q", s)
 	}
-	for p, mode := range map[string]os.FileMode{"rebase": 0o200, "commit": 0o200, "repair": 0o200, "info.json": 0o444, "status": 0o444} {
+	for p, mode := range map[string]os.FileMode{"rebase": 0o600, "commit": 0o600, "repair": 0o600, "info.json": 0o444, "status": 0o444} {
 		if st, err := os.Stat(m.path("overlay.qcow2", p)); err != nil || st.Mode().Perm() != mode {
 			t.Errorf("%s: mode %v, %v; want %v", p, st.Mode(), err, mode)
 		}
