@@ -33,6 +33,37 @@ import (
 // MaxControlLine is the longest control-file write accepted.
 const MaxControlLine = 4096
 
+// usage lists, per control file, the forms its parser accepts: one line per
+// form, each a line that may be written to the file, with a shell comment.
+// Keep it next to the parsers' changes.
+var usage = map[string][]string{
+	"rebase": {
+		`-b BACKING [-F FMT] [-f FMT]      # safe rebase onto BACKING (relative to the image file's directory)`,
+		`BACKING [-F FMT] [-f FMT]         # the same`,
+		`-u -b BACKING [-F FMT] [-f FMT]   # unsafe: rewrite the header only`,
+		`-b ""                             # detach, copying the backing data in`,
+		`-u -b ""                          # unsafe detach: remove the name only`,
+	},
+	"commit": {
+		`[-r RATE] [-t CACHE] [-f FMT]         # commit into the backing file, then empty the image`,
+		`-d [-r RATE] [-t CACHE] [-f FMT]      # commit into the backing file, keep the image`,
+		`-b BASE [-r RATE] [-t CACHE] [-f FMT] # commit into BASE further down the chain (implies -d)`,
+	},
+	"repair": {
+		`leaks                                 # check -r leaks: free leaked clusters`,
+		`all                                   # check -r all: also fix refcount errors and what qemu-img repairs`,
+	},
+}
+
+// Usage is what reading the control file op gives: the forms it accepts, one
+// per line.
+func Usage(op string) string {
+	if len(usage[op]) == 0 {
+		return ""
+	}
+	return strings.Join(usage[op], "\n") + "\n"
+}
+
 // word is one word of a control-file line. quoteAt is the length the word
 // had when its last quote opened, -1 when it has none: a value that starts at
 // k and is empty was given explicitly (-b "", or two single quotes) only when quoteAt

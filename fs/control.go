@@ -15,10 +15,10 @@ import (
 	"instarfs/errcode"
 )
 
-// controlNode is a write-only control file, rebase, commit or repair. The first
-// write(2) of an open carries the subcommand's arguments; the write runs the
-// operation as a job and returns when it is done, with an errno that says how
-// it went.
+// controlNode is a control file, rebase, commit or repair. The first write(2)
+// of an open carries the subcommand's arguments; the write runs the operation
+// as a job and returns when it is done, with an errno that says how it went.
+// Reading it gives the forms it accepts (ctl.Usage).
 type controlNode struct {
 	node
 	op   string
@@ -37,6 +37,7 @@ func (cn *controlNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fus
 		return errno
 	}
 	setAttr(&out.Attr, cn.kind, &st)
+	out.Size = cn.fs.size(ctx, cn.kind, cn.imageRel(), &st)
 	return 0
 }
 
@@ -65,7 +66,10 @@ func (cn *controlNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle,
 	if cn.fs.cfg.ReadOnly {
 		return nil, 0, syscall.EROFS
 	}
-	if flags&syscall.O_ACCMODE != syscall.O_WRONLY {
+	switch flags & syscall.O_ACCMODE {
+	case syscall.O_RDONLY:
+		return &snapshot{data: []byte(ctl.Usage(cn.op))}, fuse.FOPEN_DIRECT_IO, 0
+	case syscall.O_RDWR:
 		return nil, 0, syscall.EACCES
 	}
 	return &controlHandle{node: cn}, fuse.FOPEN_DIRECT_IO, 0

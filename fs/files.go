@@ -32,8 +32,10 @@ var (
 	_ gofs.NodeSetattrer = (*genNode)(nil)
 )
 
-// Getattr reports size 0, as procfs does: the content is made at open and read
-// with direct I/O, so the size does not limit a reader.
+// Getattr reports the size of the content an open would read now, so that
+// tools that trust st_size (tar, rsync, mmap) read it whole: the documents are
+// made here as at open, and cached by the identity of the files they depend on.
+// A document that cannot be made reports size 0; opening it gives the error.
 func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	_, st, errno := g.imageID()
 	if errno != 0 {
@@ -42,6 +44,11 @@ func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.Att
 	setAttr(&out.Attr, g.kind, &st)
 	if g.fs.jobTimes(&out.Attr, g.kind, &st) {
 		out.SetTimeout(uncached)
+	}
+	if s, ok := fh.(*snapshot); ok {
+		out.Size = uint64(len(s.data)) // what this open reads
+	} else {
+		out.Size = g.fs.size(ctx, g.kind, g.imageRel(), &st)
 	}
 	return 0
 }
@@ -99,24 +106,8 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	switch g.kind {
-	case kindStatus:
-		return []byte(g.fs.cfg.Jobs.Status(id) + "\n"), 0
-	case kindResult:
-		if env := g.fs.cfg.Jobs.Result(id); env != nil {
-			return env.JSON(), 0
-		}
-		return []byte("null\n"), 0
-	}
 	rel := g.imageRel()
-	c, ok := g.fs.imageClass(ctx, rel, chainmodel.FileID(id))
-	if !ok {
-		return nil, syscall.ENOENT
-	}
-	if c.err != nil {
-		return nil, g.fs.errno(g.name(), rel, c.err)
-	}
-	data, err := g.fs.generate(ctx, g.kind, rel, chainmodel.FileID(id), c.format)
+	data, err := g.fs.document(ctx, g.kind, rel, id)
 	for errcode.Code(err) == errcode.ImageInUse {
 		// A job of this mount on the chain holds its locks: answer what
 		// was made last, or wait for the job and try again. A lock another
@@ -131,10 +122,10 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		if g.fs.cfg.Jobs.WaitFree(ctx, held) != nil {
 			return nil, syscall.EINTR
 		}
-		data, err = g.fs.generate(ctx, g.kind, rel, chainmodel.FileID(id), c.format)
+		data, err = g.fs.document(ctx, g.kind, rel, id)
 	}
 	if err != nil {
-		return nil, g.fs.errno(g.name(), rel, err)
+		return nil, g.fs.errno(fileName(g.kind), rel, err)
 	}
 	return data, 0
 }
@@ -180,9 +171,49 @@ func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
 	return nil
 }
 
-func (g *genNode) name() string {
-	name, _ := g.Parent()
-	return name
+// document makes the generated file of kind for the image at rel, whose
+// identity is id.
+func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) ([]byte, error) {
+	switch kind {
+	case kindStatus:
+		return []byte(f.cfg.Jobs.Status(id) + "\n"), nil
+	case kindResult:
+		if env := f.cfg.Jobs.Result(id); env != nil {
+			return env.JSON(), nil
+		}
+		return []byte("null\n"), nil
+	}
+	c, ok := f.imageClass(ctx, rel, chainmodel.FileID(id))
+	if !ok {
+		return nil, errcode.New(errcode.NotFound, "'%s' is no longer an image", rel)
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	return f.generate(ctx, kind, rel, chainmodel.FileID(id), c.format)
+}
+
+// size is st_size of the file of kind in the directory of the image at rel
+// (host state st): what reading it would give now. A document that cannot be
+// made has size 0; opening it reports why.
+func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) uint64 {
+	switch kind {
+	case kindDir, kindImage:
+		return 0
+	case kindRebase, kindCommit, kindRepair:
+		return uint64(len(ctl.Usage(fileName(kind))))
+	case kindBacking:
+		target, _ := f.backingLink(ctx, rel, chainmodel.IDOf(st))
+		return uint64(len(target))
+	}
+	id := ctl.FileID{Dev: st.Dev, Ino: st.Ino}
+	data, err := f.document(ctx, kind, rel, id)
+	if errcode.Code(err) == errcode.ImageInUse {
+		data = f.lastDocument(kind, id) // never wait for a job here
+	} else if err != nil {
+		return 0
+	}
+	return uint64(len(data))
 }
 
 // genSlot names one cached document: the last one made per image and kind.

@@ -70,33 +70,33 @@ func (im *imageNode) shown(ctx context.Context, f imageFile) bool {
 	case kindRebase, kindCommit, kindRepair:
 		return !im.fs.cfg.ReadOnly
 	case kindBacking:
-		_, ok := im.backingLink(ctx)
+		_, ok := im.fs.backingLink(ctx, im.rel(), im.id)
 		return ok
 	}
 	return true
 }
 
-// backingLink is the target of the backing symlink: the backing image's
-// directory, relative to this one, when the backing file lies in IMAGEDIR.
-func (im *imageNode) backingLink(ctx context.Context) (string, bool) {
-	rel := im.rel()
-	c, ok := im.fs.imageClass(ctx, rel, im.id)
+// backingLink is the target of the backing symlink of the image at rel (the
+// file id): the backing image's directory, relative to the image's, when the
+// backing file lies in IMAGEDIR.
+func (f *FS) backingLink(ctx context.Context, rel string, id chainmodel.FileID) (string, bool) {
+	c, ok := f.imageClass(ctx, rel, id)
 	if !ok || c.err != nil {
 		return "", false
 	}
-	name, err := im.fs.backingName(ctx, rel, c, im.id)
+	name, err := f.backingName(ctx, rel, c, id)
 	if err != nil || name == "" {
 		return "", false
 	}
-	loc, err := im.fs.cfg.Opener.Policy.Locate(filepath.Dir(im.fs.hostPath(rel)), name)
-	if err != nil || loc.Root != im.fs.root {
+	loc, err := f.cfg.Opener.Policy.Locate(filepath.Dir(f.hostPath(rel)), name)
+	if err != nil || loc.Root != f.root {
 		return "", false
 	}
 	target, err := filepath.Rel(rel, loc.Rel)
 	if err != nil {
 		return "", false
 	}
-	return target, true
+	return strings.TrimSuffix(target, "/"), true
 }
 
 func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -117,6 +117,8 @@ func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut
 		}
 		if f.kind == kindDisk {
 			im.fs.diskSize(ctx, im.rel(), im.id, &out.Attr, &st)
+		} else {
+			out.Size = im.fs.size(ctx, f.kind, im.rel(), &st)
 		}
 		return im.NewInode(ctx, im.newChild(f), gofs.StableAttr{Mode: fileType(f.kind), Ino: inodeNumber(f.kind, st.Dev, st.Ino)}), 0
 	}
@@ -232,21 +234,18 @@ func (b *backingNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 		return errno
 	}
 	setAttr(&out.Attr, kindBacking, &st)
-	if target, errno := b.Readlink(ctx); errno == 0 {
-		out.Size = uint64(len(target))
-	}
+	out.Size = b.fs.size(ctx, kindBacking, b.imageRel(), &st)
 	return 0
 }
 
 func (b *backingNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	_, parent := b.Parent()
-	im, ok := parent.Operations().(*imageNode)
-	if !ok {
-		return nil, syscall.EIO
+	id, _, errno := b.imageID()
+	if errno != 0 {
+		return nil, errno
 	}
-	target, ok := im.backingLink(ctx)
+	target, ok := b.fs.backingLink(ctx, b.imageRel(), chainmodel.FileID(id))
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	return []byte(strings.TrimSuffix(target, "/")), 0
+	return []byte(target), 0
 }

@@ -48,7 +48,8 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 		Debug:             opts.Debug,
 		MaxBackground:     12,
 		// Large requests: max_read and max_pages, for the disk view, whose
-		// direct I/O files may still be mapped (where the kernel offers it).
+		// direct I/O files may still be mapped (where the kernel offers it),
+		// as may the generated files (no ENODEV for MAP_SHARED).
 		MaxWrite:          vmm.MaxDiskRead,
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
@@ -65,6 +66,9 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 		NegativeTimeout: &negative,
 		UID:             uint32(os.Getuid()),
 		GID:             uint32(os.Getgid()),
+		// Modes mirror the host's (setAttr): a mode of 0 must stay 0, not
+		// become go-fuse's default 0644/0755.
+		NullPermissions: true,
 	})
 	if err != nil {
 		return nil, errcode.New(errcode.BadArguments, "mounting on %s: %v", mnt, err)

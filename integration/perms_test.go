@@ -25,6 +25,7 @@ func TestMountAllowOtherPermissions(t *testing.T) {
 	shellIn(t, dir, `
 mkdir private && cp base.qcow2 private/hidden.qcow2 && chmod 0700 private
 cp base.qcow2 secret.qcow2 && chmod 0600 secret.qcow2
+cp base.qcow2 zero.qcow2 && chmod 0 zero.qcow2
 cp base.qcow2 theirs.qcow2 && chown 65534:65534 theirs.qcow2 && chmod 0600 theirs.qcow2
 chmod 0644 base.qcow2 overlay.qcow2 new-base.qcow2`)
 	os.Chmod(dir, 0o700)
@@ -52,9 +53,11 @@ chmod 0644 base.qcow2 overlay.qcow2 new-base.qcow2`)
 		{"cat secret.qcow2/info.json", false},
 		{"cat secret.qcow2/map.json", false},
 		{"cat secret.qcow2/status", false},
+		{"cat zero.qcow2/info.json", false},
 		{"echo -d > overlay.qcow2/commit", false},
 		{"cat overlay.qcow2/rebase", false},
 		{"cat theirs.qcow2/check.json", true},
+		{"cat theirs.qcow2/rebase", true},
 		{"echo -u -F qcow2 -b base.qcow2 > theirs.qcow2/rebase", true},
 	}
 	for _, tt := range tests {
@@ -84,6 +87,8 @@ chmod 0644 base.qcow2 overlay.qcow2 new-base.qcow2`)
 		{"base.qcow2", os.ModeDir | 0o555, 0},
 		{"base.qcow2/check.json", 0o444, 0},
 		{"base.qcow2/commit", 0o600, 0},
+		{"zero.qcow2", os.ModeDir, 0},
+		{"zero.qcow2/map.json", 0, 0},
 		{"theirs.qcow2/status", 0o400, 65534},
 		{"overlay.qcow2/backing", os.ModeSymlink | 0o777, 0},
 	} {
