@@ -236,6 +236,10 @@ type OpenOptions struct {
 	// Partial: when a backing file cannot be opened, return the images
 	// opened so far (still open) together with the error.
 	Partial bool
+	// ForceShare opens every image as qemu-img -U does: read-only, without
+	// taking or testing QEMU's locks, so that an image a running VM holds can
+	// be inspected. Not with Writable.
+	ForceShare bool
 }
 
 // OpenChain opens the image at path (beneath an allowed root) and, unless
@@ -246,6 +250,9 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 	if !ok {
 		return nil, errcode.New(errcode.BackingPathOutsideRoot, "'%s' is outside the allowed directories", path)
 	}
+	if opts.Writable && opts.ForceShare {
+		return nil, errcode.New(errcode.BadArguments, "force share (-U) is for read-only opens only; '%s' would be written", path)
+	}
 	access := Read
 	if opts.Writable {
 		access = ReadWrite
@@ -254,7 +261,7 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 	if err != nil {
 		return nil, err
 	}
-	if err := LockImage(f, path, opts.Writable); err != nil {
+	if err := lockUnlessShared(f, path, opts); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -289,7 +296,7 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
 		}
 		seen[next.ID()] = true
-		if err := LockImage(next.File, next.Name, false); err != nil {
+		if err := lockUnlessShared(next.File, next.Name, OpenOptions{ForceShare: opts.ForceShare}); err != nil {
 			next.File.Close()
 			c.Close()
 			return nil, err
@@ -298,6 +305,14 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 		im = next
 	}
 	return c, nil
+}
+
+// lockUnlessShared takes QEMU's locks on f as opts ask: none with ForceShare.
+func lockUnlessShared(f *os.File, name string, opts OpenOptions) error {
+	if opts.ForceShare {
+		return nil
+	}
+	return LockImage(f, name, opts.Writable)
 }
 
 func (o *Opener) openBacking(ctx context.Context, im *Image) (*Image, error) {

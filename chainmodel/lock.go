@@ -79,25 +79,10 @@ func LockImage(f *os.File, name string, writable bool) error {
 		set = writeLocks
 	}
 	fd := int(f.Fd())
-	// QEMU's order: first check that nobody refuses what we hold, then that
-	// nobody holds what we refuse to share.
-	for _, p := range set.hold {
-		busy, err := testLock(fd, lockSharedBase+int64(p))
-		if err != nil {
-			return lockError(name, err)
-		}
-		if busy {
-			return inUse(name, p)
-		}
-	}
-	for _, p := range set.unshared {
-		busy, err := testLock(fd, lockPermBase+int64(p))
-		if err != nil {
-			return lockError(name, err)
-		}
-		if busy {
-			return inUse(name, p)
-		}
+	if p, busy, err := conflict(fd, set); err != nil {
+		return lockError(name, err)
+	} else if busy {
+		return inUse(name, p)
 	}
 	for _, p := range set.hold {
 		if err := setLock(fd, lockPermBase+int64(p), unix.F_RDLCK); err != nil {
@@ -112,6 +97,31 @@ func LockImage(f *os.File, name string, writable bool) error {
 		}
 	}
 	return nil
+}
+
+// conflict tests whether another open file description holds locks that set
+// conflicts with, in QEMU's order: first whether anybody refuses what set
+// holds, then whether anybody holds what set refuses to share. It takes none.
+func conflict(fd int, set lockSet) (Permission, bool, error) {
+	for _, p := range set.hold {
+		if busy, err := testLock(fd, lockSharedBase+int64(p)); err != nil || busy {
+			return p, busy, err
+		}
+	}
+	for _, p := range set.unshared {
+		if busy, err := testLock(fd, lockPermBase+int64(p)); err != nil || busy {
+			return p, busy, err
+		}
+	}
+	return 0, false, nil
+}
+
+// HeldByOther reports whether another process (or another open in this one)
+// holds f's image so that opening it to read without force share (-U) would
+// fail with IMAGE_IN_USE: a running VM writing it. It takes no lock.
+func HeldByOther(f *os.File) bool {
+	_, busy, err := conflict(int(f.Fd()), readLocks)
+	return err == nil && busy
 }
 
 // UnlockImage drops every QEMU lock f's open file description holds. Closing

@@ -17,9 +17,10 @@ type CheckReport struct {
 	vmm.CheckResult
 }
 
-// Check opens path alone and asks a worker to check it.
-func Check(ctx context.Context, o *chainmodel.Opener, path, format string) (*CheckReport, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true})
+// Check opens path alone (without locks with forceShare, as -U) and asks a
+// worker to check it.
+func Check(ctx context.Context, o *chainmodel.Opener, path, format string, forceShare bool) (*CheckReport, error) {
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}

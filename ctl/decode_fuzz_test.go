@@ -88,7 +88,7 @@ func FuzzInfo(f *testing.F) {
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
 		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{vmm.OpProbe: res})
-		infos, err := InfoFor(context.Background(), o, path, "", false)
+		infos, err := InfoFor(context.Background(), o, path, "", false, false)
 		if err != nil {
 			checkRefusal(t, err)
 			return
@@ -180,7 +180,7 @@ func FuzzCheckResult(f *testing.F) {
 			vmm.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
 			vmm.OpCheck: res,
 		})
-		r, err := Check(context.Background(), o, path, "")
+		r, err := Check(context.Background(), o, path, "", false)
 		if err != nil {
 			checkRefusal(t, err)
 			return

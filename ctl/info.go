@@ -219,10 +219,10 @@ func SizeString(v int64) string {
 	return fmt.Sprintf("%.3g %sB", float64(v)/float64(uint64(1)<<(10*i)), suffixes[i])
 }
 
-// InfoFor opens path's chain and describes it; a convenience for callers that
-// hold no chain.
-func InfoFor(ctx context.Context, o *chainmodel.Opener, path, format string, backingChain bool) ([]ImageInfo, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: !backingChain})
+// InfoFor opens path's chain (without locks with forceShare, as -U) and
+// describes it; a convenience for callers that hold no chain.
+func InfoFor(ctx context.Context, o *chainmodel.Opener, path, format string, backingChain, forceShare bool) ([]ImageInfo, error) {
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: !backingChain, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}

@@ -22,9 +22,10 @@ type MapResult struct {
 	VirtualSize int64
 }
 
-// Map opens path's chain and asks a worker for its map.
-func Map(ctx context.Context, o *chainmodel.Opener, path, format string) (*MapResult, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format})
+// Map opens path's chain (without locks with forceShare, as -U) and asks a
+// worker for its map.
+func Map(ctx context.Context, o *chainmodel.Opener, path, format string, forceShare bool) (*MapResult, error) {
+	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}

@@ -176,7 +176,11 @@ func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
 func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) ([]byte, error) {
 	switch kind {
 	case kindStatus:
-		return []byte(f.cfg.Jobs.Status(id) + "\n"), nil
+		s := f.cfg.Jobs.Status(id)
+		if f.cfg.Jobs.BusyError(id) == nil && f.heldByOther(rel, chainmodel.FileID(id)) {
+			s += "; in use by another process"
+		}
+		return []byte(s + "\n"), nil
 	case kindResult:
 		if env := f.cfg.Jobs.Result(id); env != nil {
 			return env.JSON(), nil
@@ -191,6 +195,28 @@ func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) 
 		return nil, c.err
 	}
 	return f.generate(ctx, kind, rel, chainmodel.FileID(id), c.format)
+}
+
+// ownJob reports whether a job of this mount holds an image of c.
+func (f *FS) ownJob(c *chainmodel.Chain) bool {
+	for _, im := range c.Images {
+		if f.cfg.Jobs.BusyError(ctl.FileID(im.ID())) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// heldByOther reports whether another process (a running VM) holds the image
+// at rel (the file id) so that reading it needs force share. It reads nothing
+// and takes no lock.
+func (f *FS) heldByOther(rel string, id chainmodel.FileID) bool {
+	file, _, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id, Name: rel})
+	if err != nil {
+		return false
+	}
+	defer file.Close()
+	return chainmodel.HeldByOther(file)
 }
 
 // size is st_size of the file of kind in the directory of the image at rel
@@ -234,7 +260,19 @@ type genCacheEntry struct {
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
-	c, err := o.OpenChain(ctx, rel, chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain})
+	opts := chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
+	c, err := o.OpenChain(ctx, rel, opts)
+	if errcode.Code(err) == errcode.ImageInUse {
+		// Another process (a running VM) holds an image of the chain: read
+		// it as qemu-img -U does, without locks; status says it is in use.
+		// Not when it is this mount's own job: that image is being changed.
+		opts.ForceShare = true
+		inUse := err
+		if c, err = o.OpenChain(ctx, rel, opts); c != nil && f.ownJob(c) {
+			c.Close()
+			return nil, inUse
+		}
+	}
 	if err != nil && c != nil {
 		// chain.json says which member could not be opened; not cached, as
 		// the missing file may appear at any time.

@@ -482,6 +482,21 @@ func TestMountLocks(t *testing.T) {
 	if !waitLocked(t, dir, "top.qcow2") {
 		t.Fatalf("qemu-io never locked top.qcow2: %s", qout.String())
 	}
+	// Its JSON files read as qemu-img -U reads it; status says it is in use.
+	if s := m.read(t, "top.qcow2", "status"); s != "idle; in use by another process\n" {
+		t.Errorf("status of an image qemu-io holds: %q", s)
+	}
+	for file, args := range map[string][]string{
+		"info.json":  {"info", "--output=json"},
+		"chain.json": {"info", "--output=json", "--backing-chain"},
+		"map.json":   {"map", "--output=json"},
+		"check.json": {"check", "--output=json"},
+	} {
+		want := execIn(t, dir, "qemu-img", append(append(args, "-U"), "top.qcow2")...)
+		if got, err := os.ReadFile(m.path("top.qcow2", file)); err != nil || string(got) != string(want.stdout) {
+			t.Errorf("%s while qemu-io holds the image: %v\n%s\nqemu-img -U:\n%s", file, err, got, want.stdout)
+		}
+	}
 	r := m.shell(t, "echo > top.qcow2/commit")
 	if r.code == 0 || !bytes.Contains(r.stderr, []byte("Device or resource busy")) {
 		t.Errorf("commit while qemu-io writes: exit %d, %s", r.code, r.stderr)
@@ -489,8 +504,8 @@ func TestMountLocks(t *testing.T) {
 	if s := m.read(t, "top.qcow2", "status"); !strings.Contains(s, "in use") {
 		t.Errorf("status %q does not say the image is in use", s)
 	}
-	if _, err := os.ReadFile(m.path("top.qcow2", "info.json")); !errors.Is(err, syscall.EBUSY) {
-		t.Errorf("info.json while qemu-io writes: %v, want EBUSY", err)
+	if r := m.shell(t, "echo -u -F qcow2 -b base.qcow2 > top.qcow2/rebase"); r.code == 0 || !bytes.Contains(r.stderr, []byte("Device or resource busy")) {
+		t.Errorf("rebase while qemu-io writes: exit %d, %s", r.code, r.stderr)
 	}
 	stopQ()
 

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/alecthomas/kingpin/v2"
+
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
@@ -21,15 +23,17 @@ func (a *app) infoCommand() {
 		format       string
 		output       string
 		backingChain bool
+		forceShare   bool
 	)
 	c := a.Command("info", "Show what an image is (qemu-img info).")
 	c.Flag("backing-chain", "Describe every image of the backing chain.").BoolVar(&backingChain)
+	forceShareFlag(c, &forceShare)
 	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
-			infos, err := ctl.InfoFor(ctx, o, file, format, backingChain)
+			infos, err := ctl.InfoFor(ctx, o, file, format, backingChain, forceShare)
 			if err != nil {
 				return fail(err)
 			}
@@ -45,7 +49,9 @@ func (a *app) infoCommand() {
 
 func (a *app) mapCommand() {
 	var file, format, output, startOffset, maxLength string
+	var forceShare bool
 	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
+	forceShareFlag(c, &forceShare)
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("output", "human, json, or svg (a picture of the chain).").Default("human").EnumVar(&output, "human", "json", "svg")
 	c.Flag("start-offset", "Map from this guest offset (suffixes K, M, G...).").StringVar(&startOffset)
@@ -61,7 +67,7 @@ func (a *app) mapCommand() {
 			return fail(err)
 		}
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
-			m, err := ctl.Map(ctx, o, file, format)
+			m, err := ctl.Map(ctx, o, file, format, forceShare)
 			if err != nil {
 				return fail(err)
 			}
@@ -100,8 +106,9 @@ func sizeFlag(v string, def int64, what string) (int64, error) {
 
 func (a *app) checkCommand() {
 	var file, format, output, repair string
-	var quiet bool
+	var quiet, forceShare bool
 	c := a.Command("check", "Check an image's metadata for consistency (qemu-img check); with -r, repair it. Exit status: 0 clean, 1 the check failed, 2 corrupt, 3 leaks only, 63 no checks for this format.")
+	forceShareFlag(c, &forceShare)
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Flag("repair", "Repair the image: leaks frees leaked clusters, all also fixes refcount errors and the corruptions qemu-img repairs.").Short('r').EnumVar(&repair, "leaks", "all")
@@ -109,10 +116,13 @@ func (a *app) checkCommand() {
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+			if repair != "" && forceShare {
+				return fail(errcode.New(errcode.BadArguments, "force share (-U) cannot be used with -r: a repair writes the image"))
+			}
 			if repair != "" {
 				return showRepair(ctx, o, file, format, repair, output, quiet)
 			}
-			r, err := ctl.Check(ctx, o, file, format)
+			r, err := ctl.Check(ctx, o, file, format, forceShare)
 			if err != nil {
 				return fail(err)
 			}
@@ -155,6 +165,11 @@ func showRepair(ctx context.Context, o *chainmodel.Opener, file, format, mode, o
 	}
 	printReport(r.Messages(), r, output, quiet)
 	return r.ExitCode()
+}
+
+// forceShareFlag adds qemu-img's -U/--force-share to a reading command.
+func forceShareFlag(c *kingpin.CmdClause, v *bool) {
+	c.Flag("force-share", "Open the image read-only without QEMU's locks, as qemu-img -U does: an image a running VM writes can be read (what is read may be changing).").Short('U').BoolVar(v)
 }
 
 // withOpener runs fn with an Opener whose policy allows the directory of file
