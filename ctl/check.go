@@ -81,8 +81,28 @@ type checkJSON struct {
 	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
 }
 
-// JSON renders the report as `qemu-img check --output=json` does.
-func (r *CheckReport) JSON() []byte { return r.json(0, 0) }
+// Unsupported is the error of a check of a format that has no checks (raw),
+// whose exit status is 63; nil for every other report.
+func (r *CheckReport) Unsupported() error {
+	if r.Supported {
+		return nil
+	}
+	return errcode.New(errcode.CheckUnsupported, "This image format does not support checks")
+}
+
+// JSON renders the report as `qemu-img check --output=json` does. For a format
+// without checks, where qemu-img prints nothing, it names the file and the
+// error, so that nobody takes it for a clean result.
+func (r *CheckReport) JSON() []byte {
+	if err := r.Unsupported(); err != nil {
+		return qemuJSON(struct {
+			Filename string         `json:"filename"`
+			Format   string         `json:"format"`
+			Error    *errcode.Error `json:"error"`
+		}{r.Filename, r.Format, err.(*errcode.Error)})
+	}
+	return r.json(0, 0)
+}
 
 func (r *CheckReport) json(leaksFixed, corruptionsFixed int64) []byte {
 	j := checkJSON{
@@ -103,14 +123,11 @@ func (r *CheckReport) json(leaksFixed, corruptionsFixed int64) []byte {
 	return qemuJSON(j)
 }
 
-// Human renders the report as qemu-img check does on stdout. The lines naming
+// Human renders the report as qemu-img check does on stdout (a supported one:
+// see Unsupported). The lines naming
 // each problem are in Messages; qemu-img prints them on stderr.
 func (r *CheckReport) Human() []byte {
 	var b bytes.Buffer
-	if !r.Supported {
-		b.WriteString("This image format does not support checks\n")
-		return b.Bytes()
-	}
 	if r.Corruptions == 0 && r.Leaks == 0 && r.CheckErrors == 0 {
 		b.WriteString("No errors were found on the image.\n")
 	}

@@ -234,7 +234,9 @@ func (m *JobManager) Status(id FileID) string {
 	case !ok:
 		return "idle"
 	case last.env.Error != nil:
-		return fmt.Sprintf("failed %s: %s", last.op, strings.Join(strings.Fields(last.env.Error.Message), " "))
+		// Messages of the parsers name the command already.
+		msg := strings.TrimPrefix(last.env.Error.Message, last.op+": ")
+		return fmt.Sprintf("failed %s: %s", last.op, strings.Join(strings.Fields(msg), " "))
 	}
 	return "ok " + last.op
 }

@@ -122,7 +122,7 @@ func TestJobManager(t *testing.T) {
 		t.Errorf("status after cancel: %q", s)
 	}
 	m.Record(JobSpec{Operation: "commit", Image: "a", Top: a}, errcode.New(errcode.BadArguments, "commit: unknown flag -x"))
-	if s := m.Status(a); s != "failed commit: commit: unknown flag -x" {
+	if s := m.Status(a); s != "failed commit: unknown flag -x" { // the prefix once
 		t.Errorf("status after a refusal: %q", s)
 	}
 	if r := m.Result(a); r == nil || r.Error.Code != errcode.BadArguments {

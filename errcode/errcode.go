@@ -87,6 +87,7 @@ const (
 	NoBackingFile          = "NO_BACKING_FILE"
 	BaseNotInChain         = "BASE_NOT_IN_CHAIN"
 	CommitUnsupported      = "COMMIT_UNSUPPORTED"
+	CheckUnsupported       = "CHECK_UNSUPPORTED"
 	VmdkReadOnly           = "VMDK_READ_ONLY"
 	VmdkDescriptorTooLarge = "VMDK_DESCRIPTOR_TOO_LARGE"
 	VmdkFileTooLarge       = "VMDK_FILE_TOO_LARGE"
@@ -105,7 +106,8 @@ const (
 	RepairNeedsRebuild = "REPAIR_NEEDS_REBUILD"
 
 	// The mount's control files and job manager.
-	ChainBusy = "CHAIN_BUSY"
+	ChainBusy   = "CHAIN_BUSY"
+	MountFailed = "MOUNT_FAILED"
 
 	// The mount's generated files.
 	DocumentTooLarge = "DOCUMENT_TOO_LARGE"

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -51,6 +52,20 @@ func perm(kind int, host uint32) uint32 {
 		return w | w<<1&r
 	}
 	return r
+}
+
+// dots are the "." and ".." entries a directory listing starts with, as
+// readdir(3) users (ls -a, find) expect. The root's ".." is itself.
+func dots(dir *gofs.Inode) []fuse.DirEntry {
+	self := dir.StableAttr().Ino
+	parent := self
+	if _, p := dir.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	return []fuse.DirEntry{
+		{Name: ".", Mode: unix.S_IFDIR, Ino: self},
+		{Name: "..", Mode: unix.S_IFDIR, Ino: parent},
+	}
 }
 
 // setTimes copies a host file's times into a.

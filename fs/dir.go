@@ -171,7 +171,7 @@ func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	var list []fuse.DirEntry
+	list := dots(&d.Inode)
 	for _, e := range ents {
 		switch {
 		case e.dir:

@@ -142,7 +142,7 @@ func (im *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno
 	if errno != 0 {
 		return nil, errno
 	}
-	var list []fuse.DirEntry
+	list := dots(&im.Inode)
 	for _, f := range imageFiles {
 		if im.shown(ctx, f) {
 			list = append(list, fuse.DirEntry{Name: f.name, Mode: fileType(f.kind), Ino: inodeNumber(f.kind, st.Dev, st.Ino)})

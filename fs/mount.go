@@ -3,6 +3,7 @@ package fs
 import (
 	"bufio"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,21 +60,90 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 	if f.cfg.ReadOnly {
 		mo.Options = append(mo.Options, "ro")
 	}
-	server, err := gofs.Mount(mnt, f.Root(), &gofs.Options{
-		MountOptions:    mo,
-		EntryTimeout:    &entry,
-		AttrTimeout:     &attr,
-		NegativeTimeout: &negative,
-		UID:             uint32(os.Getuid()),
-		GID:             uint32(os.Getgid()),
-		// Modes mirror the host's (setAttr): a mode of 0 must stay 0, not
-		// become go-fuse's default 0644/0755.
-		NullPermissions: true,
+	var server *fuse.Server
+	said, err := captureStderr(os.Geteuid() != 0, func() (err error) {
+		server, err = gofs.Mount(mnt, f.Root(), &gofs.Options{
+			MountOptions:    mo,
+			RootStableAttr:  &gofs.StableAttr{Ino: inodeNumber(kindDir, f.id.Dev, f.id.Ino), Mode: unix.S_IFDIR},
+			EntryTimeout:    &entry,
+			AttrTimeout:     &attr,
+			NegativeTimeout: &negative,
+			UID:             uint32(os.Getuid()),
+			GID:             uint32(os.Getgid()),
+			// Modes mirror the host's (setAttr): a mode of 0 must stay 0, not
+			// become go-fuse's default 0644/0755.
+			NullPermissions: true,
+		})
+		return err
 	})
 	if err != nil {
-		return nil, errcode.New(errcode.BadArguments, "mounting on %s: %v", mnt, err)
+		return nil, mountError(mnt, err, said)
 	}
 	return server, nil
+}
+
+// captureStderr runs mount with file descriptor 2 on a pipe, when capture,
+// and returns what was written there: fusermount3, which go-fuse starts with
+// this process's stderr, says there why a mount failed. After a success the
+// text goes on to stderr.
+func captureStderr(capture bool, mount func() error) (string, error) {
+	if !capture {
+		return "", mount()
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", mount()
+	}
+	defer r.Close()
+	saved, err := unix.Dup(2)
+	if err != nil {
+		w.Close()
+		return "", mount()
+	}
+	unix.Dup2(int(w.Fd()), 2)
+	read := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(r, 4096))
+		io.Copy(io.Discard, r)
+		read <- b
+	}()
+	err = mount()
+	unix.Dup2(saved, 2)
+	unix.Close(saved)
+	w.Close()
+	var said []byte
+	select {
+	case said = <-read:
+	case <-time.After(time.Second): // a helper still holds the pipe
+	}
+	if err == nil {
+		os.Stderr.Write(said)
+	}
+	return strings.TrimSpace(string(said)), err
+}
+
+// mountError explains a failed mount: what fusermount3 said and the fix that
+// applies, rather than its wait status.
+func mountError(mnt string, err error, said string) error {
+	if said == "" {
+		if strings.Contains(err.Error(), "fusermount") {
+			return errcode.New(errcode.MountFailed, "mounting on %s: %v; a user other than root mounts with fusermount3: install it (Debian package fuse3), or mount as root", mnt, err)
+		}
+		return errcode.New(errcode.MountFailed, "mounting on %s: %v", mnt, err)
+	}
+	fix := ""
+	switch {
+	case strings.Contains(said, "/dev/fuse"):
+		fix = "this user cannot open /dev/fuse: give it read and write access (the usual mode is 0666), or mount as root"
+	case strings.Contains(said, "user_allow_other"):
+		fix = "--allow-other needs a line user_allow_other in /etc/fuse.conf, or mount as root"
+	case strings.Contains(said, "Operation not permitted"), strings.Contains(said, "Permission denied"):
+		fix = "fusermount3 must be installed setuid root, and the mountpoint must be a directory this user owns and can write"
+	}
+	if fix != "" {
+		fix = "; " + fix
+	}
+	return errcode.New(errcode.MountFailed, "mounting on %s failed: %s%s", mnt, strings.Join(strings.Fields(said), " "), fix)
 }
 
 // CheckMountpoint returns the absolute mountpoint after checking it: a

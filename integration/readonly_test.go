@@ -64,6 +64,9 @@ func TestCheckMatchesQemu(t *testing.T) {
 				if got.code != want.code {
 					t.Errorf("exit status %d, qemu-img %d\nstderr: %s", got.code, want.code, got.stderr)
 				}
+				if want.code == 63 && (len(got.stdout) != 0 || !bytes.Contains(got.stderr, []byte("does not support checks"))) {
+					t.Errorf("no checks for this format: qemu-img prints nothing on stdout; instarfs printed %q, %q", got.stdout, got.stderr)
+				}
 				if want.code == 63 || want.code == 1 {
 					return // no checks for this format, or the check itself failed: no report
 				}

@@ -126,6 +126,10 @@ func (a *app) checkCommand() {
 			if err != nil {
 				return fail(err)
 			}
+			if err := r.Unsupported(); err != nil {
+				fail(err) // qemu-img prints this on stderr alone
+				return r.ExitCode()
+			}
 			printReport(r.Messages, r, output, quiet)
 			return r.ExitCode()
 		}, file)
@@ -208,14 +212,19 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 const cancelGrace = 500 * time.Millisecond
 
 // runOperation runs a changing operation (rebase, commit) on file and prints
-// its outcome as qemu-img does: progress on stderr with -p, the envelope with
-// --output=json, done on success unless -q.
+// its outcome as qemu-img does: progress on stdout with -p (on stderr with
+// --output=json, which stdout carries), the envelope with --output=json, done
+// on success unless -q.
 func (a *app) runOperation(file, output string, quiet, progress bool, done string,
 	op func(context.Context, *chainmodel.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
 	return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
 		var show ctl.Progress
+		out := os.Stdout
+		if output == "json" {
+			out = os.Stderr
+		}
 		if progress && !quiet {
-			show = func(f float64) { fmt.Fprintf(os.Stderr, "    (%.2f/100%%)\r", f*100) }
+			show = func(f float64) { fmt.Fprintf(out, "    (%.2f/100%%)\r", f*100) }
 			show(0)
 		}
 		env, err := op(ctx, o, show)
@@ -223,7 +232,7 @@ func (a *app) runOperation(file, output string, quiet, progress bool, done strin
 			if err == nil {
 				show(1)
 			}
-			fmt.Fprintln(os.Stderr)
+			fmt.Fprintln(out)
 		}
 		for _, w := range env.Warnings {
 			fmt.Fprintf(os.Stderr, "instarfs: warning: %s\n", w)

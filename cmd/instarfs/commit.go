@@ -16,7 +16,7 @@ func (a *app) commitCommand() {
 	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
 	c.Flag("base", "The image of the backing chain to commit into (implies -d); default the immediate backing file.").Short('b').StringVar(&base)
 	c.Flag("drop", "Leave the image unchanged instead of emptying it.").Short('d').BoolVar(&drop)
-	c.Flag("progress", "Show progress on stderr.").Short('p').BoolVar(&progress)
+	c.Flag("progress", "Show progress on stdout, as qemu-img does (on stderr with --output=json).").Short('p').BoolVar(&progress)
 	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)
 	c.Flag("rate", "Limit the write rate into the base, in bytes per second (suffixes K, M, G...).").Short('r').StringVar(&rate)
 	c.Flag("cache", "Cache mode for the base: none, writeback, writethrough, directsync or unsafe.").Short('t').EnumVar(&cache, "none", "writeback", "writethrough", "directsync", "unsafe")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	iofs "io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -47,7 +49,12 @@ func (a *app) mountCommand() {
 		if err != nil {
 			return fail(errcode.New(errcode.BadArguments, "image directory %q: %v", imageDir, err))
 		}
-		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		switch st, err := os.Stat(dir); {
+		case errors.Is(err, iofs.ErrNotExist):
+			return fail(errcode.New(errcode.NotFound, "image directory %s does not exist", dir))
+		case err != nil:
+			return fail(errcode.New(errcode.NotFound, "image directory %s: %v", dir, err))
+		case !st.IsDir():
 			return fail(errcode.New(errcode.NotFound, "image directory %s is not a directory", dir))
 		}
 		if *cacheSize < 0 || *maxDocument <= 0 || *workers < 1 {

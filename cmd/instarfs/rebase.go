@@ -18,7 +18,7 @@ func (a *app) rebaseCommand() {
 	c.Flag("backing", "The new backing file, stored verbatim and resolved relative to the image's directory; \"\" detaches.").Short('b').IsSetByUser(&backingSet).StringVar(&backing)
 	c.Flag("backing-format", "The new backing file's format (detected from its magic when omitted; raw is never inferred).").Short('F').EnumVar(&backingFormat, "qcow2", "vmdk", "raw")
 	c.Flag("unsafe", "Change only the backing file name and format in the header, copying nothing.").Short('u').BoolVar(&unsafe)
-	c.Flag("progress", "Show progress on stderr.").Short('p').BoolVar(&progress)
+	c.Flag("progress", "Show progress on stdout, as qemu-img does (on stderr with --output=json).").Short('p').BoolVar(&progress)
 	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
