@@ -15,8 +15,8 @@
 //	<image>/backing      symlink to the backing image's directory, when inside IMAGEDIR
 //	<image>/status       idle | running <op> <n>% | busy: <op> of <image> | ok <op> | failed <op>: <message>
 //	<image>/result.json  the result envelope of the last operation on the image
-//	<image>/rebase       write-only control file (absent on a read-only mount)
-//	<image>/commit       write-only control file (absent on a read-only mount)
+//	<image>/rebase       control file; reads as its usage (absent on a read-only mount)
+//	<image>/commit       control file; reads as its usage (absent on a read-only mount)
 //	<image>/disk         the image's guest-visible content, read-only (package diskview)
 //
 // Image names are relative to IMAGEDIR, which must be the process's working
@@ -24,12 +24,14 @@
 // line prints when it is run there.
 //
 // Inode numbers derive from the host file's device and inode, so they are
-// stable across lookups and remounts. Generated files are opened with direct
-// I/O and serve every read from a snapshot taken at open, so a reader never
-// sees a torn or stale document. Nothing in a FUSE request waits on a job,
-// except the write to a control file that started it, and the open of a JSON
-// file whose chain the job has locked and that has no earlier document to
-// answer. Interrupts cancel only for terminating signals (interrupt.go).
+// stable across lookups and remounts; owners and modes mirror the host's
+// (attr.go). Generated files are opened with direct I/O and serve every read
+// from a snapshot taken at open, so a reader never sees a torn or stale
+// document; stat reports the size the document has now. Nothing in a FUSE
+// request waits on a job, except the write to a control file that started it,
+// and the open of a JSON file whose chain the job has locked and that has no
+// earlier document to answer. Interrupts cancel only for terminating signals
+// (interrupt.go).
 package fs
 
 import (
