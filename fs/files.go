@@ -273,9 +273,13 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 			return nil, inUse
 		}
 	}
+	if err != nil && c != nil && errcode.Code(err) != errcode.BackingNotFound {
+		c.Close() // only a missing member is shown; a refused one is an error
+		return nil, err
+	}
 	if err != nil && c != nil {
-		// chain.json says which member could not be opened; not cached, as
-		// the missing file may appear at any time.
+		// chain.json says which member is missing; not cached, as the file
+		// may appear at any time.
 		defer c.Close()
 		last := c.Images[len(c.Images)-1]
 		return ctl.PartialChainJSON(ctl.Info(c, true), ctl.Unopened{
