@@ -19,7 +19,7 @@ build:
 # test-deps installs what the tests need, each command from its Debian
 # package: qemu-utils is the oracle; xmllint and rsvg-convert check map.svg;
 # rsync is one of the copy tools the mount tests run.
-TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin rsync:rsync
+TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin rsync:rsync fusermount3:fuse3
 test-deps:
 	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \
