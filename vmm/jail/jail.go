@@ -105,6 +105,7 @@ type Sandbox struct {
 	// Test hooks.
 	started    func(pid int)
 	forceLevel Level
+	path       string // the worker executable; empty means /proc/self/exe
 }
 
 // New returns a jail sandbox.
@@ -284,6 +285,7 @@ func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 		}
 	}
 	return &vmm.Process{
+		Path:        s.path,
 		Env:         env,
 		SysProcAttr: attr,
 		Log:         s.logger(),
@@ -317,8 +319,9 @@ func cpuSeconds(timeout time.Duration) int {
 // Plain runs the worker as a re-executed process with no confinement at all.
 // It exists for tests and debugging; it is not registered as a --sandbox value.
 type Plain struct {
-	Log     logrus.FieldLogger
-	started func(pid int)
+	Log logrus.FieldLogger
+
+	path string // test hook: the worker executable; empty means /proc/self/exe
 }
 
 // Name returns "plain".
@@ -336,9 +339,9 @@ func (p *Plain) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
 
 func (p *Plain) process() *vmm.Process {
 	return &vmm.Process{
+		Path:        p.path,
 		Env:         append([]string{EnvSandbox + "=plain"}, baseEnv()...),
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
 		Log:         p.Log,
-		Started:     p.started,
 	}
 }

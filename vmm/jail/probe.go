@@ -73,8 +73,9 @@ const ProbeNoInheritedFD = "no-inherited-fd"
 //
 // Under the kill filter the first refused probe would kill the worker, so the
 // jail backend loads the filter in errno mode (EPERM) for this operation only:
-// the allow-list is the same, and each refusal shows as EPERM. TestViolation
-// and sandbox-check's violation run check the kill mode separately.
+// the allow-list is the same, and each refusal shows as EPERM. Sandbox-check's
+// violation run and the conformance suite (vmm/sandboxtest) check the kill
+// mode separately.
 //
 // Probes are harmless when they succeed (in an unconfined worker): they target
 // paths that do not exist, directories that cannot be executed, or scratch

@@ -12,7 +12,7 @@ import (
 // The list was established with strace on a stress workload (concurrent blocking
 // preads that spawn threads, large allocations with forced GC and
 // FreeOSMemory, timers, tight loops that trigger asynchronous preemption) and
-// is checked by TestStressUnderKillFilter.
+// is checked by the Stress test of the conformance suite (vmm/sandboxtest).
 var runtimeSyscalls = []string{
 	"munmap", "madvise", "brk", "futex", "sched_yield",
 	"nanosleep", "clock_nanosleep", "clock_gettime",

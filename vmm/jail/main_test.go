@@ -1,0 +1,26 @@
+package jail_test
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"testing"
+
+	"instarfs/vmm"
+	"instarfs/vmm/jail"
+	"instarfs/vmm/sandboxtest/testworker"
+)
+
+// TestMain makes the test binary its own worker: re-executed as
+// vmm.WorkerArg0, it confines itself as the product worker does and serves
+// the operations of the conformance suite.
+func TestMain(m *testing.M) {
+	if os.Args[0] == vmm.WorkerArg0 {
+		testworker.Main(jail.Confine)
+	}
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0); e == syscall.ENOTSUP {
+		fmt.Fprintln(os.Stderr, "vmm/jail tests need a binary built with CGO_ENABLED=0")
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
