@@ -1,8 +1,8 @@
 // Package sandboxtest is the conformance suite of vmm.Sandbox backends: Run
 // checks, through the Sandbox interface alone, that a backend ends every run
 // as the outcome table of ARCHITECTURE.md says, delivers progress, hands the
-// worker its image descriptors read-only or writable as the request says, and
-// confines every worker.
+// worker its image descriptors read-only or writable as the request says,
+// serves sessions, and confines every worker.
 //
 // A backend's tests call Run with a sandbox whose worker serves the operations
 // of package testworker; see there how a test binary becomes that worker. The
@@ -82,6 +82,7 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("Session", func(t *testing.T) { testSession(t, sb, opt) })
 	t.Run("Confined", func(t *testing.T) {
 		if opt.Unconfined {
 			t.Skip("the sandbox does not confine its worker")
@@ -304,6 +305,105 @@ func testConcurrent(t *testing.T, sb vmm.Sandbox) {
 			t.Errorf("worker %d received %s, want %s", a.i, echo.Request.Args, want)
 		}
 	}
+}
+
+// testSession starts sessions (Sandbox.Start) and checks their calls, the
+// worker's error frames, and how a session ends: the worker's exit, its
+// life's end, a forbidden call, a cancelled start, a failed start.
+func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
+	start := func(t *testing.T, life time.Duration) *vmm.Session {
+		t.Helper()
+		j := job(testworker.OpSession)
+		j.Timeout, j.Shared = life, 64
+		s, err := sb.Start(context.Background(), j)
+		if err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if string(s.Ready) != `"ready"` {
+			t.Fatalf("ready document %s, want \"ready\"", s.Ready)
+		}
+		return s
+	}
+	call := func(s *vmm.Session, req string) (string, error) {
+		reply := make([]byte, 64)
+		n, err := s.Call(context.Background(), []byte(req), reply)
+		return string(reply[:n]), err
+	}
+	t.Run("Calls", func(t *testing.T) {
+		s := start(t, timeout)
+		for _, tt := range []struct{ req, want string }{
+			{testworker.FrameEcho + "one", "one"},
+			{testworker.FrameShared + "10", strings.Repeat("y", 10)},
+			{testworker.FrameEcho + "two", "two"},
+		} {
+			if got, err := call(s, tt.req); err != nil || got != tt.want {
+				t.Errorf("call %q: %q, %v; want %q", tt.req, got, err, tt.want)
+			}
+		}
+		_, err := call(s, testworker.FrameError)
+		var e *errcode.Error
+		if !errors.As(err, &e) || e.Code != errcode.Qcow2Corrupt || e.Message != testworker.ErrorMessage {
+			t.Errorf("error frame: %v, want the worker's own error", err)
+		}
+		if got, err := call(s, testworker.FrameEcho+"after"); err != nil || got != "after" {
+			t.Errorf("call after an error frame: %q, %v", got, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	t.Run("Crash", func(t *testing.T) {
+		s := start(t, timeout)
+		_, err := call(s, testworker.FrameExit)
+		if errcode.Code(err) != errcode.WorkerCrashed || !strings.Contains(err.Error(), "exited with status 3") ||
+			!strings.Contains(err.Error(), testworker.ExitMessage) {
+			t.Fatalf("error %v, want WORKER_CRASHED with the exit status and stderr", err)
+		}
+		if errcode.Code(s.Err()) != errcode.WorkerCrashed {
+			t.Errorf("the session after its worker died: %v", s.Err())
+		}
+	})
+	t.Run("Life", func(t *testing.T) {
+		s := start(t, 2*time.Second)
+		startCall := time.Now()
+		if _, err := call(s, testworker.FrameSleep); errcode.Code(err) != errcode.WorkerTimeout {
+			t.Fatalf("error %v, want WORKER_TIMEOUT", err)
+		}
+		if d := time.Since(startCall); d > slow {
+			t.Errorf("the call ended %v after it began", d)
+		}
+	})
+	t.Run("Forbidden", func(t *testing.T) {
+		if opt.Unconfined {
+			t.Skip("the sandbox does not confine its worker")
+		}
+		s := start(t, timeout)
+		if got, err := call(s, testworker.FrameForbidden); errcode.Code(err) != errcode.SandboxViolation {
+			t.Fatalf("forbidden call: %q, %v; want SANDBOX_VIOLATION", got, err)
+		}
+	})
+	t.Run("Cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if s, err := sb.Start(ctx, job(testworker.OpSession)); errcode.Code(err) != errcode.Cancelled {
+			if s != nil {
+				s.Close()
+			}
+			t.Fatalf("Start with a cancelled context: %v, want CANCELLED", err)
+		}
+	})
+	t.Run("Unstartable", func(t *testing.T) {
+		if opt.Unstartable == nil {
+			t.Skip("no unstartable sandbox given")
+		}
+		if s, err := opt.Unstartable.Start(context.Background(), job(testworker.OpSession)); errcode.Code(err) != errcode.SandboxUnavailable {
+			if s != nil {
+				s.Close()
+			}
+			t.Fatalf("error %v, want SANDBOX_UNAVAILABLE", err)
+		}
+	})
 }
 
 // refusedProbes are the sandbox-check probes every confined worker must see

@@ -29,6 +29,7 @@ package testworker
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,6 +66,19 @@ const (
 	OpNoNewline      = "test-no-newline"       // a result not ended by a newline, then exit 0
 	OpForbidden      = "test-forbidden"        // openat("/"): a confined worker is killed
 	OpStress         = "test-stress"           // the Go runtime and image I/O at full tilt; see stress
+	// OpSession begins a session (vmm.Session): the ready document "ready",
+	// then one reply per request frame; see session.
+	OpSession = "test-session"
+)
+
+// Request frames of OpSession, and what the worker does with them.
+const (
+	FrameEcho      = "echo "     // echo TEXT: a FrameOK reply with TEXT
+	FrameShared    = "shared "   // shared N: N bytes 'y' through the shared memory
+	FrameError     = "error"     // a FrameError reply: QCOW2_CORRUPT, ErrorMessage
+	FrameExit      = "exit"      // ExitMessage on stderr, exit status 3
+	FrameSleep     = "sleep"     // sleep for an hour
+	FrameForbidden = "forbidden" // openat("/"), then a FrameOK reply
 )
 
 // Texts the operations put where the host must report them.
@@ -201,6 +217,16 @@ func Serve(in io.Reader, out io.Writer) int {
 			return 1
 		}
 		return result("ok")
+	case OpSession:
+		frames, err := vmm.SessionInput(dec, in)
+		if err == nil {
+			err = session(req, frames, out)
+		}
+		if err != nil {
+			emitError(out, err)
+			return 1
+		}
+		return 0
 	}
 	emitError(out, errcode.New(errcode.WorkerProtocol, "unknown operation %q", req.Op))
 	return 1
@@ -226,6 +252,55 @@ func emitError(out io.Writer, err error) {
 func writeAll(out io.Writer, b []byte) {
 	if _, err := out.Write(b); err != nil {
 		os.Exit(4)
+	}
+}
+
+// session answers request frames until the host closes the input; see the
+// Frame constants. It maps the shared memory before its ready line.
+func session(req vmm.Request, in io.Reader, out io.Writer) error {
+	shared, err := vmm.WorkerShared(req)
+	if err != nil {
+		return err
+	}
+	emit(out, vmm.Message{Result: json.RawMessage(`"ready"`)})
+	reply := func(status byte, n int, body []byte) {
+		frame := binary.BigEndian.AppendUint32([]byte{status}, uint32(n))
+		writeAll(out, append(frame, body...))
+	}
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(in, hdr[:]); err != nil {
+			os.Exit(0) // the host ended the session
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(in, body); err != nil {
+			os.Exit(1)
+		}
+		switch req := string(body); {
+		case strings.HasPrefix(req, FrameEcho):
+			text := strings.TrimPrefix(req, FrameEcho)
+			reply(vmm.FrameOK, len(text), []byte(text))
+		case strings.HasPrefix(req, FrameShared):
+			n, _ := strconv.Atoi(strings.TrimPrefix(req, FrameShared))
+			n = min(max(n, 0), len(shared))
+			copy(shared, bytes.Repeat([]byte("y"), n))
+			reply(vmm.FrameShared, n, nil)
+		case req == FrameError:
+			b, _ := json.Marshal(errcode.New(errcode.Qcow2Corrupt, ErrorMessage))
+			reply(vmm.FrameError, len(b), b)
+		case req == FrameExit:
+			fmt.Fprintln(os.Stderr, ExitMessage)
+			os.Exit(3)
+		case req == FrameSleep:
+			time.Sleep(time.Hour)
+		case req == FrameForbidden:
+			unix.Openat(unix.AT_FDCWD, "/", unix.O_RDONLY, 0)
+			text := "the forbidden call returned"
+			reply(vmm.FrameOK, len(text), []byte(text))
+		default:
+			b, _ := json.Marshal(errcode.New(errcode.WorkerProtocol, "unknown request %q", req))
+			reply(vmm.FrameError, len(b), b)
+		}
 	}
 }
 
