@@ -9,12 +9,30 @@ TEST_PACKAGES ?= ./...
 FUZZTIME ?= 10s
 TESTFLAGS ?=
 
-.PHONY: all build test test-deps oracles lint vet bench fuzz demo docs-images clean
+.PHONY: all build guest test test-deps oracles lint vet bench fuzz demo docs-images clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/instarfs
+
+# guest builds the microvm backend's guest into build/guest: the kernel and
+# its virtio modules from the Debian package linux-image-cloud-amd64 of this
+# system's suite (downloaded and unpacked, not installed), and an initramfs,
+# written by our own code, whose /init is the worker built static.
+GUEST := build/guest
+guest:
+	@set -e; mkdir -p $(GUEST)/deb; \
+	pkg=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $$2; exit}'); \
+	test -n "$$pkg" || { echo "no linux-image-cloud-amd64 in the apt sources (apt-get update?)"; exit 1; }; \
+	if [ ! -f $(GUEST)/deb/$$pkg.unpacked ]; then \
+	  rm -rf $(GUEST)/deb/*; \
+	  (cd $(GUEST)/deb && apt-get download -q $$pkg 2>&1 | grep -v 'unsandboxed' || true); \
+	  dpkg-deb -x $(GUEST)/deb/$$pkg*.deb $(GUEST)/deb/root; \
+	  rm -f $(GUEST)/deb/$$pkg*.deb; touch $(GUEST)/deb/$$pkg.unpacked; \
+	fi
+	$(GO) build -trimpath -ldflags='-s -w' -o $(GUEST)/init ./vmm/microvm/guestinit
+	$(GO) run ./vmm/microvm/mkguest -root $(GUEST)/deb/root -init $(GUEST)/init -out $(GUEST)
 
 # test-deps installs what the tests need, each command from its Debian
 # package: qemu-utils is the oracle; xmllint and rsvg-convert check map.svg;

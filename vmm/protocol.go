@@ -61,6 +61,9 @@ type ImageRef struct {
 	Name     string `json:"name"`
 	Format   string `json:"format,omitempty"` // empty: detect (never raw)
 	Writable bool   `json:"writable,omitempty"`
+	// Size is the image file's length. Only the microvm backend sets it: its
+	// guest sees the image as a block device of whole sectors.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Message is one line of the worker's standard output. A worker writes any number

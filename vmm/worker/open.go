@@ -72,6 +72,11 @@ func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
 		return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", ref.Name, err)
 	}
 	o := &opened{ref: ref, file: f, size: st.Size()}
+	if st.Mode()&os.ModeDevice != 0 && ref.Size > 0 {
+		// A microvm guest sees the image as a block device, whose length is
+		// rounded up to sectors; the host sends the file's own length.
+		o.size = ref.Size
+	}
 	first := make([]byte, min(sniffBytes, o.size))
 	if _, err := f.ReadAt(first, 0); err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "reading %s: %v", ref.Name, err)

@@ -17,7 +17,8 @@ func metadataPreallocated(q *qcow2.Image, f *os.File) bool {
 		return false
 	}
 	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok {
+	if !ok || st.Mode()&os.ModeDevice != 0 {
+		// A block device (the microvm guest) has no allocation to compare.
 		return false
 	}
 	cs := q.ClusterSize()

@@ -84,6 +84,20 @@ func Main() {
 	os.Exit(code)
 }
 
+// Serve reads one request from r, runs it on the image descriptors at
+// vmm.FirstImageFD.., and writes the protocol lines to w. It returns the exit
+// status the worker should end with. The caller must have confined itself
+// (the microvm guest's /init calls it after jail.ConfineGuest).
+func Serve(r io.Reader, w io.Writer) int {
+	out := &output{w: bufio.NewWriter(w)}
+	for _, msg := range jail.CurrentStatus().Warnings {
+		out.line(vmm.Message{Warning: msg})
+	}
+	code := serve(r, out)
+	out.flush()
+	return code
+}
+
 func serve(stdin io.Reader, out *output) (code int) {
 	defer func() {
 		if r := recover(); r != nil {

@@ -1,0 +1,243 @@
+// Package guest is the /init of the microvm guest: the instarfs worker running
+// as the first process of a small virtual machine.
+//
+// Main loads the virtio modules the initramfs carries, mounts devtmpfs for the
+// drives, opens the image drives at the descriptors the worker expects,
+// confines itself as the jail's worker does (without namespaces), serves the
+// request the host appended to the initramfs, and writes the worker's output
+// to the result drive. Ending pid 1 stops the machine (panic=-1, -no-reboot).
+package guest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+	"instarfs/vmm/jail"
+	"instarfs/vmm/worker"
+)
+
+// Paths inside the initramfs.
+const (
+	ModulesOrder = "/modules.order"         // module file names, in load order
+	ModulesDir   = "/lib/modules"           // the module files
+	RequestPath  = "/instarfs/request.json" // the vmm.Request, appended per run
+)
+
+// ResultMagic starts the result drive: magic, a little-endian uint32 length,
+// then the worker's protocol lines.
+const ResultMagic = "INSR"
+
+// ConsolePrefix marks the guest's own lines on the console, where the kernel
+// may write too. The line after the prefix is a protocol line, or Ready.
+const ConsolePrefix = "\x02instarfs: "
+
+// Ready is the console line (after ConsolePrefix) that says /init runs.
+const Ready = "ready"
+
+// driveWait bounds how long /init waits for the drives to appear.
+const driveWait = 10 * time.Second
+
+// Drive returns the device path of the i-th virtio-blk drive (vda, vdb, ...).
+func Drive(i int) string { return fmt.Sprintf("/dev/vd%c", 'a'+i) }
+
+// Main runs the guest. It never returns.
+func Main() {
+	reserveDescriptors()
+	console := os.Stdout
+	say := func(line string) { io.WriteString(console, "\n"+ConsolePrefix+line+"\n") }
+	say(Ready)
+	fail := func(err error) {
+		b, _ := json.Marshal(vmm.Message{Error: asError(err)})
+		say(string(b))
+		os.Exit(1)
+	}
+	if err := setup(); err != nil {
+		fail(err)
+	}
+	req, raw, err := readRequest()
+	if err != nil {
+		fail(err)
+	}
+	result, err := openDrives(req)
+	if err != nil {
+		fail(err)
+	}
+	if _, err := jail.ConfineGuest(len(req.Images) + 1); err != nil {
+		fail(err)
+	}
+	var out bytes.Buffer
+	code := worker.Serve(bytes.NewReader(raw), io.MultiWriter(&out, &consoleLines{w: console}))
+	if err := writeResult(result, out.Bytes()); err != nil {
+		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
+	}
+	os.Exit(code)
+}
+
+// asError makes a setup failure a protocol error: the guest could not
+// become a worker, so the sandbox is unavailable.
+func asError(err error) *errcode.Error {
+	return errcode.New(errcode.SandboxUnavailable, "microvm guest: %v", err)
+}
+
+// maxDrives bounds the drives a guest takes: the images and the result drive.
+const maxDrives = 32
+
+// reserveDescriptors holds the descriptor numbers the drives will take
+// (vmm.FirstImageFD..) with copies of the console, before the Go runtime
+// opens its own descriptors (the netpoller's) there. openDrives replaces them;
+// the confinement closes those left over.
+func reserveDescriptors() {
+	for fd := vmm.FirstImageFD; fd < vmm.FirstImageFD+maxDrives; fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
+			continue // taken already; openDrives checks what it replaces
+		}
+		unix.Dup3(0, fd, 0)
+	}
+}
+
+// setup mounts devtmpfs (the drives) and proc, and loads the modules.
+func setup() error {
+	if err := unix.Mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mounting devtmpfs: %w", err)
+	}
+	// The confinement lists /proc/self/fd to close stray descriptors.
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mounting proc: %w", err)
+	}
+	order, err := os.ReadFile(ModulesOrder)
+	if err != nil {
+		return fmt.Errorf("reading the module list: %w", err)
+	}
+	for _, name := range strings.Fields(string(order)) {
+		if err := loadModule(path.Join(ModulesDir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func loadModule(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("loading module: %w", err)
+	}
+	defer f.Close()
+	flags := 0
+	if strings.HasSuffix(file, ".xz") || strings.HasSuffix(file, ".zst") {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	if err := unix.FinitModule(int(f.Fd()), "", flags); err != nil && err != unix.EEXIST {
+		return fmt.Errorf("loading module %s: %w", path.Base(file), err)
+	}
+	return nil
+}
+
+func readRequest() (*vmm.Request, []byte, error) {
+	raw, err := os.ReadFile(RequestPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the request: %w", err)
+	}
+	var req vmm.Request
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return nil, nil, fmt.Errorf("decoding the request: %w", err)
+	}
+	return &req, raw, nil
+}
+
+// openDrives opens the image drives at vmm.FirstImageFD.. and returns the
+// result drive, which follows them.
+func openDrives(req *vmm.Request) (int, error) {
+	n := len(req.Images) + 1
+	if n > maxDrives {
+		return -1, fmt.Errorf("%d images, more than the guest takes (%d)", len(req.Images), maxDrives-1)
+	}
+	deadline := time.Now().Add(driveWait)
+	for i := 0; i < n; i++ {
+		for {
+			if _, err := os.Stat(Drive(i)); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return -1, fmt.Errorf("%s did not appear within %v", Drive(i), driveWait)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for i := 0; i < n; i++ {
+		flags := unix.O_RDWR
+		if i < len(req.Images) && !req.Images[i].Writable {
+			flags = unix.O_RDONLY
+		}
+		fd, err := unix.Open(Drive(i), flags|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return -1, fmt.Errorf("opening %s: %w", Drive(i), err)
+		}
+		target := vmm.FirstImageFD + i
+		if flags, err := unix.FcntlInt(uintptr(target), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 && fd != target {
+			return -1, fmt.Errorf("descriptor %d, which %s must take, is in use", target, Drive(i))
+		}
+		if fd != target {
+			if err := unix.Dup3(fd, target, 0); err != nil {
+				return -1, fmt.Errorf("placing %s at descriptor %d: %w", Drive(i), target, err)
+			}
+			unix.Close(fd)
+		} else if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return -1, err
+		}
+	}
+	for fd := vmm.FirstImageFD + n; fd < vmm.FirstImageFD+maxDrives; fd++ {
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd) // a placeholder of reserveDescriptors
+		}
+	}
+	return vmm.FirstImageFD + len(req.Images), nil
+}
+
+// writeResult writes the output to the result drive and flushes it.
+func writeResult(fd int, out []byte) error {
+	b := make([]byte, 8, 8+len(out))
+	copy(b, ResultMagic)
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(out)))
+	b = append(b, out...)
+	if _, err := unix.Pwrite(fd, b, 0); err != nil {
+		return fmt.Errorf("writing the result drive: %w", err)
+	}
+	return unix.Fsync(fd)
+}
+
+// maxConsoleLine bounds the lines copied to the console: a serial console is
+// slow under TCG, and the result drive carries every line anyway.
+const maxConsoleLine = 64 << 10
+
+// consoleLines copies protocol lines to the console, each after
+// ConsolePrefix, so that the host can pick them out from kernel messages.
+type consoleLines struct {
+	w       io.Writer
+	partial []byte
+}
+
+func (c *consoleLines) Write(p []byte) (int, error) {
+	c.partial = append(c.partial, p...)
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			break
+		}
+		if i < maxConsoleLine {
+			c.w.Write(append([]byte("\n"+ConsolePrefix), c.partial[:i+1]...))
+		}
+		c.partial = c.partial[i+1:]
+	}
+	return len(p), nil
+}
