@@ -42,6 +42,7 @@ type Envelope struct {
 
 	DurationMS int64          `json:"duration_ms"`
 	Sandbox    string         `json:"sandbox,omitempty"`
+	Accel      string         `json:"accel,omitempty"` // a microvm's: kvm or tcg
 	Error      *errcode.Error `json:"error,omitempty"`
 }
 
@@ -62,7 +63,7 @@ func timed(op, path string, sb vmm.Sandbox, run func() (*Envelope, error)) (*Env
 	}
 	env.DurationMS = time.Since(start).Milliseconds()
 	if sb != nil {
-		env.Sandbox = sb.Name()
+		env.Sandbox, env.Accel = sb.Name(), vmm.Accelerator(sb)
 	}
 	return env, err
 }

@@ -524,3 +524,21 @@ func sanitize(s string) string {
 		return r
 	}, s)
 }
+
+// DecodeOutput reads a worker's complete output from r, as Run reads a local
+// worker's standard output, for backends whose worker does not run as a host
+// process (the microvm guest). It returns the worker's result, the worker's
+// own *errcode.Error, WORKER_PROTOCOL when the output breaks the protocol, or
+// WORKER_CRASHED when it has no final line.
+func DecodeOutput(r io.Reader, progress func(float64), warn func(string)) (json.RawMessage, error) {
+	out := readMessages(r, progress, warn)
+	switch {
+	case out.err != nil:
+		return nil, errcode.New(errcode.WorkerProtocol, "invalid worker output: %v", out.err)
+	case out.werr != nil:
+		return nil, out.werr
+	case out.final:
+		return out.result, nil
+	}
+	return nil, errcode.New(errcode.WorkerCrashed, "the worker stopped without a result")
+}

@@ -58,3 +58,21 @@ func New(name string) (Sandbox, error) {
 	}
 	return open()
 }
+
+// Accelerated is implemented by a backend whose worker runs in a virtual
+// machine: Accelerator names what runs the guest ("kvm" or "tcg").
+type Accelerated interface {
+	Accelerator() string
+}
+
+// Accelerator returns the accelerator of sb (seen through Limit), or "" for a
+// backend that runs no virtual machine.
+func Accelerator(sb Sandbox) string {
+	if l, ok := sb.(*limited); ok {
+		sb = l.sb
+	}
+	if a, ok := sb.(Accelerated); ok {
+		return a.Accelerator()
+	}
+	return ""
+}

@@ -14,7 +14,6 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
-	"instarfs/vmm"
 )
 
 func (a *app) infoCommand() {
@@ -183,7 +182,7 @@ func forceShareFlag(c *kingpin.CmdClause, v *bool) {
 func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sb, err := vmm.New(a.global.sandbox)
+	sb, err := a.newSandbox()
 	if err != nil {
 		return fail(err)
 	}

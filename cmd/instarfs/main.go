@@ -11,6 +11,7 @@ import (
 
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/microvm"
 	"instarfs/vmm/worker"
 )
 
@@ -33,6 +34,7 @@ type globalFlags struct {
 	logLevel  string
 	logFormat string
 	sandbox   string
+	accel     string
 	allowDirs []string
 
 	// qemu-img flags that are refused (see refuseQemuOnly).
@@ -48,7 +50,8 @@ func newApp() *app {
 	a.HelpFlag.Short('h')
 	a.Flag("log-level", "Log level: debug, info, warn, error.").Default("warn").EnumVar(&a.global.logLevel, "debug", "info", "warn", "error")
 	a.Flag("log-format", "Log format on stderr: text or json.").Default("text").EnumVar(&a.global.logFormat, "text", "json")
-	a.Flag("sandbox", "Where image bytes are parsed: auto or jail.").Default("auto").EnumVar(&a.global.sandbox, "auto", "jail")
+	a.Flag("sandbox", "Where image bytes are parsed: auto, jail or microvm.").Default("auto").EnumVar(&a.global.sandbox, "auto", "jail", "microvm")
+	a.Flag("accel", "What runs the microvm guest: kvm (the default) or tcg (emulation, for tests: no security boundary).").EnumVar(&a.global.accel, microvm.KVM, microvm.TCG)
 	a.Flag("allow-dir", "Another directory backing files may be opened from (repeatable).").StringsVar(&a.global.allowDirs)
 	a.Flag("image-opts", "Refused: qemu-img's protocol options are never honoured.").Hidden().BoolVar(&a.global.imageOpts)
 	a.Flag("object", "Refused: qemu-img's objects are never used.").Hidden().StringsVar(&a.global.objects)
@@ -60,6 +63,22 @@ func newApp() *app {
 	a.sandboxCheckCommand()
 	a.mountCommand()
 	return a
+}
+
+// newSandbox returns the backend --sandbox and --accel name.
+func (a *app) newSandbox() (vmm.Sandbox, error) {
+	sb, err := vmm.New(a.global.sandbox)
+	if err != nil {
+		return nil, err
+	}
+	if a.global.accel != "" {
+		m, ok := sb.(*microvm.Sandbox)
+		if !ok {
+			return nil, errcode.New(errcode.BadArguments, "--accel applies to --sandbox=microvm, not to %s", sb.Name())
+		}
+		m.Accel = a.global.accel
+	}
+	return sb, nil
 }
 
 func (a *app) run(args []string) int {

@@ -60,7 +60,7 @@ func (a *app) mountCommand() {
 		if *cacheSize < 0 || *maxDocument <= 0 || *workers < 1 {
 			return fail(errcode.New(errcode.BadArguments, "--cache-size must not be negative, --max-document-size and --workers must be positive"))
 		}
-		sb, err := vmm.New(a.global.sandbox)
+		sb, err := a.newSandbox()
 		if err != nil {
 			return fail(err)
 		}

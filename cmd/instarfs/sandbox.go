@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"instarfs/vmm"
 	"instarfs/vmm/jail"
 )
 
@@ -14,7 +13,7 @@ func (a *app) sandboxCheckCommand() {
 	c := a.Command("sandbox-check", "Report which sandbox layers this host offers, and run probes inside a real worker. Exits 1 if any probe is not refused.")
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	a.actions[c.FullCommand()] = func() int {
-		sb, err := vmm.New(a.global.sandbox)
+		sb, err := a.newSandbox()
 		if err != nil {
 			return fail(err)
 		}

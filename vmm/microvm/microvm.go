@@ -1,0 +1,557 @@
+// Package microvm is the sandbox backend that runs the worker in a QEMU
+// microvm: a virtual machine of its own, with the worker as its /init (package
+// guest), built by `make guest`.
+//
+// The host hands QEMU the image descriptors it opened (-add-fd, /dev/fdset/N)
+// as format=raw virtio-blk drives, read-only unless the operation writes the
+// image, so QEMU never parses an image format and never opens an image by
+// name. The request goes in a small initramfs appended to the guest's; the
+// worker's output comes back on a result drive, with the console as fallback,
+// and is decoded by the same code as the jail's (vmm.DecodeOutput).
+//
+// KVM is the default accelerator and is never replaced silently: without a
+// /dev/kvm that opens and a guest that answers within BootDeadline, Run fails
+// with SANDBOX_UNAVAILABLE. TCG runs only when asked for (--accel=tcg); it
+// exists for tests on hosts without KVM and is not a security boundary.
+package microvm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"instarfs/errcode"
+	"instarfs/vmm"
+	"instarfs/vmm/microvm/guest"
+	"instarfs/vmm/microvm/initramfs"
+)
+
+// Files of the guest directory that `make guest` writes.
+const (
+	KernelFile    = "vmlinuz"
+	InitramfsFile = "initramfs.cpio"
+)
+
+// Accelerators.
+const (
+	KVM = "kvm"
+	TCG = "tcg"
+)
+
+// EnvGuestDir names the guest directory; without it, the backend looks for
+// build/guest next to the directory of the running executable
+// (bin/instarfs → build/guest) and in the working directory.
+const EnvGuestDir = "INSTARFS_GUEST_DIR"
+
+// QEMU is the emulator the backend runs.
+const QEMU = "qemu-system-x86_64"
+
+// Boot deadlines: how long the guest's /init may take to say it runs. Under
+// KVM a guest boots in well under a second; one that has not answered in
+// seconds runs on a /dev/kvm that does not boot stock kernels (a nested
+// hypervisor such as PVM). TCG is slow, so its deadline only catches a hang.
+const (
+	BootDeadlineKVM = 10 * time.Second
+	BootDeadlineTCG = 60 * time.Second
+)
+
+// Guest resources.
+const (
+	memory          = "256M"
+	resultDriveSize = vmm.MaxResultBytes + 1<<20
+	maxConsoleBytes = vmm.MaxResultBytes + 1<<20
+)
+
+// Sandbox is the microvm backend. Set Accel before the first Run.
+type Sandbox struct {
+	// Accel is KVM (the default when empty) or TCG.
+	Accel string
+	// GuestDir holds KernelFile and InitramfsFile; empty means GuestDir().
+	GuestDir string
+	// Log receives the guest's warnings and diagnostics.
+	Log logrus.FieldLogger
+
+	warnMu sync.Mutex
+	warned map[string]bool
+}
+
+func init() {
+	vmm.Register("microvm", func() (vmm.Sandbox, error) { return &Sandbox{}, nil })
+}
+
+// Name returns "microvm".
+func (s *Sandbox) Name() string { return "microvm" }
+
+// Accelerator returns the accelerator Run uses.
+func (s *Sandbox) Accelerator() string {
+	if s.Accel == "" {
+		return KVM
+	}
+	return s.Accel
+}
+
+// GuestDir finds the guest directory (see EnvGuestDir).
+func GuestDir() string {
+	if d := os.Getenv(EnvGuestDir); d != "" {
+		return d
+	}
+	var candidates []string
+	if exe, err := os.Executable(); err == nil {
+		candidates = append(candidates, filepath.Join(filepath.Dir(filepath.Dir(exe)), "build", "guest"))
+	}
+	candidates = append(candidates, filepath.Join("build", "guest"))
+	for _, d := range candidates {
+		if _, err := os.Stat(filepath.Join(d, KernelFile)); err == nil {
+			return d
+		}
+	}
+	return candidates[len(candidates)-1]
+}
+
+func unavailable(format string, args ...any) error {
+	return errcode.New(errcode.SandboxUnavailable, "microvm: "+format, args...)
+}
+
+// Available checks what Run needs before it boots anything: QEMU, the guest
+// files and, for KVM, a /dev/kvm that opens.
+func (s *Sandbox) Available() (qemu, dir string, err error) {
+	switch s.Accelerator() {
+	case KVM:
+		f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", "", unavailable("--accel=kvm needs /dev/kvm: %v (use --accel=tcg only for tests: TCG is no security boundary)", err)
+		}
+		f.Close()
+	case TCG:
+	default:
+		return "", "", errcode.New(errcode.BadArguments, "unknown accelerator %q (kvm or tcg)", s.Accel)
+	}
+	qemu, err = exec.LookPath(QEMU)
+	if err != nil {
+		return "", "", unavailable("%s is not installed (Debian package qemu-system-x86)", QEMU)
+	}
+	dir = s.GuestDir
+	if dir == "" {
+		dir = GuestDir()
+	}
+	for _, f := range []string{KernelFile, InitramfsFile} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			return "", "", unavailable("the guest is not built (%v): run make guest", err)
+		}
+	}
+	return qemu, dir, nil
+}
+
+// Run boots a guest for job and returns the worker's result.
+func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
+	}
+	if len(job.Files) != len(job.Request.Images) {
+		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+			len(job.Files), len(job.Request.Images))
+	}
+	qemu, dir, err := s.Available()
+	if err != nil {
+		return nil, err
+	}
+	vm, err := s.prepare(dir, job)
+	if err != nil {
+		return nil, err
+	}
+	defer vm.close()
+	return s.boot(ctx, qemu, vm, job)
+}
+
+// machine is one run's QEMU command line and the descriptors it inherits.
+type machine struct {
+	args   []string
+	files  []*os.File // inherited, from fd 3 on
+	owned  []*os.File // opened here, closed after the run
+	result *os.File
+}
+
+func (m *machine) close() {
+	for _, f := range m.owned {
+		f.Close()
+	}
+}
+
+// inherit adds f to the descriptors QEMU inherits and returns its number there.
+func (m *machine) inherit(f *os.File) int {
+	m.files = append(m.files, f)
+	return 2 + len(m.files)
+}
+
+// drive attaches f as the next virtio-blk drive through an fdset. QEMU wants
+// a read-only descriptor in the set even for a writable drive.
+func (m *machine) drive(f *os.File, writable bool) error {
+	set := len(m.files) + 1
+	fds := []int{m.inherit(f)}
+	if writable {
+		ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return unavailable("reopening a drive read-only for QEMU: %v", err)
+		}
+		m.owned = append(m.owned, ro)
+		fds = append(fds, m.inherit(ro))
+	}
+	for _, fd := range fds {
+		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, set))
+	}
+	id := fmt.Sprintf("d%d", set)
+	ro := "on"
+	if writable {
+		ro = "off"
+	}
+	m.args = append(m.args,
+		"-drive", fmt.Sprintf("if=none,id=%s,format=raw,file=/dev/fdset/%d,file.locking=off,readonly=%s", id, set, ro),
+		"-device", "virtio-blk-device,drive="+id)
+	return nil
+}
+
+func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
+	m := &machine{}
+	req := job.Request
+	req.Images = append([]vmm.ImageRef(nil), req.Images...)
+	for i, f := range job.Files {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", req.Images[i].Name, err)
+		}
+		req.Images[i].Size = st.Size()
+		if err := m.drive(f, req.Images[i].Writable); err != nil {
+			m.close()
+			return nil, err
+		}
+	}
+	result, err := memfd("instarfs-result", resultDriveSize)
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	m.owned, m.result = append(m.owned, result), result
+	if err := m.drive(result, true); err != nil {
+		m.close()
+		return nil, err
+	}
+	initrd, err := s.initrd(dir, req)
+	if err != nil {
+		m.close()
+		return nil, err
+	}
+	m.owned = append(m.owned, initrd)
+	initrdFD := m.inherit(initrd)
+
+	accel := s.Accelerator()
+	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
+	m.args = append([]string{
+		"-M", "microvm", "-accel", accel, "-m", memory, "-smp", "1",
+		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-kernel", filepath.Join(dir, KernelFile),
+		"-initrd", fmt.Sprintf("/proc/self/fd/%d", initrdFD),
+	}, m.args...)
+	if accel == KVM {
+		m.args = append(m.args, "-cpu", "host")
+	} else if khz := tscKHz(); khz > 0 {
+		// microvm has no timer to calibrate the TSC against; under TCG
+		// the calibration races and boots hang without this.
+		cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
+	}
+	m.args = append(m.args, "-append", cmdline)
+	return m, nil
+}
+
+// initrd is the guest's initramfs with the request appended.
+func (s *Sandbox) initrd(dir string, req vmm.Request) (*os.File, error) {
+	base, err := os.ReadFile(filepath.Join(dir, InitramfsFile))
+	if err != nil {
+		return nil, unavailable("reading the guest: %v", err)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+	}
+	var buf bytes.Buffer
+	buf.Write(base)
+	for buf.Len()%4 != 0 {
+		buf.WriteByte(0)
+	}
+	w := initramfs.NewWriter(&buf)
+	w.File(guest.RequestPath, 0o644, body)
+	if err := w.Close(); err != nil {
+		return nil, errcode.New(errcode.Internal, "writing the request archive: %v", err)
+	}
+	f, err := memfd("instarfs-initrd", 0)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		f.Close()
+		return nil, unavailable("writing the initramfs: %v", err)
+	}
+	return f, nil
+}
+
+func memfd(name string, size int64) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, unavailable("memfd_create: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if size > 0 {
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			return nil, unavailable("sizing %s: %v", name, err)
+		}
+	}
+	return f, nil
+}
+
+// tscKHz is the host's TSC frequency estimate from /proc/cpuinfo, or 0.
+func tscKHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && mhz > 0 {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}
+
+// boot runs QEMU and collects the worker's output.
+func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job) (json.RawMessage, error) {
+	timeout := job.Timeout
+	if timeout <= 0 {
+		timeout = vmm.DefaultTimeout
+	}
+	bootDeadline := BootDeadlineKVM
+	if s.Accelerator() == TCG {
+		bootDeadline = BootDeadlineTCG
+	}
+	stdout, stdoutW, err := os.Pipe()
+	if err != nil {
+		return nil, unavailable("%v", err)
+	}
+	defer stdout.Close()
+	var stderr bytes.Buffer
+	cmd := &exec.Cmd{
+		Path:        qemu,
+		Args:        append([]string{QEMU}, m.args...),
+		Env:         []string{},
+		Dir:         "/",
+		Stdout:      stdoutW,
+		Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
+		ExtraFiles:  m.files,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
+	}
+	start := time.Now()
+	err = cmd.Start()
+	stdoutW.Close()
+	if err != nil {
+		return nil, unavailable("starting %s: %v", QEMU, err)
+	}
+	ready := make(chan struct{})
+	var lines [][]byte
+	tail := &tailBuffer{max: consoleTail}
+	consoleDone := make(chan struct{})
+	go func() {
+		defer close(consoleDone)
+		lines = readConsole(stdout, ready, tail)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	bootTimer := time.NewTimer(bootDeadline)
+	defer bootTimer.Stop()
+	runTimer := time.NewTimer(timeout)
+	defer runTimer.Stop()
+	var stop error
+	var waitErr error
+	booted := false
+loop:
+	for {
+		select {
+		case waitErr = <-exited:
+			break loop
+		case <-ready:
+			ready = nil
+			booted = true
+			bootTimer.Stop()
+			s.logger().WithField("boot", time.Since(start)).Debug("microvm guest ready")
+		case <-bootTimer.C:
+			if !booted {
+				stop = unavailable("the guest did not start within %v under %s", bootDeadline, s.Accelerator())
+				if s.Accelerator() == KVM {
+					stop = unavailable("/dev/kvm opens, but the guest did not start within %v: this KVM does not boot a stock kernel (a nested hypervisor such as PVM?)", bootDeadline)
+				}
+				cmd.Process.Kill()
+			}
+		case <-runTimer.C:
+			stop = errcode.New(errcode.WorkerTimeout, "the worker did not finish within %v", timeout)
+			cmd.Process.Kill()
+		case <-ctx.Done():
+			stop = errcode.New(errcode.Cancelled, "operation cancelled")
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				stop = errcode.New(errcode.WorkerTimeout, "the worker did not finish before the deadline")
+			}
+			cmd.Process.Kill()
+		}
+	}
+	<-consoleDone
+	if stop != nil {
+		return nil, stop
+	}
+	warn := s.warnOnce
+	if out, ok := readResultDrive(m.result); ok {
+		return vmm.DecodeOutput(bytes.NewReader(out), job.Progress, warn)
+	}
+	if len(lines) > 0 {
+		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), job.Progress, warn)
+	}
+	msg := "the guest stopped without a result"
+	if waitErr != nil {
+		msg = fmt.Sprintf("%s exited (%v) without a result", QEMU, waitErr)
+	}
+	if !booted {
+		msg += " before its /init started"
+	}
+	if e := strings.TrimSpace(stderr.String()); e != "" {
+		msg += "; stderr: " + e
+	}
+	if c := strings.TrimSpace(string(tail.buf)); c != "" {
+		msg += "; console: ..." + c
+	}
+	msg = strings.Map(printable, msg)
+	if !booted {
+		// QEMU or the kernel failed, not the worker.
+		return nil, unavailable("%s", msg)
+	}
+	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
+}
+
+// readResultDrive returns the output the guest wrote, if it wrote one.
+func readResultDrive(f *os.File) ([]byte, bool) {
+	var hdr [8]byte
+	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guest.ResultMagic {
+		return nil, false
+	}
+	n := int64(binary.LittleEndian.Uint32(hdr[4:]))
+	if n > resultDriveSize-8 {
+		return nil, false
+	}
+	out := make([]byte, n)
+	if _, err := f.ReadAt(out, 8); err != nil {
+		return nil, false
+	}
+	return out, true
+}
+
+// readConsole reads the serial console until EOF. It closes ready when the
+// guest's /init says it runs, and returns the protocol lines the guest copied
+// there, each with its newline.
+func readConsole(r io.Reader, ready chan struct{}, tail *tailBuffer) [][]byte {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var lines [][]byte
+	total := 0
+	for {
+		line, err := br.ReadBytes('\n')
+		tail.Write(line)
+		if i := bytes.Index(line, []byte(guest.ConsolePrefix)); i >= 0 && err == nil {
+			body := line[i+len(guest.ConsolePrefix):]
+			body = bytes.TrimSuffix(bytes.TrimSuffix(body, []byte("\n")), []byte("\r"))
+			if string(body) == guest.Ready {
+				if ready != nil {
+					close(ready)
+					ready = nil
+				}
+			} else if total += len(body) + 1; total <= maxConsoleBytes {
+				lines = append(lines, append(body, '\n'))
+			}
+		}
+		if err != nil {
+			io.Copy(io.Discard, r)
+			return lines
+		}
+	}
+}
+
+func (s *Sandbox) logger() logrus.FieldLogger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return logrus.StandardLogger()
+}
+
+func (s *Sandbox) warnOnce(msg string) {
+	s.warnMu.Lock()
+	if s.warned == nil {
+		s.warned = map[string]bool{}
+	}
+	seen := s.warned[msg]
+	s.warned[msg] = true
+	s.warnMu.Unlock()
+	if !seen {
+		s.logger().Warnf("sandbox microvm: %s", msg)
+	}
+}
+
+// consoleTail is how much of the console's end an error message quotes.
+const consoleTail = 4 << 10
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	buf []byte
+	max int
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.buf = append(b.buf, p...)
+	if len(b.buf) > b.max {
+		b.buf = append([]byte(nil), b.buf[len(b.buf)-b.max:]...)
+	}
+	return len(p), nil
+}
+
+// printable replaces control characters in text from QEMU or the guest.
+func printable(r rune) rune {
+	if r < ' ' || r == 0x7f {
+		return ' '
+	}
+	return r
+}
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.max - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
