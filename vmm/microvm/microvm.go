@@ -71,11 +71,15 @@ const (
 	BootDeadlineTCG = 60 * time.Second
 )
 
+// stopGrace is how long a guest that has written its result may take to stop.
+const stopGrace = 5 * time.Second
+
 // Guest resources.
 const (
 	memory          = "256M"
 	resultDriveSize = vmm.MaxResultBytes + 1<<20
 	maxConsoleBytes = vmm.MaxResultBytes + 1<<20
+	maxConsoleLine  = 128 << 10 // the guest copies lines up to 64 KiB
 )
 
 // Sandbox is the microvm backend. Set Accel before the first Run.
@@ -185,6 +189,67 @@ type machine struct {
 	files  []*os.File // inherited, from fd 3 on
 	owned  []*os.File // opened here, closed after the run
 	result *os.File
+	sizes  []int64 // of the writable images before the run; -1 for the others
+}
+
+// Room past a writable image's end: a block device cannot grow, so the host
+// extends the file (sparse) before the run and cuts it to the length the
+// worker reports after it. An operation writes at most what the other images
+// hold, plus metadata; a compressed source can need more, and then the worker
+// fails for lack of space, as on a full disk.
+const (
+	minRoom    = 256 << 20
+	roomFactor = 2
+)
+
+// makeRoom extends each writable image by the room it may need.
+func (m *machine) makeRoom(job vmm.Job) error {
+	for i, f := range job.Files {
+		if m.sizes[i] < 0 {
+			continue
+		}
+		var others int64
+		for j, g := range job.Files {
+			if j != i {
+				if st, err := g.Stat(); err == nil {
+					others += st.Size()
+				}
+			}
+		}
+		room := max(int64(minRoom), roomFactor*others)
+		if err := f.Truncate(m.sizes[i] + room); err != nil {
+			m.restore(job)
+			return errcode.New(errcode.WriteFailed, "making room past the end of %s: %v", job.Request.Images[i].Name, err)
+		}
+	}
+	return nil
+}
+
+// restore cuts the writable images back to their sizes before the run, for
+// a run in which the guest wrote nothing.
+func (m *machine) restore(job vmm.Job) {
+	for i, f := range job.Files {
+		if m.sizes[i] >= 0 {
+			f.Truncate(m.sizes[i])
+		}
+	}
+}
+
+// settle cuts each writable image to the length the worker reported.
+func (m *machine) settle(job vmm.Job, lengths []int64) error {
+	for i, f := range job.Files {
+		if m.sizes[i] < 0 {
+			continue
+		}
+		n := lengths[i]
+		if n < 0 {
+			n = m.sizes[i] // the worker did not open it
+		}
+		if err := f.Truncate(n); err != nil {
+			return errcode.New(errcode.WriteFailed, "setting the length of %s to %d: %v", job.Request.Images[i].Name, n, err)
+		}
+	}
+	return nil
 }
 
 func (m *machine) close() {
@@ -199,12 +264,21 @@ func (m *machine) inherit(f *os.File) int {
 	return 2 + len(m.files)
 }
 
-// drive attaches f as the next virtio-blk drive through an fdset. QEMU wants
-// a read-only descriptor in the set even for a writable drive.
+// drive attaches f as the next virtio-blk drive through an fdset. QEMU takes
+// from the set the descriptor whose access mode matches what it opens, and
+// opens read-only too, so a set always holds a read-only descriptor.
 func (m *machine) drive(f *os.File, writable bool) error {
 	set := len(m.files) + 1
+	flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		return unavailable("reading a drive's access mode: %v", err)
+	}
+	mode := flags & unix.O_ACCMODE
+	if writable && mode != unix.O_RDWR {
+		return errcode.New(errcode.Internal, "a writable image was not opened for writing")
+	}
 	fds := []int{m.inherit(f)}
-	if writable {
+	if mode != unix.O_RDONLY {
 		ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return unavailable("reopening a drive read-only for QEMU: %v", err)
@@ -218,7 +292,7 @@ func (m *machine) drive(f *os.File, writable bool) error {
 	id := fmt.Sprintf("d%d", set)
 	ro := "on"
 	if writable {
-		ro = "off"
+		ro = "off,discard=unmap" // the worker punches holes
 	}
 	m.args = append(m.args,
 		"-drive", fmt.Sprintf("if=none,id=%s,format=raw,file=/dev/fdset/%d,file.locking=off,readonly=%s", id, set, ro),
@@ -236,10 +310,19 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 			return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", req.Images[i].Name, err)
 		}
 		req.Images[i].Size = st.Size()
+		if req.Images[i].Writable {
+			m.sizes = append(m.sizes, st.Size())
+		} else {
+			m.sizes = append(m.sizes, -1)
+		}
 		if err := m.drive(f, req.Images[i].Writable); err != nil {
 			m.close()
 			return nil, err
 		}
+	}
+	if err := m.makeRoom(job); err != nil {
+		m.close()
+		return nil, err
 	}
 	result, err := memfd("instarfs-result", resultDriveSize)
 	if err != nil {
@@ -260,7 +343,10 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 	initrdFD := m.inherit(initrd)
 
 	accel := s.Accelerator()
-	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init"
+	// The machine stops when /init ends: the kernel panics, reboots at once
+	// by a triple fault (reboot=t, the one method microvm always has), and
+	// -no-reboot makes QEMU exit.
+	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t rdinit=/init"
 	m.args = append([]string{
 		"-M", "microvm", "-accel", accel, "-m", memory, "-smp", "1",
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "stdio",
@@ -373,13 +459,13 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	if err != nil {
 		return nil, unavailable("starting %s: %v", QEMU, err)
 	}
-	ready := make(chan struct{})
+	ready, finished := make(chan struct{}), make(chan struct{})
 	var lines [][]byte
 	tail := &tailBuffer{max: consoleTail}
 	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
-		lines = readConsole(stdout, ready, tail)
+		lines = readConsole(stdout, ready, finished, tail)
 	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -401,6 +487,11 @@ loop:
 			booted = true
 			bootTimer.Stop()
 			s.logger().WithField("boot", time.Since(start)).Debug("microvm guest ready")
+		case <-finished:
+			// The result drive is written; a machine that does not stop
+			// soon after is stopped.
+			finished = nil
+			runTimer.Reset(stopGrace)
 		case <-bootTimer.C:
 			if !booted {
 				stop = unavailable("the guest did not start within %v under %s", bootDeadline, s.Accelerator())
@@ -410,6 +501,10 @@ loop:
 				cmd.Process.Kill()
 			}
 		case <-runTimer.C:
+			if finished == nil {
+				cmd.Process.Kill()
+				continue
+			}
 			stop = errcode.New(errcode.WorkerTimeout, "the worker did not finish within %v", timeout)
 			cmd.Process.Kill()
 		case <-ctx.Done():
@@ -421,15 +516,24 @@ loop:
 		}
 	}
 	<-consoleDone
+	if !booted {
+		m.restore(job) // the guest wrote nothing
+	}
 	if stop != nil {
 		return nil, stop
 	}
 	warn := s.warnOnce
-	if out, ok := readResultDrive(m.result); ok {
+	if out, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
+		if err := m.settle(job, lengths); err != nil {
+			return nil, err
+		}
 		return vmm.DecodeOutput(bytes.NewReader(out), job.Progress, warn)
 	}
 	if len(lines) > 0 {
 		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), job.Progress, warn)
+	}
+	if booted {
+		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
 	}
 	msg := "the guest stopped without a result"
 	if waitErr != nil {
@@ -445,55 +549,88 @@ loop:
 		msg += "; console: ..." + c
 	}
 	msg = strings.Map(printable, msg)
-	if !booted {
+	switch {
+	case booted && bytes.Contains(tail.buf, []byte(killedBySIGSYS)):
+		return nil, errcode.New(errcode.SandboxViolation,
+			"the worker made a system call that the sandbox forbids and was killed (SIGSYS)")
+	case !booted && s.Accelerator() == KVM:
+		return nil, unavailable("/dev/kvm opens, but KVM did not boot the guest (this host's KVM may be a nested hypervisor such as PVM, which runs only its own guest kernels): %s", msg)
+	case !booted:
 		// QEMU or the kernel failed, not the worker.
 		return nil, unavailable("%s", msg)
 	}
 	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
 }
 
-// readResultDrive returns the output the guest wrote, if it wrote one.
-func readResultDrive(f *os.File) ([]byte, bool) {
+// readResultDrive returns the output the guest wrote and the lengths of the
+// images, if it wrote them.
+func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	var hdr [8]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guest.ResultMagic {
-		return nil, false
+		return nil, nil, false
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[4:]))
-	if n > resultDriveSize-8 {
-		return nil, false
+	if n > resultDriveSize-8-4-8*int64(images) {
+		return nil, nil, false
 	}
-	out := make([]byte, n)
+	out := make([]byte, n+4+8*int64(images))
 	if _, err := f.ReadAt(out, 8); err != nil {
-		return nil, false
+		return nil, nil, false
 	}
-	return out, true
+	trailer := out[n:]
+	if binary.LittleEndian.Uint32(trailer) != uint32(images) {
+		return nil, nil, false
+	}
+	lengths := make([]int64, images)
+	for i := range lengths {
+		lengths[i] = int64(binary.LittleEndian.Uint64(trailer[4+8*i:]))
+	}
+	return out[:n], lengths, true
 }
 
 // readConsole reads the serial console until EOF. It closes ready when the
-// guest's /init says it runs, and returns the protocol lines the guest copied
-// there, each with its newline.
-func readConsole(r io.Reader, ready chan struct{}, tail *tailBuffer) [][]byte {
-	br := bufio.NewReaderSize(r, 64<<10)
+// guest's /init says it runs and finished when it says it has written the
+// result drive, and returns the protocol lines the guest copied there, each
+// with its newline. Lines longer than the reader's buffer are dropped.
+func readConsole(r io.Reader, ready, finished chan struct{}, tail *tailBuffer) [][]byte {
+	br := bufio.NewReaderSize(r, maxConsoleLine)
 	var lines [][]byte
-	total := 0
+	total, long := 0, false
 	for {
-		line, err := br.ReadBytes('\n')
+		line, err := br.ReadSlice('\n')
 		tail.Write(line)
-		if i := bytes.Index(line, []byte(guest.ConsolePrefix)); i >= 0 && err == nil {
-			body := line[i+len(guest.ConsolePrefix):]
-			body = bytes.TrimSuffix(bytes.TrimSuffix(body, []byte("\n")), []byte("\r"))
-			if string(body) == guest.Ready {
-				if ready != nil {
-					close(ready)
-					ready = nil
-				}
-			} else if total += len(body) + 1; total <= maxConsoleBytes {
-				lines = append(lines, append(body, '\n'))
-			}
+		if err == bufio.ErrBufferFull {
+			long = true
+			continue
 		}
 		if err != nil {
 			io.Copy(io.Discard, r)
 			return lines
+		}
+		if long {
+			long = false
+			continue
+		}
+		i := bytes.Index(line, []byte(guest.ConsolePrefix))
+		if i < 0 {
+			continue
+		}
+		body := bytes.TrimRight(line[i+len(guest.ConsolePrefix):], "\r\n")
+		switch string(body) {
+		case guest.Ready:
+			if ready != nil {
+				close(ready)
+				ready = nil
+			}
+		case guest.Done:
+			if finished != nil {
+				close(finished)
+				finished = nil
+			}
+		default:
+			if total += len(body) + 1; total <= maxConsoleBytes {
+				lines = append(lines, append(bytes.Clone(body), '\n'))
+			}
 		}
 	}
 }
@@ -517,6 +654,10 @@ func (s *Sandbox) warnOnce(msg string) {
 		s.logger().Warnf("sandbox microvm: %s", msg)
 	}
 }
+
+// killedBySIGSYS is the kernel's panic when the seccomp filter killed the
+// worker, pid 1 of the guest (exit code: signal 31).
+const killedBySIGSYS = "Attempted to kill init! exitcode=0x0000001f"
 
 // consoleTail is how much of the console's end an error message quotes.
 const consoleTail = 4 << 10

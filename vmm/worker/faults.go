@@ -53,11 +53,16 @@ type ImageFile struct {
 
 func (f ImageFile) WriteAt(p []byte, off int64) (int, error) {
 	faults.before()
-	return f.File.WriteAt(p, off)
+	n, err := f.File.WriteAt(p, off)
+	devices.wrote(f.File, off+int64(n))
+	return n, err
 }
 
 func (f ImageFile) Truncate(size int64) error {
 	faults.before()
+	if devices.truncate(f.File, size) {
+		return nil
+	}
 	return f.File.Truncate(size)
 }
 

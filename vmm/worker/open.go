@@ -76,6 +76,9 @@ func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
 		// A microvm guest sees the image as a block device, whose length is
 		// rounded up to sectors; the host sends the file's own length.
 		o.size = ref.Size
+		if ref.Writable {
+			devices.track(f, ref.Size)
+		}
 	}
 	first := make([]byte, min(sniffBytes, o.size))
 	if _, err := f.ReadAt(first, 0); err != nil {

@@ -35,15 +35,21 @@ const (
 )
 
 // ResultMagic starts the result drive: magic, a little-endian uint32 length,
-// then the worker's protocol lines.
+// the worker's protocol lines, then a uint32 count and that many int64
+// lengths: for each image, the length the worker left a writable image at
+// (worker.DeviceLengths), or -1.
 const ResultMagic = "INSR"
 
 // ConsolePrefix marks the guest's own lines on the console, where the kernel
 // may write too. The line after the prefix is a protocol line, or Ready.
 const ConsolePrefix = "\x02instarfs: "
 
-// Ready is the console line (after ConsolePrefix) that says /init runs.
-const Ready = "ready"
+// Console lines (after ConsolePrefix) that say /init runs, and that it has
+// written the result drive and is about to stop the machine.
+const (
+	Ready = "ready"
+	Done  = "done"
+)
 
 // driveWait bounds how long /init waits for the drives to appear.
 const driveWait = 10 * time.Second
@@ -78,9 +84,10 @@ func Main() {
 	}
 	var out bytes.Buffer
 	code := worker.Serve(bytes.NewReader(raw), io.MultiWriter(&out, &consoleLines{w: console}))
-	if err := writeResult(result, out.Bytes()); err != nil {
+	if err := writeResult(result, out.Bytes(), worker.DeviceLengths()); err != nil {
 		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
 	}
+	say(Done)
 	os.Exit(code)
 }
 
@@ -205,11 +212,15 @@ func openDrives(req *vmm.Request) (int, error) {
 }
 
 // writeResult writes the output to the result drive and flushes it.
-func writeResult(fd int, out []byte) error {
-	b := make([]byte, 8, 8+len(out))
+func writeResult(fd int, out []byte, lengths []int64) error {
+	b := make([]byte, 8, 8+len(out)+4+8*len(lengths))
 	copy(b, ResultMagic)
 	binary.LittleEndian.PutUint32(b[4:], uint32(len(out)))
 	b = append(b, out...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(lengths)))
+	for _, n := range lengths {
+		b = binary.LittleEndian.AppendUint64(b, uint64(n))
+	}
 	if _, err := unix.Pwrite(fd, b, 0); err != nil {
 		return fmt.Errorf("writing the result drive: %w", err)
 	}
