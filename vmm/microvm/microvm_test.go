@@ -1,12 +1,17 @@
 package microvm
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"strings"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/microvm/guest"
 )
 
 // tcg returns a TCG sandbox on the guest `make guest` built, or skips when
@@ -35,4 +40,91 @@ func TestNoop(t *testing.T) {
 		t.Fatalf("noop result %s", res)
 	}
 	t.Logf("noop under TCG in %v", time.Since(start))
+}
+
+func TestViolation(t *testing.T) {
+	s := tcg(t)
+	_, err := s.Run(context.Background(), vmm.Job{Request: vmm.Request{Op: vmm.OpSandboxViolate}})
+	if errcode.Code(err) != errcode.SandboxViolation {
+		t.Fatalf("a forbidden call in the guest: %v, want SANDBOX_VIOLATION", err)
+	}
+}
+
+func TestAccelerators(t *testing.T) {
+	for _, tc := range []struct {
+		accel, want string
+	}{
+		{"", KVM},
+		{KVM, KVM},
+		{TCG, TCG},
+	} {
+		if got := (&Sandbox{Accel: tc.accel}).Accelerator(); got != tc.want {
+			t.Errorf("Accel %q: Accelerator() = %q, want %q", tc.accel, got, tc.want)
+		}
+	}
+	_, _, err := (&Sandbox{Accel: "hvf"}).Available()
+	if errcode.Code(err) != errcode.BadArguments {
+		t.Errorf("unknown accelerator: %v, want BAD_ARGUMENTS", err)
+	}
+	if _, err := os.Stat("/dev/kvm"); os.IsNotExist(err) {
+		_, _, err := (&Sandbox{}).Available()
+		if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "/dev/kvm") {
+			t.Errorf("kvm without /dev/kvm: %v, want SANDBOX_UNAVAILABLE naming /dev/kvm", err)
+		}
+	}
+	if got := vmm.Accelerator(vmm.Limit(&Sandbox{Accel: TCG}, 1)); got != TCG {
+		t.Errorf("vmm.Accelerator through Limit = %q, want tcg", got)
+	}
+}
+
+func TestResultDrive(t *testing.T) {
+	f, err := memfd("test", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := []byte(`{"result":{}}` + "\n")
+	if _, err := f.WriteAt(guest.EncodeResult(out, []int64{-1, 393216}), 0); err != nil {
+		t.Fatal(err)
+	}
+	got, lengths, ok := readResultDrive(f, 2)
+	if !ok || !bytes.Equal(got, out) || len(lengths) != 2 || lengths[0] != -1 || lengths[1] != 393216 {
+		t.Fatalf("read back %q %v %v", got, lengths, ok)
+	}
+	if _, _, ok := readResultDrive(f, 3); ok {
+		t.Error("a drive with 2 lengths read as one with 3")
+	}
+	f.WriteAt([]byte("XXXX"), 0)
+	if _, _, ok := readResultDrive(f, 2); ok {
+		t.Error("a drive without the magic was read")
+	}
+}
+
+func TestReadConsole(t *testing.T) {
+	p := guest.ConsolePrefix
+	console := "[    0.1] kernel noise\n" +
+		p + guest.Ready + "\r\n" +
+		"noise " + p + `{"progress":0.5}` + "\n" +
+		strings.Repeat("x", maxConsoleLine+10) + p + `{"progress":0.6}` + "\n" +
+		p + `{"result":{}}` + "\n" +
+		p + guest.Done + "\n" +
+		p + "unterminated"
+	ready, finished := make(chan struct{}), make(chan struct{})
+	tail := &tailBuffer{max: 64}
+	lines := readConsole(strings.NewReader(console), ready, finished, tail)
+	got := string(bytes.Join(lines, nil))
+	want := `{"progress":0.5}` + "\n" + `{"result":{}}` + "\n"
+	if got != want {
+		t.Errorf("lines %q, want %q", got, want)
+	}
+	for name, c := range map[string]chan struct{}{"ready": ready, "finished": finished} {
+		select {
+		case <-c:
+		default:
+			t.Errorf("%s not closed", name)
+		}
+	}
+	if !strings.HasSuffix(string(tail.buf), "unterminated") || len(tail.buf) > 64 {
+		t.Errorf("tail %q", tail.buf)
+	}
 }

@@ -211,8 +211,17 @@ func openDrives(req *vmm.Request) (int, error) {
 	return vmm.FirstImageFD + len(req.Images), nil
 }
 
-// writeResult writes the output to the result drive and flushes it.
+// writeResult writes the output and the lengths to the result drive and
+// flushes it.
 func writeResult(fd int, out []byte, lengths []int64) error {
+	if _, err := unix.Pwrite(fd, EncodeResult(out, lengths), 0); err != nil {
+		return fmt.Errorf("writing the result drive: %w", err)
+	}
+	return unix.Fsync(fd)
+}
+
+// EncodeResult lays out the result drive (see ResultMagic).
+func EncodeResult(out []byte, lengths []int64) []byte {
 	b := make([]byte, 8, 8+len(out)+4+8*len(lengths))
 	copy(b, ResultMagic)
 	binary.LittleEndian.PutUint32(b[4:], uint32(len(out)))
@@ -221,10 +230,7 @@ func writeResult(fd int, out []byte, lengths []int64) error {
 	for _, n := range lengths {
 		b = binary.LittleEndian.AppendUint64(b, uint64(n))
 	}
-	if _, err := unix.Pwrite(fd, b, 0); err != nil {
-		return fmt.Errorf("writing the result drive: %w", err)
-	}
-	return unix.Fsync(fd)
+	return b
 }
 
 // maxConsoleLine bounds the lines copied to the console: a serial console is

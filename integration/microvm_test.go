@@ -1,0 +1,89 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// microvmArgs are the flags that run an operation in a microvm guest under
+// TCG, or nil (and a skip) when QEMU or the guest is missing; make test
+// installs QEMU and runs make guest.
+func microvmArgs(t *testing.T) []string {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 is not installed (make test installs qemu-system-x86)")
+	}
+	dir, err := filepath.Abs(filepath.Join("..", "build", "guest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "initramfs.cpio")); err != nil {
+		t.Skip("the microvm guest is not built (make guest)")
+	}
+	t.Setenv("INSTARFS_GUEST_DIR", dir)
+	return []string{"--sandbox=microvm", "--accel=tcg"}
+}
+
+// mvFixture is a small qcow2 chain: base, an overlay over it, and a new base.
+const mvFixture = `set -euo pipefail
+qemu-img create -q -f qcow2 base.qcow2 4M
+qemu-io -c 'write -P 0x11 0 64k' -c 'write -P 0x22 1M 128k' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+qemu-io -c 'write -P 0x33 64k 64k' -c 'write -z 1M 64k' top.qcow2 >/dev/null
+qemu-img create -q -f qcow2 new.qcow2 4M
+qemu-io -c 'write -P 0x11 0 64k' new.qcow2 >/dev/null
+`
+
+// inDir runs the binary under test in dir with dir allowed.
+func inDir(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"--allow-dir", dir}, args...)...)
+	cmd.Dir = dir
+	return runCmd(t, cmd)
+}
+
+// TestMicrovmSameAnswers runs info, map and check, a rebase and a commit
+// through the microvm guest and the jail, and wants the same output and the
+// same image bytes.
+func TestMicrovmSameAnswers(t *testing.T) {
+	vm := microvmArgs(t)
+	jail, guest := t.TempDir(), t.TempDir()
+	for _, d := range []string{jail, guest} {
+		shellIn(t, d, mvFixture)
+	}
+	same := func(what string, a, b result) {
+		t.Helper()
+		if a.code != b.code || !bytes.Equal(a.stdout, b.stdout) {
+			t.Errorf("%s: jail exit %d\n%s%s\nmicrovm exit %d\n%s%s", what, a.code, a.stdout, a.stderr, b.code, b.stdout, b.stderr)
+		}
+	}
+	sameFiles := func(what string, names ...string) {
+		t.Helper()
+		for _, n := range names {
+			a, errA := os.ReadFile(filepath.Join(jail, n))
+			b, errB := os.ReadFile(filepath.Join(guest, n))
+			if errA != nil || errB != nil || !bytes.Equal(a, b) {
+				t.Errorf("%s: %s differs (%d and %d bytes; %v, %v)", what, n, len(a), len(b), errA, errB)
+			}
+		}
+	}
+	for _, op := range [][]string{
+		{"info", "--output=json", "--backing-chain", "top.qcow2"},
+		{"map", "--output=json", "top.qcow2"},
+		{"check", "--output=json", "top.qcow2"},
+	} {
+		same(op[0], inDir(t, jail, op...), inDir(t, guest, append(vm, op...)...))
+	}
+
+	rebase := []string{"rebase", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"}
+	same("rebase", inDir(t, jail, rebase...), inDir(t, guest, append(vm, rebase...)...))
+	sameFiles("rebase", "top.qcow2", "base.qcow2", "new.qcow2")
+
+	commit := []string{"commit", "top.qcow2"}
+	same("commit", inDir(t, jail, commit...), inDir(t, guest, append(vm, commit...)...))
+	sameFiles("commit", "top.qcow2", "new.qcow2")
+	checkClean(t, filepath.Join(guest, "new.qcow2"), false)
+}
