@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"strings"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
