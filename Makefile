@@ -36,8 +36,10 @@ guest:
 
 # test-deps installs what the tests need, each command from its Debian
 # package: qemu-utils is the oracle; xmllint and rsvg-convert check map.svg;
-# rsync is one of the copy tools the mount tests run.
-TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin rsync:rsync fusermount3:fuse3
+# rsync is one of the copy tools the mount tests run; qemu-system-x86 runs the
+# microvm guest under TCG; cpio reads the initramfs.
+TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin rsync:rsync fusermount3:fuse3 \
+	qemu-system-x86_64:qemu-system-x86 cpio:cpio
 test-deps:
 	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \
@@ -52,7 +54,7 @@ test-deps:
 oracles:
 	bash testdata/mkoracles.sh build/oracles/trixie
 
-test: test-deps oracles build vet
+test: test-deps oracles guest build vet
 	$(GO) test $(TESTFLAGS) -timeout 14m $(TEST_PACKAGES)
 
 vet:
