@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -532,7 +533,7 @@ loop:
 	if len(lines) > 0 {
 		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), job.Progress, warn)
 	}
-	if booted {
+	if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
 		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
 	}
 	msg := "the guest stopped without a result"
