@@ -20,18 +20,18 @@ func (a *app) sandboxCheckCommand() {
 		}
 		if m, ok := sb.(*microvm.Sandbox); ok {
 			r := microvm.Check(context.Background(), m)
-			return printReport(output, r, r.OK)
+			return printCheck(output, r, r.OK)
 		}
 		r, err := jail.SandboxCheck(context.Background(), sb)
 		if err != nil {
 			return fail(err)
 		}
-		return printReport(output, r, r.OK)
+		return printCheck(output, r, r.OK)
 	}
 }
 
-// printReport prints a sandbox-check report and returns the exit status.
-func printReport(output string, r fmt.Stringer, ok bool) int {
+// printCheck prints a sandbox-check report and returns the exit status.
+func printCheck(output string, r fmt.Stringer, ok bool) int {
 	if output == "json" {
 		b, _ := json.MarshalIndent(r, "", "    ")
 		fmt.Printf("%s\n", b)

@@ -184,6 +184,12 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	return s.boot(ctx, qemu, vm, job)
 }
 
+// Start would start a long-lived worker session (the mount's disk file). A
+// guest cannot yet serve one: SANDBOX_UNAVAILABLE.
+func (s *Sandbox) Start(context.Context, vmm.Job) (*vmm.Session, error) {
+	return nil, unavailable("worker sessions (the mount's disk file) do not run in a microvm yet; use --sandbox=jail")
+}
+
 // machine is one run's QEMU command line and the descriptors it inherits.
 type machine struct {
 	args   []string

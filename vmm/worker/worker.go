@@ -69,25 +69,20 @@ type session struct {
 // Main is the worker's entry point: the instarfs binary calls it when started as
 // vmm.WorkerArg0. It never returns.
 func Main() {
-	out := &output{w: bufio.NewWriter(os.Stdout)}
-	warnings, err := jail.Confine()
-	if err != nil {
+	if _, err := jail.Confine(); err != nil {
+		out := &output{w: bufio.NewWriter(os.Stdout)}
 		out.fail(err)
 		out.flush()
 		os.Exit(1)
 	}
-	for _, w := range warnings {
-		out.line(vmm.Message{Warning: w})
-	}
-	code := serve(os.Stdin, out)
-	out.flush()
-	os.Exit(code)
+	os.Exit(Serve(os.Stdin, os.Stdout))
 }
 
-// Serve reads one request from r, runs it on the image descriptors at
-// vmm.FirstImageFD.., and writes the protocol lines to w. It returns the exit
-// status the worker should end with. The caller must have confined itself
-// (the microvm guest's /init calls it after jail.ConfineGuest).
+// Serve sends the confinement's warnings, reads one request from r, runs it on
+// the image descriptors at vmm.FirstImageFD.., and writes the protocol lines
+// to w. It returns the exit status the worker should end with. The caller
+// must have confined itself (Main; the microvm guest's /init after
+// jail.ConfineGuest).
 func Serve(r io.Reader, w io.Writer) int {
 	out := &output{w: bufio.NewWriter(w)}
 	for _, msg := range jail.CurrentStatus().Warnings {
