@@ -197,6 +197,7 @@ type machine struct {
 	owned  []*os.File // opened here, closed after the run
 	result *os.File
 	sizes  []int64 // of the writable images before the run; -1 for the others
+	room   []int64 // the writable images' lengths with their room: the drives' sizes
 }
 
 // Room past a writable image's end: a block device cannot grow, so the host
@@ -211,8 +212,10 @@ const (
 
 // makeRoom extends each writable image by the room it may need.
 func (m *machine) makeRoom(job vmm.Job) error {
+	m.room = nil
 	for i, f := range job.Files {
 		if m.sizes[i] < 0 {
+			m.room = append(m.room, -1)
 			continue
 		}
 		var others int64
@@ -224,6 +227,7 @@ func (m *machine) makeRoom(job vmm.Job) error {
 			}
 		}
 		room := max(int64(minRoom), roomFactor*others)
+		m.room = append(m.room, m.sizes[i]+room)
 		if err := f.Truncate(m.sizes[i] + room); err != nil {
 			m.restore(job)
 			return errcode.New(errcode.WriteFailed, "making room past the end of %s: %v", job.Request.Images[i].Name, err)
@@ -249,8 +253,13 @@ func (m *machine) settle(job vmm.Job, lengths []int64) error {
 			continue
 		}
 		n := lengths[i]
-		if n < 0 {
+		switch {
+		case n == -1:
 			n = m.sizes[i] // the worker did not open it
+		case n < 0 || n > m.room[i]:
+			m.restore(job)
+			return errcode.New(errcode.WorkerProtocol, "the guest reports a length of %d for %s, outside its drive (%d bytes)",
+				n, job.Request.Images[i].Name, m.room[i])
 		}
 		if err := f.Truncate(n); err != nil {
 			return errcode.New(errcode.WriteFailed, "setting the length of %s to %d: %v", job.Request.Images[i].Name, n, err)
@@ -297,13 +306,15 @@ func (m *machine) drive(f *os.File, writable bool) error {
 		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", fd, set))
 	}
 	id := fmt.Sprintf("d%d", set)
-	ro := "on"
+	// The host holds the image locks on its own descriptions; QEMU's would
+	// conflict with them.
+	opts := fmt.Sprintf("if=none,id=%s,format=raw,file=/dev/fdset/%d,file.locking=off", id, set)
 	if writable {
-		ro = "off,discard=unmap" // the worker punches holes
+		opts += ",readonly=off,discard=unmap" // the worker punches holes
+	} else {
+		opts += ",readonly=on"
 	}
-	m.args = append(m.args,
-		"-drive", fmt.Sprintf("if=none,id=%s,format=raw,file=/dev/fdset/%d,file.locking=off,readonly=%s", id, set, ro),
-		"-device", "virtio-blk-device,drive="+id)
+	m.args = append(m.args, "-drive", opts, "-device", "virtio-blk-device,drive="+id)
 	return nil
 }
 

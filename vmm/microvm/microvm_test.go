@@ -128,3 +128,45 @@ func TestReadConsole(t *testing.T) {
 		t.Errorf("tail %q", tail.buf)
 	}
 }
+
+// TestSettle checks how the host applies the lengths a guest reports: within
+// the drive they set the file's length; outside it they are refused and the
+// file gets its length from before the run back.
+func TestSettle(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		reported int64
+		want     int64
+		code     string
+	}{
+		{"grown", 5 << 20, 5 << 20, ""},
+		{"shrunk", 4096, 4096, ""},
+		{"not opened", -1, 1 << 20, ""},
+		{"past the drive", 1 << 40, 1 << 20, errcode.WorkerProtocol},
+		{"negative", -2, 1 << 20, errcode.WorkerProtocol},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := os.Create(filepath.Join(t.TempDir(), "img"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			f.Truncate(1 << 20)
+			job := vmm.Job{Request: vmm.Request{Images: []vmm.ImageRef{{Name: "img", Writable: true}}}, Files: []*os.File{f}}
+			m := &machine{sizes: []int64{1 << 20}}
+			if err := m.makeRoom(job); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := f.Stat(); st.Size() != m.room[0] || m.room[0] < 1<<20+minRoom {
+				t.Fatalf("room: file %d bytes, drive %d", st.Size(), m.room[0])
+			}
+			err = m.settle(job, []int64{tc.reported})
+			if errcode.Code(err) != tc.code && !(tc.code == "" && err == nil) {
+				t.Fatalf("settle: %v, want %q", err, tc.code)
+			}
+			if st, _ := f.Stat(); st.Size() != tc.want {
+				t.Fatalf("length %d, want %d", st.Size(), tc.want)
+			}
+		})
+	}
+}
