@@ -397,6 +397,15 @@ func readMessages(r io.Reader, progress func(float64), warn func(string)) outcom
 	}
 }
 
+// DecodeMessage decodes one protocol line (with or without its newline) as
+// the host does: strictly, within the bounds of its kind.
+func DecodeMessage(line []byte) (*Message, error) {
+	if !bytes.HasSuffix(line, []byte("\n")) {
+		line = append(bytes.Clone(line), '\n')
+	}
+	return decodeMessage(line)
+}
+
 // decodeMessage decodes one line strictly: a JSON object with exactly one known
 // field, within the size bound of its kind.
 func decodeMessage(line []byte) (*Message, error) {

@@ -483,7 +483,7 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
-		lines = readConsole(stdout, ready, finished, tail)
+		lines = readConsole(stdout, ready, finished, tail, job.Progress)
 	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -545,10 +545,11 @@ loop:
 		if err := m.settle(job, lengths); err != nil {
 			return nil, err
 		}
-		return vmm.DecodeOutput(bytes.NewReader(out), job.Progress, warn)
+		// Progress came over the console as it happened.
+		return vmm.DecodeOutput(bytes.NewReader(out), nil, warn)
 	}
 	if len(lines) > 0 {
-		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), job.Progress, warn)
+		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), nil, warn)
 	}
 	if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
 		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
@@ -608,9 +609,10 @@ func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 
 // readConsole reads the serial console until EOF. It closes ready when the
 // guest's /init says it runs and finished when it says it has written the
-// result drive, and returns the protocol lines the guest copied there, each
-// with its newline. Lines longer than the reader's buffer are dropped.
-func readConsole(r io.Reader, ready, finished chan struct{}, tail *tailBuffer) [][]byte {
+// result drive, delivers progress lines as they come, and returns the
+// protocol lines the guest copied there, each with its newline. Lines longer
+// than the reader's buffer are dropped.
+func readConsole(r io.Reader, ready, finished chan struct{}, tail *tailBuffer, progress func(float64)) [][]byte {
 	br := bufio.NewReaderSize(r, maxConsoleLine)
 	var lines [][]byte
 	total, long := 0, false
@@ -648,6 +650,9 @@ func readConsole(r io.Reader, ready, finished chan struct{}, tail *tailBuffer) [
 		default:
 			if total += len(body) + 1; total <= maxConsoleBytes {
 				lines = append(lines, append(bytes.Clone(body), '\n'))
+			}
+			if msg, err := vmm.DecodeMessage(body); err == nil && msg.Progress != nil && progress != nil {
+				progress(*msg.Progress)
 			}
 		}
 	}

@@ -111,7 +111,11 @@ func TestReadConsole(t *testing.T) {
 		p + "unterminated"
 	ready, finished := make(chan struct{}), make(chan struct{})
 	tail := &tailBuffer{max: 64}
-	lines := readConsole(strings.NewReader(console), ready, finished, tail)
+	var progress []float64
+	lines := readConsole(strings.NewReader(console), ready, finished, tail, func(f float64) { progress = append(progress, f) })
+	if len(progress) != 1 || progress[0] != 0.5 {
+		t.Errorf("progress %v, want [0.5] (the 0.6 line is too long)", progress)
+	}
 	got := string(bytes.Join(lines, nil))
 	want := `{"progress":0.5}` + "\n" + `{"result":{}}` + "\n"
 	if got != want {
