@@ -72,10 +72,12 @@ func Confine() ([]string, error) {
 // ConfineGuest confines the /init of a microvm guest (vmm/microvm): the same
 // layers as the jail's worker except the namespaces, which a virtual machine
 // of its own makes pointless. descriptors is the number of descriptors from
-// vmm.FirstImageFD on that the guest keeps; any later one is closed.
-func ConfineGuest(descriptors int) ([]string, error) {
+// vmm.FirstImageFD on that the guest keeps; any later one is closed. seccomp
+// is SeccompKill, or SeccompErrno for the probe run.
+func ConfineGuest(descriptors int, seccomp string) ([]string, error) {
 	os.Setenv(EnvSandbox, "guest")
 	os.Setenv(envImages, strconv.Itoa(descriptors))
+	os.Setenv(envSeccomp, seccomp)
 	return Confine()
 }
 

@@ -77,7 +77,7 @@ const stopGrace = 5 * time.Second
 
 // Guest resources.
 const (
-	memory          = "256M"
+	memory          = "1G" // touched pages only; the jail's worker may use 8 GiB
 	resultDriveSize = vmm.MaxResultBytes + 1<<20
 	maxConsoleBytes = vmm.MaxResultBytes + 1<<20
 	maxConsoleLine  = 128 << 10 // the guest copies lines up to 64 KiB
@@ -94,6 +94,10 @@ type Sandbox struct {
 
 	warnMu sync.Mutex
 	warned map[string]bool
+
+	// init, when set, replaces the guest's /init for the conformance tests,
+	// whose test binary is their worker.
+	init string
 }
 
 func init() {
@@ -166,6 +170,9 @@ func (s *Sandbox) Available() (qemu, dir string, err error) {
 // Run boots a guest for job and returns the worker's result.
 func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
+		}
 		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
 	}
 	if len(job.Files) != len(job.Request.Images) {
@@ -399,6 +406,13 @@ func (s *Sandbox) initrd(dir string, req vmm.Request) (*os.File, error) {
 		buf.WriteByte(0)
 	}
 	w := initramfs.NewWriter(&buf)
+	if s.init != "" {
+		bin, err := os.ReadFile(s.init)
+		if err != nil {
+			return nil, unavailable("reading the test /init: %v", err)
+		}
+		w.File("/init", 0o755, bin) // a later archive's file replaces an earlier one's
+	}
 	w.File(guest.RequestPath, 0o644, body)
 	if err := w.Close(); err != nil {
 		return nil, errcode.New(errcode.Internal, "writing the request archive: %v", err)
@@ -541,31 +555,45 @@ loop:
 		return nil, stop
 	}
 	warn := s.warnOnce
+	status, initEnded := initExit(tail.buf)
+	outcome := func(out []byte) (json.RawMessage, error) {
+		// Progress came over the console as it happened.
+		res, err := vmm.DecodeOutput(bytes.NewReader(out), nil, warn)
+		if err != nil || !initEnded || status == 0 {
+			return res, err
+		}
+		return nil, errcode.New(errcode.WorkerCrashed, "the worker %s after writing its result", describeStatus(status))
+	}
 	if out, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
 		if err := m.settle(job, lengths); err != nil {
 			return nil, err
 		}
-		// Progress came over the console as it happened.
-		return vmm.DecodeOutput(bytes.NewReader(out), nil, warn)
+		return outcome(out)
 	}
 	if len(lines) > 0 {
-		return vmm.DecodeOutput(bytes.NewReader(bytes.Join(lines, nil)), nil, warn)
+		return outcome(bytes.Join(lines, nil))
 	}
 	if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
 		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
 	}
 	msg := "the guest stopped without a result"
-	if waitErr != nil {
+	if initEnded {
+		msg = "the worker " + describeStatus(status) + " without a result"
+	} else if waitErr != nil {
 		msg = fmt.Sprintf("%s exited (%v) without a result", QEMU, waitErr)
 	}
 	if !booted {
 		msg += " before its /init started"
 	}
 	if e := strings.TrimSpace(stderr.String()); e != "" {
-		msg += "; stderr: " + e
+		msg += "; QEMU's stderr: " + e
 	}
-	if c := strings.TrimSpace(string(tail.buf)); c != "" {
-		msg += "; console: ..." + c
+	if i := bytes.LastIndex(tail.buf, []byte("\npanic: ")); i >= 0 {
+		line, _, _ := bytes.Cut(tail.buf[i+1:], []byte("\n"))
+		msg += "; " + strings.TrimSpace(string(line))
+	}
+	if c := strings.TrimSpace(string(tail.buf[max(0, len(tail.buf)-quotedTail):])); c != "" {
+		msg += "; stderr (the console): ..." + c
 	}
 	msg = strings.Map(printable, msg)
 	switch {
@@ -678,12 +706,45 @@ func (s *Sandbox) warnOnce(msg string) {
 	}
 }
 
+// initExit finds the kernel's panic at the end of pid 1 in the console and
+// returns the wait status it shows.
+func initExit(console []byte) (int, bool) {
+	const marker = "Attempted to kill init! exitcode=0x"
+	i := bytes.LastIndex(console, []byte(marker))
+	if i < 0 {
+		return 0, false
+	}
+	rest := console[i+len(marker):]
+	n := 0
+	for n < len(rest) && n < 8 && strings.IndexByte("0123456789abcdef", rest[n]) >= 0 {
+		n++
+	}
+	v, err := strconv.ParseUint(string(rest[:n]), 16, 32)
+	if err != nil {
+		return 0, false
+	}
+	return int(v), true
+}
+
+// describeStatus says how a wait status ended the worker.
+func describeStatus(status int) string {
+	if sig := status & 0x7f; sig != 0 {
+		return fmt.Sprintf("was killed by signal %d (%v)", sig, syscall.Signal(sig))
+	}
+	return fmt.Sprintf("exited with status %d", status>>8)
+}
+
 // killedBySIGSYS is the kernel's panic when the seccomp filter killed the
 // worker, pid 1 of the guest (exit code: signal 31).
 const killedBySIGSYS = "Attempted to kill init! exitcode=0x0000001f"
 
-// consoleTail is how much of the console's end an error message quotes.
-const consoleTail = 4 << 10
+// consoleTail is how much of the console's end the host keeps to find how
+// pid 1 ended (the panic's stack trace follows that line); an error message
+// quotes the last quotedTail bytes.
+const quotedTail = 2 << 10
+
+// consoleTail is how much of the console's end the host keeps.
+const consoleTail = 16 << 10
 
 // tailBuffer keeps the last max bytes written to it.
 type tailBuffer struct {

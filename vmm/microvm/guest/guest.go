@@ -57,8 +57,15 @@ const driveWait = 10 * time.Second
 // Drive returns the device path of the i-th virtio-blk drive (vda, vdb, ...).
 func Drive(i int) string { return fmt.Sprintf("/dev/vd%c", 'a'+i) }
 
-// Main runs the guest. It never returns.
-func Main() {
+// Main runs the guest with the product's worker. It never returns.
+func Main() { Run(worker.Serve, worker.DeviceLengths) }
+
+// Run runs the guest: it sets the machine up, confines itself, and serves the
+// request with serve, which reads the request from its reader and writes
+// protocol lines to its writer. lengths, when not nil, reports the length
+// the worker left each image at (worker.DeviceLengths); nil reports none.
+// The conformance tests run their own worker through it. It never returns.
+func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	reserveDescriptors()
 	console := os.Stdout
 	say := func(line string) { io.WriteString(console, "\n"+ConsolePrefix+line+"\n") }
@@ -79,12 +86,32 @@ func Main() {
 	if err != nil {
 		fail(err)
 	}
-	if _, err := jail.ConfineGuest(len(req.Images) + 1); err != nil {
+	mode := jail.SeccompKill
+	if req.Op == vmm.OpSandboxProbe {
+		mode = jail.SeccompErrno // the probes report each refusal
+	}
+	if _, err := jail.ConfineGuest(len(req.Images)+1, mode); err != nil {
 		fail(err)
 	}
-	var out bytes.Buffer
-	code := worker.Serve(bytes.NewReader(raw), io.MultiWriter(&out, &consoleLines{w: console}))
-	if err := writeResult(result, out.Bytes(), worker.DeviceLengths()); err != nil {
+	reported := func() []int64 {
+		if lengths != nil {
+			return lengths()
+		}
+		none := make([]int64, len(req.Images))
+		for i := range none {
+			none[i] = -1
+		}
+		return none
+	}
+	out := &headBuffer{max: vmm.MaxResultBytes + 1} // the host refuses more
+	out.full = func() {
+		// As the jail's host kills a worker that writes too much.
+		writeResult(result, out.buf, reported())
+		say(Done)
+		os.Exit(1)
+	}
+	code := serve(bytes.NewReader(raw), io.MultiWriter(out, &consoleLines{w: console}))
+	if err := writeResult(result, out.buf, reported()); err != nil {
 		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
 	}
 	say(Done)
@@ -203,6 +230,10 @@ func openDrives(req *vmm.Request) (int, error) {
 			return -1, err
 		}
 	}
+	// The result drive is the guest's own, not an image handed to the worker.
+	if _, err := unix.FcntlInt(uintptr(vmm.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+		return -1, err
+	}
 	for fd := vmm.FirstImageFD + n; fd < vmm.FirstImageFD+maxDrives; fd++ {
 		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
 			unix.Close(fd) // a placeholder of reserveDescriptors
@@ -231,6 +262,24 @@ func EncodeResult(out []byte, lengths []int64) []byte {
 		b = binary.LittleEndian.AppendUint64(b, uint64(n))
 	}
 	return b
+}
+
+// headBuffer keeps the first max bytes written to it, and calls full once it
+// has them: a worker that writes more than the host accepts is stopped.
+type headBuffer struct {
+	buf  []byte
+	max  int
+	full func() // called once max bytes are kept
+}
+
+func (b *headBuffer) Write(p []byte) (int, error) {
+	if room := b.max - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	if len(b.buf) >= b.max && b.full != nil {
+		b.full()
+	}
+	return len(p), nil
 }
 
 // maxConsoleLine bounds the lines copied to the console: a serial console is
