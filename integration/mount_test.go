@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ import (
 type mounted struct {
 	dir, mnt string
 	cmd      *exec.Cmd
-	stderr   *bytes.Buffer
+	stderr   *logBuffer
 	killed   bool // the test killed it on purpose
 }
 
@@ -41,7 +42,7 @@ func mount(t testing.TB, dir string, global []string, opts ...string) *mounted {
 			t.Skip("not root and no fusermount3: cannot mount")
 		}
 	}
-	m := &mounted{dir: dir, mnt: t.TempDir(), stderr: &bytes.Buffer{}}
+	m := &mounted{dir: dir, mnt: t.TempDir(), stderr: &logBuffer{}}
 	args := append(append([]string{}, global...), "--log-level=info", "mount")
 	args = append(append(args, opts...), dir, m.mnt)
 	m.cmd = exec.Command(binary, args...)
@@ -708,4 +709,23 @@ func TestMountHostileNoSecrets(t *testing.T) {
 	}
 	r := execIn(t, m.mnt, "bash", "-c", "grep -rl . . 2>/dev/null | wc -l")
 	t.Logf("%d generated files read, %s readable", files, bytes.TrimSpace(r.stdout))
+}
+
+// logBuffer keeps a mount's log: the command's copier writes it while a test
+// reads it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
