@@ -314,6 +314,9 @@ func TestDiskConcurrentReaders(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	if t.Failed() {
+		t.Logf("mount log:\n%s", m.stderr)
+	}
 }
 
 // diskWorkers counts the running workers started by the mount process pid.

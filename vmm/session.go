@@ -101,6 +101,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
+	if job.Shared > 0 {
+		job.Request.Shared = job.Shared
+	}
 	request, timeout, err := encodeJob(job)
 	if err != nil {
 		return nil, err
@@ -115,11 +118,6 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		}
 		defer f.Close() // the mapping stays, and the worker has its own
 		files, shared = append(append([]*os.File{}, files...), f), m
-		job.Request.Shared = job.Shared
-		if request, _, err = encodeJob(job); err != nil {
-			unix.Munmap(m)
-			return nil, err
-		}
 	}
 	pp, err := newPipes()
 	if err != nil {
