@@ -3,9 +3,9 @@ package worker
 import (
 	"strconv"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // A member is one image of a chain as the map walk sees it: its layer, and for

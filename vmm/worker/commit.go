@@ -8,12 +8,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"instarfs/chainmodel/layer"
-	"instarfs/chainmodel/qcow2"
-	"instarfs/chainmodel/vmdk"
 	"instarfs/errcode"
 	"instarfs/planners"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/qcow2"
+	"instarfs/vmm/worker/internal/vmdk"
 )
 
 func init() { register(vmm.OpCommit, opCommit) }

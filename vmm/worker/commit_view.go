@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
 	"instarfs/planners"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // commitView reads guest bytes through a chain of images, top first, the way

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"io"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // maxMergedRuns bounds how many extents one DiskExtent reply merges, so that

@@ -1,11 +1,11 @@
 package worker
 
 import (
-	"instarfs/chainmodel/qcow2"
-	"instarfs/chainmodel/raw"
-	"instarfs/chainmodel/vmdk"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/qcow2"
+	"instarfs/vmm/worker/internal/raw"
+	"instarfs/vmm/worker/internal/vmdk"
 )
 
 func rawDetect(first []byte) bool { return raw.Detect(first) }

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // stripes is a layer.Image whose extents alternate between data (at

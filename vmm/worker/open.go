@@ -5,11 +5,11 @@ import (
 	"os"
 	"strings"
 
-	"instarfs/chainmodel/layer"
-	"instarfs/chainmodel/qcow2"
-	"instarfs/chainmodel/vmdk"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/qcow2"
+	"instarfs/vmm/worker/internal/vmdk"
 )
 
 // opened is one image descriptor opened by its format.

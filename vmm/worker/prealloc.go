@@ -4,7 +4,7 @@ import (
 	"os"
 	"syscall"
 
-	"instarfs/chainmodel/qcow2"
+	"instarfs/vmm/worker/internal/qcow2"
 )
 
 // metadataPreallocated is qemu's heuristic for a qcow2 image made with

@@ -5,11 +5,11 @@ import (
 	"context"
 	"io"
 
-	"instarfs/chainmodel/layer"
-	"instarfs/chainmodel/qcow2"
 	"instarfs/errcode"
 	"instarfs/planners"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/qcow2"
 )
 
 func init() { register(vmm.OpRebase, opRebase) }

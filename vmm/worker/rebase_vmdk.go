@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 
-	"instarfs/chainmodel/layer"
-	"instarfs/chainmodel/vmdk"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/vmdk"
 )
 
 // vmdkRebase says what rebaseVmdk does. qemu-img cannot rebase vmdk images

@@ -3,9 +3,9 @@ package worker
 import (
 	"context"
 
-	"instarfs/chainmodel/qcow2"
 	"instarfs/errcode"
 	"instarfs/vmm"
+	"instarfs/vmm/worker/internal/qcow2"
 )
 
 func init() { register(vmm.OpRepair, opRepair) }

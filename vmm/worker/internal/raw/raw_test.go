@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"instarfs/chainmodel/layer"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // mbr returns a sector with the signature and the given entries.

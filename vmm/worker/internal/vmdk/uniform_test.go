@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"testing"
 
-	"instarfs/chainmodel/layer"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // TestUniformGrainTables checks that a run through grain tables whose grains

@@ -34,8 +34,8 @@ import (
 	"io"
 	"sync"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // Image is an opened monolithicSparse or streamOptimized vmdk. It is safe for

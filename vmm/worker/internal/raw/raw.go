@@ -4,8 +4,8 @@ import (
 	"errors"
 	"io"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // SectorSize is the unit qemu rounds a raw image's size up to.

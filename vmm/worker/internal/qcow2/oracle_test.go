@@ -12,7 +12,7 @@ import (
 	"sync"
 	"testing"
 
-	"instarfs/chainmodel/layer"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // Helpers that run qemu-img and qemu-io, the test oracle.

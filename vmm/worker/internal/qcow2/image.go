@@ -6,8 +6,8 @@ import (
 	"io"
 	"sync"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // l2CacheBytes bounds the memory held by an Image's L2 table cache.

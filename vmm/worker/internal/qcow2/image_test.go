@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"instarfs/chainmodel/layer"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // rawSource makes a raw image of the given size with compressible patterns

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // FuzzOpen: hostile files never panic, and what opens behaves like a layer.Image.

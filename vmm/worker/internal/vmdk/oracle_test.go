@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"instarfs/chainmodel/layer"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // needQemu skips the test when the oracle is not installed.

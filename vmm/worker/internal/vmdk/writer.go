@@ -9,8 +9,8 @@ import (
 	"math"
 	"slices"
 
-	"instarfs/chainmodel/layer"
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // File is what a Writer changes: an image file opened read-write. Every change
