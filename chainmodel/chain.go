@@ -3,24 +3,18 @@
 // under the path policy, and what the worker said about each image.
 //
 // The host never parses image bytes: every fact about an image's contents comes
-// from a probe run in a worker through a vmm.Sandbox.
+// from a worker (ctl.Opener asks one), and chainmodel imports nothing that runs
+// workers.
 package chainmodel
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"instarfs/errcode"
-	"instarfs/lru"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // MaxDepth is the number of backing files a chain may have below its top.
@@ -34,7 +28,7 @@ type Image struct {
 	// Loc is where the image was opened, beneath an allowed root.
 	Loc  Loc
 	File *os.File
-	Info vmm.Info
+	Info proto.Info
 	Stat unix.Stat_t
 }
 
@@ -49,8 +43,8 @@ func (im *Image) ID() FileID { return IDOf(&im.Stat) }
 func (im *Image) ActualSize() int64 { return im.Stat.Blocks * 512 }
 
 // Ref is the worker's description of this image's descriptor.
-func (im *Image) Ref(writable bool) vmm.ImageRef {
-	return vmm.ImageRef{Name: filepath.Base(im.Name), Format: im.Info.Format, Writable: writable}
+func (im *Image) Ref(writable bool) proto.ImageRef {
+	return proto.ImageRef{Name: filepath.Base(im.Name), Format: im.Info.Format, Writable: writable}
 }
 
 // Chain is an image and its backing images, top first.
@@ -71,8 +65,8 @@ func (c *Chain) Files() []*os.File {
 }
 
 // Refs returns the worker's descriptions of the chain's images, top first.
-func (c *Chain) Refs() []vmm.ImageRef {
-	refs := make([]vmm.ImageRef, len(c.Images))
+func (c *Chain) Refs() []proto.ImageRef {
+	refs := make([]proto.ImageRef, len(c.Images))
 	for i, im := range c.Images {
 		refs[i] = im.Ref(false)
 	}
@@ -86,258 +80,6 @@ func (c *Chain) Close() error {
 		im.File.Close()
 	}
 	return nil
-}
-
-// DefaultCacheBytes is the budget of an Opener's probe cache when it is given
-// none, and the mount's default budget for all its caches.
-const DefaultCacheBytes = 256 << 20
-
-// Opener opens images and discovers their chains through a sandboxed worker.
-type Opener struct {
-	Sandbox vmm.Sandbox
-	Policy  Policy
-	// Cache keeps probe results by file state. It may be shared with other
-	// caches under one budget; nil means a cache of DefaultCacheBytes of the
-	// Opener's own.
-	Cache *lru.Cache[any, any]
-
-	mu sync.Mutex
-}
-
-func (o *Opener) cache() *lru.Cache[any, any] {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.Cache == nil {
-		o.Cache = lru.New[any, any](DefaultCacheBytes)
-	}
-	return o.Cache
-}
-
-// probeKey identifies a file's state: a probe result is reused only while the
-// file is unchanged.
-type probeKey struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-	format       string
-	detectRaw    bool
-}
-
-// Probe asks a worker what f holds. format may be empty to detect it.
-func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, detectRaw bool) (vmm.Info, unix.Stat_t, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return vmm.Info{}, st, errcode.New(errcode.ReadFailed, "stat %s: %v", name, err)
-	}
-	key := probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw}
-	cache := o.cache()
-	if v, ok := cache.Get(key); ok {
-		return v.(vmm.Info), st, nil
-	}
-	var info vmm.Info
-	args, _ := json.Marshal(vmm.ProbeArgs{DetectRaw: detectRaw})
-	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpProbe, Images: []vmm.ImageRef{{Name: filepath.Base(name), Format: format}}, Args: args},
-		Files:   []*os.File{f},
-	})
-	if err != nil {
-		return vmm.Info{}, st, err
-	}
-	if err := DecodeResult(res, &info); err != nil {
-		return vmm.Info{}, st, err
-	}
-	if err := validateInfo(info, format); err != nil {
-		return vmm.Info{}, st, err
-	}
-	cache.Add(key, info, int64(unsafe.Sizeof(key))+infoSize(info))
-	return info, st, nil
-}
-
-// infoSize estimates the bytes info keeps alive: its own fields, its strings,
-// and every snapshot and vmdk extent (65,536 snapshots make a probe result of
-// several megabytes).
-func infoSize(info vmm.Info) int64 {
-	n := int64(unsafe.Sizeof(info)) + int64(len(info.Format)+len(info.BackingFilename)+len(info.BackingFilenameFormat))
-	n += int64(cap(info.Snapshots)) * int64(unsafe.Sizeof(vmm.Snapshot{}))
-	for _, s := range info.Snapshots {
-		n += int64(len(s.Name) + len(s.ID))
-		if s.ICount != nil {
-			n += 8
-		}
-	}
-	if fs := info.FormatSpecific; fs != nil {
-		n += int64(unsafe.Sizeof(*fs)) + int64(len(fs.Type))
-		switch d := fs.Data.(type) {
-		case *vmm.Qcow2Specific:
-			n += int64(unsafe.Sizeof(*d)) + int64(len(d.Compat)+len(d.CompressionType)) + 3*8
-		case *vmm.VmdkSpecific:
-			n += int64(unsafe.Sizeof(*d)) + int64(len(d.CreateType)) + int64(cap(d.Extents))*int64(unsafe.Sizeof(vmm.VmdkExtent{}))
-			for _, e := range d.Extents {
-				n += int64(len(e.Filename) + len(e.Format))
-			}
-		}
-	}
-	return n
-}
-
-// validateInfo re-checks what an untrusted worker reported.
-func validateInfo(info vmm.Info, asked string) error {
-	switch info.Format {
-	case "qcow2", "vmdk", "raw":
-	default:
-		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
-	}
-	if asked != "" && asked != info.Format {
-		return errcode.New(errcode.WorkerProtocol, "worker reported format %q for an image opened as %q", info.Format, asked)
-	}
-	if info.VirtualSize < 0 || info.ClusterSize < 0 || len(info.BackingFilename) > MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
-		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid size or backing name")
-	}
-	for _, s := range info.Snapshots {
-		if s.VMStateSize < 0 || s.DateSec < 0 || s.DateNsec < 0 || s.ClockSec < 0 || s.ClockNsec < 0 {
-			return errcode.New(errcode.WorkerProtocol, "worker reported an invalid snapshot %q", s.ID)
-		}
-	}
-	if fs := info.FormatSpecific; fs != nil {
-		if d, ok := fs.Data.(*vmm.VmdkSpecific); ok {
-			for _, e := range d.Extents {
-				if e.VirtualSize < 0 || e.ClusterSize < 0 {
-					return errcode.New(errcode.WorkerProtocol, "worker reported an invalid vmdk extent")
-				}
-			}
-		}
-	}
-	switch info.BackingFilenameFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
-		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", info.BackingFilenameFormat)
-	}
-	return nil
-}
-
-// DecodeResult decodes a worker's result document strictly into v.
-func DecodeResult(res json.RawMessage, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(res))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return errcode.New(errcode.WorkerProtocol, "decoding worker result: %v", err)
-	}
-	return nil
-}
-
-// OpenOptions say how to open a chain.
-type OpenOptions struct {
-	Format    string // the top's format; empty to detect (raw only with a partition table)
-	Writable  bool   // open the top read-write
-	NoBacking bool   // open the top alone
-	// Want, when set, is the identity the top must have (the mount's node for
-	// it); another file at path is IMAGE_CHANGED.
-	Want *FileID
-	// Partial: when a backing file cannot be opened, return the images
-	// opened so far (still open) together with the error.
-	Partial bool
-	// ForceShare opens every image as qemu-img -U does: read-only, without
-	// taking or testing QEMU's locks, so that an image a running VM holds can
-	// be inspected. Not with Writable.
-	ForceShare bool
-}
-
-// OpenChain opens the image at path (beneath an allowed root) and, unless
-// opts.NoBacking, every backing image below it, each checked by the policy
-// before it is opened.
-func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (*Chain, error) {
-	loc, ok := o.Policy.Place(path)
-	if !ok {
-		return nil, errcode.New(errcode.BackingPathOutsideRoot, "'%s' is outside the allowed directories", path)
-	}
-	if opts.Writable && opts.ForceShare {
-		return nil, errcode.New(errcode.BadArguments, "force share (-U) is for read-only opens only; '%s' would be written", path)
-	}
-	access := Read
-	if opts.Writable {
-		access = ReadWrite
-	}
-	f, _, err := o.Policy.Open(loc, How{Access: access, Want: opts.Want, Name: path})
-	if err != nil {
-		return nil, err
-	}
-	if err := lockUnlessShared(f, path, opts); err != nil {
-		f.Close()
-		return nil, err
-	}
-	c := &Chain{}
-	top, err := o.describe(ctx, f, path, loc, opts.Format, opts.Format == "")
-	if err != nil {
-		UnlockImage(f)
-		f.Close()
-		return nil, err
-	}
-	c.Images = append(c.Images, top)
-	if opts.NoBacking {
-		return c, nil
-	}
-	seen := map[FileID]bool{top.ID(): true}
-	for im := top; im.Info.BackingFilename != ""; {
-		if len(c.Images) > MaxDepth {
-			c.Close()
-			return nil, errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", path, MaxDepth)
-		}
-		next, err := o.openBacking(ctx, im)
-		if err != nil && opts.Partial {
-			return c, err
-		}
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		if seen[next.ID()] {
-			next.File.Close()
-			c.Close()
-			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
-		}
-		seen[next.ID()] = true
-		if err := lockUnlessShared(next.File, next.Name, OpenOptions{ForceShare: opts.ForceShare}); err != nil {
-			next.File.Close()
-			c.Close()
-			return nil, err
-		}
-		c.Images = append(c.Images, next)
-		im = next
-	}
-	return c, nil
-}
-
-// lockUnlessShared takes QEMU's locks on f as opts ask: none with ForceShare.
-func lockUnlessShared(f *os.File, name string, opts OpenOptions) error {
-	if opts.ForceShare {
-		return nil
-	}
-	return LockImage(f, name, opts.Writable)
-}
-
-func (o *Opener) openBacking(ctx context.Context, im *Image) (*Image, error) {
-	name := im.Info.BackingFilename
-	f, loc, _, err := o.Policy.OpenName(im.Dir(), name)
-	if err != nil {
-		return nil, err
-	}
-	next, err := o.describe(ctx, f, FullBackingName(im.Name, name), loc, im.Info.BackingFilenameFormat, false)
-	if err != nil {
-		f.Close()
-		if errcode.Code(err) == errcode.FormatNotDetected {
-			return nil, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", name, im.Name)
-		}
-		return nil, err
-	}
-	return next, nil
-}
-
-func (o *Opener) describe(ctx context.Context, f *os.File, name string, loc Loc, format string, detectRaw bool) (*Image, error) {
-	info, st, err := o.Probe(ctx, f, name, format, detectRaw)
-	if err != nil {
-		return nil, err
-	}
-	return &Image{Name: name, Loc: loc, File: f, Info: info, Stat: st}, nil
 }
 
 // FullBackingName is the name qemu-img gives a backing file: the backing name

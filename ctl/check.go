@@ -7,6 +7,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -14,13 +15,13 @@ import (
 type CheckReport struct {
 	Filename string
 	Format   string
-	vmm.CheckResult
+	proto.CheckResult
 }
 
 // Check opens path alone (without locks with forceShare, as -U) and asks a
 // worker to check it.
-func Check(ctx context.Context, o *chainmodel.Opener, path, format string, forceShare bool) (*CheckReport, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, ForceShare: forceShare})
+func Check(ctx context.Context, o *Opener, path, format string, forceShare bool) (*CheckReport, error) {
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, NoBacking: true, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}
@@ -31,14 +32,14 @@ func Check(ctx context.Context, o *chainmodel.Opener, path, format string, force
 // CheckChain asks a worker to check the top of an open chain.
 func CheckChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*CheckReport, error) {
 	res, err := sb.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpCheck, Images: c.Refs()},
+		Request: proto.Request{Op: proto.OpCheck, Images: c.Refs()},
 		Files:   c.Files(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
-	if err := chainmodel.DecodeResult(res, &r.CheckResult); err != nil {
+	if err := DecodeResult(res, &r.CheckResult); err != nil {
 		return nil, err
 	}
 	if !validCounts(r.CheckResult) {

@@ -6,6 +6,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -19,13 +20,13 @@ import (
 // changes it receives the base's old data it would otherwise lose, so that
 // every image of the chain keeps showing what it showed (qemu-img leaves the
 // intermediate images invalid; see docs/commit.md). No header is rewritten.
-func Commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
+func Commit(ctx context.Context, o *Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
 	return timed("commit", path, o.Sandbox, func() (*Envelope, error) {
 		return commit(ctx, o, path, req, progress)
 	})
 }
 
-func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
+func commit(ctx context.Context, o *Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
 	switch req.Cache {
 	case "", "none", "writeback", "writethrough", "directsync", "unsafe":
 	default:
@@ -35,7 +36,7 @@ func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRe
 		return nil, errcode.New(errcode.BadArguments, "commit: negative rate limit")
 	}
 	drop := req.Drop || req.Base != ""
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top})
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top})
 	if err != nil {
 		return nil, err
 	}
@@ -62,17 +63,17 @@ func commit(ctx context.Context, o *chainmodel.Opener, path string, req CommitRe
 	refs[base].Writable = true
 	refs[base-1].Writable = base >= 2 || !drop
 	refs[0].Writable = !drop
-	args, _ := json.Marshal(vmm.CommitArgs{Base: base, Drop: drop, Rate: req.Rate, Cache: req.Cache})
+	args, _ := json.Marshal(proto.CommitArgs{Base: base, Drop: drop, Rate: req.Rate, Cache: req.Cache})
 	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request:  vmm.Request{Op: vmm.OpCommit, Images: refs, Args: args},
+		Request:  proto.Request{Op: proto.OpCommit, Images: refs, Args: args},
 		Files:    c.Files(),
 		Progress: progress,
 	})
 	if err != nil {
 		return nil, err
 	}
-	var r vmm.CommitResult
-	if err := chainmodel.DecodeResult(res, &r); err != nil {
+	var r proto.CommitResult
+	if err := DecodeResult(res, &r); err != nil {
 		return nil, err
 	}
 	if r.ClustersCommitted < 0 || r.BytesCommitted < 0 || r.OverlayClustersCleared < 0 {
@@ -113,7 +114,7 @@ func findBase(p chainmodel.Policy, c *chainmodel.Chain, base string) (int, error
 // reopenWritable replaces the read-only descriptor of image i of c (a backing
 // image) by a read-write one, opened where it was opened, checked to be the
 // same file and locked as qemu locks an image it writes.
-func reopenWritable(o *chainmodel.Opener, c *chainmodel.Chain, i int) error {
+func reopenWritable(o *Opener, c *chainmodel.Chain, i int) error {
 	im := c.Images[i]
 	chainmodel.UnlockImage(im.File)
 	id := im.ID()

@@ -11,6 +11,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -59,12 +60,12 @@ func emptyImage(f *testing.F) string {
 
 // fakeOpener returns a new Opener (with an empty probe cache) whose worker is
 // sb.
-func fakeOpener(t *testing.T, dir string, sb fakeSandbox) *chainmodel.Opener {
+func fakeOpener(t *testing.T, dir string, sb fakeSandbox) *Opener {
 	p, err := chainmodel.NewPolicy(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &chainmodel.Opener{Sandbox: sb, Policy: p}
+	return &Opener{Sandbox: sb, Policy: p}
 }
 
 // checkRefusal fails t unless err names a code other than INTERNAL.
@@ -87,7 +88,7 @@ func FuzzInfo(f *testing.F) {
 	}
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
-		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{vmm.OpProbe: res})
+		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{proto.OpProbe: res})
 		infos, err := InfoFor(context.Background(), o, path, "", false, false)
 		if err != nil {
 			checkRefusal(t, err)
@@ -129,9 +130,9 @@ func FuzzMapResult(f *testing.F) {
 		n := int(layers)%(chainmodel.MaxDepth+1) + 1
 		c := &chainmodel.Chain{}
 		for i := range n {
-			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: vmm.Info{Format: "qcow2", VirtualSize: size}})
+			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: proto.Info{Format: "qcow2", VirtualSize: size}})
 		}
-		m, err := MapChain(context.Background(), fakeSandbox{vmm.OpMap: res}, c, 0)
+		m, err := MapChain(context.Background(), fakeSandbox{proto.OpMap: res}, c, 0)
 		if err != nil {
 			checkRefusal(t, err)
 			return
@@ -146,7 +147,7 @@ func FuzzMapResult(f *testing.F) {
 		if next != size {
 			t.Fatalf("accepted rows covering %d bytes of %d", next, size)
 		}
-		var back []vmm.MapEntry
+		var back []proto.MapEntry
 		if err := json.Unmarshal(m.JSON(), &back); err != nil {
 			t.Fatalf("map --output=json is not JSON: %v\n%s", err, m.JSON())
 		}
@@ -177,8 +178,8 @@ func FuzzCheckResult(f *testing.F) {
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
 		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{
-			vmm.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
-			vmm.OpCheck: res,
+			proto.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
+			proto.OpCheck: res,
 		})
 		r, err := Check(context.Background(), o, path, "", false)
 		if err != nil {

@@ -14,23 +14,23 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // ImageInfo is one image as `qemu-img info --output=json` reports it. The field
 // order follows qemu-img's output.
 type ImageInfo struct {
-	Snapshots             []vmm.Snapshot      `json:"snapshots,omitempty"`
-	BackingFilenameFormat string              `json:"backing-filename-format,omitempty"`
-	VirtualSize           int64               `json:"virtual-size"`
-	Filename              string              `json:"filename"`
-	ClusterSize           int64               `json:"cluster-size,omitempty"`
-	Format                string              `json:"format"`
-	ActualSize            int64               `json:"actual-size"`
-	FormatSpecific        *vmm.FormatSpecific `json:"format-specific,omitempty"`
-	FullBackingFilename   string              `json:"full-backing-filename,omitempty"`
-	BackingFilename       string              `json:"backing-filename,omitempty"`
-	DirtyFlag             bool                `json:"dirty-flag"`
+	Snapshots             []proto.Snapshot      `json:"snapshots,omitempty"`
+	BackingFilenameFormat string                `json:"backing-filename-format,omitempty"`
+	VirtualSize           int64                 `json:"virtual-size"`
+	Filename              string                `json:"filename"`
+	ClusterSize           int64                 `json:"cluster-size,omitempty"`
+	Format                string                `json:"format"`
+	ActualSize            int64                 `json:"actual-size"`
+	FormatSpecific        *proto.FormatSpecific `json:"format-specific,omitempty"`
+	FullBackingFilename   string                `json:"full-backing-filename,omitempty"`
+	BackingFilename       string                `json:"backing-filename,omitempty"`
+	DirtyFlag             bool                  `json:"dirty-flag"`
 }
 
 // Info describes the images of c, top first, or the top alone.
@@ -66,13 +66,13 @@ func imageInfo(im *chainmodel.Image) ImageInfo {
 	if fs := in.FormatSpecific; fs != nil && fs.Type == "vmdk" {
 		// The worker knows the image only by descriptor; qemu names the extent
 		// by the path the image was opened with.
-		if d, ok := fs.Data.(*vmm.VmdkSpecific); ok {
+		if d, ok := fs.Data.(*proto.VmdkSpecific); ok {
 			cp := *d
-			cp.Extents = append([]vmm.VmdkExtent(nil), d.Extents...)
+			cp.Extents = append([]proto.VmdkExtent(nil), d.Extents...)
 			for j := range cp.Extents {
 				cp.Extents[j].Filename = im.Name
 			}
-			ii.FormatSpecific = &vmm.FormatSpecific{Type: fs.Type, Data: &cp}
+			ii.FormatSpecific = &proto.FormatSpecific{Type: fs.Type, Data: &cp}
 		}
 	}
 	return ii
@@ -156,7 +156,7 @@ func InfoHuman(infos []ImageInfo) []byte {
 	return []byte(b.String())
 }
 
-func writeSnapshots(b *strings.Builder, snaps []vmm.Snapshot) {
+func writeSnapshots(b *strings.Builder, snaps []proto.Snapshot) {
 	b.WriteString("Snapshot list:\n")
 	fmt.Fprintf(b, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
 	for _, s := range snaps {
@@ -171,9 +171,9 @@ func writeSnapshots(b *strings.Builder, snaps []vmm.Snapshot) {
 	}
 }
 
-func writeSpecific(b *strings.Builder, fs *vmm.FormatSpecific) {
+func writeSpecific(b *strings.Builder, fs *proto.FormatSpecific) {
 	switch d := fs.Data.(type) {
-	case *vmm.Qcow2Specific:
+	case *proto.Qcow2Specific:
 		fmt.Fprintf(b, "    compat: %s\n", d.Compat)
 		fmt.Fprintf(b, "    compression type: %s\n", d.CompressionType)
 		if d.LazyRefcounts != nil {
@@ -186,7 +186,7 @@ func writeSpecific(b *strings.Builder, fs *vmm.FormatSpecific) {
 		if d.ExtendedL2 != nil {
 			fmt.Fprintf(b, "    extended l2: %t\n", *d.ExtendedL2)
 		}
-	case *vmm.VmdkSpecific:
+	case *proto.VmdkSpecific:
 		fmt.Fprintf(b, "    cid: %d\n", d.CID)
 		fmt.Fprintf(b, "    parent cid: %d\n", d.ParentCID)
 		fmt.Fprintf(b, "    create type: %s\n", d.CreateType)
@@ -221,8 +221,8 @@ func SizeString(v int64) string {
 
 // InfoFor opens path's chain (without locks with forceShare, as -U) and
 // describes it; a convenience for callers that hold no chain.
-func InfoFor(ctx context.Context, o *chainmodel.Opener, path, format string, backingChain, forceShare bool) ([]ImageInfo, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: !backingChain, ForceShare: forceShare})
+func InfoFor(ctx context.Context, o *Opener, path, format string, backingChain, forceShare bool) ([]ImageInfo, error) {
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, NoBacking: !backingChain, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}

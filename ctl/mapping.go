@@ -9,12 +9,13 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl/mapsvg"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
 // MapResult is the allocation map of an image through its backing chain.
 type MapResult struct {
-	Entries []vmm.MapEntry
+	Entries []proto.MapEntry
 	// Names are the images' names by depth, for the human form.
 	Names []string
 	// Format and VirtualSize describe the top image, for the picture.
@@ -24,8 +25,8 @@ type MapResult struct {
 
 // Map opens path's chain (without locks with forceShare, as -U) and asks a
 // worker for its map.
-func Map(ctx context.Context, o *chainmodel.Opener, path, format string, forceShare bool) (*MapResult, error) {
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, ForceShare: forceShare})
+func Map(ctx context.Context, o *Opener, path, format string, forceShare bool) (*MapResult, error) {
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, ForceShare: forceShare})
 	if err != nil {
 		return nil, err
 	}
@@ -38,16 +39,16 @@ func Map(ctx context.Context, o *chainmodel.Opener, path, format string, forceSh
 // shorter than what JSON renders): a larger map fails with DOCUMENT_TOO_LARGE
 // without being made whole or sent.
 func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain, maxBytes int64) (*MapResult, error) {
-	args, _ := json.Marshal(vmm.MapArgs{MaxBytes: maxBytes})
+	args, _ := json.Marshal(proto.MapArgs{MaxBytes: maxBytes})
 	res, err := sb.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpMap, Images: c.Refs(), Args: args},
+		Request: proto.Request{Op: proto.OpMap, Images: c.Refs(), Args: args},
 		Files:   c.Files(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	m := &MapResult{Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
-	if err := chainmodel.DecodeResult(res, &m.Entries); err != nil {
+	if err := DecodeResult(res, &m.Entries); err != nil {
 		return nil, err
 	}
 	for _, im := range c.Images {
@@ -77,7 +78,7 @@ func (m *MapResult) validate(size int64) error {
 
 // emptyMapRow is the row qemu-img map prints for an image of size 0: the
 // zero-length entry it starts from and never extends.
-var emptyMapRow = []vmm.MapEntry{{}}
+var emptyMapRow = []proto.MapEntry{{}}
 
 // Window keeps the part of the map in [start, start+maxLen) (maxLen < 0: to
 // the end), as qemu-img map --start-offset/--max-length print it: rows cut at
@@ -92,7 +93,7 @@ func (m *MapResult) Window(start, maxLen int64) {
 	if maxLen >= 0 && maxLen < size-start {
 		end = start + maxLen
 	}
-	var out []vmm.MapEntry
+	var out []proto.MapEntry
 	for _, e := range m.Entries {
 		lo, hi := max(e.Start, start), min(e.Start+e.Length, end)
 		if lo >= hi {
@@ -106,7 +107,7 @@ func (m *MapResult) Window(start, maxLen int64) {
 		out = append(out, e)
 	}
 	if out == nil {
-		out = []vmm.MapEntry{{Start: start}}
+		out = []proto.MapEntry{{Start: start}}
 	}
 	m.Entries = out
 }

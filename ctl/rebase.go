@@ -10,6 +10,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -24,13 +25,13 @@ import (
 // o.Policy (a refused name is never opened); it is written to the header
 // verbatim. A worker does the rest. On failure the returned envelope
 // describes the error too.
-func Rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
+func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
 	return timed("rebase", path, o.Sandbox, func() (*Envelope, error) {
 		return rebase(ctx, o, path, req, progress)
 	})
 }
 
-func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
+func rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
 	for _, f := range []string{req.Format, req.BackingFormat} {
 		switch f {
 		case "", "qcow2", "vmdk", "raw":
@@ -44,7 +45,7 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 	if err := CheckImageName("rebase", "-b", req.Backing); err != nil {
 		return nil, err
 	}
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
 	if err != nil {
 		return nil, err
 	}
@@ -57,9 +58,9 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 		}
 	}
 
-	refs := []vmm.ImageRef{top.Ref(true)}
+	refs := []proto.ImageRef{top.Ref(true)}
 	files := []*os.File{top.File}
-	args := vmm.RebaseArgs{Unsafe: req.Unsafe, Backing: req.Backing, BackingFormat: req.BackingFormat, NewInOld: -1}
+	args := proto.RebaseArgs{Unsafe: req.Unsafe, Backing: req.Backing, BackingFormat: req.BackingFormat, NewInOld: -1}
 	if !req.Unsafe {
 		for _, im := range c.Images[1:] {
 			refs = append(refs, im.Ref(false))
@@ -110,15 +111,15 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 
 	raw, _ := json.Marshal(args)
 	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request:  vmm.Request{Op: vmm.OpRebase, Images: refs, Args: raw},
+		Request:  proto.Request{Op: proto.OpRebase, Images: refs, Args: raw},
 		Files:    files,
 		Progress: progress,
 	})
 	if err != nil {
 		return nil, err
 	}
-	var r vmm.RebaseResult
-	if err := chainmodel.DecodeResult(res, &r); err != nil {
+	var r proto.RebaseResult
+	if err := DecodeResult(res, &r); err != nil {
 		return nil, err
 	}
 	if err := validateRebaseResult(r, req); err != nil {
@@ -141,7 +142,7 @@ func rebase(ctx context.Context, o *chainmodel.Opener, path string, req RebaseRe
 }
 
 // validateRebaseResult re-checks what an untrusted worker reported.
-func validateRebaseResult(r vmm.RebaseResult, req RebaseRequest) error {
+func validateRebaseResult(r proto.RebaseResult, req RebaseRequest) error {
 	bad := func(what string) error {
 		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid rebase result: %s", what)
 	}
@@ -169,7 +170,7 @@ func validateRebaseResult(r vmm.RebaseResult, req RebaseRequest) error {
 // (0 is the old backing file) and no chain. Otherwise it returns the new
 // backing file's chain (just the file in unsafe mode), probed with -F or, when
 // -F is omitted, with its format detected (never raw).
-func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Chain, req RebaseRequest) (*chainmodel.Chain, int, error) {
+func openNewBacking(ctx context.Context, o *Opener, c *chainmodel.Chain, req RebaseRequest) (*chainmodel.Chain, int, error) {
 	top := c.Top()
 	f, loc, st, err := o.Policy.OpenName(top.Dir(), req.Backing)
 	if err != nil {
@@ -203,7 +204,7 @@ func openNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Cha
 // unless alone, opens and probes each backing file below it the way
 // Opener.OpenChain does. The overlay (identified by overlay) must not appear
 // in it.
-func openChainFrom(ctx context.Context, o *chainmodel.Opener, f *os.File, name string, loc chainmodel.Loc, format string, alone bool, overlay chainmodel.FileID) (*chainmodel.Chain, error) {
+func openChainFrom(ctx context.Context, o *Opener, f *os.File, name string, loc chainmodel.Loc, format string, alone bool, overlay chainmodel.FileID) (*chainmodel.Chain, error) {
 	c := &chainmodel.Chain{}
 	fail := func(err error) (*chainmodel.Chain, error) {
 		c.Close()
@@ -260,7 +261,7 @@ func ontoItself(image, backing string) error {
 // is written with a warning (qemu-img allows it: files are often moved into
 // place afterwards); one that exists must be a file the policy opens, neither
 // the image itself nor one of its overlays.
-func lookAtNewBacking(ctx context.Context, o *chainmodel.Opener, c *chainmodel.Chain, req RebaseRequest) ([]string, error) {
+func lookAtNewBacking(ctx context.Context, o *Opener, c *chainmodel.Chain, req RebaseRequest) ([]string, error) {
 	top := c.Top()
 	f, loc, st, err := o.Policy.OpenName(top.Dir(), req.Backing)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -16,44 +17,44 @@ import (
 type RepairReport struct {
 	Filename string
 	Format   string
-	vmm.RepairResult
+	proto.RepairResult
 }
 
 // Repair opens path alone, read-write and locked as qemu locks an image it
 // writes, and asks a worker to repair it as `qemu-img check -r mode` does
 // (mode "leaks" or "all").
-func Repair(ctx context.Context, o *chainmodel.Opener, path, format, mode string) (*RepairReport, error) {
+func Repair(ctx context.Context, o *Opener, path, format, mode string) (*RepairReport, error) {
 	return repair(ctx, o, path, format, mode, nil)
 }
 
 // repair is Repair of an image that must have the identity want, when set.
-func repair(ctx context.Context, o *chainmodel.Opener, path, format, mode string, want *chainmodel.FileID) (*RepairReport, error) {
+func repair(ctx context.Context, o *Opener, path, format, mode string, want *chainmodel.FileID) (*RepairReport, error) {
 	if mode != "leaks" && mode != "all" {
 		return nil, errcode.New(errcode.BadArguments, "check: -r: unknown mode %q (leaks or all)", mode)
 	}
-	c, err := o.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, NoBacking: true, Writable: true, Want: want})
+	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, NoBacking: true, Writable: true, Want: want})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	refs := c.Refs()
 	refs[0].Writable = true
-	args, _ := json.Marshal(vmm.RepairArgs{Mode: mode})
+	args, _ := json.Marshal(proto.RepairArgs{Mode: mode})
 	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpRepair, Images: refs, Args: args},
+		Request: proto.Request{Op: proto.OpRepair, Images: refs, Args: args},
 		Files:   c.Files(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	r := &RepairReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
-	if err := chainmodel.DecodeResult(res, &r.RepairResult); err != nil {
+	if err := DecodeResult(res, &r.RepairResult); err != nil {
 		return nil, err
 	}
 	if r.LeaksFixed < 0 || r.CorruptionsFixed < 0 || (r.Final != nil) != (r.LeaksFixed+r.CorruptionsFixed > 0) {
 		return nil, errcode.New(errcode.WorkerProtocol, "worker reported inconsistent repair counts")
 	}
-	for _, cr := range []*vmm.CheckResult{&r.Pass, r.Final} {
+	for _, cr := range []*proto.CheckResult{&r.Pass, r.Final} {
 		if cr != nil && !validCounts(*cr) {
 			return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
 		}
@@ -115,7 +116,7 @@ func (r *RepairReport) JSON() []byte {
 }
 
 // validCounts reports whether no count of cr is negative.
-func validCounts(cr vmm.CheckResult) bool {
+func validCounts(cr proto.CheckResult) bool {
 	for _, n := range []int64{cr.CheckErrors, cr.Corruptions, cr.Leaks, cr.ImageEndOffset, cr.TotalClusters, cr.AllocatedClusters, cr.FragmentedClusters, cr.CompressedClusters} {
 		if n < 0 {
 			return false
@@ -151,7 +152,7 @@ type RepairRequest struct {
 // returns the result envelope: what was fixed, what the final check still
 // finds. A format without checks is REPAIR_UNSUPPORTED; a check that failed
 // is an error too. On failure the envelope reports the error.
-func RepairImage(ctx context.Context, o *chainmodel.Opener, path string, req RepairRequest) (*Envelope, error) {
+func RepairImage(ctx context.Context, o *Opener, path string, req RepairRequest) (*Envelope, error) {
 	mode := req.Mode
 	return timed("repair", path, o.Sandbox, func() (*Envelope, error) {
 		r, err := repair(ctx, o, path, req.Format, mode, req.Top)

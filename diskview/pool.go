@@ -1,6 +1,6 @@
 // Package diskview serves the disk view: an image's guest-visible content,
 // the flattened chain, read through a confined worker that stays up while the
-// chain is read (a vmm.Session running vmm.OpDisk).
+// chain is read (a vmm.Session running proto.OpDisk).
 //
 // A Pool keeps one open chain per chain identity, shared by every reader of
 // it, with QEMU's shared read locks held while it is open; and at most
@@ -8,7 +8,7 @@
 // without a read, and the least recently used one first when a new one is
 // needed. A handle whose worker was ended starts another at its next read.
 //
-// The host opens the chain (chainmodel.Opener.OpenChain probes each member)
+// The host opens the chain (ctl.Opener.OpenChain probes each member)
 // and hands every descriptor to the worker; nothing here reads image bytes.
 package diskview
 
@@ -24,6 +24,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -38,7 +39,7 @@ const (
 
 // Config says how a Pool opens chains and how many workers it keeps.
 type Config struct {
-	Opener     *chainmodel.Opener
+	Opener     *ctl.Opener
 	MaxWorkers int           // live workers; 0 means DefaultMaxWorkers
 	Idle       time.Duration // 0 means DefaultIdle
 	Life       time.Duration // 0 means DefaultLife
@@ -107,7 +108,7 @@ type Handle struct {
 // handle open on the same chain identity: every member's device, inode, size
 // and times.
 func (p *Pool) Open(ctx context.Context, path, format string, want *chainmodel.FileID) (*Handle, error) {
-	c, err := p.cfg.Opener.OpenChain(ctx, path, chainmodel.OpenOptions{Format: format, Want: want})
+	c, err := p.cfg.Opener.OpenChain(ctx, path, ctl.OpenOptions{Format: format, Want: want})
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +199,7 @@ func (h *Handle) Seek(ctx context.Context, off int64, data bool) (int64, bool, e
 			off = end
 			continue
 		}
-		var run vmm.DiskRun
+		var run proto.DiskRun
 		err := h.call(ctx, func(d *vmm.Disk) (err error) {
 			run, err = d.Extent(ctx, off)
 			return err
@@ -324,10 +325,10 @@ func (p *Pool) worker(e *entry) (*vmm.Disk, error) {
 func (p *Pool) startWorker(c *chainmodel.Chain, size int64) (*vmm.Disk, error) {
 	// Not the reader's ctx: the worker is shared, and its start is bounded.
 	s, err := p.cfg.Opener.Sandbox.Start(context.Background(), vmm.Job{
-		Request: vmm.Request{Op: vmm.OpDisk, Images: c.Refs()},
+		Request: proto.Request{Op: proto.OpDisk, Images: c.Refs()},
 		Files:   c.Files(),
 		Timeout: p.cfg.Life + vmm.CallTimeout + time.Minute,
-		Shared:  vmm.MaxDiskRead,
+		Shared:  proto.MaxDiskRead,
 	})
 	if err != nil {
 		return nil, err

@@ -4,11 +4,11 @@ import (
 	"context"
 	"sync"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // chunkBytes is what one read-ahead asks the worker for: its largest read.
-const chunkBytes = vmm.MaxDiskRead
+const chunkBytes = proto.MaxDiskRead
 
 // readahead serves a sequential reader of a chain. The kernel asks for
 // 128 KiB at a time; the worker answers a whole chunk in one round trip, the

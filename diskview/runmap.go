@@ -5,6 +5,7 @@ import (
 	"sort"
 	"sync"
 
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -30,7 +31,7 @@ func (m *runMap) load(h *Handle) {
 	m.once.Do(func() {
 		ctx := context.Background()
 		for m.covered < h.e.size && len(m.ends) < maxMapRuns {
-			var runs []vmm.DiskRun
+			var runs []proto.DiskRun
 			err := h.call(ctx, func(d *vmm.Disk) (err error) {
 				runs, err = d.Map(ctx, m.covered)
 				return err

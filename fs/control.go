@@ -270,7 +270,7 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 // `rebase -u` exists to repair) reserves the image alone: the operation itself
 // then says whether it needs more.
 func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]ctl.FileID, error) {
-	opts := chainmodel.OpenOptions{Format: format, Want: &top}
+	opts := ctl.OpenOptions{Format: format, Want: &top}
 	c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
 	if err != nil && errcode.Code(err) != errcode.ImageInUse && errcode.Code(err) != errcode.ImageChanged && ctx.Err() == nil {
 		opts.NoBacking = true

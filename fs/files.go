@@ -260,7 +260,7 @@ type genCacheEntry struct {
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
-	opts := chainmodel.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
+	opts := ctl.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
 	c, err := o.OpenChain(ctx, rel, opts)
 	if errcode.Code(err) == errcode.ImageInUse {
 		// Another process (a running VM) holds an image of the chain: read

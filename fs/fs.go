@@ -1,6 +1,6 @@
 // Package fs is the mounted filesystem: go-fuse nodes over a directory of
 // images, kept thin over the model it does not own. Which files are images
-// comes from worker probes (chainmodel.Opener.Probe); what the generated files
+// comes from worker probes (ctl.Opener.Probe); what the generated files
 // say comes from ctl, exactly as the command line prints it; the control files
 // hand their arguments to ctl's grammar and run the operation as a ctl job.
 //
@@ -62,13 +62,13 @@ type Config struct {
 	// ImageDir is the absolute image directory; it must be the working
 	// directory.
 	ImageDir string
-	Opener   *chainmodel.Opener
+	Opener   *ctl.Opener
 	Jobs     *ctl.JobManager
 	// ReadOnly hides the control files and refuses every change.
 	ReadOnly bool
 	// Cache keeps what each file is and the generated documents. It may be
 	// shared with Opener's probe cache, under one budget; nil means a cache
-	// of chainmodel.DefaultCacheBytes of the mount's own.
+	// of ctl.DefaultCacheBytes of the mount's own.
 	Cache *lru.Cache[any, any]
 	// MaxDocument bounds the size of a generated document: a larger one
 	// fails to open with DOCUMENT_TOO_LARGE. 0 means DefaultMaxDocument.
@@ -156,7 +156,7 @@ func New(cfg Config) (*FS, error) {
 		return nil, err
 	}
 	if cfg.Cache == nil {
-		cfg.Cache = lru.New[any, any](chainmodel.DefaultCacheBytes)
+		cfg.Cache = lru.New[any, any](ctl.DefaultCacheBytes)
 	}
 	if cfg.MaxDocument <= 0 {
 		cfg.MaxDocument = DefaultMaxDocument

@@ -11,7 +11,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 func TestErrno(t *testing.T) {
@@ -92,16 +92,16 @@ func TestUnescapeMountinfo(t *testing.T) {
 // chain.json before rendering them is below what the snapshots really take,
 // for the smallest snapshots there are (zero values, empty or short names).
 func TestSnapshotsJSONAtLeast(t *testing.T) {
-	chain := func(snaps []vmm.Snapshot, depth int) *chainmodel.Chain {
+	chain := func(snaps []proto.Snapshot, depth int) *chainmodel.Chain {
 		c := &chainmodel.Chain{}
 		for i := range depth {
 			c.Images = append(c.Images, &chainmodel.Image{Name: fmt.Sprintf("i%d.qcow2", i),
-				Info: vmm.Info{Format: "qcow2", VirtualSize: 1 << 20, ClusterSize: 65536, Snapshots: snaps}})
+				Info: proto.Info{Format: "qcow2", VirtualSize: 1 << 20, ClusterSize: 65536, Snapshots: snaps}})
 		}
 		return c
 	}
 	for _, names := range [][2]string{{"", ""}, {"1", "a"}, {"65536", "a snapshot"}, {"\x01", "\"\\"}} {
-		snaps := make([]vmm.Snapshot, 100)
+		snaps := make([]proto.Snapshot, 100)
 		for i := range snaps {
 			snaps[i].ID, snaps[i].Name = names[0], names[1]
 		}

@@ -12,7 +12,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // imageNode is the directory shown for an image file. It stays the file it
@@ -206,10 +206,10 @@ func (f *FS) backingName(ctx context.Context, rel string, c class, id chainmodel
 
 // imageInfo is what the probe of the image at rel (the file id) says
 // (cached by identity).
-func (f *FS) imageInfo(ctx context.Context, rel string, c class, id chainmodel.FileID) (vmm.Info, error) {
+func (f *FS) imageInfo(ctx context.Context, rel string, c class, id chainmodel.FileID) (proto.Info, error) {
 	file, _, err := f.cfg.Opener.Policy.Open(f.loc(rel), chainmodel.How{Access: chainmodel.Read, Want: &id})
 	if err != nil {
-		return vmm.Info{}, err
+		return proto.Info{}, err
 	}
 	defer file.Close()
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, c.format, c.format == "")

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // MountOptions say how to mount.
@@ -51,7 +51,7 @@ func Mount(mountpoint string, f *FS, opts MountOptions) (*fuse.Server, error) {
 		// Large requests: max_read and max_pages, for the disk view, whose
 		// direct I/O files may still be mapped (where the kernel offers it),
 		// as may the generated files (no ENODEV for MAP_SHARED).
-		MaxWrite:          vmm.MaxDiskRead,
+		MaxWrite:          proto.MaxDiskRead,
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 	}
 	if opts.AllowOther {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"instarfs/chainmodel"
+	"instarfs/ctl"
 	"instarfs/errcode"
 )
 
@@ -23,7 +24,7 @@ func TestHostName(t *testing.T) {
 	}
 	policy, _ := chainmodel.NewPolicy(dir)
 	defer policy.Close()
-	f := &FS{cfg: Config{ImageDir: dir, Opener: &chainmodel.Opener{Policy: policy}}, root: policy.Roots[0], mountpoint: "/mnt/images"}
+	f := &FS{cfg: Config{ImageDir: dir, Opener: &ctl.Opener{Policy: policy}}, root: policy.Roots[0], mountpoint: "/mnt/images"}
 	tests := []struct {
 		image, name string
 		want        string // the translated name, or the error code

@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 // Process is the host side of a worker that runs as a local process: how to
@@ -218,7 +219,7 @@ func (p *Process) start(pp *pipes, files []*os.File) (*exec.Cmd, error) {
 		cmd.Path = "/proc/self/exe"
 	}
 	if cmd.Args == nil {
-		cmd.Args = []string{WorkerArg0}
+		cmd.Args = []string{proto.WorkerArg0}
 	}
 	err := cmd.Start()
 	pp.closeChild()
@@ -344,7 +345,7 @@ type outcome struct {
 // Progress and warning lines are delivered as they arrive.
 func readMessages(r io.Reader, progress func(float64), warn func(string)) outcome {
 	var out outcome
-	lr := &io.LimitedReader{R: r, N: MaxResultBytes + 1}
+	lr := &io.LimitedReader{R: r, N: proto.MaxResultBytes + 1}
 	br := bufio.NewReaderSize(lr, 64<<10)
 	var line []byte
 	lineNo, warnings := 0, 0
@@ -357,7 +358,7 @@ func readMessages(r io.Reader, progress func(float64), warn func(string)) outcom
 		if err == io.EOF {
 			switch {
 			case lr.N <= 0:
-				out.err = fmt.Errorf("more than %d bytes of output", MaxResultBytes)
+				out.err = fmt.Errorf("more than %d bytes of output", proto.MaxResultBytes)
 			case len(line) > 0:
 				out.err = errors.New("output does not end with a newline")
 			}
@@ -383,8 +384,8 @@ func readMessages(r io.Reader, progress func(float64), warn func(string)) outcom
 				progress(*m.Progress)
 			}
 		case m.Warning != "":
-			if warnings++; warnings > MaxWarnings {
-				out.err = fmt.Errorf("more than %d warning lines", MaxWarnings)
+			if warnings++; warnings > proto.MaxWarnings {
+				out.err = fmt.Errorf("more than %d warning lines", proto.MaxWarnings)
 				return out
 			}
 			warn(sanitize(m.Warning))
@@ -399,7 +400,7 @@ func readMessages(r io.Reader, progress func(float64), warn func(string)) outcom
 
 // DecodeMessage decodes one protocol line (with or without its newline) as
 // the host does: strictly, within the bounds of its kind.
-func DecodeMessage(line []byte) (*Message, error) {
+func DecodeMessage(line []byte) (*proto.Message, error) {
 	if !bytes.HasSuffix(line, []byte("\n")) {
 		line = append(bytes.Clone(line), '\n')
 	}
@@ -408,11 +409,11 @@ func DecodeMessage(line []byte) (*Message, error) {
 
 // decodeMessage decodes one line strictly: a JSON object with exactly one known
 // field, within the size bound of its kind.
-func decodeMessage(line []byte) (*Message, error) {
+func decodeMessage(line []byte) (*proto.Message, error) {
 	body := bytes.TrimSuffix(line, []byte("\n"))
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	var m Message
+	var m proto.Message
 	if err := dec.Decode(&m); err != nil {
 		return nil, fmt.Errorf("not a protocol message: %v", err)
 	}
@@ -433,19 +434,19 @@ func decodeMessage(line []byte) (*Message, error) {
 	}
 	switch {
 	case m.Progress != nil:
-		if len(line) > MaxProgressLineBytes {
-			return nil, fmt.Errorf("progress line longer than %d bytes", MaxProgressLineBytes)
+		if len(line) > proto.MaxProgressLineBytes {
+			return nil, fmt.Errorf("progress line longer than %d bytes", proto.MaxProgressLineBytes)
 		}
 		if p := *m.Progress; !(p >= 0 && p <= 1) {
 			return nil, fmt.Errorf("progress %v outside [0,1]", p)
 		}
 	case m.Warning != "":
-		if len(line) > MaxProgressLineBytes {
-			return nil, fmt.Errorf("warning line longer than %d bytes", MaxProgressLineBytes)
+		if len(line) > proto.MaxProgressLineBytes {
+			return nil, fmt.Errorf("warning line longer than %d bytes", proto.MaxProgressLineBytes)
 		}
 	case m.Error != nil:
-		if len(line) > MaxErrorLineBytes {
-			return nil, fmt.Errorf("error line longer than %d bytes", MaxErrorLineBytes)
+		if len(line) > proto.MaxErrorLineBytes {
+			return nil, fmt.Errorf("error line longer than %d bytes", proto.MaxErrorLineBytes)
 		}
 		if !validCode(m.Error.Code) {
 			return nil, fmt.Errorf("error code %q is not an upper-case name", sanitize(truncate(m.Error.Code, 80)))

@@ -14,10 +14,11 @@ import (
 	"time"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 func TestMain(m *testing.M) {
-	if os.Args[0] == WorkerArg0 {
+	if os.Args[0] == proto.WorkerArg0 {
 		testWorker()
 		os.Exit(0)
 	}
@@ -27,7 +28,7 @@ func TestMain(m *testing.M) {
 // testWorker is an unconfined worker for the protocol tests; the confined one is
 // tested in vmm/jail.
 func testWorker() {
-	var req Request
+	var req proto.Request
 	dec := json.NewDecoder(os.Stdin)
 	if err := dec.Decode(&req); err != nil {
 		fmt.Fprintf(os.Stderr, "decoding request: %v\n", err)
@@ -35,25 +36,25 @@ func testWorker() {
 	}
 	result := func(v any) {
 		b, _ := json.Marshal(v)
-		m, _ := json.Marshal(Message{Result: b})
+		m, _ := json.Marshal(proto.Message{Result: b})
 		os.Stdout.Write(append(m, '\n'))
 	}
 	switch req.Op {
-	case OpNoop:
+	case proto.OpNoop:
 		result(struct{}{})
 	case "session":
 		result("ready")
-		in, err := SessionInput(dec, os.Stdin)
+		in, err := proto.SessionInput(dec, os.Stdin)
 		if err != nil {
 			os.Exit(7)
 		}
-		shared, err := WorkerShared(req)
+		shared, err := proto.WorkerShared(req)
 		if err != nil {
 			os.Exit(6)
 		}
 		sessionWorker(in, shared)
 	case "session-error":
-		m, _ := json.Marshal(Message{Error: errcode.New(errcode.ReadFailed, "cannot begin")})
+		m, _ := json.Marshal(proto.Message{Error: errcode.New(errcode.ReadFailed, "cannot begin")})
 		os.Stdout.Write(append(m, '\n'))
 	case "session-garbage":
 		os.Stdout.Write([]byte("not json\n"))
@@ -61,7 +62,7 @@ func testWorker() {
 	case "env":
 		result(os.Environ())
 	case "read-image":
-		f := os.NewFile(uintptr(FirstImageFD), req.Images[0].Name)
+		f := os.NewFile(uintptr(proto.FirstImageFD), req.Images[0].Name)
 		b, err := io.ReadAll(f)
 		if err != nil {
 			os.Exit(8)
@@ -101,7 +102,7 @@ func TestProcessOutcomes(t *testing.T) {
 		code    string
 		message string
 	}{
-		{op: OpNoop},
+		{op: proto.OpNoop},
 		{op: "sigkill", code: errcode.WorkerCrashed, message: "killed by signal 9 (killed) without a result"},
 		{op: "stderr-exit", code: errcode.WorkerCrashed, message: "exited with status 5 without a result; stderr: some noise worker: the image exploded"},
 		{op: "panic", code: errcode.WorkerCrashed, message: "exited with status 2 without a result; stderr: panic: boom"},
@@ -111,7 +112,7 @@ func TestProcessOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.op, func(t *testing.T) {
-			_, err := plainProcess().Run(context.Background(), Job{Request: Request{Op: tt.op}, Timeout: tt.timeout})
+			_, err := plainProcess().Run(context.Background(), Job{Request: proto.Request{Op: tt.op}, Timeout: tt.timeout})
 			if tt.code == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -127,7 +128,7 @@ func TestProcessOutcomes(t *testing.T) {
 
 func TestProcessEnvironmentIsNotInherited(t *testing.T) {
 	t.Setenv("INSTARFS_HOST_SECRET", "x")
-	res, err := plainProcess().Run(context.Background(), Job{Request: Request{Op: "env"}})
+	res, err := plainProcess().Run(context.Background(), Job{Request: proto.Request{Op: "env"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestProcessPassesImages(t *testing.T) {
 	}
 	defer f.Close()
 	res, err := plainProcess().Run(context.Background(), Job{
-		Request: Request{Op: "read-image", Images: []ImageRef{{Name: "img"}}},
+		Request: proto.Request{Op: "read-image", Images: []proto.ImageRef{{Name: "img"}}},
 		Files:   []*os.File{f},
 	})
 	if err != nil {
@@ -160,7 +161,7 @@ func TestProcessPassesImages(t *testing.T) {
 	if string(res) != `"image bytes"` {
 		t.Errorf("worker read %s", res)
 	}
-	_, err = plainProcess().Run(context.Background(), Job{Request: Request{Op: "read-image", Images: []ImageRef{{Name: "img"}}}})
+	_, err = plainProcess().Run(context.Background(), Job{Request: proto.Request{Op: "read-image", Images: []proto.ImageRef{{Name: "img"}}}})
 	if errcode.Code(err) != errcode.Internal {
 		t.Errorf("images without descriptors: %v, want INTERNAL", err)
 	}
@@ -169,14 +170,14 @@ func TestProcessPassesImages(t *testing.T) {
 func TestProcessContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err := plainProcess().Run(ctx, Job{Request: Request{Op: "sleep"}})
+	_, err := plainProcess().Run(ctx, Job{Request: proto.Request{Op: "sleep"}})
 	if errcode.Code(err) != errcode.WorkerTimeout || !strings.Contains(err.Error(), "deadline") {
 		t.Errorf("deadline: %v, want WORKER_TIMEOUT", err)
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
-	_, err = plainProcess().Run(ctx, Job{Request: Request{Op: "sleep"}})
+	_, err = plainProcess().Run(ctx, Job{Request: proto.Request{Op: "sleep"}})
 	if errcode.Code(err) != errcode.Cancelled {
 		t.Errorf("cancel: %v, want CANCELLED", err)
 	}
@@ -187,7 +188,7 @@ func TestProcessContext(t *testing.T) {
 
 func TestProcessStartError(t *testing.T) {
 	p := &Process{Path: "/nonexistent/instarfs", Env: []string{}}
-	_, err := p.Run(context.Background(), Job{Request: Request{Op: OpNoop}})
+	_, err := p.Run(context.Background(), Job{Request: proto.Request{Op: proto.OpNoop}})
 	var se *StartError
 	if !errors.As(err, &se) || errcode.Code(err) != errcode.SandboxUnavailable || !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("error %v (%T), want a SANDBOX_UNAVAILABLE StartError wrapping ENOENT", err, err)
@@ -226,11 +227,11 @@ func TestReadMessages(t *testing.T) {
 		{name: "progress after result", in: "{\"result\":1}\n{\"progress\":1}\n", err: "follows the final line"},
 		{name: "progress too big", in: "{\"progress\":1.5}\n", err: "outside [0,1]"},
 		{name: "progress negative", in: "{\"progress\":-0.1}\n", err: "outside [0,1]"},
-		{name: "long warning", in: "{\"warning\":\"" + strings.Repeat("w", MaxProgressLineBytes) + "\"}\n", err: "longer than"},
-		{name: "too many warnings", in: strings.Repeat("{\"warning\":\"w\"}\n", MaxWarnings+1), err: "warning lines"},
+		{name: "long warning", in: "{\"warning\":\"" + strings.Repeat("w", proto.MaxProgressLineBytes) + "\"}\n", err: "longer than"},
+		{name: "too many warnings", in: strings.Repeat("{\"warning\":\"w\"}\n", proto.MaxWarnings+1), err: "warning lines"},
 		{name: "bad code", in: "{\"error\":{\"Code\":\"not upper\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
 		{name: "empty code", in: "{\"error\":{\"Code\":\"\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
-		{name: "long error", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"" + strings.Repeat("m", MaxErrorLineBytes) + "\"}}\n", err: "longer than"},
+		{name: "long error", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"" + strings.Repeat("m", proto.MaxErrorLineBytes) + "\"}}\n", err: "longer than"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -281,10 +282,10 @@ func TestReadMessagesBound(t *testing.T) {
 		t.Fatalf("error %v, want the output bound", out.err)
 	}
 	// Exactly MaxResultBytes is allowed.
-	body := `{"result":"` + strings.Repeat("x", MaxResultBytes-len(`{"result":""}`+"\n")) + `"}` + "\n"
+	body := `{"result":"` + strings.Repeat("x", proto.MaxResultBytes-len(`{"result":""}`+"\n")) + `"}` + "\n"
 	out = readMessages(strings.NewReader(body), nil, func(string) {})
 	if out.err != nil || !out.final {
-		t.Fatalf("a result of exactly %d bytes: %v", MaxResultBytes, out.err)
+		t.Fatalf("a result of exactly %d bytes: %v", proto.MaxResultBytes, out.err)
 	}
 }
 

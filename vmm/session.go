@@ -18,13 +18,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 // A session is a worker that stays up and answers requests, for work made of
 // many small steps over the same images (the disk view's reads).
 //
 // It starts like a run: the host writes the request line, and the worker
-// writes protocol lines (vmm.Message). Its result line is the session's ready
+// writes protocol lines (proto.Message). Its result line is the session's ready
 // document; an error line ends the session before it began. From then on both
 // sides speak frames:
 //
@@ -41,20 +42,8 @@ import (
 // MaxErrorLineBytes, or no reply within CallTimeout kills the worker, and the
 // session fails from then on.
 
-// Frame statuses of the worker's replies.
-const (
-	FrameOK    = 0
-	FrameError = 1
-	// FrameShared is an answer the worker wrote at the start of the shared
-	// memory (Job.Shared) instead of after the header: the length says how
-	// long it is, and no body follows. It saves the pipe's two copies.
-	FrameShared = 2
-)
-
 // Bounds of a session.
 const (
-	// MaxFrameRequest bounds one request frame's body.
-	MaxFrameRequest = 4 << 10
 	// CallTimeout bounds one request: the worker that has not answered by
 	// then is killed (WORKER_TIMEOUT).
 	CallTimeout = time.Minute
@@ -159,7 +148,7 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	}
 	pp.stdoutR.SetReadDeadline(time.Now().Add(readyTimeout))
 	for lineNo := 1; ; lineNo++ {
-		line, err := readLine(s.br, MaxErrorLineBytes)
+		line, err := readLine(s.br, proto.MaxErrorLineBytes)
 		if err != nil {
 			return nil, s.abort(err)
 		}
@@ -167,8 +156,8 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		if err != nil {
 			return nil, s.abort(violation("line %d: %v", lineNo, err))
 		}
-		if lineNo > MaxWarnings {
-			return nil, s.abort(violation("more than %d lines before the session began", MaxWarnings))
+		if lineNo > proto.MaxWarnings {
+			return nil, s.abort(violation("more than %d lines before the session began", proto.MaxWarnings))
 		}
 		switch {
 		case m.Warning != "":
@@ -227,8 +216,8 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, contextError(err)
 	}
-	if len(req) > MaxFrameRequest {
-		return 0, errcode.New(errcode.Internal, "session request of %d bytes, more than %d", len(req), MaxFrameRequest)
+	if len(req) > proto.MaxFrameRequest {
+		return 0, errcode.New(errcode.Internal, "session request of %d bytes, more than %d", len(req), proto.MaxFrameRequest)
 	}
 	deadline := time.Now().Add(callTimeout)
 	s.pp.stdinW.SetWriteDeadline(deadline)
@@ -242,7 +231,7 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 	}
 	n := int64(binary.BigEndian.Uint32(s.hdr[1:]))
 	switch s.hdr[0] {
-	case FrameOK:
+	case proto.FrameOK:
 		if n > int64(len(reply)) {
 			return 0, s.fail(violation("a reply of %d bytes to a request that allows %d", n, len(reply)))
 		}
@@ -250,21 +239,21 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 			return 0, s.fail(err)
 		}
 		return int(n), nil
-	case FrameShared:
+	case proto.FrameShared:
 		if n > int64(len(reply)) || n > int64(len(s.shared)) {
 			return 0, s.fail(violation("a shared reply of %d bytes to a request that allows %d (%d shared)", n, len(reply), len(s.shared)))
 		}
 		return copy(reply, s.shared[:n]), nil
-	case FrameError:
-		if n > MaxErrorLineBytes {
-			return 0, s.fail(violation("an error frame of %d bytes, more than %d", n, MaxErrorLineBytes))
+	case proto.FrameError:
+		if n > proto.MaxErrorLineBytes {
+			return 0, s.fail(violation("an error frame of %d bytes, more than %d", n, proto.MaxErrorLineBytes))
 		}
 		body := make([]byte, n)
 		if _, err := io.ReadFull(s.br, body); err != nil {
 			return 0, s.fail(err)
 		}
 		var e errcode.Error
-		if err := strictUnmarshal(body, &e); err != nil || !validCode(e.Code) {
+		if err := proto.Decode(body, &e); err != nil || !validCode(e.Code) {
 			return 0, s.fail(violation("an error frame that is not an error: %.80q", body))
 		}
 		e.Message = sanitize(e.Message)
@@ -331,20 +320,6 @@ func sharedMemory(size int) (*os.File, []byte, error) {
 	return f, m, nil
 }
 
-// WorkerShared maps, in a worker, the memory its session shares with the
-// host: the descriptor after the images of req. It returns nil when the
-// request shares none.
-func WorkerShared(req Request) ([]byte, error) {
-	if req.Shared <= 0 {
-		return nil, nil
-	}
-	m, err := unix.Mmap(FirstImageFD+len(req.Images), 0, req.Shared, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, errcode.New(errcode.WorkerProtocol, "mapping the shared memory: %v", err)
-	}
-	return m, nil
-}
-
 // kill ends the worker from outside a call: its life or the start's ctx
 // ended. A call in progress then fails with the reason.
 func (s *Session) kill(why stopReason) {
@@ -389,16 +364,4 @@ func (s *Session) fail(cause error) error {
 		s.log.WithField("stderr", sanitize(string(b))).Debug("sandbox session worker failed")
 	}
 	return s.failed
-}
-
-// SessionInput returns the worker's standard input r positioned at the first
-// request frame, for a worker that decoded the request line with dec: it
-// drops the line's newline, which the decoder leaves unread.
-func SessionInput(dec *json.Decoder, r io.Reader) (io.Reader, error) {
-	in := io.MultiReader(dec.Buffered(), r)
-	var nl [1]byte
-	if _, err := io.ReadFull(in, nl[:]); err != nil || nl[0] != '\n' {
-		return nil, errcode.New(errcode.WorkerProtocol, "the request line does not end with a newline")
-	}
-	return in, nil
 }

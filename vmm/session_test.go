@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 // sessionWorker answers frames by what they say: "ok N" with N bytes 'x',
@@ -35,23 +36,23 @@ func sessionWorker(in io.Reader, shared []byte) {
 		n, _ := strconv.Atoi(arg)
 		switch cmd {
 		case "ok":
-			out(FrameOK, bytes.Repeat([]byte("x"), n))
+			out(proto.FrameOK, bytes.Repeat([]byte("x"), n))
 		case "shared":
 			copy(shared, bytes.Repeat([]byte("y"), n))
-			hdr := []byte{FrameShared, 0, 0, 0, 0}
+			hdr := []byte{proto.FrameShared, 0, 0, 0, 0}
 			binary.BigEndian.PutUint32(hdr[1:], uint32(n))
 			os.Stdout.Write(hdr)
 		case "err":
 			b, _ := json.Marshal(errcode.New(errcode.ReadFailed, "bad \x1b[31msector"))
-			out(FrameError, b)
+			out(proto.FrameError, b)
 		case "err-bad":
-			out(FrameError, []byte(`{"code":"lower","message":"x"}`))
+			out(proto.FrameError, []byte(`{"code":"lower","message":"x"}`))
 		case "err-long":
-			out(FrameError, bytes.Repeat([]byte("e"), MaxErrorLineBytes+1))
+			out(proto.FrameError, bytes.Repeat([]byte("e"), proto.MaxErrorLineBytes+1))
 		case "status":
 			out(7, nil)
 		case "short":
-			os.Stdout.Write([]byte{FrameOK, 0, 0, 0, 16, 'x'})
+			os.Stdout.Write([]byte{proto.FrameOK, 0, 0, 0, 16, 'x'})
 			os.Exit(0)
 		case "die":
 			os.Exit(3)
@@ -63,7 +64,7 @@ func sessionWorker(in io.Reader, shared []byte) {
 
 func startSession(t *testing.T, op string) (*Session, error) {
 	t.Helper()
-	s, err := plainProcess().Start(context.Background(), Job{Request: Request{Op: op}, Timeout: time.Minute, Shared: 64})
+	s, err := plainProcess().Start(context.Background(), Job{Request: proto.Request{Op: op}, Timeout: time.Minute, Shared: 64})
 	if err == nil {
 		t.Cleanup(func() { s.Close() })
 	}
@@ -100,7 +101,7 @@ func TestSessionCalls(t *testing.T) {
 	if _, err := s.Call(ctx, []byte("ok 1"), buf); errcode.Code(err) != errcode.Cancelled {
 		t.Fatalf("cancelled call: %v", err)
 	}
-	if _, err := s.Call(context.Background(), make([]byte, MaxFrameRequest+1), buf); errcode.Code(err) != errcode.Internal {
+	if _, err := s.Call(context.Background(), make([]byte, proto.MaxFrameRequest+1), buf); errcode.Code(err) != errcode.Internal {
 		t.Fatalf("oversized request: %v", err)
 	}
 	pid := s.Pid()

@@ -31,7 +31,7 @@ func (a *app) infoCommand() {
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
-		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+		return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
 			infos, err := ctl.InfoFor(ctx, o, file, format, backingChain, forceShare)
 			if err != nil {
 				return fail(err)
@@ -65,7 +65,7 @@ func (a *app) mapCommand() {
 		if err != nil {
 			return fail(err)
 		}
-		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+		return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
 			m, err := ctl.Map(ctx, o, file, format, forceShare)
 			if err != nil {
 				return fail(err)
@@ -114,7 +114,7 @@ func (a *app) checkCommand() {
 	c.Flag("quiet", "Print no report on stdout (the problems are still listed on stderr).").Short('q').BoolVar(&quiet)
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
-		return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+		return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
 			if repair != "" && forceShare {
 				return fail(errcode.New(errcode.BadArguments, "force share (-U) cannot be used with -r: a repair writes the image"))
 			}
@@ -157,7 +157,7 @@ func printReport(messages []string, r report, output string, quiet bool) {
 }
 
 // showRepair runs check -r and prints its outcome as qemu-img does.
-func showRepair(ctx context.Context, o *chainmodel.Opener, file, format, mode, output string, quiet bool) int {
+func showRepair(ctx context.Context, o *ctl.Opener, file, format, mode, output string, quiet bool) int {
 	r, err := ctl.Repair(ctx, o, file, format, mode)
 	if err != nil {
 		return fail(err)
@@ -179,7 +179,7 @@ func forceShareFlag(c *kingpin.CmdClause, v *bool) {
 // and every --allow-dir, and a context cancelled by SIGINT or SIGTERM. Once
 // cancelled, fn has cancelGrace to return; after that the command ends
 // anyway (every write instarfs makes is crash-safe).
-func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file string) int {
+func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sb, err := a.newSandbox()
@@ -193,7 +193,7 @@ func (a *app) withOpener(fn func(context.Context, *chainmodel.Opener) int, file 
 	// The roots stay open until the process exits: fn may still run after a
 	// cancelled command gave up waiting for it.
 	done := make(chan int, 1)
-	go func() { done <- fn(ctx, &chainmodel.Opener{Sandbox: sb, Policy: policy}) }()
+	go func() { done <- fn(ctx, &ctl.Opener{Sandbox: sb, Policy: policy}) }()
 	select {
 	case code := <-done:
 		return code
@@ -215,8 +215,8 @@ const cancelGrace = 500 * time.Millisecond
 // --output=json, which stdout carries), the envelope with --output=json, done
 // on success unless -q.
 func (a *app) runOperation(file, output string, quiet, progress bool, done string,
-	op func(context.Context, *chainmodel.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
-	return a.withOpener(func(ctx context.Context, o *chainmodel.Opener) int {
+	op func(context.Context, *ctl.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
+	return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
 		var show ctl.Progress
 		out := os.Stdout
 		if output == "json" {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"instarfs/chainmodel"
 	"instarfs/ctl"
 )
 
@@ -32,7 +31,7 @@ func (a *app) commitCommand() {
 			req.Rate = r
 		}
 		return a.runOperation(file, output, quiet, progress, "Image committed.",
-			func(ctx context.Context, o *chainmodel.Opener, show ctl.Progress) (*ctl.Envelope, error) {
+			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Commit(ctx, o, file, req, show)
 			})
 	}

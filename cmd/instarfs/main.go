@@ -10,13 +10,14 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm"
 	"instarfs/vmm/worker"
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == vmm.WorkerArg0 {
+	if filepath.Base(os.Args[0]) == proto.WorkerArg0 {
 		worker.Main()
 	}
 	app := newApp()

@@ -37,7 +37,7 @@ func (a *app) mountCommand() {
 	c.Flag("disk-idle", "How long a disk worker outlives its last read.").Hidden().Default(diskview.DefaultIdle.String()).DurationVar(&diskIdle)
 	c.Flag("fuse-debug", "Log every FUSE request.").Hidden().BoolVar(&debug)
 	cacheSize := c.Flag("cache-size", "Bytes the mount may keep in its caches (probe results, what each file is, generated documents), least recently used dropped first; 0 caches nothing.").
-		Default(strconv.Itoa(chainmodel.DefaultCacheBytes>>20) + "MiB").Bytes()
+		Default(strconv.Itoa(ctl.DefaultCacheBytes>>20) + "MiB").Bytes()
 	maxDocument := c.Flag("max-document-size", "The largest generated document (info.json, chain.json, map.json, check.json) served; a larger one fails to open with DOCUMENT_TOO_LARGE (EFBIG).").
 		Default(strconv.Itoa(fs.DefaultMaxDocument>>20) + "MiB").Bytes()
 	workers := c.Flag("workers", "How many sandboxed workers may run at once; more requests wait.").
@@ -84,7 +84,7 @@ func (a *app) mountCommand() {
 		jobs := &ctl.JobManager{Sandbox: sb.Name(), Log: log}
 		fsys, err := fs.New(fs.Config{
 			ImageDir:    dir,
-			Opener:      &chainmodel.Opener{Sandbox: sb, Policy: policy, Cache: cache},
+			Opener:      &ctl.Opener{Sandbox: sb, Policy: policy, Cache: cache},
 			Jobs:        jobs,
 			ReadOnly:    readOnly,
 			Cache:       cache,

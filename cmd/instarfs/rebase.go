@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
 )
@@ -32,7 +31,7 @@ func (a *app) rebaseCommand() {
 			done = "Image detached."
 		}
 		return a.runOperation(file, output, quiet, progress, done,
-			func(ctx context.Context, o *chainmodel.Opener, show ctl.Progress) (*ctl.Envelope, error) {
+			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Rebase(ctx, o, file, req, show)
 			})
 	}

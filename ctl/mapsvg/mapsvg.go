@@ -4,7 +4,7 @@
 // nothing (unallocated) — with a legend that names every provider and its
 // share of the virtual size.
 //
-// The picture is made from the map rows a worker computed (vmm.MapEntry); no
+// The picture is made from the map rows a worker computed (proto.MapEntry); no
 // image byte is read here. Its size is bounded whatever the map: the address
 // space is cut into at most Columns × MaxRows cells, each cell takes the
 // provider that covers most of it, and a cell several providers share is
@@ -20,7 +20,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // Geometry of the picture, in SVG user units (pixels at 100%).
@@ -56,7 +56,7 @@ type Input struct {
 	Format      string   // its format
 	VirtualSize int64    // its virtual size
 	Members     []string // the chain's image names, top first (index = depth)
-	Entries     []vmm.MapEntry
+	Entries     []proto.MapEntry
 }
 
 // provider indices beyond the members.
@@ -64,7 +64,7 @@ func zeroIndex(in *Input) int  { return len(in.Members) }
 func emptyIndex(in *Input) int { return len(in.Members) + 1 }
 
 // providerOf says which provider a map row stands for.
-func providerOf(in *Input, e vmm.MapEntry) int {
+func providerOf(in *Input, e proto.MapEntry) int {
 	switch {
 	case !e.Present:
 		return emptyIndex(in)

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // doc is what a test reads back from a picture.
@@ -79,8 +79,8 @@ func cellsOf(d string) int {
 	return n
 }
 
-func entry(start, length int64, depth int, present, zero, data bool) vmm.MapEntry {
-	return vmm.MapEntry{Start: start, Length: length, Depth: depth, Present: present, Zero: zero, Data: data}
+func entry(start, length int64, depth int, present, zero, data bool) proto.MapEntry {
+	return proto.MapEntry{Start: start, Length: length, Depth: depth, Present: present, Zero: zero, Data: data}
 }
 
 const mib = 1 << 20
@@ -89,7 +89,7 @@ func TestRenderChain(t *testing.T) {
 	in := Input{
 		Image: "top.qcow2", Format: "qcow2", VirtualSize: 64 * mib,
 		Members: []string{"top.qcow2", "mid.qcow2", "sub/base & <old>.qcow2"},
-		Entries: []vmm.MapEntry{
+		Entries: []proto.MapEntry{
 			entry(0, 16*mib, 0, true, false, true),
 			entry(16*mib, 16*mib, 1, true, false, true),
 			entry(32*mib, 8*mib, 2, true, false, true),
@@ -142,7 +142,7 @@ func TestRenderChain(t *testing.T) {
 
 func TestRenderSmallImageOneRow(t *testing.T) {
 	in := Input{Image: "a.raw", Format: "raw", VirtualSize: 4096, Members: []string{"a.raw"},
-		Entries: []vmm.MapEntry{entry(0, 4096, 0, true, false, true)}}
+		Entries: []proto.MapEntry{entry(0, 4096, 0, true, false, true)}}
 	d := parse(t, Render(in))
 	if got := cellsOf(d.paths[palette[0]]); got != 1024 {
 		t.Errorf("one row of 4 bytes per cell: %d cells", got)
@@ -165,7 +165,7 @@ func TestRenderEmpty(t *testing.T) {
 // provider with the most bytes.
 func TestRenderMixedCells(t *testing.T) {
 	size := int64(MaxRows * Columns * 1024) // four rows of 1 KiB cells
-	var es []vmm.MapEntry
+	var es []proto.MapEntry
 	for off := int64(0); off < size; off += 1024 {
 		es = append(es, entry(off, 600, 0, true, false, true), entry(off+600, 424, 1, true, false, true))
 	}
@@ -188,16 +188,16 @@ func TestRenderBounded(t *testing.T) {
 	for i := range members {
 		members[i] = strings.Repeat(`"<&`, 340) + strconv.Itoa(i)
 	}
-	many := func() []vmm.MapEntry {
-		var es []vmm.MapEntry
+	many := func() []proto.MapEntry {
+		var es []proto.MapEntry
 		step := tib / (1 << 20) // 2 Mi extents of 512 KiB
 		for i, off := 0, int64(0); off < tib; i, off = i+1, off+step {
 			es = append(es, entry(off, step/2, i%17, true, false, true), entry(off+step/2, step/2, (i+5)%17, true, false, true))
 		}
 		return es
 	}
-	worst := func() []vmm.MapEntry {
-		var es []vmm.MapEntry
+	worst := func() []proto.MapEntry {
+		var es []proto.MapEntry
 		cell := tib / (MaxRows * Columns)
 		for c := int64(0); c < MaxRows*Columns; c++ {
 			major := cell * 6 / 10
@@ -205,7 +205,7 @@ func TestRenderBounded(t *testing.T) {
 		}
 		return es
 	}
-	for name, es := range map[string][]vmm.MapEntry{"millions of extents": many(), "worst": worst()} {
+	for name, es := range map[string][]proto.MapEntry{"millions of extents": many(), "worst": worst()} {
 		svg := Render(Input{Image: members[0], Format: "qcow2", VirtualSize: tib, Members: members, Entries: es})
 		if len(svg) > 256<<10 {
 			t.Fatalf("%s: %d bytes", name, len(svg))
@@ -226,7 +226,7 @@ func TestRenderBounded(t *testing.T) {
 
 // TestSharesSumToVirtualSize: the legend's shares add up to the image.
 func TestSharesSumToVirtualSize(t *testing.T) {
-	in := Input{VirtualSize: 10*mib + 512, Members: []string{"a", "b"}, Entries: []vmm.MapEntry{
+	in := Input{VirtualSize: 10*mib + 512, Members: []string{"a", "b"}, Entries: []proto.MapEntry{
 		entry(0, 3*mib, 0, true, false, true), entry(3*mib, mib+512, 1, true, true, false),
 		entry(4*mib+512, 6*mib, 1, false, false, false)}}
 	lay := layoutFor(in.VirtualSize)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -148,8 +149,8 @@ type Report struct {
 const checkRuns = 5
 
 // SandboxCheck reports on the host and runs probe workers through sb: noop runs
-// (timed), one vmm.OpSandboxProbe run on two scratch images (one read-only, one
-// writable), and one vmm.OpSandboxViolate run that must be killed. The error
+// (timed), one proto.OpSandboxProbe run on two scratch images (one read-only, one
+// writable), and one proto.OpSandboxViolate run that must be killed. The error
 // is non-nil only when the check itself could not run (scratch files);
 // sandbox failures are in the report, with OK false.
 func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
@@ -174,7 +175,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	var times []time.Duration
 	for i := 0; i < checkRuns; i++ {
 		start := time.Now()
-		_, err := sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}, Timeout: timeout})
+		_, err := sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpNoop}, Timeout: timeout})
 		if err != nil {
 			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
 			r.finish(sb)
@@ -186,7 +187,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	r.StartMedian = times[len(times)/2]
 
 	res, err := sb.Run(ctx, vmm.Job{
-		Request: vmm.Request{Op: vmm.OpSandboxProbe, Images: []vmm.ImageRef{
+		Request: proto.Request{Op: proto.OpSandboxProbe, Images: []proto.ImageRef{
 			{Name: "probe-ro.img", Format: "raw"},
 			{Name: "probe-rw.img", Format: "raw", Writable: true},
 		}},
@@ -206,7 +207,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 		}
 	}
 
-	_, err = sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpSandboxViolate}, Timeout: timeout})
+	_, err = sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}, Timeout: timeout})
 	switch code := errcode.Code(err); {
 	case err == nil:
 		r.Violation = "the forbidden call was not refused"

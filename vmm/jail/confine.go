@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // Status describes how the running worker is confined.
@@ -59,7 +59,7 @@ func CurrentStatus() Status { return status }
 // environment (EnvSandbox and the variables the jail backend sets). A worker
 // must call it first, before it reads its request or any image byte, and must
 // stop if it fails. It returns warnings naming layers this kernel lacks, which
-// the worker should send to the host as vmm.Message{Warning: ...} lines.
+// the worker should send to the host as proto.Message{Warning: ...} lines.
 //
 // With EnvSandbox=plain it does nothing. Errors are *errcode.Error with code
 // SANDBOX_UNAVAILABLE. Confine leaves the calling goroutine locked to its OS
@@ -72,7 +72,7 @@ func Confine() ([]string, error) {
 // ConfineGuest confines the /init of a microvm guest (vmm/microvm): the same
 // layers as the jail's worker except the namespaces, which a virtual machine
 // of its own makes pointless. descriptors is the number of descriptors from
-// vmm.FirstImageFD on that the guest keeps; any later one is closed. seccomp
+// proto.FirstImageFD on that the guest keeps; any later one is closed. seccomp
 // is SeccompKill, or SeccompErrno for the probe run.
 func ConfineGuest(descriptors int, seccomp string) ([]string, error) {
 	os.Setenv(EnvSandbox, "guest")
@@ -104,7 +104,7 @@ func confine() error {
 	if err != nil || images < 0 {
 		return unavailable("%s=%q is not a number of images", envImages, os.Getenv(envImages))
 	}
-	if status.ClosedFDs, err = closeStrayFDs(vmm.FirstImageFD + images); err != nil {
+	if status.ClosedFDs, err = closeStrayFDs(proto.FirstImageFD + images); err != nil {
 		return unavailable("%v", err)
 	}
 

@@ -5,7 +5,7 @@
 // The package has two sides. The host side is Sandbox (and Plain), which start
 // the worker; the worker side is Confine, which the worker calls before it reads
 // its request or any image byte, and RunProbes, the implementation of
-// vmm.OpSandboxProbe. SandboxCheck and HostReport back `instarfs sandbox-check`.
+// proto.OpSandboxProbe. SandboxCheck and HostReport back `instarfs sandbox-check`.
 //
 // The worker must be built with CGO_ENABLED=0: dropping capabilities and
 // enforcing Landlock on every thread use syscall.AllThreadsSyscall, which cgo
@@ -26,6 +26,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -42,13 +43,13 @@ const (
 	envUID        = "INSTARFS_JAIL_UID"     // switch to this uid and gid (no user namespace)
 	envSeccomp    = "INSTARFS_JAIL_SECCOMP" // "kill" (default) or "errno" (probe runs)
 	envCPU        = "INSTARFS_JAIL_CPU"     // RLIMIT_CPU in seconds
-	envImages     = "INSTARFS_JAIL_IMAGES"  // number of image descriptors from vmm.FirstImageFD
+	envImages     = "INSTARFS_JAIL_IMAGES"  // number of image descriptors from proto.FirstImageFD
 )
 
 // Seccomp modes: what the filter does with a system call outside the allow-list.
 const (
 	SeccompKill  = "kill"  // kill the worker (SIGSYS → SANDBOX_VIOLATION)
-	SeccompErrno = "errno" // fail the call with EPERM; only for vmm.OpSandboxProbe
+	SeccompErrno = "errno" // fail the call with EPERM; only for proto.OpSandboxProbe
 )
 
 // Resource limits of a jailed worker (soft = hard).
@@ -248,7 +249,7 @@ func (s *Sandbox) warnOnce(msg string) {
 // uid and gid the worker runs as when the host is root, -1 otherwise.
 func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 	mode := SeccompKill
-	if job.Request.Op == vmm.OpSandboxProbe {
+	if job.Request.Op == proto.OpSandboxProbe {
 		mode = SeccompErrno
 	}
 	cpu := cpuSeconds(job.Timeout)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/jail"
 	"instarfs/vmm/sandboxtest"
@@ -27,9 +28,9 @@ import (
 // sleepJob is a job whose worker reports progress once and then sleeps, on a
 // read-only and a writable scratch file.
 func sleepJob(t *testing.T) vmm.Job {
-	refs := []vmm.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
+	refs := []proto.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
 	return vmm.Job{
-		Request: vmm.Request{Op: testworker.OpSleep, Images: refs},
+		Request: proto.Request{Op: testworker.OpSleep, Images: refs},
 		Files:   sandboxtest.Scratch(t, refs),
 		Timeout: 30 * time.Second,
 	}
@@ -50,7 +51,7 @@ func TestInheritedDescriptorsClosed(t *testing.T) {
 	job.Progress = func(float64) {
 		defer cancel()
 		pid := <-pids
-		first := vmm.FirstImageFD + len(job.Files)
+		first := proto.FirstImageFD + len(job.Files)
 		entries, err := os.ReadDir(filepath.Join("/proc", itoa(pid), "fd"))
 		if err != nil {
 			t.Error(err)
@@ -213,7 +214,7 @@ func TestWorkerUIDs(t *testing.T) {
 			done := make(chan error, 2)
 			for range 2 {
 				go func() {
-					_, err := sb.Run(ctx, vmm.Job{Request: vmm.Request{Op: testworker.OpSleep}, Progress: func(float64) { ready <- struct{}{} }})
+					_, err := sb.Run(ctx, vmm.Job{Request: proto.Request{Op: testworker.OpSleep}, Progress: func(float64) { ready <- struct{}{} }})
 					done <- err
 				}()
 			}
@@ -316,7 +317,7 @@ func TestPlainIsNotConfined(t *testing.T) {
 
 func TestWorkerRefusesWithoutSandboxMode(t *testing.T) {
 	p := &vmm.Process{Env: []string{}}
-	_, err := p.Run(context.Background(), vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}})
+	_, err := p.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpNoop}})
 	if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), jail.EnvSandbox) {
 		t.Fatalf("error %v, want SANDBOX_UNAVAILABLE naming %s", err, jail.EnvSandbox)
 	}
@@ -399,7 +400,7 @@ func BenchmarkPlainStart(b *testing.B) { benchmarkStart(b, &jail.Plain{}) }
 
 func benchmarkStart(b *testing.B, sb vmm.Sandbox) {
 	ctx := context.Background()
-	job := vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}}
+	job := vmm.Job{Request: proto.Request{Op: proto.OpNoop}}
 	if _, err := sb.Run(ctx, job); err != nil { // settle the level
 		b.Fatal(err)
 	}
@@ -476,7 +477,7 @@ func TestHelperHost(t *testing.T) {
 	pids := make(chan int, 1)
 	sb := jail.NewAt(jail.Level(level), func(pid int) { pids <- pid })
 	sb.Run(context.Background(), vmm.Job{
-		Request: vmm.Request{Op: testworker.OpSleep},
+		Request: proto.Request{Op: testworker.OpSleep},
 		Progress: func(float64) {
 			fmt.Printf("worker %d\n", <-pids)
 		},

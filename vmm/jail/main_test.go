@@ -6,16 +6,16 @@ import (
 	"syscall"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/jail"
 	"instarfs/vmm/sandboxtest/testworker"
 )
 
 // TestMain makes the test binary its own worker: re-executed as
-// vmm.WorkerArg0, it confines itself as the product worker does and serves
+// proto.WorkerArg0, it confines itself as the product worker does and serves
 // the operations of the conformance suite.
 func TestMain(m *testing.M) {
-	if os.Args[0] == vmm.WorkerArg0 {
+	if os.Args[0] == proto.WorkerArg0 {
 		testworker.Main(jail.Confine)
 	}
 	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0); e == syscall.ENOTSUP {

@@ -8,9 +8,9 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"instarfs/proto"
 
-	"instarfs/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // Probe expectations.
@@ -19,7 +19,7 @@ const (
 	ExpectAllowed = "allowed" // the worker's work needs the call to work
 )
 
-// ProbeReport is the result of vmm.OpSandboxProbe: how the worker is confined
+// ProbeReport is the result of proto.OpSandboxProbe: how the worker is confined
 // and what each probe did.
 type ProbeReport struct {
 	Confinement Status        `json:"confinement"`
@@ -66,8 +66,8 @@ const (
 // ProbeNoInheritedFD checks that Confine closed what the worker inherited.
 const ProbeNoInheritedFD = "no-inherited-fd"
 
-// RunProbes runs the sandbox probes inside a worker, for vmm.OpSandboxProbe.
-// The request's images are at fds vmm.FirstImageFD..; the probes use the
+// RunProbes runs the sandbox probes inside a worker, for proto.OpSandboxProbe.
+// The request's images are at fds proto.FirstImageFD..; the probes use the
 // first read-only and the first writable one when there are some (sandbox-check
 // passes one of each, both scratch files).
 //
@@ -80,10 +80,10 @@ const ProbeNoInheritedFD = "no-inherited-fd"
 // Probes are harmless when they succeed (in an unconfined worker): they target
 // paths that do not exist, directories that cannot be executed, or scratch
 // descriptors.
-func RunProbes(req vmm.Request) ProbeReport {
+func RunProbes(req proto.Request) ProbeReport {
 	ro, rw := -1, -1
 	for i, im := range req.Images {
-		fd := vmm.FirstImageFD + i
+		fd := proto.FirstImageFD + i
 		if im.Writable && rw < 0 {
 			rw = fd
 		}
@@ -154,7 +154,7 @@ func RunProbes(req vmm.Request) ProbeReport {
 	refuse(ProbeMmapExec, "mmap(PROT_EXEC)", probeMmapExec())
 	refuse(ProbeIoUring, "io_uring_setup", probeIoUring())
 
-	if fd, err := inheritedFD(vmm.FirstImageFD + len(req.Images)); err != nil {
+	if fd, err := inheritedFD(proto.FirstImageFD + len(req.Images)); err != nil {
 		allow(ProbeNoInheritedFD, fmt.Sprintf("descriptor %d past the images lacks close-on-exec: inherited, not closed", fd), err)
 	} else {
 		allow(ProbeNoInheritedFD, "every descriptor past the images is the worker's own (close-on-exec)", nil)
@@ -195,7 +195,7 @@ func (r ProbeReport) OK() bool {
 }
 
 // Violate makes a system call outside the allow-list, for
-// vmm.OpSandboxViolate. Under the kill filter it does not return. It returns
+// proto.OpSandboxViolate. Under the kill filter it does not return. It returns
 // an error when the call was refused without killing the worker (errno mode,
 // or an unconfined worker: then the call was harmless).
 func Violate() error {

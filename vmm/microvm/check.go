@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -45,7 +46,7 @@ func Check(ctx context.Context, s *Sandbox) *Report {
 		one := &Sandbox{Accel: accel, GuestDir: s.GuestDir, Log: s.Log}
 		a := AccelReport{Name: accel}
 		start := time.Now()
-		_, err := one.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}})
+		_, err := one.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpNoop}})
 		if err != nil {
 			a.Error = err.Error()
 		} else {
@@ -57,7 +58,7 @@ func Check(ctx context.Context, s *Sandbox) *Report {
 		}
 	}
 	if r.OK {
-		_, err := s.Run(ctx, vmm.Job{Request: vmm.Request{Op: vmm.OpSandboxViolate}})
+		_, err := s.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}})
 		r.ViolationOK = errcode.Code(err) == errcode.SandboxViolation
 		r.Violation = "openat(/) in the guest: "
 		if err != nil {

@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm/guest"
 	"instarfs/vmm/microvm/initramfs"
@@ -78,8 +79,8 @@ const stopGrace = 5 * time.Second
 // Guest resources.
 const (
 	memory          = "1G" // touched pages only; the jail's worker may use 8 GiB
-	resultDriveSize = vmm.MaxResultBytes + 1<<20
-	maxConsoleBytes = vmm.MaxResultBytes + 1<<20
+	resultDriveSize = proto.MaxResultBytes + 1<<20
+	maxConsoleBytes = proto.MaxResultBytes + 1<<20
 	maxConsoleLine  = 128 << 10 // the guest copies lines up to 64 KiB
 )
 
@@ -328,7 +329,7 @@ func (m *machine) drive(f *os.File, writable bool) error {
 func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 	m := &machine{}
 	req := job.Request
-	req.Images = append([]vmm.ImageRef(nil), req.Images...)
+	req.Images = append([]proto.ImageRef(nil), req.Images...)
 	for i, f := range job.Files {
 		st, err := f.Stat()
 		if err != nil {
@@ -391,7 +392,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 }
 
 // initrd is the guest's initramfs with the request appended.
-func (s *Sandbox) initrd(dir string, req vmm.Request) (*os.File, error) {
+func (s *Sandbox) initrd(dir string, req proto.Request) (*os.File, error) {
 	base, err := os.ReadFile(filepath.Join(dir, InitramfsFile))
 	if err != nil {
 		return nil, unavailable("reading the guest: %v", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm/guest"
 )
@@ -32,7 +33,7 @@ func tcg(t *testing.T) *Sandbox {
 func TestNoop(t *testing.T) {
 	s := tcg(t)
 	start := time.Now()
-	res, err := s.Run(context.Background(), vmm.Job{Request: vmm.Request{Op: vmm.OpNoop}})
+	res, err := s.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpNoop}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestNoop(t *testing.T) {
 
 func TestViolation(t *testing.T) {
 	s := tcg(t)
-	_, err := s.Run(context.Background(), vmm.Job{Request: vmm.Request{Op: vmm.OpSandboxViolate}})
+	_, err := s.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}})
 	if errcode.Code(err) != errcode.SandboxViolation {
 		t.Fatalf("a forbidden call in the guest: %v, want SANDBOX_VIOLATION", err)
 	}
@@ -156,7 +157,7 @@ func TestSettle(t *testing.T) {
 			}
 			defer f.Close()
 			f.Truncate(1 << 20)
-			job := vmm.Job{Request: vmm.Request{Images: []vmm.ImageRef{{Name: "img", Writable: true}}}, Files: []*os.File{f}}
+			job := vmm.Job{Request: proto.Request{Images: []proto.ImageRef{{Name: "img", Writable: true}}}, Files: []*os.File{f}}
 			m := &machine{sizes: []int64{1 << 20}}
 			if err := m.makeRoom(job); err != nil {
 				t.Fatal(err)

@@ -14,7 +14,7 @@
 //
 // The confinement checks run the probes of `instarfs sandbox-check`
 // (jail.SandboxCheck) through the backend, so a backend's worker must serve
-// vmm.OpSandboxProbe with jail.RunProbes and vmm.OpSandboxViolate with
+// proto.OpSandboxProbe with jail.RunProbes and proto.OpSandboxViolate with
 // jail.Violate, as the product worker and the test worker do, and must load
 // its system-call filter in errno mode for the probe run.
 package sandboxtest
@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/jail"
 	"instarfs/vmm/sandboxtest/testworker"
@@ -76,7 +77,7 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, sb) })
 	t.Run("Stress", func(t *testing.T) {
 		j := job(testworker.OpStress)
-		j.Request.Images = []vmm.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
+		j.Request.Images = []proto.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
 		j.Files = Scratch(t, j.Request.Images)
 		if _, err := sb.Run(context.Background(), j); err != nil {
 			t.Fatal(err)
@@ -92,7 +93,7 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 }
 
 func job(op string) vmm.Job {
-	return vmm.Job{Request: vmm.Request{Op: op}, Timeout: timeout}
+	return vmm.Job{Request: proto.Request{Op: op}, Timeout: timeout}
 }
 
 // testOutcomes runs each way a worker can end and checks the error it maps to.
@@ -104,19 +105,19 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options) {
 		code     string   // "" for a result
 		messages []string // substrings of the error message
 	}{
-		{op: vmm.OpNoop},
+		{op: proto.OpNoop},
 		{op: testworker.OpError, code: errcode.Qcow2Corrupt, messages: []string{testworker.ErrorMessage}},
 		{op: testworker.OpCrash, code: errcode.WorkerCrashed, messages: []string{"without a result", "panic: " + testworker.CrashMessage}},
 		{op: testworker.OpExit, code: errcode.WorkerCrashed, messages: []string{"exited with status 3 without a result", testworker.ExitMessage}},
 		{op: testworker.OpResultThenExit, code: errcode.WorkerCrashed, messages: []string{"exited with status 2 after writing its result"}},
 		{op: testworker.OpSleep, timeout: 300 * time.Millisecond, code: errcode.WorkerTimeout, messages: []string{"300ms"}},
 		{op: testworker.OpGarbage, code: errcode.WorkerProtocol, messages: []string{"not a protocol message"}},
-		{op: testworker.OpHuge, code: errcode.WorkerProtocol, messages: []string{fmt.Sprintf("more than %d bytes", vmm.MaxResultBytes)}},
+		{op: testworker.OpHuge, code: errcode.WorkerProtocol, messages: []string{fmt.Sprintf("more than %d bytes", proto.MaxResultBytes)}},
 		{op: testworker.OpTwoResults, code: errcode.WorkerProtocol, messages: []string{"follows the final line"}},
 		{op: testworker.OpUnknownField, code: errcode.WorkerProtocol, messages: []string{"unknown field"}},
 		{op: testworker.OpNoNewline, code: errcode.WorkerProtocol, messages: []string{"newline"}},
 		{op: testworker.OpForbidden, confined: true, code: errcode.SandboxViolation},
-		{op: vmm.OpSandboxViolate, confined: true, code: errcode.SandboxViolation},
+		{op: proto.OpSandboxViolate, confined: true, code: errcode.SandboxViolation},
 	}
 	for _, tt := range tests {
 		t.Run(tt.op, func(t *testing.T) {
@@ -183,7 +184,7 @@ func testCancel(t *testing.T, sb vmm.Sandbox) {
 	if d := time.Since(started); d > 5*time.Second {
 		t.Errorf("the run ended %v after its context was cancelled", d)
 	}
-	if _, err := sb.Run(ctx, job(vmm.OpNoop)); errcode.Code(err) != errcode.Cancelled {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.Cancelled {
 		t.Errorf("run with a cancelled context: %v, want CANCELLED", err)
 	}
 }
@@ -201,7 +202,7 @@ func testDeadline(t *testing.T, sb vmm.Sandbox) {
 	if d := time.Since(start); d > slow {
 		t.Errorf("the run took %v", d)
 	}
-	if _, err := sb.Run(ctx, job(vmm.OpNoop)); errcode.Code(err) != errcode.WorkerTimeout {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.WorkerTimeout {
 		t.Errorf("run after the deadline: %v, want WORKER_TIMEOUT", err)
 	}
 }
@@ -228,7 +229,7 @@ func testProgress(t *testing.T, sb vmm.Sandbox) {
 // to the host afterwards.
 func testImages(t *testing.T, sb vmm.Sandbox) {
 	j := job(testworker.OpEcho)
-	j.Request.Images = []vmm.ImageRef{
+	j.Request.Images = []proto.ImageRef{
 		{Name: "a.qcow2", Format: "qcow2"},
 		{Name: "b.raw", Format: "raw", Writable: true},
 		{Name: "c.vmdk"},
@@ -480,7 +481,7 @@ func LeakDescriptors(t *testing.T) {
 
 // Scratch creates one 64 KiB file per image, each with its own content, opened
 // read-only or writable as the image says and closed at the end of the test.
-func Scratch(t *testing.T, refs []vmm.ImageRef) []*os.File {
+func Scratch(t *testing.T, refs []proto.ImageRef) []*os.File {
 	t.Helper()
 	dir := t.TempDir()
 	var files []*os.File

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // The benchmarks run the worker's rebase and commit in this process, on the
@@ -66,12 +66,12 @@ func benchSet(b *testing.B, copied, linked []string) []*os.File {
 }
 
 func benchSession(op string, files []*os.File, names []string, args string) *session {
-	var refs []vmm.ImageRef
+	var refs []proto.ImageRef
 	for i, n := range names {
-		refs = append(refs, vmm.ImageRef{Name: n, Format: "qcow2", Writable: i == 0 || op == vmm.OpCommit})
+		refs = append(refs, proto.ImageRef{Name: n, Format: "qcow2", Writable: i == 0 || op == proto.OpCommit})
 	}
 	return &session{
-		req:   vmm.Request{Op: op, Images: refs, Args: []byte(args)},
+		req:   proto.Request{Op: op, Images: refs, Args: []byte(args)},
 		files: files,
 		out:   &output{w: bufio.NewWriter(io.Discard)},
 	}
@@ -80,7 +80,7 @@ func benchSession(op string, files []*os.File, names []string, args string) *ses
 func BenchmarkWorkerRebaseSafe(b *testing.B) {
 	for range b.N {
 		fs := benchSet(b, []string{"ov.qcow2"}, []string{"ref.qcow2", "newbase.qcow2"})
-		s := benchSession(vmm.OpRebase, fs, []string{"ov.qcow2", "ref.qcow2", "newbase.qcow2"},
+		s := benchSession(proto.OpRebase, fs, []string{"ov.qcow2", "ref.qcow2", "newbase.qcow2"},
 			`{"backing":"newbase.qcow2","backing_format":"qcow2","old_count":1,"new_in_old":-1}`)
 		if _, err := opRebase(b.Context(), s); err != nil {
 			b.Fatal(err)
@@ -91,7 +91,7 @@ func BenchmarkWorkerRebaseSafe(b *testing.B) {
 func BenchmarkWorkerCommit(b *testing.B) {
 	for range b.N {
 		fs := benchSet(b, []string{"ov.qcow2", "ref.qcow2"}, nil)
-		s := benchSession(vmm.OpCommit, fs, []string{"ov.qcow2", "ref.qcow2"}, `{"base":1}`)
+		s := benchSession(proto.OpCommit, fs, []string{"ov.qcow2", "ref.qcow2"}, `{"base":1}`)
 		if _, err := opCommit(b.Context(), s); err != nil {
 			b.Fatal(err)
 		}

@@ -4,7 +4,7 @@ import (
 	"strconv"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -92,15 +92,15 @@ func fileStatus(m member, st status, n int64) (status, error) {
 
 // mapEntry is qemu-img map's get_block_status: walk down the chain until a layer
 // says data or zero.
-func mapEntry(chain []member, off, n int64) (vmm.MapEntry, error) {
+func mapEntry(chain []member, off, n int64) (proto.MapEntry, error) {
 	for depth := range chain {
 		st, err := layerStatus(chain, depth, off, n)
 		if err != nil {
-			return vmm.MapEntry{}, err
+			return proto.MapEntry{}, err
 		}
 		n = st.length
 		if st.data || st.zero || depth == len(chain)-1 {
-			e := vmm.MapEntry{Start: off, Length: n, Depth: depth, Present: st.allocated, Zero: st.zero, Data: st.data}
+			e := proto.MapEntry{Start: off, Length: n, Depth: depth, Present: st.allocated, Zero: st.zero, Data: st.data}
 			if st.hasOffset {
 				o := st.offset
 				e.Offset = &o
@@ -123,13 +123,13 @@ const maxMapBytes = maxResultJSON
 //
 // An image of virtual size 0 has no rows: the result is an empty list, never
 // null, which the protocol would take for a missing result.
-func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]vmm.MapEntry, error) {
+func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]proto.MapEntry, error) {
 	limit, code, what := int64(maxMapBytes), errcode.ImageTooLarge, "more than a worker may answer"
 	if maxBytes > 0 && maxBytes < limit {
 		limit, code, what = maxBytes, errcode.DocumentTooLarge, "more than the "+strconv.FormatInt(maxBytes, 10)+" bytes asked for"
 	}
 	size := chain[0].img.VirtualSize()
-	rows := []vmm.MapEntry{}
+	rows := []proto.MapEntry{}
 	var encoded int64 // JSON bytes of the rows before the last one
 	for off := int64(0); off < size; {
 		e, err := mapEntry(chain, off, size-off)
@@ -158,7 +158,7 @@ func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]vmm.Map
 	return rows, nil
 }
 
-func mergeable(a, b vmm.MapEntry) bool {
+func mergeable(a, b proto.MapEntry) bool {
 	if a.Depth != b.Depth || a.Present != b.Present || a.Zero != b.Zero || a.Data != b.Data {
 		return false
 	}
@@ -170,7 +170,7 @@ func mergeable(a, b vmm.MapEntry) bool {
 
 // mapEntryJSONLen is the length of e encoded by encoding/json, plus the comma
 // that separates it from the next row.
-func mapEntryJSONLen(e vmm.MapEntry) int64 {
+func mapEntryJSONLen(e proto.MapEntry) int64 {
 	var buf [24]byte
 	digits := func(v int64) int { return len(strconv.AppendInt(buf[:0], v, 10)) }
 	boolLen := func(b bool) int {

@@ -10,13 +10,13 @@ import (
 
 	"instarfs/errcode"
 	"instarfs/planners"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/qcow2"
 	"instarfs/vmm/worker/internal/vmdk"
 )
 
-func init() { register(vmm.OpCommit, opCommit) }
+func init() { register(proto.OpCommit, opCommit) }
 
 // opCommit is qemu-img commit: every range that a layer above the base
 // defines is written into the base, read through the top's view of the chain;
@@ -29,7 +29,7 @@ func init() { register(vmm.OpCommit, opCommit) }
 // the top already shows there); a crash while emptying the top leaves it
 // reading through to a base that holds the same data.
 func opCommit(_ context.Context, s *session) (any, error) {
-	var args vmm.CommitArgs
+	var args proto.CommitArgs
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
@@ -59,10 +59,10 @@ func opCommit(_ context.Context, s *session) (any, error) {
 // committer carries one commit.
 type committer struct {
 	s    *session
-	args vmm.CommitArgs
+	args proto.CommitArgs
 	imgs []*opened
 	base *opened
-	res  vmm.CommitResult
+	res  proto.CommitResult
 
 	unflushed int64 // bytes written into the base since writeback was last started
 }

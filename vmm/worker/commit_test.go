@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // runCommit runs opCommit on the files of dir (top first) in this process,
@@ -17,7 +17,7 @@ import (
 func runCommit(t *testing.T, dir string, names, formats []string, args string) (res any, err error) {
 	t.Helper()
 	var fs []*os.File
-	var refs []vmm.ImageRef
+	var refs []proto.ImageRef
 	for i, n := range names {
 		f, e := os.OpenFile(filepath.Join(dir, n), os.O_RDWR, 0)
 		if e != nil {
@@ -25,7 +25,7 @@ func runCommit(t *testing.T, dir string, names, formats []string, args string) (
 		}
 		defer f.Close()
 		fs = append(fs, f)
-		refs = append(refs, vmm.ImageRef{Name: n, Format: formats[i], Writable: true})
+		refs = append(refs, proto.ImageRef{Name: n, Format: formats[i], Writable: true})
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -33,7 +33,7 @@ func runCommit(t *testing.T, dir string, names, formats []string, args string) (
 		}
 	}()
 	s := &session{
-		req:   vmm.Request{Op: vmm.OpCommit, Images: refs, Args: []byte(args)},
+		req:   proto.Request{Op: proto.OpCommit, Images: refs, Args: []byte(args)},
 		files: fs,
 		out:   &output{w: bufio.NewWriter(io.Discard)},
 	}
@@ -110,7 +110,7 @@ cp top.qcow2 pristine.qcow2
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := res.(vmm.CommitResult)
+	r := res.(proto.CommitResult)
 	if r.ClustersCommitted != 2 || r.BytesCommitted != 128<<10 || r.OverlayClustersCleared != 2 {
 		t.Errorf("result %+v", r)
 	}

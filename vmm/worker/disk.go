@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -15,7 +15,7 @@ import (
 // a fragmented disk cannot keep the worker from its next request for long.
 const maxMergedRuns = 4096
 
-// serveDisk is vmm.OpDisk: it opens the chain, announces its size, then
+// serveDisk is proto.OpDisk: it opens the chain, announces its size, then
 // answers read and extent requests until the host closes its standard input.
 func serveDisk(s *session, in io.Reader) error {
 	if err := s.need(1); err != nil {
@@ -31,19 +31,19 @@ func serveDisk(s *session, in io.Reader) error {
 	}
 	// Reads land in the memory shared with the host when there is enough
 	// of it, and are then answered with a bare FrameShared header.
-	shared, err := vmm.WorkerShared(s.req)
+	shared, err := proto.WorkerShared(s.req)
 	if err != nil {
 		return err
 	}
 	buf := shared
-	if len(buf) < vmm.MaxDiskRead {
-		buf, shared = make([]byte, vmm.MaxDiskRead), nil
+	if len(buf) < proto.MaxDiskRead {
+		buf, shared = make([]byte, proto.MaxDiskRead), nil
 	}
 	s.began = true
-	s.out.result(vmm.DiskReady{VirtualSize: stack.VirtualSize()})
+	s.out.result(proto.DiskReady{VirtualSize: stack.VirtualSize()})
 	s.out.flush()
 	var hdr [4]byte
-	body := make([]byte, vmm.MaxFrameRequest)
+	body := make([]byte, proto.MaxFrameRequest)
 	for {
 		if _, err := io.ReadFull(in, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
@@ -52,7 +52,7 @@ func serveDisk(s *session, in io.Reader) error {
 			return errcode.New(errcode.WorkerProtocol, "reading a request: %v", err)
 		}
 		n := binary.BigEndian.Uint32(hdr[:])
-		if n > vmm.MaxFrameRequest {
+		if n > proto.MaxFrameRequest {
 			return errcode.New(errcode.WorkerProtocol, "a request of %d bytes", n)
 		}
 		if _, err := io.ReadFull(in, body[:n]); err != nil {
@@ -62,25 +62,25 @@ func serveDisk(s *session, in io.Reader) error {
 		switch {
 		case err != nil:
 			b := errorJSON(err)
-			s.out.frame(vmm.FrameError, len(b), b)
+			s.out.frame(proto.FrameError, len(b), b)
 		case shared != nil && len(reply) > 0 && &reply[0] == &shared[0]:
-			s.out.frame(vmm.FrameShared, len(reply), nil)
+			s.out.frame(proto.FrameShared, len(reply), nil)
 		default:
-			s.out.frame(vmm.FrameOK, len(reply), reply)
+			s.out.frame(proto.FrameOK, len(reply), reply)
 		}
 	}
 }
 
 // answerDisk answers one request of a disk session; buf holds a read's bytes.
 func answerDisk(stack layer.Stack, body, buf []byte) ([]byte, error) {
-	req, err := vmm.DecodeDiskRequest(body)
+	req, err := proto.DecodeDiskRequest(body)
 	if err != nil {
 		return nil, err
 	}
 	size := stack.VirtualSize()
 	switch req.Kind {
-	case vmm.DiskRead:
-		if req.Off < 0 || req.Len < 0 || req.Len > vmm.MaxDiskRead || req.Off > size-req.Len {
+	case proto.DiskRead:
+		if req.Off < 0 || req.Len < 0 || req.Len > proto.MaxDiskRead || req.Off > size-req.Len {
 			return nil, errcode.New(errcode.WorkerProtocol, "read of %d bytes at %d: outside the disk of %d bytes", req.Len, req.Off, size)
 		}
 		p := buf[:req.Len]
@@ -88,7 +88,7 @@ func answerDisk(stack layer.Stack, body, buf []byte) ([]byte, error) {
 			return nil, err
 		}
 		return p, nil
-	case vmm.DiskExtent:
+	case proto.DiskExtent:
 		if req.Off < 0 || req.Off >= size {
 			return nil, errcode.New(errcode.WorkerProtocol, "extent at %d: outside the disk of %d bytes", req.Off, size)
 		}
@@ -97,7 +97,7 @@ func answerDisk(stack layer.Stack, body, buf []byte) ([]byte, error) {
 			return nil, err
 		}
 		return run.Encode(), nil
-	case vmm.DiskMap:
+	case proto.DiskMap:
 		if req.Off < 0 || req.Off >= size {
 			return nil, errcode.New(errcode.WorkerProtocol, "map at %d: outside the disk of %d bytes", req.Off, size)
 		}
@@ -114,7 +114,7 @@ const maxMapExtents = 1 << 16
 func diskMap(stack layer.Stack, off int64, buf []byte) ([]byte, error) {
 	size := stack.VirtualSize()
 	out := buf[:0]
-	var run vmm.DiskRun
+	var run proto.DiskRun
 	for looked := 0; off+run.Length < size && looked < maxMapExtents; looked++ {
 		e, err := stack.Extent(off + run.Length)
 		if err != nil {
@@ -127,7 +127,7 @@ func diskMap(stack layer.Stack, off int64, buf []byte) ([]byte, error) {
 			}
 			out = append(out, run.Encode()...)
 			off += run.Length
-			run = vmm.DiskRun{}
+			run = proto.DiskRun{}
 		}
 		run.Data = data
 		run.Length += e.Length
@@ -137,13 +137,13 @@ func diskMap(stack layer.Stack, off int64, buf []byte) ([]byte, error) {
 
 // diskRun is the run of data or of holes that starts at off: consecutive
 // extents of the same kind merged, up to maxMergedRuns of them.
-func diskRun(stack layer.Stack, off int64) (vmm.DiskRun, error) {
+func diskRun(stack layer.Stack, off int64) (proto.DiskRun, error) {
 	size := stack.VirtualSize()
-	var run vmm.DiskRun
+	var run proto.DiskRun
 	for i := 0; i < maxMergedRuns && off+run.Length < size; i++ {
 		e, err := stack.Extent(off + run.Length)
 		if err != nil {
-			return vmm.DiskRun{}, err
+			return proto.DiskRun{}, err
 		}
 		data := e.Kind == layer.Data
 		if i > 0 && data != run.Data {

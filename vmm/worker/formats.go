@@ -2,7 +2,7 @@ package worker
 
 import (
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/qcow2"
 	"instarfs/vmm/worker/internal/raw"
 	"instarfs/vmm/worker/internal/vmdk"
@@ -12,7 +12,7 @@ func rawDetect(first []byte) bool { return raw.Detect(first) }
 
 func (o *opened) openRaw() error {
 	o.img = raw.OpenWithHoles(o.file, o.size, fileHoles{o.file})
-	o.info = vmm.Info{Format: "raw", VirtualSize: o.img.VirtualSize()}
+	o.info = proto.Info{Format: "raw", VirtualSize: o.img.VirtualSize()}
 	return nil
 }
 
@@ -22,13 +22,13 @@ func (o *opened) openVmdk() error {
 		return err
 	}
 	o.v, o.img = v, v
-	ext := vmm.VmdkExtent{VirtualSize: v.VirtualSize(), ClusterSize: v.GrainSize(), Compressed: v.Compressed()}
-	o.info = vmm.Info{
+	ext := proto.VmdkExtent{VirtualSize: v.VirtualSize(), ClusterSize: v.GrainSize(), Compressed: v.Compressed()}
+	o.info = proto.Info{
 		Format:      "vmdk",
 		VirtualSize: v.VirtualSize(),
 		ClusterSize: v.GrainSize(),
-		FormatSpecific: &vmm.FormatSpecific{Type: "vmdk", Data: &vmm.VmdkSpecific{
-			CID: v.CID(), ParentCID: v.ParentCID(), CreateType: v.CreateType(), Extents: []vmm.VmdkExtent{ext},
+		FormatSpecific: &proto.FormatSpecific{Type: "vmdk", Data: &proto.VmdkSpecific{
+			CID: v.CID(), ParentCID: v.ParentCID(), CreateType: v.CreateType(), Extents: []proto.VmdkExtent{ext},
 		}},
 	}
 	if name, ok := v.ParentFileNameHint(); ok && name != "" {
@@ -47,8 +47,8 @@ func checkQcow2(o *opened) (any, error) {
 }
 
 // checkResult is a qcow2 check report as the host receives it.
-func checkResult(r *qcow2.CheckReport) vmm.CheckResult {
-	res := vmm.CheckResult{
+func checkResult(r *qcow2.CheckReport) proto.CheckResult {
+	res := proto.CheckResult{
 		Supported:          true,
 		CheckErrors:        r.CheckErrors,
 		Corruptions:        r.Corruptions,
@@ -94,5 +94,5 @@ func checkVmdk(o *opened) (any, error) {
 		}
 		verified[gd[i]] = true
 	}
-	return vmm.CheckResult{Supported: true}, nil
+	return proto.CheckResult{Supported: true}, nil
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // sh runs a shell script in dir; tests use it to build images with qemu-img and
@@ -50,7 +50,7 @@ func openChainFiles(t *testing.T, dir, top string) []member {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.Close() })
-		o, err := openImage(f, vmm.ImageRef{Name: in.Filename, Format: in.Format}, false)
+		o, err := openImage(f, proto.ImageRef{Name: in.Filename, Format: in.Format}, false)
 		if err != nil {
 			t.Fatalf("opening %s: %v", in.Filename, err)
 		}
@@ -91,7 +91,7 @@ func TestChainMapMatchesQemu(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			sh(t, dir, tt.script)
-			var want []vmm.MapEntry
+			var want []proto.MapEntry
 			if err := json.Unmarshal([]byte(sh(t, dir, "qemu-img map --output=json "+tt.top)), &want); err != nil {
 				t.Fatal(err)
 			}
@@ -106,7 +106,7 @@ func TestChainMapMatchesQemu(t *testing.T) {
 	}
 }
 
-func mapString(es []vmm.MapEntry) string {
+func mapString(es []proto.MapEntry) string {
 	var b strings.Builder
 	for _, e := range es {
 		j, _ := json.Marshal(e)

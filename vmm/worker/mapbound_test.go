@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -76,7 +76,7 @@ func TestMapRowsBounded(t *testing.T) {
 func TestMapEntryJSONLen(t *testing.T) {
 	off := int64(math.MaxInt64)
 	zero := int64(0)
-	for _, e := range []vmm.MapEntry{
+	for _, e := range []proto.MapEntry{
 		{},
 		{Start: 1, Length: 2, Depth: 3, Present: true, Zero: true, Data: true},
 		{Start: math.MaxInt64, Length: math.MaxInt64, Depth: 16, Data: true, Offset: &off},

@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/qcow2"
 	"instarfs/vmm/worker/internal/vmdk"
@@ -14,12 +14,12 @@ import (
 
 // opened is one image descriptor opened by its format.
 type opened struct {
-	ref    vmm.ImageRef
+	ref    proto.ImageRef
 	file   *os.File
 	size   int64 // of the file
 	format string
 	img    layer.Image
-	info   vmm.Info
+	info   proto.Info
 	q      *qcow2.Image // set for qcow2
 	v      *vmdk.Image  // set for vmdk
 	// magic is the image format the file's first bytes announce, whatever
@@ -66,7 +66,7 @@ func detect(first []byte, detectRaw bool, name string) (string, error) {
 }
 
 // openImage opens f as ref describes it. An empty ref.Format is detected.
-func openImage(f *os.File, ref vmm.ImageRef, detectRaw bool) (*opened, error) {
+func openImage(f *os.File, ref proto.ImageRef, detectRaw bool) (*opened, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", ref.Name, err)
@@ -120,7 +120,7 @@ func (o *opened) openQcow2() error {
 	}
 	o.q, o.img = q, q
 	h := q.Header()
-	spec := &vmm.Qcow2Specific{Compat: "0.10", CompressionType: "zlib", RefcountBits: h.RefcountBits()}
+	spec := &proto.Qcow2Specific{Compat: "0.10", CompressionType: "zlib", RefcountBits: h.RefcountBits()}
 	if h.CompressionType == 1 {
 		spec.CompressionType = "zstd"
 	}
@@ -128,13 +128,13 @@ func (o *opened) openQcow2() error {
 		lazy, corrupt, xl2 := h.LazyRefcounts(), h.Corrupt(), h.ExtendedL2()
 		spec.Compat, spec.LazyRefcounts, spec.Corrupt, spec.ExtendedL2 = "1.1", &lazy, &corrupt, &xl2
 	}
-	o.info = vmm.Info{
+	o.info = proto.Info{
 		Format:          "qcow2",
 		VirtualSize:     q.VirtualSize(),
 		ClusterSize:     q.ClusterSize(),
 		BackingFilename: cString(h.BackingFile),
 		DirtyFlag:       h.Dirty(),
-		FormatSpecific:  &vmm.FormatSpecific{Type: "qcow2", Data: spec},
+		FormatSpecific:  &proto.FormatSpecific{Type: "qcow2", Data: spec},
 	}
 	if f, ok := h.BackingFormat(); ok && o.info.BackingFilename != "" {
 		o.info.BackingFilenameFormat = cString(f)
@@ -144,7 +144,7 @@ func (o *opened) openQcow2() error {
 		return err
 	}
 	for _, s := range snaps {
-		o.info.Snapshots = append(o.info.Snapshots, vmm.Snapshot{
+		o.info.Snapshots = append(o.info.Snapshots, proto.Snapshot{
 			ID: s.ID, Name: s.Name, VMStateSize: int64(s.VMStateSize),
 			DateSec: int64(s.DateSec), DateNsec: int64(s.DateNsec),
 			ClockSec: int64(s.VMClockNsec / 1e9), ClockNsec: int64(s.VMClockNsec % 1e9),

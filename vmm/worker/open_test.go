@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // TestBackingNameIsCString checks that a backing file name or backing format
@@ -50,7 +50,7 @@ func TestBackingNameIsCString(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			o, err := openImage(f, vmm.ImageRef{Name: "top.qcow2", Format: "qcow2"}, false)
+			o, err := openImage(f, proto.ImageRef{Name: "top.qcow2", Format: "qcow2"}, false)
 			if err != nil {
 				t.Fatal(err)
 			}

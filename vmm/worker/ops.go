@@ -3,14 +3,14 @@ package worker
 import (
 	"context"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 func opProbe(_ context.Context, s *session) (any, error) {
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
-	var args vmm.ProbeArgs
+	var args proto.ProbeArgs
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
@@ -22,7 +22,7 @@ func opProbe(_ context.Context, s *session) (any, error) {
 }
 
 func opMap(_ context.Context, s *session) (any, error) {
-	var args vmm.MapArgs
+	var args proto.MapArgs
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
@@ -55,5 +55,5 @@ func opCheck(_ context.Context, s *session) (any, error) {
 	case "vmdk":
 		return checkVmdk(o)
 	}
-	return vmm.CheckResult{Supported: false}, nil
+	return proto.CheckResult{Supported: false}, nil
 }

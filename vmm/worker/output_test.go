@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // TestOutputResultBounded checks that a result whose JSON the host would not
@@ -24,15 +24,15 @@ func TestOutputResultBounded(t *testing.T) {
 	}{
 		{"within the bound", fits, ""},
 		{"one character more", fits + "\x01", errcode.ImageTooLarge},
-		{"a 12 MiB snapshot name of control characters", []vmm.Snapshot{{Name: strings.Repeat("\x01", 12<<20)}}, errcode.ImageTooLarge},
+		{"a 12 MiB snapshot name of control characters", []proto.Snapshot{{Name: strings.Repeat("\x01", 12<<20)}}, errcode.ImageTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var buf bytes.Buffer
 			o := &output{w: bufio.NewWriter(&buf)}
 			o.result(tc.v)
 			o.flush()
-			if buf.Len() > vmm.MaxResultBytes {
-				t.Errorf("wrote %d bytes, more than the host reads (%d)", buf.Len(), vmm.MaxResultBytes)
+			if buf.Len() > proto.MaxResultBytes {
+				t.Errorf("wrote %d bytes, more than the host reads (%d)", buf.Len(), proto.MaxResultBytes)
 			}
 			if tc.wantCode == "" {
 				if !bytes.HasPrefix(buf.Bytes(), []byte(`{"result":"\u0001`)) {
@@ -40,7 +40,7 @@ func TestOutputResultBounded(t *testing.T) {
 				}
 				return
 			}
-			var m vmm.Message
+			var m proto.Message
 			if err := json.Unmarshal(bytes.TrimSuffix(buf.Bytes(), []byte("\n")), &m); err != nil {
 				t.Fatalf("not one message: %v", err)
 			}

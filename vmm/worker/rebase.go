@@ -7,16 +7,16 @@ import (
 
 	"instarfs/errcode"
 	"instarfs/planners"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/qcow2"
 )
 
-func init() { register(vmm.OpRebase, opRebase) }
+func init() { register(proto.OpRebase, opRebase) }
 
 // rebaseVmdk, when set, rebases a vmdk overlay; imgs are the opened images
 // of the request in order. The vmdk write side installs it.
-var rebaseVmdk func(ctx context.Context, s *session, args vmm.RebaseArgs, imgs []*opened) (*vmm.RebaseResult, error)
+var rebaseVmdk func(ctx context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error)
 
 // sectorSize is the unit qemu-img 7.2 compares buffers in.
 const sectorSize = 512
@@ -28,7 +28,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
-	var args vmm.RebaseArgs
+	var args proto.RebaseArgs
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
@@ -93,7 +93,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	if err := w.SetBacking(args.Backing, format); err != nil {
 		return nil, err
 	}
-	res := &vmm.RebaseResult{Mode: "unsafe", BackingFormat: format}
+	res := &proto.RebaseResult{Mode: "unsafe", BackingFormat: format}
 	if !args.Unsafe {
 		res.Mode = "safe"
 		if err := reclaimLeaks(top, w); err != nil {

@@ -5,7 +5,7 @@ import (
 	"context"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/vmdk"
 )
@@ -48,10 +48,10 @@ func init() { rebaseVmdk = opRebaseVmdk }
 
 // opRebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
 // opened in order (the overlay, the old chain, the new chain; see
-// vmm.RebaseArgs). A vmdk's parent is always read as vmdk, so a new backing
+// proto.RebaseArgs). A vmdk's parent is always read as vmdk, so a new backing
 // of another format is refused, and the new parent must be among the images
 // even in unsafe mode: its CID becomes the overlay's parentCID.
-func opRebaseVmdk(_ context.Context, s *session, args vmm.RebaseArgs, imgs []*opened) (*vmm.RebaseResult, error) {
+func opRebaseVmdk(_ context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
 	top := imgs[0]
 	old := imgs[1 : 1+args.OldCount]
 	newChain := imgs[1+args.OldCount:]
@@ -59,7 +59,7 @@ func opRebaseVmdk(_ context.Context, s *session, args vmm.RebaseArgs, imgs []*op
 		newChain = old[args.NewInOld:]
 	}
 	r := vmdkRebase{Top: top, Old: layers(old), Name: args.Backing, Unsafe: args.Unsafe, Progress: s.out.progress}
-	res := &vmm.RebaseResult{Mode: "safe"}
+	res := &proto.RebaseResult{Mode: "safe"}
 	if args.Unsafe {
 		res.Mode = "unsafe"
 	}

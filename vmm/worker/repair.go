@@ -4,11 +4,11 @@ import (
 	"context"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/qcow2"
 )
 
-func init() { register(vmm.OpRepair, opRepair) }
+func init() { register(proto.OpRepair, opRepair) }
 
 // opRepair is qemu-img check -r on image 0. Only qcow2 has repairs; qemu-img
 // says "This image format does not support checks" for the others (vmdk
@@ -17,7 +17,7 @@ func opRepair(_ context.Context, s *session) (any, error) {
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
-	var args vmm.RepairArgs
+	var args proto.RepairArgs
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
@@ -33,13 +33,13 @@ func opRepair(_ context.Context, s *session) (any, error) {
 		return nil, err
 	}
 	if o.format != "qcow2" {
-		return vmm.RepairResult{Pass: vmm.CheckResult{Supported: false}}, nil
+		return proto.RepairResult{Pass: proto.CheckResult{Supported: false}}, nil
 	}
 	r, err := qcow2.Repair(ImageFile{o.file}, o.size, mode)
 	if err != nil {
 		return nil, err
 	}
-	res := vmm.RepairResult{
+	res := proto.RepairResult{
 		Pass:             checkResult(r.Pass),
 		LeaksFixed:       r.LeaksFixed,
 		CorruptionsFixed: r.CorruptionsFixed,

@@ -1,4 +1,4 @@
-// Package worker is the inside of the sandbox: it reads one vmm.Request, runs the
+// Package worker is the inside of the sandbox: it reads one proto.Request, runs the
 // operation on the image descriptors it was handed, and writes the result.
 //
 // This is the only package that parses image bytes. It is reached through
@@ -18,7 +18,7 @@ import (
 	"sync"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/jail"
 )
 
@@ -34,19 +34,19 @@ var files []*os.File
 type op func(ctx context.Context, w *session) (any, error)
 
 var ops = map[string]op{
-	vmm.OpNoop:  func(context.Context, *session) (any, error) { return struct{}{}, nil },
-	vmm.OpProbe: opProbe,
-	vmm.OpMap:   opMap,
-	vmm.OpCheck: opCheck,
+	proto.OpNoop:  func(context.Context, *session) (any, error) { return struct{}{}, nil },
+	proto.OpProbe: opProbe,
+	proto.OpMap:   opMap,
+	proto.OpCheck: opCheck,
 
-	vmm.OpSandboxProbe:   func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil },
-	vmm.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
+	proto.OpSandboxProbe:   func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil },
+	proto.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
 }
 
 // sessionOps are the operations that serve a session (vmm.Session): they
 // write the ready line themselves and then answer frames read from in.
 var sessionOps = map[string]func(s *session, in io.Reader) error{
-	vmm.OpDisk: serveDisk,
+	proto.OpDisk: serveDisk,
 }
 
 // register adds an operation; the files implementing rebase and commit call it
@@ -60,14 +60,14 @@ func register(name string, fn op) {
 
 // session is one request being served.
 type session struct {
-	req   vmm.Request
+	req   proto.Request
 	files []*os.File
 	out   *output
 	began bool // a session operation wrote its ready line
 }
 
 // Main is the worker's entry point: the instarfs binary calls it when started as
-// vmm.WorkerArg0. It never returns.
+// proto.WorkerArg0. It never returns.
 func Main() {
 	if _, err := jail.Confine(); err != nil {
 		out := &output{w: bufio.NewWriter(os.Stdout)}
@@ -79,14 +79,14 @@ func Main() {
 }
 
 // Serve sends the confinement's warnings, reads one request from r, runs it on
-// the image descriptors at vmm.FirstImageFD.., and writes the protocol lines
+// the image descriptors at proto.FirstImageFD.., and writes the protocol lines
 // to w. It returns the exit status the worker should end with. The caller
 // must have confined itself (Main; the microvm guest's /init after
 // jail.ConfineGuest).
 func Serve(r io.Reader, w io.Writer) int {
 	out := &output{w: bufio.NewWriter(w)}
 	for _, msg := range jail.CurrentStatus().Warnings {
-		out.line(vmm.Message{Warning: msg})
+		out.line(proto.Message{Warning: msg})
 	}
 	code := serve(r, out)
 	out.flush()
@@ -101,7 +101,7 @@ func serve(stdin io.Reader, out *output) (code int) {
 			code = 1
 		}
 	}()
-	var req vmm.Request
+	var req proto.Request
 	dec := json.NewDecoder(io.LimitReader(stdin, maxRequestBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -109,11 +109,11 @@ func serve(stdin io.Reader, out *output) (code int) {
 		return 1
 	}
 	for i, ref := range req.Images {
-		files = append(files, os.NewFile(uintptr(vmm.FirstImageFD+i), ref.Name))
+		files = append(files, os.NewFile(uintptr(proto.FirstImageFD+i), ref.Name))
 	}
 	if serveSession, ok := sessionOps[req.Op]; ok {
 		s := &session{req: req, files: files, out: out}
-		in, err := vmm.SessionInput(dec, stdin)
+		in, err := proto.SessionInput(dec, stdin)
 		if err == nil {
 			err = serveSession(s, in)
 		}
@@ -167,10 +167,10 @@ type output struct {
 	percent int
 }
 
-func (o *output) line(m vmm.Message) {
+func (o *output) line(m proto.Message) {
 	b, err := json.Marshal(m)
 	if err != nil {
-		b, _ = json.Marshal(vmm.Message{Error: errcode.New(errcode.Internal, "encoding result: %v", err)})
+		b, _ = json.Marshal(proto.Message{Error: errcode.New(errcode.Internal, "encoding result: %v", err)})
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -185,15 +185,15 @@ func (o *output) progress(f float64) {
 		return
 	}
 	o.percent = p
-	o.line(vmm.Message{Progress: &f})
+	o.line(proto.Message{Progress: &f})
 	o.flush()
 }
 
 // maxResultJSON bounds the JSON of a result: the host reads at most
-// vmm.MaxResultBytes of a worker's output, and takes a worker that writes more
+// proto.MaxResultBytes of a worker's output, and takes a worker that writes more
 // for a broken one; some of it is kept for progress and warning lines and the
 // message around the result.
-const maxResultJSON = vmm.MaxResultBytes - 1<<20
+const maxResultJSON = proto.MaxResultBytes - 1<<20
 
 func (o *output) result(v any) {
 	b, err := json.Marshal(v)
@@ -207,7 +207,7 @@ func (o *output) result(v any) {
 		o.fail(errcode.New(errcode.ImageTooLarge, "the answer about this image is %d bytes of JSON, more than a worker may send (%d)", len(b), maxResultJSON))
 		return
 	}
-	o.line(vmm.Message{Result: b})
+	o.line(proto.Message{Result: b})
 }
 
 func (o *output) fail(err error) {
@@ -215,11 +215,11 @@ func (o *output) fail(err error) {
 	if !errors.As(err, &e) {
 		e = &errcode.Error{Code: errcode.Internal, Message: err.Error()}
 	}
-	o.line(vmm.Message{Error: e})
+	o.line(proto.Message{Error: e})
 }
 
 // frame writes one reply frame of a session, of length n, and flushes it;
-// body is empty when the answer is elsewhere (vmm.FrameShared).
+// body is empty when the answer is elsewhere (proto.FrameShared).
 func (o *output) frame(status byte, n int, body []byte) {
 	var hdr [5]byte
 	hdr[0] = status

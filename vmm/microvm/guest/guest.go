@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/jail"
 	"instarfs/vmm/worker"
 )
@@ -31,7 +31,7 @@ import (
 const (
 	ModulesOrder = "/modules.order"         // module file names, in load order
 	ModulesDir   = "/lib/modules"           // the module files
-	RequestPath  = "/instarfs/request.json" // the vmm.Request, appended per run
+	RequestPath  = "/instarfs/request.json" // the proto.Request, appended per run
 )
 
 // ResultMagic starts the result drive: magic, a little-endian uint32 length,
@@ -71,7 +71,7 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	say := func(line string) { io.WriteString(console, "\n"+ConsolePrefix+line+"\n") }
 	say(Ready)
 	fail := func(err error) {
-		b, _ := json.Marshal(vmm.Message{Error: asError(err)})
+		b, _ := json.Marshal(proto.Message{Error: asError(err)})
 		say(string(b))
 		os.Exit(1)
 	}
@@ -87,7 +87,7 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 		fail(err)
 	}
 	mode := jail.SeccompKill
-	if req.Op == vmm.OpSandboxProbe {
+	if req.Op == proto.OpSandboxProbe {
 		mode = jail.SeccompErrno // the probes report each refusal
 	}
 	if _, err := jail.ConfineGuest(len(req.Images)+1, mode); err != nil {
@@ -103,7 +103,7 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 		}
 		return none
 	}
-	out := &headBuffer{max: vmm.MaxResultBytes + 1} // the host refuses more
+	out := &headBuffer{max: proto.MaxResultBytes + 1} // the host refuses more
 	out.full = func() {
 		// As the jail's host kills a worker that writes too much.
 		writeResult(result, out.buf, reported())
@@ -128,11 +128,11 @@ func asError(err error) *errcode.Error {
 const maxDrives = 32
 
 // reserveDescriptors holds the descriptor numbers the drives will take
-// (vmm.FirstImageFD..) with copies of the console, before the Go runtime
+// (proto.FirstImageFD..) with copies of the console, before the Go runtime
 // opens its own descriptors (the netpoller's) there. openDrives replaces them;
 // the confinement closes those left over.
 func reserveDescriptors() {
-	for fd := vmm.FirstImageFD; fd < vmm.FirstImageFD+maxDrives; fd++ {
+	for fd := proto.FirstImageFD; fd < proto.FirstImageFD+maxDrives; fd++ {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
 			continue // taken already; openDrives checks what it replaces
 		}
@@ -177,21 +177,21 @@ func loadModule(file string) error {
 	return nil
 }
 
-func readRequest() (*vmm.Request, []byte, error) {
+func readRequest() (*proto.Request, []byte, error) {
 	raw, err := os.ReadFile(RequestPath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading the request: %w", err)
 	}
-	var req vmm.Request
+	var req proto.Request
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return nil, nil, fmt.Errorf("decoding the request: %w", err)
 	}
 	return &req, raw, nil
 }
 
-// openDrives opens the image drives at vmm.FirstImageFD.. and returns the
+// openDrives opens the image drives at proto.FirstImageFD.. and returns the
 // result drive, which follows them.
-func openDrives(req *vmm.Request) (int, error) {
+func openDrives(req *proto.Request) (int, error) {
 	n := len(req.Images) + 1
 	if n > maxDrives {
 		return -1, fmt.Errorf("%d images, more than the guest takes (%d)", len(req.Images), maxDrives-1)
@@ -217,7 +217,7 @@ func openDrives(req *vmm.Request) (int, error) {
 		if err != nil {
 			return -1, fmt.Errorf("opening %s: %w", Drive(i), err)
 		}
-		target := vmm.FirstImageFD + i
+		target := proto.FirstImageFD + i
 		if flags, err := unix.FcntlInt(uintptr(target), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 && fd != target {
 			return -1, fmt.Errorf("descriptor %d, which %s must take, is in use", target, Drive(i))
 		}
@@ -231,15 +231,15 @@ func openDrives(req *vmm.Request) (int, error) {
 		}
 	}
 	// The result drive is the guest's own, not an image handed to the worker.
-	if _, err := unix.FcntlInt(uintptr(vmm.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+	if _, err := unix.FcntlInt(uintptr(proto.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 		return -1, err
 	}
-	for fd := vmm.FirstImageFD + n; fd < vmm.FirstImageFD+maxDrives; fd++ {
+	for fd := proto.FirstImageFD + n; fd < proto.FirstImageFD+maxDrives; fd++ {
 		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
 			unix.Close(fd) // a placeholder of reserveDescriptors
 		}
 	}
-	return vmm.FirstImageFD + len(req.Images), nil
+	return proto.FirstImageFD + len(req.Images), nil
 }
 
 // writeResult writes the output and the lengths to the result drive and

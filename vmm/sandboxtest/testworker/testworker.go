@@ -7,11 +7,11 @@
 //
 // A backend's test binary is its own worker. When the backend runs the worker
 // as a re-executed process (the jail re-executes /proc/self/exe with argv[0]
-// vmm.WorkerArg0), the test binary's TestMain hands that case to Main with the
+// proto.WorkerArg0), the test binary's TestMain hands that case to Main with the
 // worker-side confinement the product worker uses:
 //
 //	func TestMain(m *testing.M) {
-//		if os.Args[0] == vmm.WorkerArg0 {
+//		if os.Args[0] == proto.WorkerArg0 {
 //			testworker.Main(jail.Confine)
 //		}
 //		os.Exit(m.Run())
@@ -21,7 +21,7 @@
 // machine whose /init is the worker binary, builds the guest of its tests from
 // the test binary itself (with CGO_ENABLED=0 a test binary is static): its
 // TestMain recognises that it runs as the guest's init, sets the guest up as
-// the product's init does (image descriptors at vmm.FirstImageFD, in request
+// the product's init does (image descriptors at proto.FirstImageFD, in request
 // order, read-only where the request says so), and calls Serve in place of the
 // product worker's serving loop, with the request and the channel the host
 // reads protocol lines from.
@@ -45,12 +45,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 	"instarfs/vmm/jail"
 )
 
-// Operations of the test worker, besides vmm.OpNoop, vmm.OpSandboxProbe and
-// vmm.OpSandboxViolate, which it serves as the product worker does.
+// Operations of the test worker, besides proto.OpNoop, proto.OpSandboxProbe and
+// proto.OpSandboxViolate, which it serves as the product worker does.
 const (
 	OpEcho           = "test-echo"             // the request and each image as the worker sees them; see EchoResult
 	OpProgress       = "test-progress"         // progress 0.25, 0.5, 1, then the result "done"
@@ -60,7 +60,7 @@ const (
 	OpResultThenExit = "test-result-then-exit" // the result "done", then exit status 2
 	OpSleep          = "test-sleep"            // progress 0, then sleep for an hour
 	OpGarbage        = "test-garbage"          // a line that is not JSON
-	OpHuge           = "test-huge"             // one line longer than vmm.MaxResultBytes
+	OpHuge           = "test-huge"             // one line longer than proto.MaxResultBytes
 	OpTwoResults     = "test-two-results"      // two final lines
 	OpUnknownField   = "test-unknown-field"    // a line with a field the protocol lacks
 	OpNoNewline      = "test-no-newline"       // a result not ended by a newline, then exit 0
@@ -100,8 +100,8 @@ const EchoHead = 16
 
 // EchoResult is the result of OpEcho.
 type EchoResult struct {
-	Request vmm.Request `json:"request"`
-	Images  []EchoImage `json:"images"`
+	Request proto.Request `json:"request"`
+	Images  []EchoImage   `json:"images"`
 }
 
 // EchoImage is one image descriptor as OpEcho found it.
@@ -123,7 +123,7 @@ func Main(confine func() ([]string, error)) {
 			os.Exit(1)
 		}
 		for _, w := range warnings {
-			emit(os.Stdout, vmm.Message{Warning: w})
+			emit(os.Stdout, proto.Message{Warning: w})
 		}
 	}
 	os.Exit(Serve(os.Stdin, os.Stdout))
@@ -134,11 +134,11 @@ func Main(confine func() ([]string, error)) {
 var images []*os.File
 
 // Serve reads one request from in, runs it on the image descriptors at
-// vmm.FirstImageFD.. and writes its protocol lines to out, each line in one
+// proto.FirstImageFD.. and writes its protocol lines to out, each line in one
 // Write. It returns the worker's exit status; some operations end the process
 // themselves.
 func Serve(in io.Reader, out io.Writer) int {
-	var req vmm.Request
+	var req proto.Request
 	dec := json.NewDecoder(in)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -146,7 +146,7 @@ func Serve(in io.Reader, out io.Writer) int {
 		return 1
 	}
 	for i, im := range req.Images {
-		images = append(images, os.NewFile(uintptr(vmm.FirstImageFD+i), im.Name))
+		images = append(images, os.NewFile(uintptr(proto.FirstImageFD+i), im.Name))
 	}
 	result := func(v any) int {
 		b, err := json.Marshal(v)
@@ -154,22 +154,22 @@ func Serve(in io.Reader, out io.Writer) int {
 			emitError(out, err)
 			return 1
 		}
-		emit(out, vmm.Message{Result: b})
+		emit(out, proto.Message{Result: b})
 		return 0
 	}
 	switch req.Op {
-	case vmm.OpNoop:
+	case proto.OpNoop:
 		return result(struct{}{})
-	case vmm.OpSandboxProbe:
+	case proto.OpSandboxProbe:
 		return result(jail.RunProbes(req))
-	case vmm.OpSandboxViolate:
+	case proto.OpSandboxViolate:
 		emitError(out, jail.Violate())
 		return 1
 	case OpEcho:
 		return result(EchoResult{Request: req, Images: echoImages()})
 	case OpProgress:
 		for _, p := range []float64{0.25, 0.5, 1} {
-			emit(out, vmm.Message{Progress: &p})
+			emit(out, proto.Message{Progress: &p})
 		}
 		return result("done")
 	case OpError:
@@ -185,7 +185,7 @@ func Serve(in io.Reader, out io.Writer) int {
 		return 2
 	case OpSleep:
 		p := 0.0
-		emit(out, vmm.Message{Progress: &p})
+		emit(out, proto.Message{Progress: &p})
 		time.Sleep(time.Hour)
 		return 1
 	case OpGarbage:
@@ -194,7 +194,7 @@ func Serve(in io.Reader, out io.Writer) int {
 	case OpHuge:
 		writeAll(out, []byte(`{"result":"`))
 		chunk := bytes.Repeat([]byte("x"), 1<<20)
-		for i := 0; i <= vmm.MaxResultBytes>>20; i++ {
+		for i := 0; i <= proto.MaxResultBytes>>20; i++ {
 			writeAll(out, chunk)
 		}
 		writeAll(out, []byte("\"}\n"))
@@ -218,7 +218,7 @@ func Serve(in io.Reader, out io.Writer) int {
 		}
 		return result("ok")
 	case OpSession:
-		frames, err := vmm.SessionInput(dec, in)
+		frames, err := proto.SessionInput(dec, in)
 		if err == nil {
 			err = session(req, frames, out)
 		}
@@ -232,7 +232,7 @@ func Serve(in io.Reader, out io.Writer) int {
 	return 1
 }
 
-func emit(out io.Writer, m vmm.Message) {
+func emit(out io.Writer, m proto.Message) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		panic(err)
@@ -245,7 +245,7 @@ func emitError(out io.Writer, err error) {
 	if !errors.As(err, &e) {
 		e = errcode.New(errcode.Internal, "%v", err)
 	}
-	emit(out, vmm.Message{Error: e})
+	emit(out, proto.Message{Error: e})
 }
 
 // writeAll writes b; a worker whose output the host no longer reads stops.
@@ -257,12 +257,12 @@ func writeAll(out io.Writer, b []byte) {
 
 // session answers request frames until the host closes the input; see the
 // Frame constants. It maps the shared memory before its ready line.
-func session(req vmm.Request, in io.Reader, out io.Writer) error {
-	shared, err := vmm.WorkerShared(req)
+func session(req proto.Request, in io.Reader, out io.Writer) error {
+	shared, err := proto.WorkerShared(req)
 	if err != nil {
 		return err
 	}
-	emit(out, vmm.Message{Result: json.RawMessage(`"ready"`)})
+	emit(out, proto.Message{Result: json.RawMessage(`"ready"`)})
 	reply := func(status byte, n int, body []byte) {
 		frame := binary.BigEndian.AppendUint32([]byte{status}, uint32(n))
 		writeAll(out, append(frame, body...))
@@ -279,15 +279,15 @@ func session(req vmm.Request, in io.Reader, out io.Writer) error {
 		switch req := string(body); {
 		case strings.HasPrefix(req, FrameEcho):
 			text := strings.TrimPrefix(req, FrameEcho)
-			reply(vmm.FrameOK, len(text), []byte(text))
+			reply(proto.FrameOK, len(text), []byte(text))
 		case strings.HasPrefix(req, FrameShared):
 			n, _ := strconv.Atoi(strings.TrimPrefix(req, FrameShared))
 			n = min(max(n, 0), len(shared))
 			copy(shared, bytes.Repeat([]byte("y"), n))
-			reply(vmm.FrameShared, n, nil)
+			reply(proto.FrameShared, n, nil)
 		case req == FrameError:
 			b, _ := json.Marshal(errcode.New(errcode.Qcow2Corrupt, ErrorMessage))
-			reply(vmm.FrameError, len(b), b)
+			reply(proto.FrameError, len(b), b)
 		case req == FrameExit:
 			fmt.Fprintln(os.Stderr, ExitMessage)
 			os.Exit(3)
@@ -296,10 +296,10 @@ func session(req vmm.Request, in io.Reader, out io.Writer) error {
 		case req == FrameForbidden:
 			unix.Openat(unix.AT_FDCWD, "/", unix.O_RDONLY, 0)
 			text := "the forbidden call returned"
-			reply(vmm.FrameOK, len(text), []byte(text))
+			reply(proto.FrameOK, len(text), []byte(text))
 		default:
 			b, _ := json.Marshal(errcode.New(errcode.WorkerProtocol, "unknown request %q", req))
-			reply(vmm.FrameError, len(b), b)
+			reply(proto.FrameError, len(b), b)
 		}
 	}
 }

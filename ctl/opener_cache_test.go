@@ -1,4 +1,4 @@
-package chainmodel
+package ctl
 
 import (
 	"encoding/json"
@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"testing"
 
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // TestInfoSize compares the estimate of a probe result's size with the heap
@@ -18,13 +18,13 @@ func TestInfoSize(t *testing.T) {
 	icount := int64(7)
 	for _, tc := range []struct {
 		name string
-		info vmm.Info
+		info proto.Info
 	}{
-		{"65536 snapshots", vmm.Info{Format: "qcow2", VirtualSize: 1 << 30, ClusterSize: 65536,
-			FormatSpecific: &vmm.FormatSpecific{Type: "qcow2", Data: &vmm.Qcow2Specific{Compat: "1.1", CompressionType: "zlib", Corrupt: &yes}},
+		{"65536 snapshots", proto.Info{Format: "qcow2", VirtualSize: 1 << 30, ClusterSize: 65536,
+			FormatSpecific: &proto.FormatSpecific{Type: "qcow2", Data: &proto.Qcow2Specific{Compat: "1.1", CompressionType: "zlib", Corrupt: &yes}},
 			Snapshots:      snapshots(65536, &icount)}},
-		{"4096 vmdk extents", vmm.Info{Format: "vmdk", VirtualSize: 1 << 30,
-			FormatSpecific: &vmm.FormatSpecific{Type: "vmdk", Data: &vmm.VmdkSpecific{CreateType: "twoGbMaxExtentSparse", Extents: extents(4096)}}}},
+		{"4096 vmdk extents", proto.Info{Format: "vmdk", VirtualSize: 1 << 30,
+			FormatSpecific: &proto.FormatSpecific{Type: "vmdk", Data: &proto.VmdkSpecific{CreateType: "twoGbMaxExtentSparse", Extents: extents(4096)}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			doc, err := json.Marshal(tc.info)
@@ -32,8 +32,8 @@ func TestInfoSize(t *testing.T) {
 				t.Fatal(err)
 			}
 			const copies = 8
-			decoded := make([]vmm.Info, copies)
-			var warm vmm.Info // the first decode leaves garbage of its own
+			decoded := make([]proto.Info, copies)
+			var warm proto.Info // the first decode leaves garbage of its own
 			if err := DecodeResult(doc, &warm); err != nil {
 				t.Fatal(err)
 			}
@@ -61,18 +61,18 @@ func heapInUse() int64 {
 	return int64(ms.HeapAlloc)
 }
 
-func snapshots(n int, icount *int64) []vmm.Snapshot {
-	out := make([]vmm.Snapshot, n)
+func snapshots(n int, icount *int64) []proto.Snapshot {
+	out := make([]proto.Snapshot, n)
 	for i := range out {
-		out[i] = vmm.Snapshot{ID: fmt.Sprint(i + 1), Name: fmt.Sprintf("snapshot-%d", i), DateSec: 1700000000, ICount: icount}
+		out[i] = proto.Snapshot{ID: fmt.Sprint(i + 1), Name: fmt.Sprintf("snapshot-%d", i), DateSec: 1700000000, ICount: icount}
 	}
 	return out
 }
 
-func extents(n int) []vmm.VmdkExtent {
-	out := make([]vmm.VmdkExtent, n)
+func extents(n int) []proto.VmdkExtent {
+	out := make([]proto.VmdkExtent, n)
 	for i := range out {
-		out[i] = vmm.VmdkExtent{Filename: fmt.Sprintf("disk-s%03d.vmdk", i+1), VirtualSize: 2 << 30, ClusterSize: 65536, Format: "SPARSE"}
+		out[i] = proto.VmdkExtent{Filename: fmt.Sprintf("disk-s%03d.vmdk", i+1), VirtualSize: 2 << 30, ClusterSize: 65536, Format: "SPARSE"}
 	}
 	return out
 }

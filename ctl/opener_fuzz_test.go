@@ -1,18 +1,19 @@
-package chainmodel
+package ctl
 
 import (
 	"strings"
 	"testing"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
-	"instarfs/vmm"
+	"instarfs/proto"
 )
 
 // probeFormats are the formats a host may ask a probe for; "" detects.
 var probeFormats = []string{"", "qcow2", "vmdk", "raw"}
 
 // FuzzDecodeInfo feeds arbitrary worker results to the host's decoding of a
-// probe: DecodeResult into vmm.Info, then validateInfo. Neither may panic,
+// probe: DecodeResult into proto.Info, then validateInfo. Neither may panic,
 // every refusal carries a named code, and whatever is accepted satisfies what
 // the rest of the host relies on.
 func FuzzDecodeInfo(f *testing.F) {
@@ -39,7 +40,7 @@ func FuzzDecodeInfo(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, res []byte, asked string) {
-		var info vmm.Info
+		var info proto.Info
 		if err := DecodeResult(res, &info); err != nil {
 			if c := errcode.Code(err); c != errcode.WorkerProtocol {
 				t.Fatalf("DecodeResult failed with %s, want %s: %v", c, errcode.WorkerProtocol, err)
@@ -58,7 +59,7 @@ func FuzzDecodeInfo(f *testing.F) {
 
 // checkInfoInvariants fails t unless info, accepted for a probe that asked
 // for format asked, is something the host can use.
-func checkInfoInvariants(t *testing.T, info vmm.Info, asked string) {
+func checkInfoInvariants(t *testing.T, info proto.Info, asked string) {
 	t.Helper()
 	switch info.Format {
 	case "qcow2", "vmdk", "raw":
@@ -71,7 +72,7 @@ func checkInfoInvariants(t *testing.T, info vmm.Info, asked string) {
 	if info.VirtualSize < 0 {
 		t.Fatalf("accepted virtual size %d", info.VirtualSize)
 	}
-	if len(info.BackingFilename) > MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
+	if len(info.BackingFilename) > chainmodel.MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
 		t.Fatalf("accepted backing name %q", info.BackingFilename)
 	}
 	switch info.BackingFilenameFormat {
@@ -83,9 +84,9 @@ func checkInfoInvariants(t *testing.T, info vmm.Info, asked string) {
 		var ok bool
 		switch fs.Type {
 		case "qcow2":
-			_, ok = fs.Data.(*vmm.Qcow2Specific)
+			_, ok = fs.Data.(*proto.Qcow2Specific)
 		case "vmdk":
-			_, ok = fs.Data.(*vmm.VmdkSpecific)
+			_, ok = fs.Data.(*proto.VmdkSpecific)
 		}
 		if !ok {
 			t.Fatalf("accepted format-specific type %q with data %T", fs.Type, fs.Data)

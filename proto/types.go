@@ -1,9 +1,11 @@
-package vmm
+package proto
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 )
 
 // ProbeArgs are the arguments of OpProbe.
@@ -134,7 +136,7 @@ func (f *FormatSpecific) UnmarshalJSON(b []byte) error {
 		Type string          `json:"type"`
 		Data json.RawMessage `json:"data"`
 	}
-	if err := strictUnmarshal(b, &raw); err != nil {
+	if err := Decode(b, &raw); err != nil {
 		return err
 	}
 	switch raw.Type {
@@ -146,13 +148,21 @@ func (f *FormatSpecific) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("unknown format-specific type %q", raw.Type)
 	}
 	f.Type = raw.Type
-	return strictUnmarshal(raw.Data, f.Data)
+	return Decode(raw.Data, f.Data)
 }
 
-func strictUnmarshal(b []byte, v any) error {
+// Decode decodes b into v strictly: unknown fields are an error, and so is
+// anything after the document.
+func Decode(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("data after the JSON document")
+	}
+	return nil
 }
 
 // CommitArgs are the arguments of OpCommit. The request's images are the whole

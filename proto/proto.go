@@ -1,0 +1,87 @@
+// Package proto is what crosses the sandbox boundary: the requests the host
+// sends a worker, the lines and frames the worker answers with, and the
+// documents inside them. Both sides import it; it imports nothing of either.
+//
+// The host treats everything a worker sends as hostile: these types are
+// decoded strictly (unknown fields are an error) and within the bounds
+// declared here.
+package proto
+
+import (
+	"encoding/json"
+
+	"instarfs/errcode"
+)
+
+// WorkerArg0 is argv[0] of a re-executed instarfs binary that must act as a worker.
+const WorkerArg0 = "instarfs-worker"
+
+// FirstImageFD is the descriptor number of Request.Images[0] in the worker; the
+// others follow in order.
+const FirstImageFD = 3
+
+// Operations a worker performs.
+const (
+	OpNoop         = "noop"
+	OpProbe        = "probe"
+	OpMap          = "map"
+	OpCheck        = "check"
+	OpRebase       = "rebase"
+	OpSandboxProbe = "sandbox-probe"
+	// OpSandboxViolate makes a forbidden system call: the sandbox must kill
+	// the worker (SANDBOX_VIOLATION). sandbox-check uses it.
+	OpSandboxViolate = "sandbox-violate"
+)
+
+// OpCommit commits the layers above a base into it (qemu-img commit); its
+// arguments are CommitArgs.
+const OpCommit = "commit"
+
+// OpRepair repairs an image's metadata (qemu-img check -r); its arguments
+// are RepairArgs and its result a RepairResult.
+const OpRepair = "repair"
+
+// Request is what the host sends a worker on its standard input, as one JSON
+// document.
+type Request struct {
+	Op     string          `json:"op"`
+	Images []ImageRef      `json:"images"`
+	Args   json.RawMessage `json:"args,omitempty"`
+	// Shared is the size of the memory a session shares with its worker
+	// (Job.Shared), passed as the descriptor after the images; 0 for none.
+	Shared int `json:"shared,omitempty"`
+}
+
+// ImageRef describes one image descriptor handed to the worker. Name is used in
+// messages only; the worker never opens anything by name.
+type ImageRef struct {
+	Name     string `json:"name"`
+	Format   string `json:"format,omitempty"` // empty: detect (never raw)
+	Writable bool   `json:"writable,omitempty"`
+	// Size is the image file's length. Only the microvm backend sets it: its
+	// guest sees the image as a block device of whole sectors.
+	Size int64 `json:"size,omitempty"`
+}
+
+// Message is one line of the worker's standard output. A worker writes any number
+// of progress and warning lines and exactly one final line carrying Result or
+// Error. Each line sets exactly one field.
+type Message struct {
+	Progress *float64        `json:"progress,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *errcode.Error  `json:"error,omitempty"`
+	// Warning is a diagnostic the host logs, for example a confinement layer
+	// that this kernel does not offer.
+	Warning string `json:"warning,omitempty"`
+}
+
+// MaxResultBytes bounds the worker's standard output as a whole.
+const MaxResultBytes = 64 << 20
+
+// Bounds on single lines of the worker's standard output. A result line may use
+// all of MaxResultBytes.
+const (
+	MaxProgressLineBytes = 4 << 10  // progress and warning lines
+	MaxErrorLineBytes    = 64 << 10 // the final error line
+	MaxWarnings          = 64       // warning lines per run
+)
