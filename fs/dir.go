@@ -67,6 +67,8 @@ func lstat(dir *os.File, name string) (unix.Stat_t, error) {
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	rel := filepath.Join(d.rel(), name)
 	dir, errno := d.open(chainmodel.Path)
 	if errno != 0 {
@@ -167,6 +169,8 @@ func (d *dirNode) scan(ctx context.Context) ([]entry, syscall.Errno) {
 const probeParallelism = 4
 
 func (d *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	ents, errno := d.scan(ctx)
 	if errno != 0 {
 		return nil, errno

@@ -48,6 +48,8 @@ var (
 )
 
 func (d *diskNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	id, st, errno := d.imageID()
 	if errno != 0 {
 		return errno
@@ -87,6 +89,8 @@ func (d *diskNode) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.Set
 }
 
 func (d *diskNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, d.refused()
 	}
@@ -121,6 +125,8 @@ func (d *diskNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 }
 
 func (d *diskNode) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	h, ok := fh.(*diskHandle)
 	if !ok {
 		return 0, syscall.EBADF
@@ -150,6 +156,8 @@ var (
 )
 
 func (dh *diskHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	size := dh.h.Size()
 	if off >= size {
 		return fuse.ReadResultData(nil), 0
@@ -162,6 +170,8 @@ func (dh *diskHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 }
 
 func (dh *diskHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	if whence != unix.SEEK_DATA && whence != unix.SEEK_HOLE {
 		return 0, syscall.EINVAL
 	}

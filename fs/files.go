@@ -37,6 +37,8 @@ var (
 // made here as at open, and cached by the identity of the files they depend on.
 // A document that cannot be made reports size 0; opening it gives the error.
 func (g *genNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	_, st, errno := g.imageID()
 	if errno != 0 {
 		return errno

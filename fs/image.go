@@ -100,6 +100,8 @@ func (f *FS) backingLink(ctx context.Context, rel string, id chainmodel.FileID) 
 }
 
 func (im *imageNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	for _, f := range imageFiles {
 		if f.name != name {
 			continue
@@ -138,6 +140,8 @@ func (im *imageNode) newChild(f imageFile) gofs.InodeEmbedder {
 }
 
 func (im *imageNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	st, errno := im.stat()
 	if errno != 0 {
 		return nil, errno
@@ -229,6 +233,8 @@ var (
 // Getattr gives the symlink's mode, the image file's owner and times, and the
 // length of the target as its size.
 func (b *backingNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	_, st, errno := b.imageID()
 	if errno != 0 {
 		return errno
@@ -239,6 +245,8 @@ func (b *backingNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse
 }
 
 func (b *backingNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	ctx, stop := callerContext(ctx)
+	defer stop()
 	id, _, errno := b.imageID()
 	if errno != 0 {
 		return nil, errno

@@ -50,7 +50,10 @@ const signalRecheck = 50 * time.Millisecond
 
 // callerContext returns a context for work done on behalf of the FUSE request
 // ctx that is cancelled only when the caller has a terminating signal pending.
-// stop must be called before the request returns.
+// stop must be called before the request returns. Every request that may run
+// a worker (a lookup that probes, a listing, a generated file, a disk read)
+// works under it: a lookup cancelled by the Go runtime's preemption signal
+// would otherwise hide an image.
 func callerContext(ctx context.Context) (c context.Context, stop context.CancelFunc) {
 	c, cancel := context.WithCancel(context.Background())
 	caller, ok := fuse.FromContext(ctx)
@@ -60,13 +63,9 @@ func callerContext(ctx context.Context) (c context.Context, stop context.CancelF
 		return c, cancel
 	}
 	// Read what the request holds now: go-fuse reuses it once it returns.
-	pid, interrupted := caller.Pid, ctx.Done()
-	go func() {
-		select {
-		case <-interrupted:
-		case <-c.Done():
-			return
-		}
+	// Nothing runs until an interrupt: most requests cost no goroutine.
+	pid := caller.Pid
+	unwatch := context.AfterFunc(ctx, func() {
 		tick := time.NewTicker(signalRecheck)
 		defer tick.Stop()
 		for {
@@ -80,8 +79,11 @@ func callerContext(ctx context.Context) (c context.Context, stop context.CancelF
 				return
 			}
 		}
-	}()
-	return c, cancel
+	})
+	return c, func() {
+		unwatch()
+		cancel()
+	}
 }
 
 // terminating reports whether the thread tid has a terminating signal

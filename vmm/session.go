@@ -130,12 +130,20 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		stderr: &headBuffer{max: MaxStderrBytes}, exited: make(chan struct{}),
 		timeout: timeout, cpu: p.CPULimit, log: log,
 	}
+	stderrDone := make(chan struct{})
 	go func() {
 		io.Copy(s.stderr, pp.stderrR)
+		close(stderrDone)
 	}()
 	go func() {
 		cmd.Wait()
 		p.exited()
+		// What the worker wrote last says why it died: wait for it, as Run
+		// does, unless something else still holds its stderr.
+		select {
+		case <-stderrDone:
+		case <-time.After(time.Second):
+		}
 		close(s.exited)
 	}()
 	s.life = time.AfterFunc(timeout, func() { s.kill(stopTimeout) })
@@ -356,7 +364,7 @@ func (s *Session) fail(cause error) error {
 		select {
 		case <-s.exited:
 			_, s.failed = outcomeError(s.cmd.ProcessState, stop, s.timeout, s.cpu, &outcome{}, s.stderr)
-		case <-time.After(time.Second):
+		case <-time.After(2 * time.Second):
 			s.failed = errcode.New(errcode.WorkerCrashed, "the worker failed: %v", cause)
 		}
 	}
