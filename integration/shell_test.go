@@ -359,3 +359,38 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestMountLookupSignals: a lookup that waits for a worker (here for the one
+// slot of --workers 1, held by a commit) is interrupted when its caller gets
+// any signal, the Go runtime's preemption signal included. Only a
+// terminating signal may cancel it; otherwise the image must still be found.
+func TestMountLookupSignals(t *testing.T) {
+	dir, _ := concurrencyChain(t)
+	m := mount(t, dir, nil, "--workers", "1")
+	// The commit holds the slot; other.qcow2, new to the mount, is then
+	// looked up by python while a SIGALRM handler runs every 0.2 s.
+	script := `qemu-img create -q -f qcow2 ` + filepath.Join(dir, "other.qcow2") + ` 1M
+echo -b base.qcow2 -r 2M > top.qcow2/commit &
+cd / && python3 -I -c '
+import os, signal, stat, sys, time
+mnt = sys.argv[1]
+deadline = time.monotonic() + 30
+while not open(mnt + "/top.qcow2/status").read().startswith("running"):
+    if time.monotonic() > deadline:
+        sys.exit("the commit never ran")
+    time.sleep(0.02)
+n = 0
+def handler(sig, frame):
+    global n
+    n += 1
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
+st = os.stat(mnt + "/other.qcow2")
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("directory" if stat.S_ISDIR(st.st_mode) else "not a directory", n, "signals")
+' ` + m.mnt + `; wait`
+	r := m.shell(t, script)
+	if r.code != 0 || !bytes.Contains(r.stdout, []byte("directory")) || bytes.Contains(r.stdout, []byte(" 0 signals")) {
+		t.Errorf("exit %d, %s%s: other.qcow2 must be found after the signals\nmount log:\n%s", r.code, r.stdout, r.stderr, m.stderr)
+	}
+}
