@@ -249,6 +249,15 @@ func (a *app) runOperation(file, output string, quiet, progress bool, done strin
 	}, file)
 }
 
+// refuse reports an operation refused before it started: as fail does, and
+// with --output=json also as the envelope the operation would have printed.
+func refuse(op, file, output string, err error) int {
+	if output == "json" {
+		os.Stdout.Write(ctl.Failed(op, file, err).JSON())
+	}
+	return fail(err)
+}
+
 // fail prints err as qemu-img prints errors and returns exit status 1.
 func fail(err error) int {
 	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)

@@ -26,7 +26,7 @@ func (a *app) commitCommand() {
 		if rate != "" {
 			r, err := ctl.ParseRate(rate)
 			if err != nil {
-				return fail(err)
+				return refuse("commit", file, output, err)
 			}
 			req.Rate = r
 		}

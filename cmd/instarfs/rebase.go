@@ -23,7 +23,7 @@ func (a *app) rebaseCommand() {
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		if !backingSet && !unsafe {
-			return fail(errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
+			return refuse("rebase", file, output, errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
 		}
 		req := ctl.RebaseRequest{Backing: backing, BackingFormat: backingFormat, Format: format, Unsafe: unsafe}
 		done := "Image rebased."
