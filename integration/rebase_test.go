@@ -325,6 +325,7 @@ func TestRebaseErrors(t *testing.T) {
 	rbSh(t, root, rbBasic+`
 mk -o cluster_size=512 small.qcow2 1M
 printf 'not an image at all' > junk.bin
+qemu-img create -q -f raw disk.raw 1M
 `)
 	long := strings.Repeat("x", 1024)
 	tests := []struct {
@@ -340,6 +341,9 @@ printf 'not an image at all' > junk.bin
 		{"json refused", "ov.qcow2", []string{"-b", `json:{"file":"/etc/passwd"}`, "-F", "raw"}, "BACKING_PROTOCOL_REFUSED"},
 		{"raw never inferred", "ov.qcow2", []string{"-b", "junk.bin"}, "RAW_NOT_INFERRED"},
 		{"unsafe without -F, unknown", "ov.qcow2", []string{"-u", "-b", "nope.qcow2"}, "BACKING_FORMAT_REQUIRED"},
+		{"json refused in unsafe mode, -F raw", "ov.qcow2", []string{"-u", "-F", "raw", "-b", `json:{"file":"/etc/passwd"}`}, "BACKING_PROTOCOL_REFUSED"},
+		{"protocol refused in unsafe mode, -F raw", "ov.qcow2", []string{"-u", "-F", "raw", "-b", "nbd://host/x"}, "BACKING_PROTOCOL_REFUSED"},
+		{"raw has no backing file", "disk.raw", []string{"-f", "raw", "-u", "-b", "base.qcow2", "-F", "qcow2"}, "REBASE_UNSUPPORTED"},
 		{"no -b", "ov.qcow2", nil, "BAD_ARGUMENTS"},
 		{"no -b, json", "ov.qcow2", []string{"--output=json"}, "BAD_ARGUMENTS"},
 		{"a flag's bad value", "ov.qcow2", []string{"--output=xml", "-u"}, "BAD_ARGUMENTS"},
