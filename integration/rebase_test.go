@@ -373,6 +373,25 @@ qemu-img create -q -f raw disk.raw 1M
 	}
 }
 
+// TestOperationEnvelopeOnEarlyFailure: with --output=json, rebase and commit
+// print the error envelope also when they fail before opening the image.
+func TestOperationEnvelopeOnEarlyFailure(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"rebase", "--output=json", "-b", "x.qcow2", "nodir/ov.qcow2"},
+		{"commit", "--output=json", "nodir/ov.qcow2"},
+	} {
+		r := execIn(t, dir, binary, args...)
+		var env struct {
+			Operation string
+			Error     struct{ Code string }
+		}
+		if err := json.Unmarshal(r.stdout, &env); err != nil || r.code != 1 || env.Operation != args[0] || env.Error.Code != "NOT_FOUND" {
+			t.Errorf("%v: exit %d, stdout %q (%v), stderr %q; want a NOT_FOUND envelope", args, r.code, r.stdout, err, r.stderr)
+		}
+	}
+}
+
 // TestRebaseDetectsFormat: -F omitted is inferred from the magic (qemu-img
 // requires it); the header gets the detected format.
 func TestRebaseDetectsFormat(t *testing.T) {

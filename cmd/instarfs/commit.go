@@ -30,7 +30,7 @@ func (a *app) commitCommand() {
 			}
 			req.Rate = r
 		}
-		return a.runOperation(file, output, quiet, progress, "Image committed.",
+		return a.runOperation("commit", file, output, quiet, progress, "Image committed.",
 			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Commit(ctx, o, file, req, show)
 			})

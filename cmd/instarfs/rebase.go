@@ -30,7 +30,7 @@ func (a *app) rebaseCommand() {
 		if req.Backing == "" {
 			done = "Image detached."
 		}
-		return a.runOperation(file, output, quiet, progress, done,
+		return a.runOperation("rebase", file, output, quiet, progress, done,
 			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Rebase(ctx, o, file, req, show)
 			})
