@@ -626,3 +626,40 @@ func TestEveryExampleSectionRuns(t *testing.T) {
 		t.Errorf("a fenced block under Examples that is not ```sh: %s", b)
 	}
 }
+
+// TestNamedPathsExist: every repository path the docs name in code spans
+// (`vmm/worker/map_test.go`, `integration/`) exists, so that the docs follow
+// the code when packages move. Generated directories (bin/, build/) are
+// not in the repository.
+func TestNamedPathsExist(t *testing.T) {
+	top, err := os.ReadDir("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]bool{}
+	for _, e := range top {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") && e.Name() != "bin" && e.Name() != "build" {
+			dirs[e.Name()] = true
+		}
+	}
+	pathRE := regexp.MustCompile("`([a-z][a-z0-9_]*(?:/[A-Za-z0-9_.-]+)+/?)`")
+	n := 0
+	for _, path := range pages(t) {
+		p := load(t, path)
+		for i, line := range p.lines {
+			for _, m := range pathRE.FindAllStringSubmatch(line, -1) {
+				first, _, _ := strings.Cut(m[1], "/")
+				if !dirs[first] {
+					continue
+				}
+				n++
+				if _, err := os.Stat(filepath.Join("..", m[1])); err != nil {
+					t.Errorf("%s:%d: %s does not exist", path, i+1, m[1])
+				}
+			}
+		}
+	}
+	if n < 10 {
+		t.Errorf("only %d paths checked: the parser is broken", n)
+	}
+}
