@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"instarfs/internal/testbin"
 )
 
 var (
@@ -41,11 +43,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	binary = filepath.Join(tmp, "instarfs")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/instarfs")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Printf("building instarfs: %v\n%s", err, out)
+	if binary, err = testbin.Build(tmp, ".."); err != nil {
+		fmt.Println(err)
 		return 1
 	}
 	imagesDir = filepath.Join(tmp, "images")
