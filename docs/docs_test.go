@@ -24,21 +24,15 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	tmp, err := os.MkdirTemp("", "instarfs-docs-")
+	bin, remove, err := testbin.Build("..")
 	if err != nil {
 		fmt.Println(err)
-		return 1
+		os.Exit(1)
 	}
-	defer os.RemoveAll(tmp)
-	if binary, err = testbin.Build(tmp, ".."); err != nil {
-		fmt.Println(err)
-		return 1
-	}
-	return m.Run()
+	binary = bin
+	code := m.Run()
+	remove()
+	os.Exit(code)
 }
 
 // pages are the Markdown files of the documentation set, relative to this

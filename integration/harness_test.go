@@ -43,10 +43,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	if binary, err = testbin.Build(tmp, ".."); err != nil {
+	var remove func()
+	if binary, remove, err = testbin.Build(".."); err != nil {
 		fmt.Println(err)
 		return 1
 	}
+	defer remove()
 	imagesDir = filepath.Join(tmp, "images")
 	gen := exec.Command("bash", "../testdata/mkimages.sh", imagesDir)
 	if out, err := gen.CombinedOutput(); err != nil {

@@ -10,15 +10,22 @@ import (
 )
 
 // Build builds the command of the module whose root is root (as a path from
-// the test's package directory, e.g. "..") into dir, without cgo as the
-// Makefile builds it, and returns the binary's path.
-func Build(dir, root string) (string, error) {
-	binary := filepath.Join(dir, "instarfs")
+// the test's package directory, e.g. "..") into a new temporary directory,
+// without cgo as the Makefile builds it. It returns the binary's path and a
+// function that removes it.
+func Build(root string) (binary string, remove func(), err error) {
+	dir, err := os.MkdirTemp("", "instarfs-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	remove = func() { os.RemoveAll(dir) }
+	binary = filepath.Join(dir, "instarfs")
 	build := exec.Command("go", "build", "-o", binary, "./cmd/instarfs")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building instarfs: %v\n%s", err, out)
+		remove()
+		return "", nil, fmt.Errorf("building instarfs: %v\n%s", err, out)
 	}
-	return binary, nil
+	return binary, remove, nil
 }
