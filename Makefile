@@ -5,16 +5,28 @@
 export CGO_ENABLED := 0
 GO ?= go
 BIN := bin/instarfs
+PREFIX ?= /usr/local
+# What `instarfs --version` prints: the tag the commit carries ("unreleased"
+# before the first release) and the commit, "-dirty" when the tree had changes.
+VERSION ?= $(shell git describe --tags --exact-match 2>/dev/null || echo unreleased)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 TEST_PACKAGES ?= ./...
 FUZZTIME ?= 10s
 TESTFLAGS ?=
 
-.PHONY: all build guest test test-deps oracles lint vet bench fuzz demo docs-images clean
+.PHONY: all build install guest test test-deps oracles lint vet bench fuzz demo docs-images clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/instarfs
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/instarfs
+
+# install copies the binary to $(DESTDIR)$(PREFIX)/bin; the worker is the same
+# binary, so nothing else is needed (the microvm guest stays where `make guest`
+# put it: see docs/sandbox.md).
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/instarfs
 
 # guest builds the microvm backend's guest into build/guest: the kernel and
 # its virtio modules from the Debian package linux-image-cloud-amd64 of this

@@ -93,7 +93,7 @@ func (p Policy) Locate(referrerDir, name string) (Loc, error) {
 	case protocolPrefix.MatchString(name):
 		return Loc{}, errcode.New(errcode.BackingProtocol, "backing file %q names a protocol, which is refused", name)
 	case len(name) > MaxBackingName:
-		return Loc{}, errcode.New(errcode.BadArguments, "backing file name is %d bytes long (at most %d)", len(name), MaxBackingName)
+		return Loc{}, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes long (at most %d)", len(name), MaxBackingName)
 	case strings.IndexByte(name, 0) >= 0:
 		return Loc{}, errcode.New(errcode.BadArguments, "backing file name %q contains a NUL byte", name)
 	}

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,6 +89,7 @@ func TestPolicyOpen(t *testing.T) {
 		{images, "to-fifo.img", errcode.NotRegularFile},
 		{images, "sock.img", errcode.NotRegularFile},
 		{images, "null.img", device},
+		{images, strings.Repeat("n", MaxBackingName+1), errcode.BackingNameTooLong},
 	}
 	for _, tt := range tests {
 		start := time.Now()

@@ -219,7 +219,7 @@ func chainBusy(j *Job) error {
 
 // Status is the one-line state of an image: "idle", "running <op> <n>%",
 // "busy: <op> of <image>" (a job on another image of its chain uses it),
-// "ok <op>" or "failed <op>: <message>". It never waits.
+// "ok <op>" or "failed <op>: <CODE>: <message>". It never waits.
 func (m *JobManager) Status(id FileID) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -236,7 +236,7 @@ func (m *JobManager) Status(id FileID) string {
 	case last.env.Error != nil:
 		// Messages of the parsers name the command already.
 		msg := strings.TrimPrefix(last.env.Error.Message, last.op+": ")
-		return fmt.Sprintf("failed %s: %s", last.op, strings.Join(strings.Fields(msg), " "))
+		return fmt.Sprintf("failed %s: %s: %s", last.op, last.env.Error.Code, strings.Join(strings.Fields(msg), " "))
 	}
 	return "ok " + last.op
 }

@@ -101,7 +101,7 @@ func TestJobManager(t *testing.T) {
 	if m.BusyError(b) != nil {
 		t.Errorf("chain still busy after the job")
 	}
-	if s := m.Status(b); s != "failed commit: rebase of 'a' is running on the same chain; try again when it is done" {
+	if s := m.Status(b); s != "failed commit: CHAIN_BUSY: rebase of 'a' is running on the same chain; try again when it is done" {
 		t.Errorf("status of a member after the job: %q", s)
 	}
 	if st, rt := m.Changed(a); !st.After(before) || !rt.Equal(st) {
@@ -118,11 +118,11 @@ func TestJobManager(t *testing.T) {
 	if _, err := j.Wait(ctx); !IsCancelled(err) {
 		t.Errorf("Wait after cancel: %v", err)
 	}
-	if s := m.Status(a); !strings.HasPrefix(s, "failed rebase: interrupted") {
+	if s := m.Status(a); !strings.HasPrefix(s, "failed rebase: CANCELLED: interrupted") {
 		t.Errorf("status after cancel: %q", s)
 	}
 	m.Record(JobSpec{Operation: "commit", Image: "a", Top: a}, errcode.New(errcode.BadArguments, "commit: unknown flag -x"))
-	if s := m.Status(a); s != "failed commit: unknown flag -x" { // the prefix once
+	if s := m.Status(a); s != "failed commit: BAD_ARGUMENTS: unknown flag -x" { // the prefix once
 		t.Errorf("status after a refusal: %q", s)
 	}
 	if r := m.Result(a); r == nil || r.Error.Code != errcode.BadArguments {

@@ -39,6 +39,11 @@ func rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, prog
 			return nil, errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
 		}
 	}
+	if req.Backing == "" {
+		// Detaching names no backing file, so no format: qemu-img ignores
+		// -F then, and so does instarfs.
+		req.BackingFormat = ""
+	}
 	if len(req.Backing) > chainmodel.MaxBackingName {
 		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
 	}

@@ -13,7 +13,7 @@
 //	<image>/map.svg      instarfs map --output=svg <image>
 //	<image>/check.json   instarfs check --output=json <image>
 //	<image>/backing      symlink to the backing image's directory, when inside IMAGEDIR
-//	<image>/status       idle | running <op> <n>% | busy: <op> of <image> | ok <op> | failed <op>: <message>
+//	<image>/status       idle | running <op> <n>% | busy: <op> of <image> | ok <op> | failed <op>: <CODE>: <message>
 //	<image>/result.json  the result envelope of the last operation on the image
 //	<image>/rebase       control file; reads as its usage (absent on a read-only mount)
 //	<image>/commit       control file; reads as its usage (absent on a read-only mount)

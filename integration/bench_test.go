@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// The benchmarks run instarfs and qemu-img on the reference image of DESIGN §8
+// The benchmarks run instarfs and qemu-img on a reference image
 // (2 GiB virtual, 384 MiB of data in scattered 64 KiB clusters) in the same
 // run. ns/op is instarfs's wall-clock time per command; qemu-ns/op is
 // qemu-img's and x-qemu the ratio of the two (below 1: instarfs is faster);

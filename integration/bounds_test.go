@@ -8,7 +8,7 @@ import (
 )
 
 // Costs that must follow an image's allocated data and metadata, not its
-// virtual size (DESIGN §8): info, map and check of a 1 TiB image holding a few
+// virtual size: info, map and check of a 1 TiB image holding a few
 // clusters take little time and little memory.
 const (
 	boundsMaxCPU  = 2 * time.Second  // user+system of the CLI and its worker

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"instarfs/internal/testbin"
 )
 
 var (
@@ -41,13 +43,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	binary = filepath.Join(tmp, "instarfs")
-	build := exec.Command("go", "build", "-o", binary, "../cmd/instarfs")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Printf("building instarfs: %v\n%s", err, out)
+	var remove func()
+	if binary, remove, err = testbin.Build(".."); err != nil {
+		fmt.Println(err)
 		return 1
 	}
+	defer remove()
 	imagesDir = filepath.Join(tmp, "images")
 	gen := exec.Command("bash", "../testdata/mkimages.sh", imagesDir)
 	if out, err := gen.CombinedOutput(); err != nil {

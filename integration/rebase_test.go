@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,6 +60,9 @@ var rbCases = []rbCase{
 	{name: "refcount-bits-64-c1k", setup: "OPTS=refcount_bits=64,cluster_size=1024\n" + rbBasic, file: "ov.qcow2", args: []string{"-b", "new.qcow2", "-F", "qcow2"}},
 	{name: "detach", setup: rbBasic, file: "ov.qcow2", args: []string{"-b", ""}, crash: true},
 	{name: "detach-v2", setup: "OPTS=compat=0.10\n" + rbBasic, file: "ov.qcow2", args: []string{"-b", ""}},
+	// qemu-img ignores -F when detaching; so does instarfs.
+	{name: "detach-with-F", setup: rbBasic, file: "ov.qcow2", args: []string{"-b", "", "-F", "qcow2"}},
+	{name: "unsafe-detach-with-F", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", "", "-F", "qcow2"}, unsafe: true},
 	{name: "identical-new", setup: rbBasic + "cp base.qcow2 same.qcow2\n", file: "ov.qcow2", args: []string{"-b", "same.qcow2", "-F", "qcow2"}},
 	{name: "unsafe", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", "new.qcow2", "-F", "qcow2"}, unsafe: true, crash: true},
 	{name: "unsafe-detach", setup: rbBasic, file: "ov.qcow2", args: []string{"-u", "-b", ""}, unsafe: true, crash: true},
@@ -321,6 +325,7 @@ func TestRebaseErrors(t *testing.T) {
 	rbSh(t, root, rbBasic+`
 mk -o cluster_size=512 small.qcow2 1M
 printf 'not an image at all' > junk.bin
+qemu-img create -q -f raw disk.raw 1M
 `)
 	long := strings.Repeat("x", 1024)
 	tests := []struct {
@@ -336,7 +341,13 @@ printf 'not an image at all' > junk.bin
 		{"json refused", "ov.qcow2", []string{"-b", `json:{"file":"/etc/passwd"}`, "-F", "raw"}, "BACKING_PROTOCOL_REFUSED"},
 		{"raw never inferred", "ov.qcow2", []string{"-b", "junk.bin"}, "RAW_NOT_INFERRED"},
 		{"unsafe without -F, unknown", "ov.qcow2", []string{"-u", "-b", "nope.qcow2"}, "BACKING_FORMAT_REQUIRED"},
+		{"json refused in unsafe mode, -F raw", "ov.qcow2", []string{"-u", "-F", "raw", "-b", `json:{"file":"/etc/passwd"}`}, "BACKING_PROTOCOL_REFUSED"},
+		{"protocol refused in unsafe mode, -F raw", "ov.qcow2", []string{"-u", "-F", "raw", "-b", "nbd://host/x"}, "BACKING_PROTOCOL_REFUSED"},
+		{"raw has no backing file", "disk.raw", []string{"-f", "raw", "-u", "-b", "base.qcow2", "-F", "qcow2"}, "REBASE_UNSUPPORTED"},
 		{"no -b", "ov.qcow2", nil, "BAD_ARGUMENTS"},
+		{"no -b, json", "ov.qcow2", []string{"--output=json"}, "BAD_ARGUMENTS"},
+		{"a flag's bad value", "ov.qcow2", []string{"--output=xml", "-u"}, "BAD_ARGUMENTS"},
+		{"an unknown flag", "ov.qcow2", []string{"--bogus", "-u"}, "BAD_ARGUMENTS"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -348,11 +359,36 @@ printf 'not an image at all' > junk.bin
 			if r.code != 1 || !bytes.Contains(r.stderr, []byte("instarfs: "+tc.code+":")) {
 				t.Fatalf("exit %d, stderr %q; want %s", r.code, r.stderr, tc.code)
 			}
+			if slices.Contains(tc.args, "--output=json") {
+				var env struct{ Error struct{ Code string } }
+				if err := json.Unmarshal(r.stdout, &env); err != nil || env.Error.Code != tc.code {
+					t.Fatalf("--output=json printed %q (%v); want an envelope with %s", r.stdout, err, tc.code)
+				}
+			}
 			after, _ := os.ReadFile(filepath.Join(root, tc.file))
 			if !bytes.Equal(before, after) {
 				t.Fatal("the image changed")
 			}
 		})
+	}
+}
+
+// TestOperationEnvelopeOnEarlyFailure: with --output=json, rebase and commit
+// print the error envelope also when they fail before opening the image.
+func TestOperationEnvelopeOnEarlyFailure(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"rebase", "--output=json", "-b", "x.qcow2", "nodir/ov.qcow2"},
+		{"commit", "--output=json", "nodir/ov.qcow2"},
+	} {
+		r := execIn(t, dir, binary, args...)
+		var env struct {
+			Operation string
+			Error     struct{ Code string }
+		}
+		if err := json.Unmarshal(r.stdout, &env); err != nil || r.code != 1 || env.Operation != args[0] || env.Error.Code != "NOT_FOUND" {
+			t.Errorf("%v: exit %d, stdout %q (%v), stderr %q; want a NOT_FOUND envelope", args, r.code, r.stdout, err, r.stderr)
+		}
 	}
 }
 

@@ -330,7 +330,7 @@ func TestMountOutcomes(t *testing.T) {
 	if r := <-done; r.code != 0 {
 		t.Fatalf("the second commit: exit %d, %s", r.code, r.stderr)
 	}
-	if s := m.read(t, "base.qcow2", "status"); !strings.HasPrefix(s, "failed rebase: commit of 'top.qcow2' is running") {
+	if s := m.read(t, "base.qcow2", "status"); !strings.HasPrefix(s, "failed rebase: CHAIN_BUSY: commit of 'top.qcow2' is running") {
 		t.Errorf("base.qcow2/status after the commit: %q", s)
 	}
 	// find -newer sees what changed: status and result.json of the images

@@ -47,9 +47,9 @@ func TestMountSmallThings(t *testing.T) {
 		t.Errorf("check.json of a raw image: %v", check)
 	}
 
-	// A refused write's status names the command once.
+	// A refused write's status names the command once, and the code.
 	m.shell(t, "echo --bogus > overlay.qcow2/rebase")
-	if s := m.read(t, "overlay.qcow2", "status"); !strings.HasPrefix(s, "failed rebase: ") || strings.Contains(s, "rebase: rebase:") {
+	if s := m.read(t, "overlay.qcow2", "status"); !strings.HasPrefix(s, "failed rebase: BAD_ARGUMENTS: ") || strings.Contains(s, "rebase: rebase:") {
 		t.Errorf("status %q", s)
 	}
 

@@ -42,7 +42,7 @@ func (a *app) infoCommand() {
 				os.Stdout.Write(ctl.InfoHuman(infos))
 			}
 			return 0
-		}, file)
+		}, file, fail)
 	}
 }
 
@@ -87,7 +87,7 @@ func (a *app) mapCommand() {
 			}
 			os.Stdout.Write(out)
 			return 0
-		}, file)
+		}, file, fail)
 	}
 }
 
@@ -131,7 +131,7 @@ func (a *app) checkCommand() {
 			}
 			printReport(r.Messages, r, output, quiet)
 			return r.ExitCode()
-		}, file)
+		}, file, fail)
 	}
 }
 
@@ -178,17 +178,18 @@ func forceShareFlag(c *kingpin.CmdClause, v *bool) {
 // withOpener runs fn with an Opener whose policy allows the directory of file
 // and every --allow-dir, and a context cancelled by SIGINT or SIGTERM. Once
 // cancelled, fn has cancelGrace to return; after that the command ends
-// anyway (every write instarfs makes is crash-safe).
-func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string) int {
+// anyway (every write instarfs makes is crash-safe). What fails before fn
+// runs, or fn's overdue end, is reported with failed.
+func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string, failed func(error) int) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sb, err := a.newSandbox()
 	if err != nil {
-		return fail(err)
+		return failed(err)
 	}
 	policy, err := chainmodel.NewPolicy(append([]string{dirOf(file)}, a.global.allowDirs...)...)
 	if err != nil {
-		return fail(err)
+		return failed(err)
 	}
 	// The roots stay open until the process exits: fn may still run after a
 	// cancelled command gave up waiting for it.
@@ -203,7 +204,7 @@ func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string)
 	case code := <-done:
 		return code
 	case <-time.After(cancelGrace):
-		return fail(errcode.New(errcode.Cancelled, "interrupted; '%s' was left as a crash would leave it", file))
+		return failed(errcode.New(errcode.Cancelled, "interrupted; '%s' was left as a crash would leave it", file))
 	}
 }
 
@@ -214,7 +215,7 @@ const cancelGrace = 500 * time.Millisecond
 // its outcome as qemu-img does: progress on stdout with -p (on stderr with
 // --output=json, which stdout carries), the envelope with --output=json, done
 // on success unless -q.
-func (a *app) runOperation(file, output string, quiet, progress bool, done string,
+func (a *app) runOperation(name, file, output string, quiet, progress bool, done string,
 	op func(context.Context, *ctl.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
 	return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
 		var show ctl.Progress
@@ -246,7 +247,17 @@ func (a *app) runOperation(file, output string, quiet, progress bool, done strin
 			fmt.Println(done)
 		}
 		return 0
-	}, file)
+	}, file, func(err error) int { return refuse(name, file, output, err) })
+}
+
+// refuse reports an operation that failed before it ran (or was given up on):
+// as fail does, and with --output=json also as the envelope the operation
+// would have printed.
+func refuse(op, file, output string, err error) int {
+	if output == "json" {
+		os.Stdout.Write(ctl.Failed(op, file, err).JSON())
+	}
+	return fail(err)
 }
 
 // fail prints err as qemu-img prints errors and returns exit status 1.

@@ -26,11 +26,11 @@ func (a *app) commitCommand() {
 		if rate != "" {
 			r, err := ctl.ParseRate(rate)
 			if err != nil {
-				return fail(err)
+				return refuse("commit", file, output, err)
 			}
 			req.Rate = r
 		}
-		return a.runOperation(file, output, quiet, progress, "Image committed.",
+		return a.runOperation("commit", file, output, quiet, progress, "Image committed.",
 			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Commit(ctx, o, file, req, show)
 			})

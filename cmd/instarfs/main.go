@@ -49,6 +49,8 @@ func newApp() *app {
 		actions:     map[string]func() int{},
 	}
 	a.HelpFlag.Short('h')
+	a.Version(versionLine())
+	a.UsageWriter(os.Stdout) // --help and --version answer on stdout
 	a.Flag("log-level", "Log level: debug, info, warn, error.").Default("warn").EnumVar(&a.global.logLevel, "debug", "info", "warn", "error")
 	a.Flag("log-format", "Log format on stderr: text or json.").Default("text").EnumVar(&a.global.logFormat, "text", "json")
 	a.Flag("sandbox", "Where image bytes are parsed: auto, jail or microvm.").Default("auto").EnumVar(&a.global.sandbox, "auto", "jail", "microvm")
@@ -85,8 +87,7 @@ func (a *app) newSandbox() (vmm.Sandbox, error) {
 func (a *app) run(args []string) int {
 	cmd, err := a.Parse(args)
 	if err != nil {
-		a.Errorf("%v", err)
-		return 1
+		return fail(errcode.New(errcode.BadArguments, "%v", err))
 	}
 	setupLogging(a.global.logLevel, a.global.logFormat)
 	if err := a.refuseQemuOnly(); err != nil {

@@ -30,7 +30,7 @@ func (a *app) mountCommand() {
 		diskWorkers          int
 		diskIdle             time.Duration
 	)
-	c := a.Command("mount", "Mount a directory of images: one directory per image, with JSON about it and rebase/commit control files. Runs in the foreground until SIGINT, SIGTERM or an unmount; exits 0 after unmounting cleanly.")
+	c := a.Command("mount", "Mount a directory of images: one directory per image, with JSON about it, the guest-visible disk, and rebase, commit and repair control files. Runs in the foreground until SIGINT, SIGTERM or an unmount; exits 0 after unmounting cleanly.")
 	c.Flag("read-only", "Hide the control files and refuse every change.").BoolVar(&readOnly)
 	c.Flag("allow-other", "Let other users use the mount (with default_permissions).").BoolVar(&allowOther)
 	c.Flag("disk-workers", "Live workers serving disk files at most; the least recently used one ends first.").Default(strconv.Itoa(diskview.DefaultMaxWorkers)).IntVar(&diskWorkers)

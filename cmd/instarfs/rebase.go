@@ -23,14 +23,14 @@ func (a *app) rebaseCommand() {
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
 		if !backingSet && !unsafe {
-			return fail(errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
+			return refuse("rebase", file, output, errcode.New(errcode.BadArguments, "Must specify backing file (-b) or use unsafe mode (-u)"))
 		}
 		req := ctl.RebaseRequest{Backing: backing, BackingFormat: backingFormat, Format: format, Unsafe: unsafe}
 		done := "Image rebased."
 		if req.Backing == "" {
 			done = "Image detached."
 		}
-		return a.runOperation(file, output, quiet, progress, done,
+		return a.runOperation("rebase", file, output, quiet, progress, done,
 			func(ctx context.Context, o *ctl.Opener, show ctl.Progress) (*ctl.Envelope, error) {
 				return ctl.Rebase(ctx, o, file, req, show)
 			})

@@ -22,7 +22,7 @@ func init() { register(proto.OpCommit, opCommit) }
 // defines is written into the base, read through the top's view of the chain;
 // then, unless args.Drop, the top is emptied.
 //
-// Order of writes (DESIGN §3): base data, base metadata, fdatasync(base);
+// Order of writes (ARCHITECTURE.md, Write ordering): base data, base metadata, fdatasync(base);
 // then the top's metadata, fdatasync(top). A crash before the base is durable
 // leaves the base with leaked clusters at worst and the chain reading as
 // before (the base only receives, in ranges the layers above it cover, what
