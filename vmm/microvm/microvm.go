@@ -184,7 +184,7 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	if err != nil {
 		return nil, err
 	}
-	vm, err := s.prepare(dir, job)
+	vm, err := s.prepare(dir, job, false)
 	if err != nil {
 		return nil, err
 	}
@@ -192,20 +192,70 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	return s.boot(ctx, qemu, vm, job)
 }
 
-// Start would start a long-lived worker session (the mount's disk file). A
-// guest cannot yet serve one: SANDBOX_UNAVAILABLE.
-func (s *Sandbox) Start(context.Context, vmm.Job) (*vmm.Session, error) {
-	return nil, unavailable("worker sessions (the mount's disk file) do not run in a microvm yet; use --sandbox=jail")
+// Start boots a guest for a long-lived worker session (the mount's disk
+// file). The session speaks over a virtio-serial port that QEMU connects to
+// its standard input and output, so the host side is vmm.Process's, with
+// QEMU as the process; the console goes to QEMU's standard error, where the
+// host finds how the worker ended. The guest keeps the session's shared
+// memory to itself and sends shared replies inline. Sessions take no
+// writable images: a guest cannot grow a file.
+func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
+	if err := ctx.Err(); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
+		}
+		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
+	}
+	if len(job.Files) != len(job.Request.Images) {
+		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+			len(job.Files), len(job.Request.Images))
+	}
+	for _, im := range job.Request.Images {
+		if im.Writable {
+			return nil, errcode.New(errcode.Internal, "a microvm session cannot write an image (%s)", im.Name)
+		}
+	}
+	qemu, dir, err := s.Available()
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.prepare(dir, job, true)
+	if err != nil {
+		return nil, err
+	}
+	defer m.close() // QEMU has its own copies
+	job.Request = m.request
+	p := &vmm.Process{
+		Path:        qemu,
+		Args:        append([]string{QEMU}, m.args...),
+		Log:         s.Log,
+		Warn:        s.warnOnce,
+		Inherit:     m.files,
+		Ended:       guestEnded,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
+	}
+	return p.Start(ctx, job)
+}
+
+// guestEnded finds in the console how the guest's pid 1, the worker, ended:
+// the kernel's panic names its wait status. Without it, QEMU's own status
+// stands.
+func guestEnded(ws syscall.WaitStatus, console []byte) (syscall.WaitStatus, []byte) {
+	if status, ok := initExit(console); ok {
+		ws = syscall.WaitStatus(status)
+	}
+	return ws, WorkerStderr(console)
 }
 
 // machine is one run's QEMU command line and the descriptors it inherits.
 type machine struct {
-	args   []string
-	files  []*os.File // inherited, from fd 3 on
-	owned  []*os.File // opened here, closed after the run
-	result *os.File
-	sizes  []int64 // of the writable images before the run; -1 for the others
-	room   []int64 // the writable images' lengths with their room: the drives' sizes
+	request proto.Request // with the images' sizes
+	args    []string
+	files   []*os.File // inherited, from fd 3 on
+	owned   []*os.File // opened here, closed after the run
+	result  *os.File
+	sizes   []int64 // of the writable images before the run; -1 for the others
+	room    []int64 // the writable images' lengths with their room: the drives' sizes
 }
 
 // Room past a writable image's end: a block device cannot grow, so the host
@@ -326,7 +376,10 @@ func (m *machine) drive(f *os.File, writable bool) error {
 	return nil
 }
 
-func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
+// prepare makes the QEMU command line of job and the descriptors it needs.
+// A session's guest gets no result drive and no request in its initramfs: it
+// speaks over a virtio-serial port on QEMU's standard input and output.
+func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, error) {
 	m := &machine{}
 	req := job.Request
 	req.Images = append([]proto.ImageRef(nil), req.Images...)
@@ -350,17 +403,24 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 		m.close()
 		return nil, err
 	}
-	result, err := memfd("instarfs-result", resultDriveSize)
-	if err != nil {
-		m.close()
-		return nil, err
+	m.request = req
+	if !session {
+		result, err := memfd("instarfs-result", resultDriveSize)
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		m.owned, m.result = append(m.owned, result), result
+		if err := m.drive(result, true); err != nil {
+			m.close()
+			return nil, err
+		}
 	}
-	m.owned, m.result = append(m.owned, result), result
-	if err := m.drive(result, true); err != nil {
-		m.close()
-		return nil, err
+	var request *proto.Request
+	if !session {
+		request = &req
 	}
-	initrd, err := s.initrd(dir, req)
+	initrd, err := s.initrd(dir, request)
 	if err != nil {
 		m.close()
 		return nil, err
@@ -375,7 +435,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t rdinit=/init"
 	m.args = append([]string{
 		"-M", "microvm", "-accel", accel, "-m", memory, "-smp", "1",
-		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", filepath.Join(dir, KernelFile),
 		"-initrd", fmt.Sprintf("/proc/self/fd/%d", initrdFD),
@@ -387,19 +447,24 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 		// the calibration races and boots hang without this.
 		cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 	}
+	if session {
+		m.args = append(m.args, "-serial", "file:/dev/stderr",
+			"-device", "virtio-serial-device",
+			"-chardev", "stdio,id=session,signal=off",
+			"-device", "virtserialport,chardev=session,name="+guest.SessionPort)
+	} else {
+		m.args = append(m.args, "-serial", "stdio")
+	}
 	m.args = append(m.args, "-append", cmdline)
 	return m, nil
 }
 
-// initrd is the guest's initramfs with the request appended.
-func (s *Sandbox) initrd(dir string, req proto.Request) (*os.File, error) {
+// initrd is the guest's initramfs with the request, when there is one,
+// appended.
+func (s *Sandbox) initrd(dir string, req *proto.Request) (*os.File, error) {
 	base, err := os.ReadFile(filepath.Join(dir, InitramfsFile))
 	if err != nil {
 		return nil, unavailable("reading the guest: %v", err)
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
 	}
 	var buf bytes.Buffer
 	buf.Write(base)
@@ -414,7 +479,13 @@ func (s *Sandbox) initrd(dir string, req proto.Request) (*os.File, error) {
 		}
 		w.File("/init", 0o755, bin) // a later archive's file replaces an earlier one's
 	}
-	w.File(guest.RequestPath, 0o644, body)
+	if req != nil {
+		body, err := json.Marshal(req)
+		if err != nil {
+			return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+		}
+		w.File(guest.RequestPath, 0o644, body)
+	}
 	if err := w.Close(); err != nil {
 		return nil, errcode.New(errcode.Internal, "writing the request archive: %v", err)
 	}
@@ -555,26 +626,31 @@ loop:
 	if stop != nil {
 		return nil, stop
 	}
-	warn := s.warnOnce
 	status, initEnded := initExit(tail.buf)
-	outcome := func(out []byte) (json.RawMessage, error) {
-		// Progress came over the console as it happened.
-		res, err := vmm.DecodeOutput(bytes.NewReader(out), nil, warn)
-		if err != nil || !initEnded || status == 0 {
-			return res, err
-		}
-		return nil, errcode.New(errcode.WorkerCrashed, "the worker %s after writing its result", describeStatus(status))
-	}
-	if out, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
+	var out []byte
+	written := false
+	if o, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
 		if err := m.settle(job, lengths); err != nil {
 			return nil, err
 		}
-		return outcome(out)
+		out, written = o, true
+	} else if len(lines) > 0 {
+		out, written = bytes.Join(lines, nil), true
 	}
-	if len(lines) > 0 {
-		return outcome(bytes.Join(lines, nil))
-	}
-	if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
+	if written {
+		// Progress came over the console as it happened.
+		res, err := vmm.DecodeOutput(bytes.NewReader(out), nil, s.warnOnce)
+		var final *errcode.Error
+		noResult := errors.As(err, &final) && final.Code == errcode.WorkerCrashed && !vmm.HasFinalLine(out)
+		switch {
+		case noResult:
+			// Say how the worker ended, below.
+		case err != nil || !initEnded || status == 0:
+			return res, err
+		default:
+			return nil, errcode.New(errcode.WorkerCrashed, "the worker %s after writing its result", describeStatus(status))
+		}
+	} else if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
 		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
 	}
 	msg := "the guest stopped without a result"
@@ -589,12 +665,8 @@ loop:
 	if e := strings.TrimSpace(stderr.String()); e != "" {
 		msg += "; QEMU's stderr: " + e
 	}
-	if i := bytes.LastIndex(tail.buf, []byte("\npanic: ")); i >= 0 {
-		line, _, _ := bytes.Cut(tail.buf[i+1:], []byte("\n"))
-		msg += "; " + strings.TrimSpace(string(line))
-	}
-	if c := strings.TrimSpace(string(tail.buf[max(0, len(tail.buf)-quotedTail):])); c != "" {
-		msg += "; stderr (the console): ..." + c
+	if e := vmm.StderrSummary(WorkerStderr(tail.buf)); e != "" {
+		msg += "; stderr: " + e
 	}
 	msg = strings.Map(printable, msg)
 	switch {
@@ -609,6 +681,27 @@ loop:
 	}
 	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
 }
+
+// WorkerStderr is what the worker wrote to its standard error, out of the
+// console: the console up to the kernel's panic at the end of pid 1, without
+// the guest's own marked lines.
+func WorkerStderr(console []byte) []byte {
+	if i := bytes.LastIndex(console, []byte(kernelPanic)); i >= 0 {
+		console = console[:bytes.LastIndexByte(console[:i], '\n')+1]
+	}
+	var b []byte
+	for _, l := range bytes.SplitAfter(console, []byte("\n")) {
+		switch strings.TrimSpace(string(l)) {
+		case strings.TrimSpace(guest.ConsolePrefix + guest.Ready), strings.TrimSpace(guest.ConsolePrefix + guest.Done):
+		default:
+			b = append(b, l...)
+		}
+	}
+	return b
+}
+
+// kernelPanic starts the kernel's message when pid 1 ends.
+const kernelPanic = "Kernel panic - not syncing"
 
 // readResultDrive returns the output the guest wrote and the lengths of the
 // images, if it wrote them.
@@ -738,11 +831,6 @@ func describeStatus(status int) string {
 // killedBySIGSYS is the kernel's panic when the seccomp filter killed the
 // worker, pid 1 of the guest (exit code: signal 31).
 const killedBySIGSYS = "Attempted to kill init! exitcode=0x0000001f"
-
-// consoleTail is how much of the console's end the host keeps to find how
-// pid 1 ended (the panic's stack trace follows that line); an error message
-// quotes the last quotedTail bytes.
-const quotedTail = 2 << 10
 
 // consoleTail is how much of the console's end the host keeps.
 const consoleTail = 16 << 10
