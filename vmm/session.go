@@ -148,7 +148,10 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		}
 		close(s.exited)
 	}()
-	s.life = time.AfterFunc(timeout, func() { s.kill(stopTimeout) })
+	// Armed at the ready document; until then readyTimeout and ctx bound
+	// the start.
+	s.life = time.AfterFunc(time.Hour, func() { s.kill(stopTimeout) })
+	s.life.Stop()
 
 	stop := context.AfterFunc(ctx, func() { s.kill(stopCancelled) })
 	defer stop()

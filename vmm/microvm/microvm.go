@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +41,7 @@ import (
 	"instarfs/errcode"
 	"instarfs/proto"
 	"instarfs/vmm"
+	"instarfs/vmm/jail"
 	"instarfs/vmm/microvm/guest"
 	"instarfs/vmm/microvm/initramfs"
 )
@@ -95,6 +97,8 @@ type Sandbox struct {
 
 	warnMu sync.Mutex
 	warned map[string]bool
+
+	noNamespaces atomic.Bool // the kernel refused them to QEMU
 
 	// init, when set, replaces the guest's /init for the conformance tests,
 	// whose test binary is their worker.
@@ -225,16 +229,55 @@ func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) 
 	}
 	defer m.close() // QEMU has its own copies
 	job.Request = m.request
-	p := &vmm.Process{
-		Path:        qemu,
-		Args:        append([]string{QEMU}, m.args...),
-		Log:         s.Log,
-		Warn:        s.warnOnce,
-		Inherit:     m.files,
-		Ended:       guestEnded,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
+	console := &tailBuffer{max: consoleTail}
+	consoleDone := make(chan struct{})
+	go func() {
+		io.Copy(console, m.console)
+		close(consoleDone)
+	}()
+	ended := func(ws syscall.WaitStatus, qemuStderr []byte) (syscall.WaitStatus, []byte) {
+		select {
+		case <-consoleDone:
+		case <-time.After(time.Second):
+		}
+		ws, stderr := guestEnded(ws, console.Bytes())
+		return ws, append(qemuStderr, stderr...)
 	}
-	return p.Start(ctx, job)
+	var sess *vmm.Session
+	err = s.contained(func(attr *syscall.SysProcAttr, release func()) error {
+		p := &vmm.Process{
+			Path:        qemu,
+			Args:        append([]string{QEMU}, m.args...),
+			Log:         s.Log,
+			Warn:        s.warnOnce,
+			Inherit:     m.files,
+			Ended:       ended,
+			SysProcAttr: attr,
+			Started:     func(int) { m.consoleW.Close() }, // QEMU has its own
+			Exited:      release,
+		}
+		var err error
+		sess, err = p.Start(ctx, job)
+		return err
+	})
+	return sess, err
+}
+
+// contained calls start with the attributes that start QEMU as the jail
+// starts its worker (jail.Contained): unprivileged, in fresh namespaces, or
+// without them once the kernel has refused them. release gives QEMU's uid
+// back after it has exited; start calls it when QEMU does not start.
+func (s *Sandbox) contained(start func(attr *syscall.SysProcAttr, release func()) error) error {
+	for {
+		namespaces := !s.noNamespaces.Load()
+		attr, _, release := jail.Contained(namespaces)
+		err := start(attr, release)
+		if err == nil || !namespaces || !jail.NamespacesRefused(err) {
+			return err
+		}
+		s.noNamespaces.Store(true)
+		s.warnOnce(fmt.Sprintf("the kernel refused namespaces for QEMU (%v); it runs without them", err))
+	}
 }
 
 // guestEnded finds in the console how the guest's pid 1, the worker, ended:
@@ -254,8 +297,10 @@ type machine struct {
 	files   []*os.File // inherited, from fd 3 on
 	owned   []*os.File // opened here, closed after the run
 	result  *os.File
-	sizes   []int64 // of the writable images before the run; -1 for the others
-	room    []int64 // the writable images' lengths with their room: the drives' sizes
+	// A session's console: QEMU writes consoleW, the host reads console.
+	console, consoleW *os.File
+	sizes             []int64 // of the writable images before the run; -1 for the others
+	room              []int64 // the writable images' lengths with their room: the drives' sizes
 }
 
 // Room past a writable image's end: a block device cannot grow, so the host
@@ -448,7 +493,19 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, erro
 		cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 	}
 	if session {
-		m.args = append(m.args, "-serial", "file:/dev/stderr",
+		// The console goes to a pipe of its own: QEMU cannot open its
+		// standard error by name (a pipe of the host's uid), and an
+		// fdset cannot hold a standard stream.
+		r, w, err := os.Pipe()
+		if err != nil {
+			m.close()
+			return nil, unavailable("%v", err)
+		}
+		m.owned = append(m.owned, r, w)
+		m.console, m.consoleW = r, w
+		set := len(m.files) + 1
+		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", m.inherit(w), set),
+			"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on" /* not truncated: a pipe */, set), "-serial", "chardev:console",
 			"-device", "virtio-serial-device",
 			"-chardev", "stdio,id=session,signal=off",
 			"-device", "virtserialport,chardev=session,name="+guest.SessionPort)
@@ -547,18 +604,27 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	}
 	defer stdout.Close()
 	var stderr bytes.Buffer
-	cmd := &exec.Cmd{
-		Path:        qemu,
-		Args:        append([]string{QEMU}, m.args...),
-		Env:         []string{},
-		Dir:         "/",
-		Stdout:      stdoutW,
-		Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
-		ExtraFiles:  m.files,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
-	}
+	var cmd *exec.Cmd
+	var releaseUID func()
 	start := time.Now()
-	err = cmd.Start()
+	err = s.contained(func(attr *syscall.SysProcAttr, release func()) error {
+		cmd = &exec.Cmd{
+			Path:        qemu,
+			Args:        append([]string{QEMU}, m.args...),
+			Env:         []string{},
+			Dir:         "/",
+			Stdout:      stdoutW,
+			Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
+			ExtraFiles:  m.files,
+			SysProcAttr: attr,
+		}
+		err := cmd.Start()
+		if err != nil {
+			release()
+		}
+		releaseUID = release
+		return err
+	})
 	stdoutW.Close()
 	if err != nil {
 		return nil, unavailable("starting %s: %v", QEMU, err)
@@ -572,7 +638,11 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 		lines = readConsole(stdout, ready, finished, tail, job.Progress)
 	}()
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		releaseUID()
+		exited <- err
+	}()
 
 	bootTimer := time.NewTimer(bootDeadline)
 	defer bootTimer.Stop()
@@ -632,6 +702,9 @@ loop:
 	if o, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
 		if err := m.settle(job, lengths); err != nil {
 			return nil, err
+		}
+		if o == nil {
+			return nil, errcode.New(errcode.WorkerProtocol, "invalid worker output: more than %d bytes of output", proto.MaxResultBytes)
 		}
 		out, written = o, true
 	} else if len(lines) > 0 {
@@ -703,14 +776,19 @@ func WorkerStderr(console []byte) []byte {
 // kernelPanic starts the kernel's message when pid 1 ends.
 const kernelPanic = "Kernel panic - not syncing"
 
-// readResultDrive returns the output the guest wrote and the lengths of the
-// images, if it wrote them.
+// readResultDrive returns the output the guest wrote (nil when the worker
+// wrote too much: guest.ResultOverflow) and the lengths of the images, if it
+// wrote them.
 func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	var hdr [8]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guest.ResultMagic {
 		return nil, nil, false
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[4:]))
+	overflow := n == guest.ResultOverflow
+	if overflow {
+		n = 0
+	}
 	if n > resultDriveSize-8-4-8*int64(images) {
 		return nil, nil, false
 	}
@@ -726,7 +804,10 @@ func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	for i := range lengths {
 		lengths[i] = int64(binary.LittleEndian.Uint64(trailer[4+8*i:]))
 	}
-	return out[:n], lengths, true
+	if overflow {
+		return nil, lengths, true
+	}
+	return append([]byte{}, out[:n]...), lengths, true
 }
 
 // readConsole reads the serial console until EOF. It closes ready when the
@@ -835,13 +916,24 @@ const killedBySIGSYS = "Attempted to kill init! exitcode=0x0000001f"
 // consoleTail is how much of the console's end the host keeps.
 const consoleTail = 16 << 10
 
-// tailBuffer keeps the last max bytes written to it.
+// tailBuffer keeps the last max bytes written to it. It is safe for one
+// writer and concurrent readers (Bytes).
 type tailBuffer struct {
+	mu  sync.Mutex
 	buf []byte
 	max int
 }
 
+// Bytes returns a copy of what is kept.
+func (b *tailBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf)
+}
+
 func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
 	if len(b.buf) > b.max {
 		b.buf = append([]byte(nil), b.buf[len(b.buf)-b.max:]...)

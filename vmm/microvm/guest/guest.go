@@ -46,6 +46,12 @@ const SessionPort = "instarfs"
 // (worker.DeviceLengths), or -1.
 const ResultMagic = "INSR"
 
+// ResultOverflow in place of the length says that the worker wrote more
+// than proto.MaxResultBytes, which the host refuses: no lines follow, only
+// the lengths. (Copying the lines out through an emulated guest would take
+// longer than the run.)
+const ResultOverflow = 0xffffffff
+
 // ConsolePrefix marks the guest's own lines on the console, where the kernel
 // may write too. The line after the prefix is a protocol line, or Ready.
 const ConsolePrefix = "\x02instarfs: "
@@ -115,12 +121,12 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	out := &headBuffer{max: proto.MaxResultBytes + 1} // the host refuses more
 	out.full = func() {
 		// As the jail's host kills a worker that writes too much.
-		writeResult(result, out.buf, reported())
+		writeResult(result, EncodeOverflow(reported()))
 		say(Done)
 		os.Exit(1)
 	}
 	code := serve(bytes.NewReader(raw), io.MultiWriter(out, &consoleLines{w: console}))
-	if err := writeResult(result, out.buf, reported()); err != nil {
+	if err := writeResult(result, EncodeResult(out.buf, reported())); err != nil {
 		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
 	}
 	say(Done)
@@ -455,10 +461,9 @@ func openDrives(req *proto.Request, result bool) (int, error) {
 	return proto.FirstImageFD + len(req.Images), nil
 }
 
-// writeResult writes the output and the lengths to the result drive and
-// flushes it.
-func writeResult(fd int, out []byte, lengths []int64) error {
-	if _, err := unix.Pwrite(fd, EncodeResult(out, lengths), 0); err != nil {
+// writeResult writes a result drive's layout and flushes it.
+func writeResult(fd int, layout []byte) error {
+	if _, err := unix.Pwrite(fd, layout, 0); err != nil {
 		return fmt.Errorf("writing the result drive: %w", err)
 	}
 	return unix.Fsync(fd)
@@ -466,9 +471,19 @@ func writeResult(fd int, out []byte, lengths []int64) error {
 
 // EncodeResult lays out the result drive (see ResultMagic).
 func EncodeResult(out []byte, lengths []int64) []byte {
+	return encodeResult(uint32(len(out)), out, lengths)
+}
+
+// EncodeOverflow lays out the result drive of a worker that wrote too much
+// (see ResultOverflow).
+func EncodeOverflow(lengths []int64) []byte {
+	return encodeResult(ResultOverflow, nil, lengths)
+}
+
+func encodeResult(n uint32, out []byte, lengths []int64) []byte {
 	b := make([]byte, 8, 8+len(out)+4+8*len(lengths))
 	copy(b, ResultMagic)
-	binary.LittleEndian.PutUint32(b[4:], uint32(len(out)))
+	binary.LittleEndian.PutUint32(b[4:], n)
 	b = append(b, out...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(lengths)))
 	for _, n := range lengths {
