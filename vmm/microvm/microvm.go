@@ -48,7 +48,7 @@ import (
 
 // Files of the guest directory that `make guest` writes.
 const (
-	KernelFile    = "vmlinuz"
+	KernelFile    = "kernel" // the ELF vmlinux, booted by its PVH entry; else the bzImage
 	InitramfsFile = "initramfs.cpio"
 )
 
@@ -103,6 +103,8 @@ type Sandbox struct {
 	// init, when set, replaces the guest's /init for the conformance tests,
 	// whose test binary is their worker.
 	init string
+	// deadline, when set, replaces the boot deadline, for tests.
+	deadline time.Duration
 }
 
 func init() {
@@ -230,11 +232,23 @@ func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) 
 	defer m.close() // QEMU has its own copies
 	job.Request = m.request
 	console := &tailBuffer{max: consoleTail}
-	consoleDone := make(chan struct{})
+	consoleDone, booted := make(chan struct{}), make(chan struct{})
 	go func() {
-		io.Copy(console, m.console)
+		io.Copy(&readyWatch{w: console, ready: booted}, m.console)
 		close(consoleDone)
 	}()
+	// A guest that has not said it runs by the boot deadline is stopped, as
+	// in Run: a /dev/kvm that does not boot stock kernels fails fast.
+	var bootFailed atomic.Bool
+	watchBoot := func(pid int) {
+		select {
+		case <-booted:
+		case <-consoleDone:
+		case <-time.After(s.bootDeadline()):
+			bootFailed.Store(true)
+			syscall.Kill(pid, syscall.SIGKILL) // not yet waited for: Start is reading its ready line
+		}
+	}
 	ended := func(ws syscall.WaitStatus, qemuStderr []byte) (syscall.WaitStatus, []byte) {
 		select {
 		case <-consoleDone:
@@ -253,14 +267,60 @@ func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) 
 			Inherit:     m.files,
 			Ended:       ended,
 			SysProcAttr: attr,
-			Started:     func(int) { m.consoleW.Close() }, // QEMU has its own
 			Exited:      release,
+			Started: func(pid int) {
+				m.consoleW.Close() // QEMU has its own
+				go watchBoot(pid)
+			},
 		}
 		var err error
 		sess, err = p.Start(ctx, job)
 		return err
 	})
+	if err != nil && bootFailed.Load() {
+		return nil, s.bootError()
+	}
 	return sess, err
+}
+
+// bootDeadline is how long a guest may take to say it runs.
+func (s *Sandbox) bootDeadline() time.Duration {
+	if s.deadline > 0 {
+		return s.deadline
+	}
+	if s.Accelerator() == TCG {
+		return BootDeadlineTCG
+	}
+	return BootDeadlineKVM
+}
+
+// bootError says that a guest did not start within the boot deadline.
+func (s *Sandbox) bootError() error {
+	if s.Accelerator() == KVM {
+		return unavailable("/dev/kvm opens, but the guest did not start within %v: this KVM does not boot a stock kernel (a nested hypervisor such as PVM?)", BootDeadlineKVM)
+	}
+	return unavailable("the guest did not start within %v under %s", s.bootDeadline(), s.Accelerator())
+}
+
+// readyWatch passes the console on to w and closes ready once the guest's
+// /init has said it runs.
+type readyWatch struct {
+	w     io.Writer
+	ready chan struct{}
+	seen  []byte // the console so far, until ready
+}
+
+func (r *readyWatch) Write(p []byte) (int, error) {
+	if r.ready != nil {
+		r.seen = append(r.seen, p...)
+		if bytes.Contains(r.seen, []byte(guest.ConsolePrefix+guest.Ready)) {
+			close(r.ready)
+			r.ready, r.seen = nil, nil
+		} else if len(r.seen) > maxConsoleLine {
+			r.seen = r.seen[len(r.seen)-len(guest.ConsolePrefix+guest.Ready):]
+		}
+	}
+	return r.w.Write(p)
 }
 
 // contained calls start with the attributes that start QEMU as the jail
@@ -594,10 +654,7 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	if timeout <= 0 {
 		timeout = vmm.DefaultTimeout
 	}
-	bootDeadline := BootDeadlineKVM
-	if s.Accelerator() == TCG {
-		bootDeadline = BootDeadlineTCG
-	}
+	bootDeadline := s.bootDeadline()
 	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		return nil, unavailable("%v", err)
@@ -668,10 +725,7 @@ loop:
 			runTimer.Reset(stopGrace)
 		case <-bootTimer.C:
 			if !booted {
-				stop = unavailable("the guest did not start within %v under %s", bootDeadline, s.Accelerator())
-				if s.Accelerator() == KVM {
-					stop = unavailable("/dev/kvm opens, but the guest did not start within %v: this KVM does not boot a stock kernel (a nested hypervisor such as PVM?)", bootDeadline)
-				}
+				stop = s.bootError()
 				cmd.Process.Kill()
 			}
 		case <-runTimer.C:

@@ -219,3 +219,31 @@ func TestQEMUConfined(t *testing.T) {
 		t.Errorf("call: %q, %v", reply[:n], err)
 	}
 }
+
+// TestBootDeadline checks that a guest that does not say it runs by the boot
+// deadline is stopped and reported as SANDBOX_UNAVAILABLE, by Run and by
+// Start: how a /dev/kvm that does not boot stock kernels fails fast.
+func TestBootDeadline(t *testing.T) {
+	s := tcg(t)
+	s.deadline = 50 * time.Millisecond
+	job := vmm.Job{Request: proto.Request{Op: proto.OpNoop}, Timeout: time.Minute}
+	for name, run := range map[string]func() error{
+		"Run": func() error { _, err := s.Run(context.Background(), job); return err },
+		"Start": func() error {
+			sess, err := s.Start(context.Background(), job)
+			if err == nil {
+				sess.Close()
+			}
+			return err
+		},
+	} {
+		start := time.Now()
+		err := run()
+		if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "did not start within 50ms") {
+			t.Errorf("%s: %v, want SANDBOX_UNAVAILABLE saying the guest did not start", name, err)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%s took %v", name, d)
+		}
+	}
+}
