@@ -235,6 +235,7 @@ func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) 
 	consoleDone, booted := make(chan struct{}), make(chan struct{})
 	go func() {
 		io.Copy(&readyWatch{w: console, ready: booted}, m.console)
+		m.console.Close()
 		close(consoleDone)
 	}()
 	// A guest that has not said it runs by the boot deadline is stopped, as
@@ -561,7 +562,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, erro
 			m.close()
 			return nil, unavailable("%v", err)
 		}
-		m.owned = append(m.owned, r, w)
+		m.owned = append(m.owned, w) // r is closed by its reader, at EOF
 		m.console, m.consoleW = r, w
 		set := len(m.files) + 1
 		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", m.inherit(w), set),
