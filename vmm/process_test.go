@@ -300,8 +300,8 @@ func TestStderrSummary(t *testing.T) {
 		{"bell\a here", "bell? here"},
 	}
 	for _, tt := range tests {
-		if got := stderrSummary([]byte(tt.in)); got != tt.want {
-			t.Errorf("stderrSummary(%.40q) = %q, want %q", tt.in, got, tt.want)
+		if got := StderrSummary([]byte(tt.in)); got != tt.want {
+			t.Errorf("StderrSummary(%.40q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

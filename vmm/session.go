@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -72,6 +73,7 @@ type Session struct {
 	life    *time.Timer
 	timeout time.Duration
 	cpu     time.Duration
+	ended   func(syscall.WaitStatus, []byte) (syscall.WaitStatus, []byte)
 	log     logrus.FieldLogger
 
 	stop atomic.Int32 // a stopReason: why the host killed the worker
@@ -83,8 +85,8 @@ type Session struct {
 }
 
 // Start starts a worker for a session: it runs job.Request like Run, then
-// keeps the worker up until Close, job.Timeout (its whole life) or a failure.
-// ctx bounds the start only. The caller keeps job.Files open while the
+// keeps the worker up until Close, job.Timeout (its whole life, counted from
+// the ready document) or a failure. ctx bounds the start only. The caller keeps job.Files open while the
 // session lives.
 func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	if err := ctx.Err(); err != nil {
@@ -98,9 +100,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		return nil, err
 	}
 	log, warn := p.loggers()
-	files := job.Files
+	files := p.inherited(job)
 	var shared []byte
-	if job.Shared > 0 {
+	if job.Shared > 0 && p.Inherit == nil { // a guest makes its own
 		f, m, err := sharedMemory(job.Shared)
 		if err != nil {
 			return nil, &StartError{Err: err}
@@ -128,7 +130,7 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	s := &Session{
 		cmd: cmd, pp: pp, shared: shared, br: bufio.NewReaderSize(pp.stdoutR, 64<<10),
 		stderr: &headBuffer{max: MaxStderrBytes}, exited: make(chan struct{}),
-		timeout: timeout, cpu: p.CPULimit, log: log,
+		timeout: timeout, cpu: p.CPULimit, ended: p.Ended, log: log,
 	}
 	stderrDone := make(chan struct{})
 	go func() {
@@ -146,7 +148,10 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		}
 		close(s.exited)
 	}()
-	s.life = time.AfterFunc(timeout, func() { s.kill(stopTimeout) })
+	// Armed at the ready document; until then readyTimeout and ctx bound
+	// the start.
+	s.life = time.AfterFunc(time.Hour, func() { s.kill(stopTimeout) })
+	s.life.Stop()
 
 	stop := context.AfterFunc(ctx, func() { s.kill(stopCancelled) })
 	defer stop()
@@ -175,6 +180,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 			return nil, m.Error
 		case m.Result != nil:
 			s.Ready = m.Result
+			// The life counts from here: a virtual machine's boot is not
+			// the session's time.
+			s.life.Reset(timeout)
 			return s, nil
 		}
 	}
@@ -363,7 +371,7 @@ func (s *Session) fail(cause error) error {
 		// write did.
 		select {
 		case <-s.exited:
-			_, s.failed = outcomeError(s.cmd.ProcessState, stop, s.timeout, s.cpu, &outcome{}, s.stderr)
+			_, s.failed = outcomeError(s.cmd.ProcessState, s.ended, stop, s.timeout, s.cpu, &outcome{}, s.stderr)
 		case <-time.After(2 * time.Second):
 			s.failed = errcode.New(errcode.WorkerCrashed, "the worker failed: %v", cause)
 		}
