@@ -70,6 +70,6 @@ func timed(op, path string, sb vmm.Sandbox, run func() (*Envelope, error)) (*Env
 
 // Failed returns an envelope reporting err for operation op on image.
 func Failed(op, image string, err error) *Envelope {
-	e := &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
+	e := &errcode.Error{Code: errcode.Of(err), Message: err.Error()}
 	return &Envelope{Operation: op, Image: image, Error: e}
 }

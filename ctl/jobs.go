@@ -150,7 +150,7 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 		}()
 		return j.spec.Run(ctx, j.setProgress)
 	}()
-	if err != nil && ctx.Err() != nil && errcode.Code(err) == errcode.Internal {
+	if err != nil && ctx.Err() != nil && errcode.Of(err) == errcode.Internal {
 		err = errcode.New(errcode.Cancelled, "%s was interrupted: %v", j.spec.Operation, err)
 	}
 	if env == nil {
@@ -159,7 +159,7 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 		}
 		env = Failed(j.spec.Operation, j.spec.Image, err)
 	} else if err != nil && env.Error == nil {
-		env.Error = &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
+		env.Error = &errcode.Error{Code: errcode.Of(err), Message: err.Error()}
 	}
 	if env.Sandbox == "" {
 		env.Sandbox = m.Sandbox
@@ -299,7 +299,7 @@ func (m *JobManager) logJob(spec JobSpec, env *Envelope, err error, d time.Durat
 	}
 	result := "ok"
 	if env.Error != nil {
-		result = env.Error.Code
+		result = string(env.Error.Code)
 	}
 	e := log.WithFields(logrus.Fields{
 		"operation": spec.Operation,

@@ -56,10 +56,10 @@ func TestJobManager(t *testing.T) {
 	before, _ := m.Changed(a)
 	// Any image of the chain is busy; another chain is not.
 	for _, top := range []FileID{a, b} {
-		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Code(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
+		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Of(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
 			t.Errorf("second job on %v: %v, want CHAIN_BUSY naming rebase of 'a'", top, err)
 		}
-		if err := m.BusyError(top); errcode.Code(err) != errcode.ChainBusy {
+		if err := m.BusyError(top); errcode.Of(err) != errcode.ChainBusy {
 			t.Errorf("BusyError(%v) = %v", top, err)
 		}
 	}

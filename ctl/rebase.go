@@ -221,7 +221,7 @@ func openChainFrom(ctx context.Context, o *Opener, f *os.File, name string, loc 
 		info, st, err := o.Probe(ctx, f, name, format, false)
 		if err != nil {
 			f.Close()
-			if detect && errcode.Code(err) == errcode.FormatNotDetected {
+			if detect && errcode.Of(err) == errcode.FormatNotDetected {
 				err = errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", name)
 			}
 			return fail(err)
@@ -282,7 +282,7 @@ func lookAtNewBacking(ctx context.Context, o *Opener, c *chainmodel.Chain, req R
 	// The images below it are looked at only to find a loop; anything else
 	// wrong there is not this rebase's concern, as the data is not read.
 	nc, err := openChainFrom(ctx, o, f, chainmodel.FullBackingName(top.Name, req.Backing), loc, req.BackingFormat, false, top.ID())
-	if errcode.Code(err) == errcode.RebaseCreatesLoop {
+	if errcode.Of(err) == errcode.RebaseCreatesLoop {
 		return nil, err
 	}
 	if err == nil {

@@ -269,7 +269,7 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 			return 0, s.fail(err)
 		}
 		var e errcode.Error
-		if err := proto.Decode(body, &e); err != nil || !validCode(e.Code) {
+		if err := proto.Decode(body, &e); err != nil || !e.Code.FromWorker() {
 			return 0, s.fail(violation("an error frame that is not an error: %.80q", body))
 		}
 		e.Message = sanitize(e.Message)

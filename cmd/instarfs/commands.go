@@ -262,6 +262,6 @@ func refuse(op, file, output string, err error) int {
 
 // fail prints err as qemu-img prints errors and returns exit status 1.
 func fail(err error) int {
-	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)
+	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Of(err), err)
 	return 1
 }
