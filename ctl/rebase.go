@@ -23,15 +23,9 @@ import (
 // a vmdk image. The new
 // backing name is resolved relative to path's directory and opened under
 // o.Policy (a refused name is never opened); it is written to the header
-// verbatim. A worker does the rest. On failure the returned envelope
-// describes the error too.
+// verbatim. A worker does the rest. It returns the result envelope, or an
+// error; Run makes the envelope users see of either.
 func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
-	return timed("rebase", path, o.Sandbox, func() (*Envelope, error) {
-		return rebase(ctx, o, path, req, progress)
-	})
-}
-
-func rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
 	for _, f := range []string{req.Format, req.BackingFormat} {
 		switch f {
 		case "", "qcow2", "vmdk", "raw":

@@ -223,10 +223,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 // interrupted one gets ECANCELED rather than EINTR for a cancelled job, so
 // that a runtime that restarts writes on EINTR does not restart it forever.
 func (cn *controlNode) wait(ctx context.Context, job *ctl.Job, restarted bool, n int) (uint32, syscall.Errno) {
-	env, err := job.Wait(ctx)
-	if env != nil && env.Error != nil {
-		err = env.Error
-	}
+	_, err := job.Wait(ctx)
 	switch {
 	case err == nil:
 		return uint32(n), 0

@@ -286,7 +286,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		last := c.Images[len(c.Images)-1]
 		return ctl.PartialChainJSON(ctl.Info(c, true), ctl.Unopened{
 			Filename: chainmodel.FullBackingName(last.Name, last.Info.BackingFilename),
-			Error:    &errcode.Error{Code: errcode.Of(err), Message: err.Error()},
+			Error:    errcode.From(err),
 		}), nil
 	}
 	if err != nil {
