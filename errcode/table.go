@@ -1,9 +1,6 @@
 package errcode
 
-import (
-	"slices"
-	"syscall"
-)
+import "syscall"
 
 // Codes. Append only: users match on these strings. Each has its row in table.
 const (
@@ -185,16 +182,6 @@ var table = map[Code]row{
 	ChainChanged: {syscall.EIO, host, "a job changed the chain of an open disk file"},
 }
 
-// Codes returns every code of the table, sorted.
-func Codes() []Code {
-	cs := make([]Code, 0, len(table))
-	for c := range table {
-		cs = append(cs, c)
-	}
-	slices.Sort(cs)
-	return cs
-}
-
 // Errno is the errno the mount returns for c: EIO for a code not in the table.
 func (c Code) Errno() syscall.Errno {
 	if r, ok := table[c]; ok {
@@ -213,6 +200,3 @@ func (c Code) FromWorker() bool { return table[c].roles&worker != 0 }
 // BadImage reports whether c says that the file is an image of a known format
 // that instarfs refuses as it is.
 func (c Code) BadImage() bool { return table[c].roles&badImage != 0 }
-
-// Meaning is one line saying what c means; empty for a code not in the table.
-func (c Code) Meaning() string { return table[c].what }
