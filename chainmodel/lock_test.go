@@ -36,7 +36,7 @@ func TestLockConflicts(t *testing.T) {
 		if tt.ok && err != nil {
 			t.Errorf("writable=%v then writable=%v: %v", tt.first, tt.second, err)
 		}
-		if !tt.ok && errcode.Code(err) != errcode.ImageInUse {
+		if !tt.ok && errcode.Of(err) != errcode.ImageInUse {
 			t.Errorf("writable=%v then writable=%v: got %v, want IMAGE_IN_USE", tt.first, tt.second, err)
 		}
 		UnlockImage(a)
@@ -86,10 +86,10 @@ func TestLockInteropQemu(t *testing.T) {
 		UnlockImage(f)
 		time.Sleep(20 * time.Millisecond)
 	}
-	if errcode.Code(err) != errcode.ImageInUse || !strings.Contains(err.Error(), "in use") {
+	if errcode.Of(err) != errcode.ImageInUse || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("read lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
 	}
-	if err := LockImage(f, "a.qcow2", true); errcode.Code(err) != errcode.ImageInUse {
+	if err := LockImage(f, "a.qcow2", true); errcode.Of(err) != errcode.ImageInUse {
 		t.Fatalf("write lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
 	}
 	q.Process.Kill()

@@ -135,7 +135,7 @@ func (p Policy) Admit(referrerDir, name string) error {
 		return err
 	}
 	_, err = p.Stat(loc, How{Backing: true, Name: name})
-	if err != nil && errcode.Code(err) != errcode.BackingNotFound {
+	if err != nil && errcode.Of(err) != errcode.BackingNotFound {
 		return err
 	}
 	return nil

@@ -65,7 +65,7 @@ func TestPolicyOpen(t *testing.T) {
 	sub := filepath.Join(images, "sub")
 	tests := []struct {
 		dir, name string
-		code      string // "" for success
+		code      errcode.Code // "" for success
 	}{
 		{images, "base.img", ""},
 		{sub, "../base.img", ""},
@@ -164,7 +164,10 @@ func TestPolicyAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	tests := []struct{ name, code string }{
+	tests := []struct {
+		name string
+		code errcode.Code
+	}{
 		{"not-yet.qcow2", ""},
 		{"sub/not-yet.qcow2", ""},
 		{filepath.Join(dir, "not-yet.qcow2"), ""},
@@ -182,11 +185,11 @@ func TestPolicyAdmit(t *testing.T) {
 	}
 }
 
-func codeOf(err error) string {
+func codeOf(err error) errcode.Code {
 	if err == nil {
 		return ""
 	}
-	return errcode.Code(err)
+	return errcode.Of(err)
 }
 
 func TestFullBackingName(t *testing.T) {

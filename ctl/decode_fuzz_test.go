@@ -71,7 +71,7 @@ func fakeOpener(t *testing.T, dir string, sb fakeSandbox) *Opener {
 // checkRefusal fails t unless err names a code other than INTERNAL.
 func checkRefusal(t *testing.T, err error) {
 	t.Helper()
-	if c := errcode.Code(err); c == errcode.Internal {
+	if c := errcode.Of(err); c == errcode.Internal {
 		t.Fatalf("refused with %s: %v", c, err)
 	}
 }
@@ -158,8 +158,8 @@ func FuzzMapResult(f *testing.F) {
 		if !reflect.DeepEqual(back, want) {
 			t.Fatalf("map --output=json does not round-trip:\n%s", m.JSON())
 		}
-		if _, err := m.Human(); err != nil && errcode.Code(err) != errcode.BadArguments {
-			t.Fatalf("human map failed with %s: %v", errcode.Code(err), err)
+		if _, err := m.Human(); err != nil && errcode.Of(err) != errcode.BadArguments {
+			t.Fatalf("human map failed with %s: %v", errcode.Of(err), err)
 		}
 	})
 }

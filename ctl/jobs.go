@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
 // FileID identifies an image file by device and inode, whatever its name.
@@ -19,8 +19,9 @@ type FileID struct {
 	Dev, Ino uint64
 }
 
-// JobFunc runs one operation; it reports progress and stops at a crash-safe
-// point when ctx is cancelled.
+// JobFunc runs one operation and returns its result envelope or an error (the
+// manager makes the envelope users see of either, with Run); it reports
+// progress and stops at a crash-safe point when ctx is cancelled.
 type JobFunc func(ctx context.Context, progress Progress) (*Envelope, error)
 
 // JobSpec describes a job to start.
@@ -72,8 +73,9 @@ func (j *Job) setProgress(f float64) {
 // It keeps, per image, the outcome of the last job or refusal for status and
 // result.json, and when each of them last changed.
 type JobManager struct {
-	// Sandbox names the sandbox backend, for the log.
-	Sandbox string
+	// Sandbox is the sandbox the jobs' workers run in, for their envelopes
+	// and the log.
+	Sandbox vmm.Sandbox
 	// Log receives one line per job; nil means logrus's standard logger.
 	Log logrus.FieldLogger
 
@@ -88,7 +90,6 @@ type JobManager struct {
 type lastResult struct {
 	op  string
 	env *Envelope
-	err error
 }
 
 // changeTimes says when an image's status and result last changed.
@@ -141,34 +142,16 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 
 func (m *JobManager) run(ctx context.Context, j *Job) {
 	defer m.wg.Done()
-	start := time.Now()
-	env, err := func() (env *Envelope, err error) {
+	env, err := Run(ctx, j.spec.Operation, j.spec.Image, m.Sandbox, func(ctx context.Context) (env *Envelope, err error) {
 		defer func() {
 			if r := recover(); r != nil {
 				env, err = nil, errcode.New(errcode.Internal, "%s panicked: %v", j.spec.Operation, r)
 			}
 		}()
 		return j.spec.Run(ctx, j.setProgress)
-	}()
-	if err != nil && ctx.Err() != nil && errcode.Code(err) == errcode.Internal {
-		err = errcode.New(errcode.Cancelled, "%s was interrupted: %v", j.spec.Operation, err)
-	}
-	if env == nil {
-		if err == nil {
-			err = errcode.New(errcode.Internal, "%s returned no result", j.spec.Operation)
-		}
-		env = Failed(j.spec.Operation, j.spec.Image, err)
-	} else if err != nil && env.Error == nil {
-		env.Error = &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
-	}
-	if env.Sandbox == "" {
-		env.Sandbox = m.Sandbox
-	}
-	if env.DurationMS == 0 {
-		env.DurationMS = time.Since(start).Milliseconds()
-	}
+	})
 	j.env, j.err = env, err
-	m.logJob(j.spec, env, err, time.Since(start))
+	m.logJob(j.spec, env)
 
 	m.mu.Lock()
 	for id, b := range m.busy {
@@ -178,7 +161,7 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 		}
 	}
 	delete(m.running, j.spec.Top)
-	m.last[j.spec.Top] = lastResult{op: j.spec.Operation, env: env, err: err}
+	m.last[j.spec.Top] = lastResult{op: j.spec.Operation, env: env}
 	m.touch(true, j.spec.Top)
 	m.mu.Unlock()
 	j.cancel()
@@ -191,13 +174,13 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 // A job running on the image goes on; its result replaces the refusal when it
 // ends.
 func (m *JobManager) Record(spec JobSpec, err error) *Envelope {
-	env := Failed(spec.Operation, spec.Image, err)
-	env.Sandbox = m.Sandbox
-	m.logJob(spec, env, err, 0)
+	refused := func(context.Context) (*Envelope, error) { return nil, err }
+	env, _ := Run(context.Background(), spec.Operation, spec.Image, m.Sandbox, refused)
+	m.logJob(spec, env)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.init()
-	m.last[spec.Top] = lastResult{op: spec.Operation, env: env, err: err}
+	m.last[spec.Top] = lastResult{op: spec.Operation, env: env}
 	m.touch(true, spec.Top)
 	return env
 }
@@ -292,32 +275,26 @@ func (m *JobManager) CancelAll() {
 	m.wg.Wait()
 }
 
-func (m *JobManager) logJob(spec JobSpec, env *Envelope, err error, d time.Duration) {
+func (m *JobManager) logJob(spec JobSpec, env *Envelope) {
 	log := m.Log
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
 	result := "ok"
 	if env.Error != nil {
-		result = env.Error.Code
+		result = string(env.Error.Code)
 	}
 	e := log.WithFields(logrus.Fields{
 		"operation": spec.Operation,
 		"image":     spec.Image,
 		"arguments": spec.Arguments,
 		"result":    result,
-		"duration":  d.Round(time.Millisecond).String(),
-		"sandbox":   m.Sandbox,
+		"duration":  (time.Duration(env.DurationMS) * time.Millisecond).String(),
+		"sandbox":   env.Sandbox,
 	})
 	if env.Error != nil {
 		e.WithField("error", env.Error.Message).Warn("job failed")
 		return
 	}
 	e.Info("job finished")
-}
-
-// IsCancelled reports whether err is the error of an interrupted job.
-func IsCancelled(err error) bool {
-	var e *errcode.Error
-	return errors.As(err, &e) && e.Code == errcode.Cancelled
 }

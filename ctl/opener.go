@@ -255,7 +255,7 @@ func (o *Opener) openBacking(ctx context.Context, im *chainmodel.Image) (*chainm
 	next, err := o.describe(ctx, f, chainmodel.FullBackingName(im.Name, name), loc, im.Info.BackingFilenameFormat, false)
 	if err != nil {
 		f.Close()
-		if errcode.Code(err) == errcode.FormatNotDetected {
+		if errcode.Of(err) == errcode.FormatNotDetected {
 			return nil, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", name, im.Name)
 		}
 		return nil, err

@@ -110,7 +110,7 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 	rel := g.imageRel()
 	data, err := g.fs.document(ctx, g.kind, rel, id)
-	for errcode.Code(err) == errcode.ImageInUse {
+	for errcode.Of(err) == errcode.ImageInUse {
 		// A job of this mount on the chain holds its locks: answer what
 		// was made last, or wait for the job and try again. A lock another
 		// process holds is still EBUSY.
@@ -236,7 +236,7 @@ func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) ui
 	}
 	id := ctl.FileID{Dev: st.Dev, Ino: st.Ino}
 	data, err := f.document(ctx, kind, rel, id)
-	if errcode.Code(err) == errcode.ImageInUse {
+	if errcode.Of(err) == errcode.ImageInUse {
 		data = f.lastDocument(kind, id) // never wait for a job here
 	} else if err != nil {
 		return 0
@@ -264,7 +264,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	noBacking := kind == kindInfo || kind == kindCheck
 	opts := ctl.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
 	c, err := o.OpenChain(ctx, rel, opts)
-	if errcode.Code(err) == errcode.ImageInUse {
+	if errcode.Of(err) == errcode.ImageInUse {
 		// Another process (a running VM) holds an image of the chain: read
 		// it as qemu-img -U does, without locks; status says it is in use.
 		// Not when it is this mount's own job: that image is being changed.
@@ -275,7 +275,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 			return nil, inUse
 		}
 	}
-	if err != nil && c != nil && errcode.Code(err) != errcode.BackingNotFound {
+	if err != nil && c != nil && errcode.Of(err) != errcode.BackingNotFound {
 		c.Close() // only a missing member is shown; a refused one is an error
 		return nil, err
 	}
@@ -286,7 +286,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		last := c.Images[len(c.Images)-1]
 		return ctl.PartialChainJSON(ctl.Info(c, true), ctl.Unopened{
 			Filename: chainmodel.FullBackingName(last.Name, last.Info.BackingFilename),
-			Error:    &errcode.Error{Code: errcode.Code(err), Message: err.Error()},
+			Error:    errcode.From(err),
 		}), nil
 	}
 	if err != nil {
@@ -331,7 +331,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		}
 	}
 	c.Close()
-	if err != nil && errcode.Code(err) != errcode.DocumentTooLarge {
+	if err != nil && errcode.Of(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
 	e := f.remember(slot, key.String(), rel, data, err)

@@ -39,7 +39,6 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -199,7 +198,7 @@ func (f *FS) loc(rel string) chainmodel.Loc {
 func (f *FS) stat(rel string, dir bool, want chainmodel.FileID) (unix.Stat_t, syscall.Errno) {
 	st, err := f.cfg.Opener.Policy.Stat(f.loc(rel), chainmodel.How{Dir: dir, Want: &want})
 	if err != nil {
-		return st, Errno(err)
+		return st, errcode.Of(err).Errno()
 	}
 	return st, 0
 }
@@ -265,16 +264,6 @@ func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
 // probeTries is how often a probe whose worker failed is tried.
 const probeTries = 3
 
-// transient says whether err is a failure of the worker rather than an answer
-// about the file.
-func transient(err error) bool {
-	switch errcode.Code(err) {
-	case errcode.WorkerCrashed, errcode.WorkerTimeout, errcode.WorkerProtocol, errcode.SandboxUnavailable, errcode.Internal:
-		return true
-	}
-	return false
-}
-
 // minImageSize is the size below which a file cannot be an image: no qcow2,
 // vmdk or partition table fits. Such files are hidden without a probe.
 const minImageSize = 512
@@ -292,7 +281,7 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 		return class{}, true
 	}
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, "", true)
-	for try := 1; err != nil && transient(err) && try < probeTries && ctx.Err() == nil; try++ {
+	for try := 1; err != nil && errcode.Of(err).Transient() && try < probeTries && ctx.Err() == nil; try++ {
 		// A worker that could not start or died says nothing about the file
 		// (a loaded host, a transient resource limit): ask again rather than
 		// hide an image.
@@ -301,9 +290,8 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 		info, _, err = f.cfg.Opener.Probe(ctx, file, rel, "", true)
 	}
 	if err != nil {
-		code := errcode.Code(err)
-		switch {
-		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_") || code == errcode.ImageTooLarge:
+		switch code := errcode.Of(err); {
+		case code.BadImage():
 			// Recognisably an image, but one instarfs refuses: show it, and let
 			// its files say why.
 			return class{image: true, err: err}, true
@@ -326,37 +314,9 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 // errno maps an error to what a FUSE request returns, and logs what the errno
 // cannot say.
 func (f *FS) errno(what, rel string, err error) syscall.Errno {
-	e := Errno(err)
-	f.cfg.Log.WithFields(logrus.Fields{"image": rel, "file": what, "code": errcode.Code(err), "error": err.Error()}).Info("request refused")
+	e := errcode.Of(err).Errno()
+	f.cfg.Log.WithFields(logrus.Fields{"image": rel, "file": what, "code": errcode.Of(err), "error": err.Error()}).Info("request refused")
 	return e
-}
-
-// Errno is the errno a control-file write or a generated file's open returns
-// for an error with a code.
-func Errno(err error) syscall.Errno {
-	switch errcode.Code(err) {
-	case errcode.BadArguments, errcode.UnknownFormat, errcode.FormatMismatch, errcode.BackingFormatRequired,
-		errcode.RawNotInferred, errcode.FormatNotDetected, errcode.NoBackingFile, errcode.BaseNotInChain,
-		errcode.BackingNameTooLong, errcode.RebaseCreatesLoop, errcode.AmbiguousName:
-		return syscall.EINVAL
-	case errcode.NameTooLong:
-		return syscall.ENAMETOOLONG
-	case errcode.NotFound, errcode.BackingNotFound:
-		return syscall.ENOENT
-	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol, errcode.NotRegularFile:
-		return syscall.EPERM
-	case errcode.RawBaseIsImage:
-		return syscall.EPERM
-	case errcode.ImageInUse, errcode.ChainBusy, errcode.ImageChanged:
-		return syscall.EBUSY
-	case errcode.Cancelled:
-		return syscall.EINTR
-	case errcode.RebaseUnsupported, errcode.CommitUnsupported, errcode.RepairUnsupported:
-		return syscall.EOPNOTSUPP
-	case errcode.DocumentTooLarge, errcode.ImageTooLarge:
-		return syscall.EFBIG
-	}
-	return syscall.EIO
 }
 
 // node is embedded by every node type: it refuses every change to the

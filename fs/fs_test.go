@@ -1,45 +1,15 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
-	"instarfs/errcode"
 	"instarfs/proto"
 )
-
-func TestErrno(t *testing.T) {
-	tests := []struct {
-		err  error
-		want syscall.Errno
-	}{
-		{errcode.New(errcode.BadArguments, "x"), syscall.EINVAL},
-		{errcode.New(errcode.NoBackingFile, "x"), syscall.EINVAL},
-		{errcode.New(errcode.BackingNotFound, "x"), syscall.ENOENT},
-		{errcode.New(errcode.BackingPathOutsideRoot, "x"), syscall.EPERM},
-		{errcode.New(errcode.BackingProtocol, "x"), syscall.EPERM},
-		{errcode.New(errcode.ImageInUse, "x"), syscall.EBUSY},
-		{errcode.New(errcode.ChainBusy, "x"), syscall.EBUSY},
-		{errcode.New(errcode.Cancelled, "x"), syscall.EINTR},
-		{errcode.New(errcode.DocumentTooLarge, "x"), syscall.EFBIG},
-		{errcode.New(errcode.ImageTooLarge, "x"), syscall.EFBIG},
-		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
-		{errcode.New(errcode.RepairUnsupported, "x"), syscall.EOPNOTSUPP},
-		{errcode.New(errcode.RepairNeedsRebuild, "x"), syscall.EIO},
-		{errors.New("plain"), syscall.EIO},
-	}
-	for _, tt := range tests {
-		if got := Errno(tt.err); got != tt.want {
-			t.Errorf("Errno(%s) = %v, want %v", errcode.Code(tt.err), got, tt.want)
-		}
-	}
-}
 
 func TestInodeNumber(t *testing.T) {
 	seen := map[uint64]bool{}

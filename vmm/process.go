@@ -471,26 +471,11 @@ func decodeMessage(line []byte) (*proto.Message, error) {
 		if len(line) > proto.MaxErrorLineBytes {
 			return nil, fmt.Errorf("error line longer than %d bytes", proto.MaxErrorLineBytes)
 		}
-		if !validCode(m.Error.Code) {
-			return nil, fmt.Errorf("error code %q is not an upper-case name", sanitize(truncate(m.Error.Code, 80)))
+		if !m.Error.Code.FromWorker() {
+			return nil, fmt.Errorf("error code %q is not one a worker may send", sanitize(truncate(string(m.Error.Code), 80)))
 		}
 	}
 	return &m, nil
-}
-
-// validCode reports whether s looks like an errcode: [A-Z][A-Z0-9_]*, at most
-// 64 bytes.
-func validCode(s string) bool {
-	if s == "" || len(s) > 64 || s[0] < 'A' || s[0] > 'Z' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // headBuffer keeps the first max bytes written to it and drops the rest. It is

@@ -39,9 +39,9 @@ import (
 //
 // The host treats the replies as hostile, as Run treats a worker's output: a
 // reply longer than the caller allows, an error frame over MaxErrorLineBytes
-// or not a strict errcode.Error, an unknown status, a ready line over
-// MaxErrorLineBytes, or no reply within CallTimeout kills the worker, and the
-// session fails from then on.
+// or not a strict errcode.Error with a code a worker may send, an unknown
+// status, a ready line over MaxErrorLineBytes, or no reply within CallTimeout
+// kills the worker, and the session fails from then on.
 
 // Bounds of a session.
 const (
@@ -269,7 +269,7 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 			return 0, s.fail(err)
 		}
 		var e errcode.Error
-		if err := proto.Decode(body, &e); err != nil || !validCode(e.Code) {
+		if err := proto.Decode(body, &e); err != nil || !e.Code.FromWorker() {
 			return 0, s.fail(violation("an error frame that is not an error: %.80q", body))
 		}
 		e.Message = sanitize(e.Message)

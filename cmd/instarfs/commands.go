@@ -211,10 +211,10 @@ func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string,
 // cancelGrace is how long a cancelled command may take to stop.
 const cancelGrace = 500 * time.Millisecond
 
-// runOperation runs a changing operation (rebase, commit) on file and prints
-// its outcome as qemu-img does: progress on stdout with -p (on stderr with
-// --output=json, which stdout carries), the envelope with --output=json, done
-// on success unless -q.
+// runOperation runs a changing operation (name: rebase, commit) on file and
+// prints its outcome as qemu-img does: progress on stdout with -p (on stderr
+// with --output=json, which stdout carries), the envelope with --output=json,
+// done on success unless -q.
 func (a *app) runOperation(name, file, output string, quiet, progress bool, done string,
 	op func(context.Context, *ctl.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
 	return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
@@ -227,7 +227,9 @@ func (a *app) runOperation(name, file, output string, quiet, progress bool, done
 			show = func(f float64) { fmt.Fprintf(out, "    (%.2f/100%%)\r", f*100) }
 			show(0)
 		}
-		env, err := op(ctx, o, show)
+		env, err := ctl.Run(ctx, name, file, o.Sandbox, func(ctx context.Context) (*ctl.Envelope, error) {
+			return op(ctx, o, show)
+		})
 		if show != nil {
 			if err == nil {
 				show(1)
@@ -262,6 +264,6 @@ func refuse(op, file, output string, err error) int {
 
 // fail prints err as qemu-img prints errors and returns exit status 1.
 func fail(err error) int {
-	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)
+	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Of(err), err)
 	return 1
 }

@@ -81,7 +81,7 @@ func (a *app) mountCommand() {
 			return fail(errcode.New(errcode.NotFound, "image directory %s: %v", dir, err))
 		}
 		log := logrus.StandardLogger()
-		jobs := &ctl.JobManager{Sandbox: sb.Name(), Log: log}
+		jobs := &ctl.JobManager{Sandbox: sb, Log: log}
 		fsys, err := fs.New(fs.Config{
 			ImageDir:    dir,
 			Opener:      &ctl.Opener{Sandbox: sb, Policy: policy, Cache: cache},

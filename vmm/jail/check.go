@@ -184,7 +184,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 		start := time.Now()
 		_, err := sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpNoop}, Timeout: timeout})
 		if err != nil {
-			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Of(err), err)
 			r.finish(sb)
 			return r, nil
 		}
@@ -202,7 +202,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 		Timeout: timeout,
 	})
 	if err != nil {
-		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Of(err), err)
 	} else {
 		var pr ProbeReport
 		dec := json.NewDecoder(bytes.NewReader(res))
@@ -215,7 +215,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	}
 
 	_, err = sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}, Timeout: timeout})
-	switch code := errcode.Code(err); {
+	switch code := errcode.Of(err); {
 	case err == nil:
 		r.Violation = "the forbidden call was not refused"
 	case code == errcode.SandboxViolation:

@@ -46,12 +46,12 @@ func TestAccelerators(t *testing.T) {
 		}
 	}
 	_, _, err := (&Sandbox{Accel: "hvf"}).Available()
-	if errcode.Code(err) != errcode.BadArguments {
+	if errcode.Of(err) != errcode.BadArguments {
 		t.Errorf("unknown accelerator: %v, want BAD_ARGUMENTS", err)
 	}
 	if _, err := os.Stat("/dev/kvm"); os.IsNotExist(err) {
 		_, _, err := (&Sandbox{}).Available()
-		if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "/dev/kvm") {
+		if errcode.Of(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "/dev/kvm") {
 			t.Errorf("kvm without /dev/kvm: %v, want SANDBOX_UNAVAILABLE naming /dev/kvm", err)
 		}
 	}
@@ -128,7 +128,7 @@ func TestSettle(t *testing.T) {
 		name     string
 		reported int64
 		want     int64
-		code     string
+		code     errcode.Code
 	}{
 		{"grown", 5 << 20, 5 << 20, ""},
 		{"shrunk", 4096, 4096, ""},
@@ -152,7 +152,7 @@ func TestSettle(t *testing.T) {
 				t.Fatalf("room: file %d bytes, drive %d", st.Size(), m.room[0])
 			}
 			err = m.settle(job, []int64{tc.reported})
-			if errcode.Code(err) != tc.code && !(tc.code == "" && err == nil) {
+			if errcode.Of(err) != tc.code && !(tc.code == "" && err == nil) {
 				t.Fatalf("settle: %v, want %q", err, tc.code)
 			}
 			if st, _ := f.Stat(); st.Size() != tc.want {
@@ -239,7 +239,7 @@ func TestBootDeadline(t *testing.T) {
 	} {
 		start := time.Now()
 		err := run()
-		if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "did not start within 50ms") {
+		if errcode.Of(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "did not start within 50ms") {
 			t.Errorf("%s: %v, want SANDBOX_UNAVAILABLE saying the guest did not start", name, err)
 		}
 		if d := time.Since(start); d > 20*time.Second {

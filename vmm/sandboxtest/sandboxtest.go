@@ -94,7 +94,7 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 			t.Skip("no unstartable sandbox given")
 		}
 		_, err := opt.Unstartable.Run(context.Background(), job(testworker.OpEcho))
-		if errcode.Code(err) != errcode.SandboxUnavailable {
+		if errcode.Of(err) != errcode.SandboxUnavailable {
 			t.Fatalf("error %v, want SANDBOX_UNAVAILABLE", err)
 		}
 	})
@@ -126,10 +126,10 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*test
 	tests := []struct {
 		op       string
 		timeout  time.Duration
-		confined bool     // only a confining sandbox gives this outcome
-		code     string   // "" for a result
-		messages []string // substrings of the error message
-		own      bool     // the error is the worker's own, as it sent it
+		confined bool         // only a confining sandbox gives this outcome
+		code     errcode.Code // "" for a result
+		messages []string     // substrings of the error message
+		own      bool         // the error is the worker's own, as it sent it
 	}{
 		{op: proto.OpNoop},
 		{op: testworker.OpError, code: errcode.Qcow2Corrupt, own: true},
@@ -172,7 +172,7 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*test
 			if err == nil {
 				t.Fatalf("Run succeeded with %s, want %s", res, tt.code)
 			}
-			if got := errcode.Code(err); got != tt.code {
+			if got := errcode.Of(err); got != tt.code {
 				t.Fatalf("error %s: %v; want %s", got, err, tt.code)
 			}
 			for _, m := range tt.messages {
@@ -199,7 +199,7 @@ func testCancel(t *testing.T, sb vmm.Sandbox) {
 		cancel()
 	}
 	_, err := sb.Run(ctx, j)
-	if errcode.Code(err) != errcode.Cancelled {
+	if errcode.Of(err) != errcode.Cancelled {
 		t.Fatalf("error %v, want CANCELLED", err)
 	}
 	if started.IsZero() {
@@ -208,7 +208,7 @@ func testCancel(t *testing.T, sb vmm.Sandbox) {
 	if d := time.Since(started); d > 5*time.Second {
 		t.Errorf("the run ended %v after its context was cancelled", d)
 	}
-	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.Cancelled {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Of(err) != errcode.Cancelled {
 		t.Errorf("run with a cancelled context: %v, want CANCELLED", err)
 	}
 }
@@ -220,13 +220,13 @@ func testDeadline(t *testing.T, sb vmm.Sandbox) {
 	defer cancel()
 	start := time.Now()
 	_, err := sb.Run(ctx, job(testworker.OpSleep))
-	if errcode.Code(err) != errcode.WorkerTimeout {
+	if errcode.Of(err) != errcode.WorkerTimeout {
 		t.Fatalf("error %v, want WORKER_TIMEOUT", err)
 	}
 	if d := time.Since(start); d > slow {
 		t.Errorf("the run took %v", d)
 	}
-	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.WorkerTimeout {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Of(err) != errcode.WorkerTimeout {
 		t.Errorf("run after the deadline: %v, want WORKER_TIMEOUT", err)
 	}
 }
@@ -391,11 +391,11 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testi
 		parallel(t)
 		s := start(t, timeout)
 		_, err := call(s, testworker.FrameExit)
-		if errcode.Code(err) != errcode.WorkerCrashed || !strings.Contains(err.Error(), "exited with status 3") ||
+		if errcode.Of(err) != errcode.WorkerCrashed || !strings.Contains(err.Error(), "exited with status 3") ||
 			!strings.Contains(err.Error(), testworker.ExitMessage) {
 			t.Fatalf("error %v, want WORKER_CRASHED with the exit status and stderr", err)
 		}
-		if errcode.Code(s.Err()) != errcode.WorkerCrashed {
+		if errcode.Of(s.Err()) != errcode.WorkerCrashed {
 			t.Errorf("the session after its worker died: %v", s.Err())
 		}
 	})
@@ -403,7 +403,7 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testi
 		parallel(t)
 		s := start(t, 2*time.Second)
 		startCall := time.Now()
-		if _, err := call(s, testworker.FrameSleep); errcode.Code(err) != errcode.WorkerTimeout {
+		if _, err := call(s, testworker.FrameSleep); errcode.Of(err) != errcode.WorkerTimeout {
 			t.Fatalf("error %v, want WORKER_TIMEOUT", err)
 		}
 		if d := time.Since(startCall); d > slow {
@@ -416,14 +416,14 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testi
 			t.Skip("the sandbox does not confine its worker")
 		}
 		s := start(t, timeout)
-		if got, err := call(s, testworker.FrameForbidden); errcode.Code(err) != errcode.SandboxViolation {
+		if got, err := call(s, testworker.FrameForbidden); errcode.Of(err) != errcode.SandboxViolation {
 			t.Fatalf("forbidden call: %q, %v; want SANDBOX_VIOLATION", got, err)
 		}
 	})
 	t.Run("Cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if s, err := sb.Start(ctx, job(testworker.OpSession)); errcode.Code(err) != errcode.Cancelled {
+		if s, err := sb.Start(ctx, job(testworker.OpSession)); errcode.Of(err) != errcode.Cancelled {
 			if s != nil {
 				s.Close()
 			}
@@ -434,7 +434,7 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testi
 		if opt.Unstartable == nil {
 			t.Skip("no unstartable sandbox given")
 		}
-		if s, err := opt.Unstartable.Start(context.Background(), job(testworker.OpSession)); errcode.Code(err) != errcode.SandboxUnavailable {
+		if s, err := opt.Unstartable.Start(context.Background(), job(testworker.OpSession)); errcode.Of(err) != errcode.SandboxUnavailable {
 			if s != nil {
 				s.Close()
 			}

@@ -63,7 +63,7 @@ qemu-io -f vmdk -c 'write -P 0x22 64k 64k' vtop.vmdk >/dev/null
 		{[]string{"vtop.vmdk", "vbase.vmdk"}, []string{"vmdk", "vmdk"}},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	outcomes := map[string]int{}
+	outcomes := map[errcode.Code]int{}
 	defer func() { t.Logf("outcomes: %v", outcomes) }()
 	for i := range 300 {
 		c := chains[i%len(chains)]
@@ -86,8 +86,8 @@ qemu-io -f vmdk -c 'write -P 0x22 64k 64k' vtop.vmdk >/dev/null
 		case err == nil:
 			outcomes["ok"]++
 		default:
-			outcomes[errcode.Code(err)]++
-			if errcode.Code(err) == errcode.Internal {
+			outcomes[errcode.Of(err)]++
+			if errcode.Of(err) == errcode.Internal {
 				t.Logf("iteration %d: internal error: %v", i, err)
 			}
 		}

@@ -712,7 +712,7 @@ func TestCheckErrors(t *testing.T) {
 	path := filepath.Join(dir, "a.qcow2")
 	ckCreate(t, path, nil, "write -P 1 0 64k")
 
-	if _, err := Check(bytes.NewReader([]byte("not a qcow2 image at all, but long enough for a header......................")), 80); errcode.Code(err) != errcode.Qcow2BadHeader {
+	if _, err := Check(bytes.NewReader([]byte("not a qcow2 image at all, but long enough for a header......................")), 80); errcode.Of(err) != errcode.Qcow2BadHeader {
 		t.Errorf("Check(garbage) = %v, want %s", err, errcode.Qcow2BadHeader)
 	}
 
@@ -723,7 +723,7 @@ func TestCheckErrors(t *testing.T) {
 	old := MaxCheckWork
 	MaxCheckWork = 100
 	defer func() { MaxCheckWork = old }()
-	if _, err := Check(bytes.NewReader(data), int64(len(data))); errcode.Code(err) != errcode.ImageTooLarge {
+	if _, err := Check(bytes.NewReader(data), int64(len(data))); errcode.Of(err) != errcode.ImageTooLarge {
 		t.Errorf("Check with a tiny work budget = %v, want %s", err, errcode.ImageTooLarge)
 	}
 }

@@ -19,7 +19,7 @@ import (
 func FuzzOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		named := func(what string, err error) {
-			if err != nil && errcode.Code(err) == errcode.Internal {
+			if err != nil && errcode.Of(err) == errcode.Internal {
 				t.Fatalf("%s: error without a code: %v", what, err)
 			}
 		}

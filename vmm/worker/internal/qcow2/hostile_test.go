@@ -103,7 +103,7 @@ func TestHostileHeaders(t *testing.T) {
 	cases := []struct {
 		name  string
 		patch func([]byte) []byte
-		code  string
+		code  errcode.Code
 	}{
 		{"magic", put32(0, 0x514649fa), errcode.Qcow2BadHeader},
 		{"version 1", put32(4, 1), errcode.Qcow2BadHeader},
@@ -186,7 +186,7 @@ func TestHostileHeaders(t *testing.T) {
 			if err == nil {
 				t.Fatalf("no error, want %s", tc.code)
 			}
-			if got := errcode.Code(err); got != tc.code {
+			if got := errcode.Of(err); got != tc.code {
 				t.Fatalf("error %q has code %s, want %s", err, got, tc.code)
 			}
 		})
@@ -199,7 +199,7 @@ func TestHostileExtendedL2(t *testing.T) {
 	cases := []struct {
 		name  string
 		patch func([]byte) []byte
-		code  string
+		code  errcode.Code
 	}{
 		{"alloc and zero", put64(l2+8, 0x0000000100000001), errcode.Qcow2Corrupt},
 		{"alloc bits without a cluster", chain(put64(l2+16*5, 0), put64(l2+16*5+8, 1)), errcode.Qcow2Corrupt},
@@ -208,7 +208,7 @@ func TestHostileExtendedL2(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			err := exercise(tc.patch(bytes.Clone(base)))
-			if got := errcode.Code(err); err == nil || got != tc.code {
+			if got := errcode.Of(err); err == nil || got != tc.code {
 				t.Fatalf("error %v (code %s), want %s", err, got, tc.code)
 			}
 		})
@@ -228,7 +228,7 @@ func TestUnknownFeatureNamed(t *testing.T) {
 	}
 	b = or64(72, 1<<9)(b)
 	_, err := Open(bytes.NewReader(b), int64(len(b)))
-	if errcode.Code(err) != errcode.Qcow2UnknownFeature || !bytes.Contains([]byte(err.Error()), []byte(`"future thing" (bit 9)`)) {
+	if errcode.Of(err) != errcode.Qcow2UnknownFeature || !bytes.Contains([]byte(err.Error()), []byte(`"future thing" (bit 9)`)) {
 		t.Fatalf("error %v", err)
 	}
 }

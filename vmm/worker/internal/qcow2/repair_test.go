@@ -96,7 +96,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 	q := runQemuRepair(t, theirs, modeName)
 	rep, err := repairPath(t, ours, mode)
 	if err != nil {
-		if errcode.Code(err) == errcode.RepairUnsupported {
+		if errcode.Of(err) == errcode.RepairUnsupported {
 			t.Logf("refused: %v", err)
 			requireSameBytes(t, orig, ours)
 			return
@@ -305,7 +305,7 @@ func TestRepairOverlapCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		err := c.overlapCheck(tt.off, uint64(c.cs), tt.activeL1)
-		if got := errcode.Code(err) == errcode.RepairUnsupported; got != tt.refused {
+		if got := errcode.Of(err) == errcode.RepairUnsupported; got != tt.refused {
 			t.Errorf("%s (%#x): %v, refused %v", tt.name, tt.off, err, tt.refused)
 		}
 	}

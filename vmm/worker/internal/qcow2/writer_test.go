@@ -83,7 +83,7 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 		backed  bool // created with base.qcow2 as backing
 		newName string
 		newFmt  string
-		code    string // expected error
+		code    errcode.Code // expected error
 	}{
 		{name: "v3-64k-change", backed: true, newName: "new-base.qcow2", newFmt: "qcow2"},
 		{name: "v3-64k-add", newName: "base.qcow2", newFmt: "qcow2"},
@@ -123,7 +123,7 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 			copyFile(t, q, ours)
 			err := unsafeRebase(t, ours, tc.newName, tc.newFmt)
 			if tc.code != "" {
-				if errcode.Code(err) != tc.code {
+				if errcode.Of(err) != tc.code {
 					t.Fatalf("error %v, want %s", err, tc.code)
 				}
 				sameFiles(t, q, ours) // untouched

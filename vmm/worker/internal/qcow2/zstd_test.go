@@ -81,7 +81,7 @@ func TestZstdFramesAgainstQemu(t *testing.T) {
 				if qerr == nil {
 					t.Errorf("qemu-img read the cluster; the test expects it to fail")
 				}
-				if errcode.Code(err) != errcode.Qcow2BadCompressed {
+				if errcode.Of(err) != errcode.Qcow2BadCompressed {
 					t.Errorf("ReadAt: %v, want %s (qemu-img: %s)", err, errcode.Qcow2BadCompressed, bytes.TrimSpace(qout))
 				}
 				return

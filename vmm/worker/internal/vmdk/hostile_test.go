@@ -56,7 +56,7 @@ func TestHostileOpen(t *testing.T) {
 	cases := []struct {
 		name string
 		b    []byte
-		code string
+		code errcode.Code
 	}{
 		{"empty", nil, errcode.VmdkBadHeader},
 		{"tiny", []byte("KDMV"), errcode.VmdkBadHeader},
@@ -120,7 +120,7 @@ func TestHostileOpen(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Open succeeded: %+v", img.Header())
 			}
-			if got := errcode.Code(err); got != tc.code {
+			if got := errcode.Of(err); got != tc.code {
 				t.Errorf("code %s (%v), want %s", got, err, tc.code)
 			}
 			if testing.Verbose() {
@@ -183,11 +183,11 @@ func TestHostileRead(t *testing.T) {
 			if testing.Verbose() {
 				t.Log(rerr, "; ", eerr)
 			}
-			if got := errcode.Code(rerr); got != errcode.VmdkCorrupt {
+			if got := errcode.Of(rerr); got != errcode.VmdkCorrupt {
 				t.Errorf("code %s (%v)", got, rerr)
 			}
 			if !img.Compressed() {
-				if got := errcode.Code(eerr); got != errcode.VmdkCorrupt {
+				if got := errcode.Of(eerr); got != errcode.VmdkCorrupt {
 					t.Errorf("Extent: code %s (%v)", got, eerr)
 				}
 			}
@@ -209,7 +209,7 @@ func TestGrainOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := img.ReadAt(make([]byte, 512), 0); errcode.Code(err) != errcode.VmdkCorrupt || !strings.Contains(err.Error(), "more than a grain") {
+	if _, err := img.ReadAt(make([]byte, 512), 0); errcode.Of(err) != errcode.VmdkCorrupt || !strings.Contains(err.Error(), "more than a grain") {
 		t.Errorf("ReadAt: %v", err)
 	}
 }
@@ -238,7 +238,7 @@ func TestDescriptorFileOracle(t *testing.T) {
 	}
 	defer f.Close()
 	_, err = Open(f, int64(len(desc)))
-	if errcode.Code(err) != errcode.VmdkExternalExtent {
+	if errcode.Of(err) != errcode.VmdkExternalExtent {
 		t.Fatalf("Open: %v", err)
 	}
 	if strings.Contains(err.Error(), "TOPSECRET") {

@@ -117,7 +117,7 @@ func TestDescriptorRefusals(t *testing.T) {
 			t.Errorf("name %q accepted", name)
 		}
 	}
-	if _, err := d.EncodeEmbedded(int64(len(qemuDesc))); errcode.Code(err) != errcode.VmdkDescriptorTooLarge {
+	if _, err := d.EncodeEmbedded(int64(len(qemuDesc))); errcode.Of(err) != errcode.VmdkDescriptorTooLarge {
 		t.Errorf("descriptor without room for its NUL: %v", err)
 	}
 	noCID, _ := ParseDescriptor([]byte("# Disk DescriptorFile\nversion=1\n"))
@@ -235,7 +235,7 @@ func readGT(t *testing.T, b []byte, sector uint32, n int) []uint32 {
 
 func TestWriterRefusesStreamOptimized(t *testing.T) {
 	m := &memFile{b: build(spec{capacity: 64, grain: 8, gtes: 16, compressed: true, grains: map[uint64][]byte{0: fill(1, 100)}})}
-	if _, err := NewWriter(openMem(t, m), m); errcode.Code(err) != errcode.VmdkReadOnly {
+	if _, err := NewWriter(openMem(t, m), m); errcode.Of(err) != errcode.VmdkReadOnly {
 		t.Errorf("NewWriter on a streamOptimized image: %v", err)
 	}
 }
