@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/internal/fusetest"
 	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/vmmtest"
@@ -131,40 +131,13 @@ func (m *mounted) file(t *testing.T, p string, size int, mode os.FileMode) {
 	}
 }
 
-// logBuffer keeps the mount's log, shown when a test fails.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // testMount mounts an empty image directory on t.TempDir(), its workers
 // answered by a fakeWorker, with backing names as given. setup fills the
 // directory before the mount. The mount is unmounted when the test ends,
 // whether it failed or not.
 func testMount(t *testing.T, readOnly bool, backing map[string]string, setup func(m *mounted)) *mounted {
 	t.Helper()
-	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
-		t.Skipf("no usable /dev/fuse (%v): mount tests need FUSE", err)
-	} else {
-		f.Close()
-	}
-	if os.Geteuid() != 0 {
-		if _, err := exec.LookPath("fusermount3"); err != nil {
-			t.Skip("not root and no fusermount3: cannot mount")
-		}
-	}
+	fusetest.Need(t)
 	if backing == nil {
 		backing = map[string]string{}
 	}
@@ -173,15 +146,13 @@ func testMount(t *testing.T, readOnly bool, backing map[string]string, setup fun
 	if setup != nil {
 		setup(m)
 	}
-	logs := &logBuffer{}
-	t.Cleanup(func() { // runs last: after the unmount
-		if t.Failed() {
-			t.Logf("mount log:\n%s", logs)
-		}
-	})
+	// The mount's log and every FUSE request, with -v.
 	log := logrus.New()
-	log.SetOutput(logs)
-	log.SetLevel(logrus.DebugLevel)
+	log.SetOutput(io.Discard)
+	if testing.Verbose() {
+		log.SetOutput(os.Stderr)
+		log.SetLevel(logrus.DebugLevel)
+	}
 	policy, err := chainmodel.NewPolicy(m.dir)
 	if err != nil {
 		t.Fatal(err)
