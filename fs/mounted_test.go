@@ -746,3 +746,79 @@ func TestMountedSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// TestMountedControl checks what a write to a control file returns: its
+// length when the operation succeeded, and otherwise the errno of the
+// refusal or of the worker's failure, which status and result.json record;
+// and that a second write on one open is refused.
+func TestMountedControl(t *testing.T) {
+	m := testMount(t, false, map[string]string{"a.qcow2": "base.qcow2"}, func(m *mounted) {
+		for _, name := range []string{"a.qcow2", "base.qcow2", "new.qcow2"} {
+			m.file(t, name, 1024, 0o644)
+		}
+	})
+	const command = "-u -b new.qcow2 -F qcow2\n"
+	ok := vmmtest.Result(`{"mode":"unsafe","clusters_copied":0,"bytes_copied":0,"backing_format":"qcow2"}`)
+	type write struct {
+		name    string
+		command string
+		answer  vmmtest.Answer
+		want    error // nil for success
+		runs    bool  // a worker rebases
+	}
+	tests := []write{
+		{"success", command, ok, nil, true},
+		{"bad grammar", "-u --frobnicate\n", ok, errcode.New(errcode.BadArguments, ""), false},
+		{"no target", "-u\n", ok, errcode.New(errcode.BadArguments, ""), false},
+		{"outside the directory", "-u -b /etc/passwd -F raw\n", ok, errcode.New(errcode.BackingPathOutsideRoot, ""), false},
+		{"bad result", command, vmmtest.Result(`{"mode":"safe"}`), errcode.New(errcode.WorkerProtocol, ""), true},
+		{"worker refuses", command, vmmtest.Answer{Err: errcode.New(errcode.BackingNameNoRoom, "no room")}, errcode.New(errcode.BackingNameNoRoom, ""), true},
+	}
+	for _, f := range vmmtest.Failures {
+		tests = append(tests, write{f.String(), command, f.Answer(), f.Err(), true})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m.worker.set(proto.OpRebase, "a.qcow2", tt.answer)
+			before := m.worker.count(proto.OpRebase, "a.qcow2")
+			fd, err := unix.Open(m.path("a.qcow2", "rebase"), unix.O_WRONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			n, err := unix.Write(fd, []byte(tt.command))
+			var code string
+			switch {
+			case tt.want == nil:
+				if err != nil || n != len(tt.command) {
+					t.Errorf("write: %d, %v; want %d", n, err, len(tt.command))
+				}
+			default:
+				code = errcode.Code(tt.want)
+				if errnoOf(err) != Errno(tt.want) {
+					t.Errorf("write: %v, want %v (%s)", err, Errno(tt.want), code)
+				}
+			}
+			if ran := m.worker.count(proto.OpRebase, "a.qcow2") > before; ran != tt.runs {
+				t.Errorf("a worker rebased: %v, want %v", ran, tt.runs)
+			}
+			status, result := m.read(t, "a.qcow2", "status"), m.read(t, "a.qcow2", "result.json")
+			var env struct {
+				Operation string
+				Error     *struct{ Code string }
+			}
+			if err := json.Unmarshal([]byte(result), &env); err != nil || env.Operation != "rebase" || (env.Error == nil) != (code == "") || env.Error != nil && env.Error.Code != code {
+				t.Errorf("result.json does not say how the rebase ended (%s): %v\n%s", code, err, result)
+			}
+			switch {
+			case code == "" && status != "ok rebase\n":
+				t.Errorf("status %q after a success", status)
+			case code != "" && !strings.HasPrefix(status, "failed rebase: "):
+				t.Errorf("status %q after a failure", status)
+			}
+			if _, err := unix.Write(fd, []byte(tt.command+"x")); errnoOf(err) != syscall.EINVAL {
+				t.Errorf("a second write on the open file: %v, want EINVAL", err)
+			}
+		})
+	}
+}
