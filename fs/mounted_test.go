@@ -216,8 +216,6 @@ func errnoOf(err error) syscall.Errno {
 	return e
 }
 
-var allImageFiles = []string{"backing", "chain.json", "check.json", "commit", "disk", "info.json", "map.json", "map.svg", "rebase", "repair", "result.json", "status"}
-
 // TestMountedTree checks what the mount shows: directories, images as
 // directories of their files, the backing link, and no other file; small
 // files are hidden without a worker, and each file is probed once while it
@@ -243,7 +241,7 @@ func TestMountedTree(t *testing.T) {
 						t.Fatal(err)
 					}
 				})
-			files := allImageFiles
+			files := []string{"backing", "chain.json", "check.json", "commit", "disk", "info.json", "map.json", "map.svg", "rebase", "repair", "result.json", "status"}
 			if readOnly {
 				files = []string{"backing", "chain.json", "check.json", "disk", "info.json", "map.json", "map.svg", "result.json", "status"}
 			}
@@ -298,15 +296,22 @@ func TestMountedTree(t *testing.T) {
 					t.Errorf("%s: %q, want %q", tt.file, got, tt.want)
 				}
 			}
-			// The probes so far were one per file of 512 bytes or more
-			// (other.raw is probed with each listing of sub, until an image
-			// names it), and listing again asks no worker.
+			// A file too small to be an image is never probed; another is
+			// probed once while it is unchanged, however often it is listed
+			// or looked up.
+			for name, want := range map[string]int{"small.qcow2": 0, "notes.txt": 1} {
+				if got := m.worker.count(proto.OpProbe, name); got != want {
+					t.Errorf("%s was probed %d times, want %d", name, got, want)
+				}
+			}
 			probes := m.sandbox.Runs(proto.OpProbe)
 			m.list(t, ".")
 			if got := m.sandbox.Runs(proto.OpProbe); got != probes {
 				t.Errorf("listing the root again ran %d probes", got-probes)
 			}
-			os.WriteFile(filepath.Join(m.dir, "base.qcow2"), make([]byte, 2048), 0o644)
+			if err := os.WriteFile(filepath.Join(m.dir, "base.qcow2"), make([]byte, 2048), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			m.list(t, ".")
 			if got := m.sandbox.Runs(proto.OpProbe); got != probes+1 {
 				t.Errorf("listing the root after base.qcow2 changed ran %d probes, want 1", got-probes)
