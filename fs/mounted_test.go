@@ -361,9 +361,12 @@ func TestMountedProbeFailure(t *testing.T) {
 			}
 		})
 	}
-	for _, code := range []string{errcode.Qcow2Corrupt, errcode.VmdkUnsupported, errcode.ImageTooLarge} {
-		t.Run(code, func(t *testing.T) {
-			refusal := errcode.New(code, "refused by the fake worker")
+	for _, refusal := range []*errcode.Error{
+		errcode.New(errcode.Qcow2Corrupt, "corrupt"),
+		errcode.New(errcode.VmdkUnsupported, "unsupported"),
+		errcode.New(errcode.ImageTooLarge, "too large"),
+	} {
+		t.Run(fmt.Sprint(refusal.Code), func(t *testing.T) {
 			m.worker.set(proto.OpProbe, "a.qcow2", vmmtest.Answer{Err: refusal})
 			touch(t, filepath.Join(m.dir, "a.qcow2"))
 			for _, f := range []string{"info.json", "chain.json", "map.json", "check.json"} {
@@ -676,8 +679,15 @@ func TestMountedErrnos(t *testing.T) {
 	for _, f := range vmmtest.Failures {
 		answers = append(answers, f.Answer())
 	}
-	for _, code := range []string{errcode.Qcow2Corrupt, errcode.VmdkUnsupported, errcode.BadArguments, errcode.NotFound, errcode.DocumentTooLarge, errcode.RepairUnsupported} {
-		answers = append(answers, vmmtest.Answer{Err: errcode.New(code, "refused by the fake worker")})
+	for _, err := range []error{
+		errcode.New(errcode.Qcow2Corrupt, "corrupt"),
+		errcode.New(errcode.VmdkUnsupported, "unsupported"),
+		errcode.New(errcode.BadArguments, "bad arguments"),
+		errcode.New(errcode.NotFound, "not found"),
+		errcode.New(errcode.DocumentTooLarge, "too large"),
+		errcode.New(errcode.RepairUnsupported, "no repair"),
+	} {
+		answers = append(answers, vmmtest.Answer{Err: err})
 	}
 	answers = append(answers, vmmtest.Result(`[{"start":0,"length":1,"depth":0}]`)) // not the whole disk
 	for i, a := range answers {
