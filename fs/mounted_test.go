@@ -162,7 +162,7 @@ func testMount(t *testing.T, readOnly bool, backing map[string]string, setup fun
 	fsys, err := New(Config{
 		ImageDir: m.dir,
 		Opener:   &ctl.Opener{Sandbox: m.sandbox, Policy: policy},
-		Jobs:     &ctl.JobManager{Sandbox: m.sandbox.Name(), Log: log},
+		Jobs:     &ctl.JobManager{Sandbox: m.sandbox, Log: log},
 		ReadOnly: readOnly,
 		Log:      log,
 	})
@@ -370,8 +370,8 @@ func TestMountedProbeFailure(t *testing.T) {
 			m.worker.set(proto.OpProbe, "a.qcow2", vmmtest.Answer{Err: refusal})
 			touch(t, filepath.Join(m.dir, "a.qcow2"))
 			for _, f := range []string{"info.json", "chain.json", "map.json", "check.json"} {
-				if _, err := os.ReadFile(m.path("a.qcow2", f)); errnoOf(err) != Errno(refusal) {
-					t.Errorf("%s: %v, want %v", f, err, Errno(refusal))
+				if _, err := os.ReadFile(m.path("a.qcow2", f)); errnoOf(err) != errcode.Of(refusal).Errno() {
+					t.Errorf("%s: %v, want %v", f, err, errcode.Of(refusal).Errno())
 				}
 			}
 		})
@@ -693,7 +693,7 @@ func TestMountedErrnos(t *testing.T) {
 	for i, a := range answers {
 		want := syscall.EIO // a result the host refuses: WORKER_PROTOCOL
 		if a.Err != nil {
-			want = Errno(a.Err)
+			want = errcode.Of(a.Err).Errno()
 		}
 		for _, op := range []string{proto.OpMap, proto.OpCheck} {
 			m.worker.set(op, "a.qcow2", a)
@@ -802,16 +802,16 @@ func TestMountedControl(t *testing.T) {
 			}
 			defer unix.Close(fd)
 			n, err := unix.Write(fd, []byte(tt.command))
-			var code string
+			var code errcode.Code
 			switch {
 			case tt.want == nil:
 				if err != nil || n != len(tt.command) {
 					t.Errorf("write: %d, %v; want %d", n, err, len(tt.command))
 				}
 			default:
-				code = errcode.Code(tt.want)
-				if errnoOf(err) != Errno(tt.want) {
-					t.Errorf("write: %v, want %v (%s)", err, Errno(tt.want), code)
+				code = errcode.Of(tt.want)
+				if errnoOf(err) != errcode.Of(tt.want).Errno() {
+					t.Errorf("write: %v, want %v (%s)", err, errcode.Of(tt.want).Errno(), code)
 				}
 			}
 			if ran := m.worker.count(proto.OpRebase, "a.qcow2") > before; ran != tt.runs {
@@ -820,7 +820,7 @@ func TestMountedControl(t *testing.T) {
 			status, result := m.read(t, "a.qcow2", "status"), m.read(t, "a.qcow2", "result.json")
 			var env struct {
 				Operation string
-				Error     *struct{ Code string }
+				Error     *struct{ Code errcode.Code }
 			}
 			if err := json.Unmarshal([]byte(result), &env); err != nil || env.Operation != "rebase" || (env.Error == nil) != (code == "") || env.Error != nil && env.Error.Code != code {
 				t.Errorf("result.json does not say how the rebase ended (%s): %v\n%s", code, err, result)
