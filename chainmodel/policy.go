@@ -25,6 +25,10 @@ type Root struct {
 // Policy.Open.
 type Policy struct {
 	Roots []*Root
+	// Dir is the absolute directory relative paths are taken against (Place,
+	// and so Locate with a relative referrer); empty means the process's
+	// working directory, as on the command line.
+	Dir string
 }
 
 // NewPolicy opens the given directories as the policy's roots.
@@ -108,10 +112,10 @@ func (p Policy) Locate(referrerDir, name string) (Loc, error) {
 }
 
 // Place returns the root path lies beneath (path is absolute, or relative to
-// the working directory), lexically. A trailing slash is kept: it makes the
-// open fail on a file, as it does for any program.
+// p.Dir), lexically. A trailing slash is kept: it makes the open fail on a
+// file, as it does for any program.
 func (p Policy) Place(path string) (Loc, bool) {
-	abs, err := filepath.Abs(path)
+	abs, err := p.abs(path)
 	if err != nil {
 		return Loc{}, false
 	}
@@ -124,6 +128,14 @@ func (p Policy) Place(path string) (Loc, bool) {
 		}
 	}
 	return Loc{}, false
+}
+
+// abs is path made absolute against p.Dir, and cleaned.
+func (p Policy) abs(path string) (string, error) {
+	if p.Dir == "" || filepath.IsAbs(path) {
+		return filepath.Abs(path)
+	}
+	return filepath.Join(p.Dir, path), nil
 }
 
 // Admit checks a backing name before it is written into an image in

@@ -205,3 +205,51 @@ func TestFullBackingName(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyPlaceDir checks that relative paths are taken against the
+// policy's Dir, whatever the working directory is, and against the working
+// directory without one (this package's directory, outside the root).
+func TestPolicyPlaceDir(t *testing.T) {
+	root := t.TempDir()
+	images := filepath.Join(root, "images")
+	if err := os.MkdirAll(filepath.Join(images, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	inDir := p
+	inDir.Dir = images
+	inSub := p
+	inSub.Dir = filepath.Join(images, "sub")
+	tests := []struct {
+		p      Policy
+		path   string
+		rel    string
+		placed bool
+	}{
+		{inDir, "a.qcow2", "a.qcow2", true},
+		{inDir, "sub/a.qcow2", "sub/a.qcow2", true},
+		{inDir, "sub/", "sub/", true},
+		{inDir, ".", ".", true},
+		{inDir, "../a.qcow2", "", false},
+		{inDir, filepath.Join(images, "b.qcow2"), "b.qcow2", true},
+		{inSub, "a.qcow2", "sub/a.qcow2", true},
+		{inSub, "../a.qcow2", "a.qcow2", true},
+		{inSub, "../../a.qcow2", "", false},
+		{p, "a.qcow2", "", false},
+		{p, filepath.Join(images, "a.qcow2"), "a.qcow2", true},
+	}
+	for _, tt := range tests {
+		loc, ok := tt.p.Place(tt.path)
+		if ok != tt.placed || ok && (loc.Rel != tt.rel || loc.Root != p.Roots[0]) {
+			t.Errorf("Dir %q: Place(%q) = %q, %v; want %q, %v", tt.p.Dir, tt.path, loc.Rel, ok, tt.rel, tt.placed)
+		}
+	}
+	loc, err := inSub.Locate("", "../a.qcow2")
+	if err != nil || loc.Rel != "a.qcow2" {
+		t.Errorf("Locate against a relative referrer: %q, %v", loc.Rel, err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"instarfs/errcode"
+
+	"instarfs/vmm/vmmtest"
 )
 
 // TestRun checks that Run makes one envelope of any outcome: the result, or
@@ -37,14 +39,14 @@ func TestRun(t *testing.T) {
 		{name: "named error after cancel", ctx: cancelled, err: errcode.New(errcode.ReadFailed, "short read"), code: errcode.ReadFailed, msg: "short read"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			env, err := Run(tc.ctx, "rebase", "a.qcow2", fakeSandbox{}, func(context.Context) (*Envelope, error) {
+			env, err := Run(tc.ctx, "rebase", "a.qcow2", vmmtest.New(nil), func(context.Context) (*Envelope, error) {
 				time.Sleep(2 * time.Millisecond)
 				return tc.env, tc.err
 			})
 			if env == nil {
 				t.Fatal("no envelope")
 			}
-			if env.Sandbox != "fake" || env.DurationMS < 2 || env.Operation != "rebase" || env.Image != "a.qcow2" {
+			if env.Sandbox != "vmmtest" || env.DurationMS < 2 || env.Operation != "rebase" || env.Image != "a.qcow2" {
 				t.Errorf("envelope %+v: want the operation, image, sandbox and duration", env)
 			}
 			if tc.code == "" {
@@ -66,7 +68,7 @@ func TestRun(t *testing.T) {
 // TestJobPanics checks that a job that panics ends as INTERNAL, and the
 // manager goes on.
 func TestJobPanics(t *testing.T) {
-	m := &JobManager{Sandbox: fakeSandbox{}}
+	m := &JobManager{Sandbox: vmmtest.New(nil)}
 	j, err := m.Start(JobSpec{Operation: "commit", Image: "a", Top: FileID{1, 1}, Run: func(context.Context, Progress) (*Envelope, error) {
 		panic("boom")
 	}})
@@ -74,7 +76,7 @@ func TestJobPanics(t *testing.T) {
 		t.Fatal(err)
 	}
 	env, err := j.Wait(context.Background())
-	if errcode.Of(err) != errcode.Internal || env.Error == nil || env.Error.Message != "commit panicked: boom" || env.Sandbox != "fake" {
+	if errcode.Of(err) != errcode.Internal || env.Error == nil || env.Error.Message != "commit panicked: boom" || env.Sandbox != "vmmtest" {
 		t.Fatalf("got %+v, %v", env, err)
 	}
 	if s := m.Status(FileID{1, 1}); s != "failed commit: INTERNAL: commit panicked: boom" {

@@ -10,6 +10,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"instarfs/errcode"
+	"instarfs/vmm/vmmtest"
 )
 
 // blockingJob runs until released or cancelled, reporting half progress.
@@ -28,7 +29,7 @@ func blockingJob(release <-chan struct{}) JobFunc {
 func TestJobManager(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.InfoLevel)
-	m := &JobManager{Sandbox: fakeSandbox{}, Log: log}
+	m := &JobManager{Sandbox: vmmtest.New(nil), Log: log}
 	a, b, c := FileID{1, 1}, FileID{1, 2}, FileID{1, 3}
 	if s := m.Status(a); s != "idle" {
 		t.Fatalf("status before any job: %q", s)
@@ -91,7 +92,7 @@ func TestJobManager(t *testing.T) {
 		t.Errorf("WaitFree: %v", err)
 	}
 	env, err := j.Wait(context.Background())
-	if err != nil || env.Sandbox != "fake" {
+	if err != nil || env.Sandbox != "vmmtest" {
 		t.Fatalf("Wait: %+v, %v", env, err)
 	}
 	if s := m.Status(a); s != "ok rebase" {
@@ -129,7 +130,7 @@ func TestJobManager(t *testing.T) {
 	}
 	var lines int
 	for _, e := range hook.AllEntries() {
-		if e.Data["operation"] != nil && e.Data["sandbox"] == "fake" && e.Data["result"] != nil {
+		if e.Data["operation"] != nil && e.Data["sandbox"] == "vmmtest" && e.Data["result"] != nil {
 			lines++
 		}
 	}

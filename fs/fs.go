@@ -19,9 +19,10 @@
 //	<image>/commit       control file; reads as its usage (absent on a read-only mount)
 //	<image>/disk         the image's guest-visible content, read-only (package diskview)
 //
-// Image names are relative to IMAGEDIR, which must be the process's working
-// directory: the names in the generated files are then the ones the command
-// line prints when it is run there.
+// Image names are relative to IMAGEDIR, which is the directory the opener's
+// path policy takes relative names against (chainmodel.Policy.Dir): the names
+// in the generated files are then the ones the command line prints when it is
+// run there.
 //
 // Inode numbers derive from the host file's device and inode, so they are
 // stable across lookups and remounts; owners and modes mirror the host's
@@ -37,7 +38,6 @@ package fs
 import (
 	"context"
 	"hash/fnv"
-	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -58,8 +58,8 @@ import (
 
 // Config is what the filesystem serves and how.
 type Config struct {
-	// ImageDir is the absolute image directory; it must be the working
-	// directory.
+	// ImageDir is the absolute image directory: a root of Opener's path
+	// policy, and its Dir, which relative image names are taken against.
 	ImageDir string
 	Opener   *ctl.Opener
 	Jobs     *ctl.JobManager
@@ -136,9 +136,8 @@ func New(cfg Config) (*FS, error) {
 	if !filepath.IsAbs(cfg.ImageDir) {
 		return nil, errcode.New(errcode.BadArguments, "image directory %q is not absolute", cfg.ImageDir)
 	}
-	wd, err := os.Getwd()
-	if err != nil || !sameFile(wd, cfg.ImageDir) {
-		return nil, errcode.New(errcode.BadArguments, "the working directory must be the image directory %s", cfg.ImageDir)
+	if cfg.Opener.Policy.Dir != filepath.Clean(cfg.ImageDir) {
+		return nil, errcode.New(errcode.BadArguments, "the path policy takes relative names against %q, not the image directory %s", cfg.Opener.Policy.Dir, cfg.ImageDir)
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
@@ -174,12 +173,6 @@ func New(cfg Config) (*FS, error) {
 // Root returns the root node.
 func (f *FS) Root() gofs.InodeEmbedder {
 	return &dirNode{node: node{fs: f}, id: f.id}
-}
-
-func sameFile(a, b string) bool {
-	sa, errA := os.Stat(a)
-	sb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(sa, sb)
 }
 
 // hostPath is the host path of rel, a path relative to ImageDir. It is for

@@ -8,6 +8,7 @@ import (
 
 	"instarfs/chainmodel"
 	"instarfs/ctl"
+	"instarfs/errcode"
 	"instarfs/proto"
 )
 
@@ -121,5 +122,39 @@ func TestTerminatingPending(t *testing.T) {
 	}
 	if terminating(uint32(unix.Gettid())) {
 		t.Errorf("this test has a terminating signal pending")
+	}
+}
+
+// TestNewDirectory checks that New takes the image directory from the path
+// policy, never from the working directory: the policy must take relative
+// names against the image directory, which must be one of its roots.
+func TestNewDirectory(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	policy, err := chainmodel.NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer policy.Close()
+	tests := []struct {
+		imageDir, policyDir string
+		ok                  bool
+	}{
+		{dir, dir, true},
+		{dir + "/", dir, true},
+		{dir, "", false},    // relative names would be taken against the working directory
+		{dir, other, false}, // against another directory
+		{other, other, false},
+		{"images", "images", false},
+	}
+	for _, tt := range tests {
+		p := policy
+		p.Dir = tt.policyDir
+		f, err := New(Config{ImageDir: tt.imageDir, Opener: &ctl.Opener{Policy: p}})
+		if (err == nil) != tt.ok || err != nil && errcode.Of(err) != errcode.BadArguments {
+			t.Errorf("image directory %q, policy's %q: %v", tt.imageDir, tt.policyDir, err)
+		}
+		if f != nil {
+			f.Close()
+		}
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"instarfs/internal/fusetest"
 )
 
 // mounted is a running `instarfs mount`.
@@ -32,16 +34,7 @@ type mounted struct {
 // leaves a mount behind.
 func mount(t testing.TB, dir string, global []string, opts ...string) *mounted {
 	t.Helper()
-	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
-		t.Skipf("no usable /dev/fuse (%v): mount tests need FUSE", err)
-	} else {
-		f.Close()
-	}
-	if os.Geteuid() != 0 {
-		if _, err := exec.LookPath("fusermount3"); err != nil {
-			t.Skip("not root and no fusermount3: cannot mount")
-		}
-	}
+	fusetest.Need(t)
 	m := &mounted{dir: dir, mnt: t.TempDir(), stderr: &logBuffer{}}
 	args := append(append([]string{}, global...), "--log-level=info", "mount")
 	args = append(append(args, opts...), dir, m.mnt)
