@@ -16,8 +16,6 @@ import (
 	"instarfs/vmm/worker/internal/vmdk"
 )
 
-func init() { register(proto.OpCommit, opCommit) }
-
 // opCommit is qemu-img commit: every range that a layer above the base
 // defines is written into the base, read through the top's view of the chain;
 // then, unless args.Drop, the top is emptied.

@@ -12,12 +12,6 @@ import (
 	"instarfs/vmm/worker/internal/qcow2"
 )
 
-func init() { register(proto.OpRebase, opRebase) }
-
-// rebaseVmdk, when set, rebases a vmdk overlay; imgs are the opened images
-// of the request in order. The vmdk write side installs it.
-var rebaseVmdk func(ctx context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error)
-
 // sectorSize is the unit qemu-img 7.2 compares buffers in.
 const sectorSize = 512
 
@@ -76,10 +70,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	switch top.format {
 	case "qcow2":
 	case "vmdk":
-		if rebaseVmdk == nil {
-			return nil, errcode.New(errcode.RebaseUnsupported, "rebasing vmdk images is not supported by this build")
-		}
-		return rebaseVmdk(ctx, s, args, imgs)
+		return rebaseVmdk(s, args, imgs)
 	default:
 		return nil, errcode.New(errcode.RebaseUnsupported, "'%s' is a %s image, which has no backing file to change", top.ref.Name, top.format)
 	}

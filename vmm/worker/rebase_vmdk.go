@@ -2,7 +2,6 @@ package worker
 
 import (
 	"bytes"
-	"context"
 
 	"instarfs/errcode"
 	"instarfs/proto"
@@ -44,14 +43,12 @@ type vmdkRebaseResult struct {
 	BytesCopied  int64
 }
 
-func init() { rebaseVmdk = opRebaseVmdk }
-
-// opRebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
+// rebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
 // opened in order (the overlay, the old chain, the new chain; see
 // proto.RebaseArgs). A vmdk's parent is always read as vmdk, so a new backing
 // of another format is refused, and the new parent must be among the images
 // even in unsafe mode: its CID becomes the overlay's parentCID.
-func opRebaseVmdk(_ context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
+func rebaseVmdk(s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
 	top := imgs[0]
 	old := imgs[1 : 1+args.OldCount]
 	newChain := imgs[1+args.OldCount:]
