@@ -29,13 +29,23 @@ type differ struct {
 // last that starts before end (at most the image's size), the image to read
 // through new afterwards. Where both chains read as zero by their metadata
 // nothing is read.
+//
+// Before its first write it looks up every extent of the image once, so that
+// a table that cannot be read fails the operation while nothing is written.
 func (d *differ) copy(start, end int64, new layer.Stack) error {
+	size := d.img.VirtualSize()
 	if d.oldBuf == nil {
+		for off := int64(0); off < size; {
+			e, err := d.extent(off)
+			if err != nil {
+				return err
+			}
+			off = e.End()
+		}
 		d.oldBuf, d.newBuf = make([]byte, d.unit), make([]byte, d.unit)
 	}
-	size := d.img.VirtualSize()
 	for u := start / d.unit * d.unit; u < end; {
-		e, err := d.img.Extent(u)
+		e, err := d.extent(u)
 		if err != nil {
 			return err
 		}
@@ -49,6 +59,15 @@ func (d *differ) copy(start, end int64, new layer.Stack) error {
 		u += d.unit
 	}
 	return nil
+}
+
+// extent is the image's extent at off, which must make progress.
+func (d *differ) extent(off int64) (layer.Extent, error) {
+	e, err := d.img.Extent(off)
+	if err == nil && e.End() <= off {
+		err = errInternal("extent at guest offset %d made no progress", off)
+	}
+	return e, err
 }
 
 // copyUnit handles the unit at u, n bytes of the image.
