@@ -9,45 +9,12 @@ import (
 
 	"instarfs/errcode"
 	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/layer/layertest"
 )
 
-// blocks is an image of 8-byte units described by a string: a letter is data
-// (the unit's bytes are that letter), '0' zero, '.' unallocated, '!' data
-// that cannot be read.
-type blocks string
+type blocks = layertest.Image
 
-const unit = 8
-
-func (b blocks) VirtualSize() int64 { return int64(len(b)) * unit }
-
-func (b blocks) kind(i int64) layer.Kind {
-	switch b[i] {
-	case '0':
-		return layer.Zero
-	case '.':
-		return layer.Unallocated
-	}
-	return layer.Data
-}
-
-func (b blocks) Extent(off int64) (layer.Extent, error) {
-	i := off / unit
-	return layer.Extent{Start: off, Length: (i+1)*unit - off, Kind: b.kind(i), HostOffset: -1}, nil
-}
-
-func (b blocks) ReadAt(p []byte, off int64) (int, error) {
-	for i := range p {
-		c := b[(off+int64(i))/unit]
-		if c == '!' {
-			return i, errors.New("unreadable")
-		}
-		p[i] = 0
-		if b.kind((off+int64(i))/unit) == layer.Data {
-			p[i] = c
-		}
-	}
-	return len(p), nil
-}
+const unit = layertest.BlockSize
 
 // recorder is a layer.Writer that notes its writes as "off:bytes".
 type recorder struct{ writes []string }
@@ -76,19 +43,19 @@ func TestDiffer(t *testing.T) {
 		{"only where the image defines nothing", blocks("a.0."), layer.Stack{blocks("bcde")}, layer.Stack{blocks("xcye")}, unit, false,
 			""},
 		{"where the chains differ", blocks("...."), layer.Stack{blocks("bcde")}, layer.Stack{blocks("xcye")}, unit, false,
-			"0:bbbbbbbb 16:dddddddd"},
+			"0:bbbb 8:dddd"},
 		{"onto nothing", blocks("..."), layer.Stack{blocks("b.0")}, nil, unit, false,
-			"0:bbbbbbbb"},
+			"0:bbbb"},
 		{"from nothing", blocks("..."), nil, layer.Stack{blocks("b.0")}, unit, false,
-			"0:00000000"},
+			"0:0000"},
 		{"past a smaller old chain", blocks("..."), layer.Stack{blocks("b")}, layer.Stack{blocks("bcd")}, unit, false,
-			"8:00000000 16:00000000"},
+			"4:0000 8:0000"},
 		{"units of two blocks", blocks("...."), layer.Stack{blocks("bcde")}, layer.Stack{blocks("bxde")}, 2 * unit, false,
-			"0:bbbbbbbbcccccccc"},
+			"0:bbbbcccc"},
 		{"a last unit cut by the size", blocks("..."), layer.Stack{blocks("bcd")}, nil, 2 * unit, false,
-			"0:bbbbbbbbcccccccc 16:dddddddd"},
+			"0:bbbbcccc 8:dddd"},
 		{"a last unit written whole", blocks("..."), layer.Stack{blocks("bcd")}, nil, 2 * unit, true,
-			"0:bbbbbbbbcccccccc 16:dddddddd00000000"},
+			"0:bbbbcccc 8:dddd0000"},
 		{"zero by metadata on both sides", blocks(".."), layer.Stack{blocks("00"), blocks("!!")}, layer.Stack{blocks(".0")}, unit, false,
 			""},
 	} {
@@ -112,7 +79,7 @@ func TestDiffer(t *testing.T) {
 // up fails before anything is written.
 func TestDifferFailsBeforeWriting(t *testing.T) {
 	var w recorder
-	d := &differ{img: badTail{blocks("...")}, w: &w, old: layer.Stack{blocks("bcd")}, unit: unit}
+	d := &differ{img: badTail{blocks("..a")}, w: &w, old: layer.Stack{blocks("bcd")}, unit: unit}
 	if err := d.copy(0, unit, nil); err == nil || len(w.writes) > 0 {
 		t.Errorf("copy = %v after writes %q; want an error and no write", err, w.writes)
 	}

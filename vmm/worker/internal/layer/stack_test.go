@@ -1,4 +1,4 @@
-package layer
+package layer_test
 
 import (
 	"bytes"
@@ -9,47 +9,13 @@ import (
 	"testing"
 
 	"instarfs/errcode"
+	. "instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/layer/layertest"
 )
 
-// fake is an image of 4-byte blocks described by a string: 'a'..'z' data
-// (the block's bytes are that letter), '0' zero, '.' unallocated.
-type fake string
+type fake = layertest.Image
 
-const blk = 4
-
-func (f fake) VirtualSize() int64 { return int64(len(f)) * blk }
-
-func (f fake) Extent(off int64) (Extent, error) {
-	i := off / blk
-	k := kindOf(f[i])
-	e := Extent{Start: off, Length: blk - off%blk, Kind: k, HostOffset: -1}
-	for j := i + 1; j < int64(len(f)) && kindOf(f[j]) == k; j++ {
-		e.Length += blk
-	}
-	return e, nil
-}
-
-func (f fake) ReadAt(p []byte, off int64) (int, error) {
-	for i := range p {
-		c := f[(off+int64(i))/blk]
-		if kindOf(c) == Data {
-			p[i] = c
-		} else {
-			p[i] = 0
-		}
-	}
-	return len(p), nil
-}
-
-func kindOf(c byte) Kind {
-	switch c {
-	case '0':
-		return Zero
-	case '.':
-		return Unallocated
-	}
-	return Data
-}
+const blk = layertest.BlockSize
 
 // bounded is a fake that stops its extents at the limit asked.
 type bounded struct{ fake }
