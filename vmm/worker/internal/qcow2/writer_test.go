@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // osFile adapts *os.File to File.
@@ -361,7 +362,7 @@ func TestWriterCrashOrdering(t *testing.T) {
 			for _, err := range []error{
 				w.WriteData(64*k, buf),
 				w.Unmap(8*m, 128*k),
-				w.WriteZeroes(0, 64*k, ZeroMayUnmap),
+				w.WriteZeroes(0, 64*k, layer.MayUnmap),
 				w.Flush(),
 				w.WriteData(20*m, buf),
 				w.WriteData(21*m, buf),
