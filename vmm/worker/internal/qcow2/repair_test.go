@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // The repair tests run `qemu-img check -r` (the oracle) and Repair on two
@@ -37,9 +39,9 @@ type qemuRepair struct {
 
 func runQemuRepair(t *testing.T, path, mode string) qemuRepair {
 	t.Helper()
-	stdout, stderr, exit := runQemu(t, "check", "-r", mode, "-f", "qcow2", path)
-	q := qemuRepair{stdout: stdout.String(), exit: exit}
-	for _, l := range strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n") {
+	r := qemutest.Check(t, path, "qcow2", "-r", mode)
+	q := qemuRepair{stdout: string(r.Stdout), exit: r.Code}
+	for _, l := range strings.Split(strings.TrimSuffix(string(r.Stderr), "\n"), "\n") {
 		switch {
 		case strings.HasPrefix(l, "qemu-img: Check failed"):
 			q.failed = true
@@ -66,7 +68,7 @@ func repairHead(rep *RepairReport) string {
 }
 
 func TestRepairMatchesQemu(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	modes := []struct {
 		name string
 		mode RepairMode
@@ -83,8 +85,11 @@ func TestRepairMatchesQemu(t *testing.T) {
 				t.Run(m.name, func(t *testing.T) {
 					theirs := filepath.Join(dir, m.name+"-qemu.qcow2")
 					ours := filepath.Join(dir, m.name+"-ours.qcow2")
-					ckRun(t, "cp", "--sparse=always", orig, theirs)
-					ckRun(t, "cp", "--sparse=always", orig, ours)
+					for _, dst := range []string{theirs, ours} {
+						if out, err := exec.Command("cp", "--sparse=always", orig, dst).CombinedOutput(); err != nil {
+							t.Fatalf("cp: %v\n%s", err, out)
+						}
+					}
 					compareRepair(t, orig, theirs, ours, m.name, m.mode)
 				})
 			}
@@ -183,8 +188,8 @@ var repairDiverges = map[string]string{
 func repairCases() []ckCase {
 	const cs = 65536
 	withSnapshots := func(t *testing.T, path string) {
-		ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-		ckIO(t, path, "write -P 7 0 128k")
+		qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+		qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
 	}
 	leakData := func(c *ckImage) {
 		n := int64(len(c.data)) / cs
@@ -274,10 +279,11 @@ func repairCases() []ckCase {
 // TestRepairOverlapCheck checks the refusal of table writes that land on
 // other metadata, which qemu's overlap check stops.
 func TestRepairOverlapCheck(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	path := filepath.Join(t.TempDir(), "a.qcow2")
-	ckCreate(t, path, nil, ckWrites...)
-	ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
+	qemutest.Create(t, path, "qcow2", "64M")
+	qemutest.IO(t, path, "qcow2", ckWrites...)
+	qemutest.Img(t, "", "snapshot", "-c", "s1", path)
 	f, n := openSized(t, path, os.O_RDONLY)
 	c, err := newRefChecker(f, n)
 	if err != nil {

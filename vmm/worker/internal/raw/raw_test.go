@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"instarfs/internal/qemutest"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -208,9 +209,7 @@ type mapEntry struct {
 // TestHolesOracle: with a HoleFinder, Extent matches qemu-img map of sparse raw
 // files, and content matches the file.
 func TestHolesOracle(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	qemutest.NeedQemu(t)
 	rng := rand.New(rand.NewSource(1))
 	type write struct{ off, n int64 }
 	for _, tc := range []struct {
@@ -246,12 +245,8 @@ func TestHolesOracle(t *testing.T) {
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
-			out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "raw", path).Output()
-			if err != nil {
-				t.Fatal(err)
-			}
 			var want []mapEntry
-			if err := json.Unmarshal(out, &want); err != nil {
+			if err := json.Unmarshal(qemutest.Img(t, "", "map", "--output=json", "-f", "raw", path), &want); err != nil {
 				t.Fatal(err)
 			}
 			img := OpenWithHoles(f, tc.size, seekHoles{f})
