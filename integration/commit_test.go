@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // A commitCase builds a chain with qemu-img and qemu-io in a directory, then
@@ -34,7 +36,7 @@ type commitCase struct {
 	crash    bool // run the crash sweep
 }
 
-func (c commitCase) baseFormat() string { return formatOf(c.base) }
+func (c commitCase) baseFormat() string { return qemutest.FormatOf(c.base) }
 
 var commitCases = []commitCase{
 	{
@@ -293,11 +295,6 @@ func commitOurs(t *testing.T, dir string, env []string, args ...string) result {
 	return runOp(t, dir, env, "commit", args...)
 }
 
-func commitQemu(t *testing.T, dir string, args ...string) result {
-	t.Helper()
-	return execIn(t, dir, "qemu-img", args...)
-}
-
 // commitCluster is one row of the normalised map: qemu-img map expanded to
 // fixed-size units, host offsets ignored.
 type commitCluster struct {
@@ -310,18 +307,7 @@ type commitCluster struct {
 // (host offsets ignored).
 func commitMap(t *testing.T, dir, file string, unit int64) []commitCluster {
 	t.Helper()
-	r := commitQemu(t, dir, "map", "--output=json", "-f", formatOf(file), file)
-	if r.code != 0 {
-		t.Fatalf("qemu-img map %s: %s", file, r.stderr)
-	}
-	var rows []struct {
-		Start, Length       int64
-		Depth               int
-		Zero, Data, Present bool
-	}
-	if err := json.Unmarshal(r.stdout, &rows); err != nil {
-		t.Fatal(err)
-	}
+	rows := qemutest.Map(t, filepath.Join(dir, file), qemutest.FormatOf(file))
 	// Cut every row at unit boundaries: one entry per unit, and one more
 	// wherever the status changes inside a unit, so that two maps compare
 	// equal exactly when they say the same for every byte.
@@ -370,7 +356,7 @@ func TestCommitMatchesQemu(t *testing.T) {
 			copyDir(t, pristine, theirs)
 
 			args := append(append([]string{}, c.args...), c.top)
-			q := commitQemu(t, theirs, append([]string{"commit", "-f", formatOf(c.top)}, args...)...)
+			q := qemuImg(t, theirs, append([]string{"commit", "-f", qemutest.FormatOf(c.top)}, args...)...)
 			if q.code != 0 {
 				t.Fatalf("qemu-img commit: exit %d: %s", q.code, q.stderr)
 			}
@@ -428,7 +414,7 @@ func commitSnapshotUnchanged(t *testing.T, c commitCase, pristine, dir string) {
 	for _, d := range []string{pristine, dir} {
 		shellIn(t, d, "qemu-img convert -O raw -l snapshot.name="+c.snapshot+" "+c.base+" snap.raw")
 	}
-	rbSame(t, filepath.Join(dir, "snap.raw"), filepath.Join(pristine, "snap.raw"))
+	qemutest.SameBytes(t, filepath.Join(dir, "snap.raw"), filepath.Join(pristine, "snap.raw"))
 	os.Remove(filepath.Join(dir, "snap.raw"))
 }
 
@@ -468,7 +454,7 @@ func TestCommitCrashSweep(t *testing.T) {
 			}
 			copyDir(t, pristine, theirs)
 			args := append(append([]string{"-q"}, c.args...), c.top)
-			if q := commitQemu(t, theirs, append([]string{"commit", "-q", "-f", formatOf(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
+			if q := qemuImg(t, theirs, append([]string{"commit", "-q", "-f", qemutest.FormatOf(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
 				t.Fatalf("qemu-img commit: %s", q.stderr)
 			}
 			for n := 1; ; n++ {
@@ -622,7 +608,7 @@ func TestRebaseVmdk(t *testing.T) {
 					}
 				} `json:"format-specific"`
 			}
-			r := commitQemu(t, dir, "info", "--output=json", "top.vmdk")
+			r := qemuImg(t, dir, "info", "--output=json", "top.vmdk")
 			if err := json.Unmarshal(r.stdout, &info); err != nil {
 				t.Fatal(err)
 			}
@@ -634,7 +620,7 @@ func TestRebaseVmdk(t *testing.T) {
 				var p struct {
 					Spec struct{ Data struct{ CID uint32 } } `json:"format-specific"`
 				}
-				json.Unmarshal(commitQemu(t, dir, "info", "--output=json", tc.parent).stdout, &p)
+				json.Unmarshal(qemuImg(t, dir, "info", "--output=json", tc.parent).stdout, &p)
 				want = p.Spec.Data.CID
 			}
 			if info.Spec.Data.ParentCID != want {

@@ -151,28 +151,6 @@ func rbOurs(t *testing.T, dir string, env []string, args ...string) result {
 	return runOp(t, dir, env, "rebase", args...)
 }
 
-// rbSame fails unless the files at a and b are byte-identical.
-func rbSame(t *testing.T, a, b string) {
-	t.Helper()
-	x, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(x, y) {
-		return
-	}
-	for i := 0; i < min(len(x), len(y)); i++ {
-		if x[i] != y[i] {
-			t.Fatalf("%s and %s differ first at byte %#x (%d and %d bytes long)", a, b, i, len(x), len(y))
-		}
-	}
-	t.Fatalf("%s is %d bytes, %s is %d bytes", a, len(x), b, len(y))
-}
-
 // rbSameContent fails unless the two images read the same through their own
 // backing chains.
 func rbSameContent(t *testing.T, a, b string) {
@@ -187,8 +165,7 @@ func rbSameContent(t *testing.T, a, b string) {
 // oracles` builds) and requires byte-identical overlays, a clean check, and
 // (safe mode) unchanged guest content.
 func TestRebaseMatchesQemu(t *testing.T) {
-	oracles := qemutest.Oracles(t)
-	for _, o := range oracles {
+	for _, o := range qemutest.Oracles(t) {
 		t.Logf("oracle %s: qemu-img %s", o.Name, o.Version)
 	}
 	for _, c := range rbCases {
@@ -223,29 +200,20 @@ func TestRebaseMatchesQemu(t *testing.T) {
 			if !c.unsafe {
 				rbSameContent(t, filepath.Join(pristine, c.file), filepath.Join(ours, c.file))
 			}
-			for _, o := range oracles {
+			qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
 				theirs := filepath.Join(root, "qemu-"+o.Name)
 				copyDir(t, pristine, theirs)
-				q := execIn(t, theirs, o.Img, append([]string{"rebase"}, args...)...)
-				if q.code != 0 {
-					t.Fatalf("qemu-img %s rebase: exit %d\n%s", o.Version, q.code, q.stderr)
-				}
+				o.Img(t, theirs, append([]string{"rebase"}, args...)...)
 				switch {
 				case c.qemuDiffers:
 				case c.newerDiffers && o.Major() >= 8:
 					rbSameContent(t, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
 				default:
-					rbSameBytes(t, o.Version, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
+					qemutest.SameBytes(t, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
 				}
-			}
+			})
 		})
 	}
-}
-
-// rbSameBytes is rbSame, naming the qemu-img version compared with.
-func rbSameBytes(t *testing.T, version, theirs, ours string) {
-	t.Helper()
-	t.Run("qemu-img-"+version, func(t *testing.T) { rbSame(t, theirs, ours) })
 }
 
 // TestRebaseCrashSweep kills the worker before each of its writes in turn and
@@ -302,7 +270,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 		copyDir(t, pristine, dir)
 		r := rbOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
 		if r.code == 0 {
-			rbSame(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
+			qemutest.SameBytes(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
 			t.Logf("%d crash points checked", n-1)
 			return
 		}
@@ -312,7 +280,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 		if r := rbOurs(t, dir, nil, args...); r.code != 0 {
 			t.Fatalf("re-run after a crash at write %d: exit %d\n%s", n, r.code, r.stderr)
 		}
-		rbSame(t, filepath.Join(clean, c.file), ov)
+		qemutest.SameBytes(t, filepath.Join(clean, c.file), ov)
 		checkClean(t, ov, false)
 		os.RemoveAll(dir)
 	}
@@ -403,9 +371,9 @@ func TestRebaseDetectsFormat(t *testing.T) {
 		if r := rbOurs(t, root, nil, append(args, "ov.qcow2")...); r.code != 0 || string(r.stdout) != "Image rebased.\n" {
 			t.Fatalf("%v: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
 		}
-		if q := execIn(t, theirs, "qemu-img", append(append([]string{"rebase"}, args...), "-F", "qcow2", "ov.qcow2")...); q.code != 0 {
+		if q := qemuImg(t, theirs, append(append([]string{"rebase"}, args...), "-F", "qcow2", "ov.qcow2")...); q.code != 0 {
 			t.Fatalf("qemu-img: %s", q.stderr)
 		}
-		rbSame(t, filepath.Join(theirs, "ov.qcow2"), filepath.Join(root, "ov.qcow2"))
+		qemutest.SameBytes(t, filepath.Join(theirs, "ov.qcow2"), filepath.Join(root, "ov.qcow2"))
 	}
 }

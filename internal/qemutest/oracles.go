@@ -14,6 +14,7 @@
 package qemutest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,14 +83,23 @@ func version(img string) (string, bool) {
 	return string(m[1]), true
 }
 
+// Installed returns an error unless the system's qemu-img and qemu-io are
+// installed, for a TestMain; tests call NeedQemu.
+func Installed() error {
+	for _, tool := range []string{System.ImgBin, System.IOBin} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found; run `make test`, which installs qemu-utils", tool)
+		}
+	}
+	return nil
+}
+
 // NeedQemu fails the test unless the system's qemu-img and qemu-io are
 // installed: `make test` installs them.
 func NeedQemu(t testing.TB) {
 	t.Helper()
-	for _, tool := range []string{System.ImgBin, System.IOBin} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found; run `make test`, which installs qemu-utils", tool)
-		}
+	if err := Installed(); err != nil {
+		t.Fatal(err)
 	}
 }
 

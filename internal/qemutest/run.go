@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -230,4 +231,28 @@ func Alone(format, path string) string {
 		"file":    map[string]any{"driver": "file", "filename": path},
 	})
 	return "json:" + string(b)
+}
+
+// SameBytes fails the test unless the files at a and b hold the same bytes
+// (a byte-identity test: what qemu wrote and what instarfs wrote), saying
+// where they first differ.
+func SameBytes(t testing.TB, a, b string) {
+	t.Helper()
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(x, y) {
+		return
+	}
+	for i := range min(len(x), len(y)) {
+		if x[i] != y[i] {
+			t.Fatalf("%s and %s differ first at byte %#x (%#02x and %#02x); sizes %d and %d", a, b, i, x[i], y[i], len(x), len(y))
+		}
+	}
+	t.Fatalf("%s is %d bytes, %s is %d bytes", a, len(x), b, len(y))
 }

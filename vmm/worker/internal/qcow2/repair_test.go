@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -103,19 +102,19 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 	if err != nil {
 		if errcode.Of(err) == errcode.RepairUnsupported {
 			t.Logf("refused: %v", err)
-			requireSameBytes(t, orig, ours)
+			qemutest.SameBytes(t, orig, ours)
 			return
 		}
 		if why, ok := repairDiverges[filepath.Base(filepath.Dir(orig))]; ok {
 			t.Logf("refused (%v): %s", err, why)
-			requireSameBytes(t, orig, ours)
+			qemutest.SameBytes(t, orig, ours)
 			return
 		}
 		if !q.failed && q.exit != 1 {
 			t.Fatalf("Repair: %v; qemu-img check -r exits %d:\n%s", err, q.exit, q.stdout)
 		}
 		t.Logf("both fail: %v", err)
-		requireSameBytes(t, orig, ours)
+		qemutest.SameBytes(t, orig, ours)
 		return
 	}
 	var got []string
@@ -134,7 +133,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 		if !q.failed {
 			t.Errorf("Repair needs a rebuild, qemu-img check -r did not fail")
 		}
-		requireSameBytes(t, theirs, ours)
+		qemutest.SameBytes(t, theirs, ours)
 		return
 	}
 	if q.failed {
@@ -151,31 +150,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 	if got := final.ExitCode(); got != q.exit {
 		t.Errorf("exit %d, qemu-img exits %d", got, q.exit)
 	}
-	requireSameBytes(t, theirs, ours)
-}
-
-// requireSameBytes fails unless files a and b hold the same bytes.
-func requireSameBytes(t *testing.T, a, b string) {
-	t.Helper()
-	da, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(da, db) {
-		return
-	}
-	if len(da) != len(db) {
-		t.Fatalf("%s is %d bytes, %s is %d", filepath.Base(a), len(da), filepath.Base(b), len(db))
-	}
-	for i := range da {
-		if da[i] != db[i] {
-			t.Fatalf("%s and %s differ first at byte %#x", filepath.Base(a), filepath.Base(b), i)
-		}
-	}
+	qemutest.SameBytes(t, theirs, ours)
 }
 
 // repairDiverges are the shared damaged cases whose repair qemu does and

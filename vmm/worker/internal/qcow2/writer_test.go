@@ -32,28 +32,6 @@ func copyFile(t testing.TB, src, dst string) {
 	}
 }
 
-func sameFiles(t testing.TB, want, got string) {
-	t.Helper()
-	a, err := os.ReadFile(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(a, b) {
-		return
-	}
-	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
-		if a[i] != b[i] {
-			t.Fatalf("%s and %s differ first at byte %#x (qemu %#02x, ours %#02x); sizes %d and %d", want, got, i, a[i], b[i], len(a), len(b))
-		}
-	}
-	t.Fatalf("%s is %d bytes, %s is %d bytes", want, len(a), got, len(b))
-}
-
 // unsafeRebase rewrites cluster 0 of path with our header encoder.
 func unsafeRebase(t testing.TB, path, name, format string) error {
 	t.Helper()
@@ -128,7 +106,7 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 				if errcode.Of(err) != tc.code {
 					t.Fatalf("error %v, want %s", err, tc.code)
 				}
-				sameFiles(t, q, ours) // untouched
+				qemutest.SameBytes(t, q, ours) // untouched
 				return
 			}
 			if err != nil {
@@ -139,7 +117,7 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 				args = append(args, "-F", tc.newFmt)
 			}
 			qemutest.Img(t, "", append(args, q)...)
-			sameFiles(t, q, ours)
+			qemutest.SameBytes(t, q, ours)
 		})
 	}
 }
@@ -206,13 +184,13 @@ func TestEncodeCluster0CraftedMatchesQemu(t *testing.T) {
 					t.Fatal(err)
 				}
 				qemutest.Img(t, "", append(args, q)...)
-				sameFiles(t, q, ours)
+				qemutest.SameBytes(t, q, ours)
 				// A second rewrite flips the unknown extensions again.
 				if err := unsafeRebase(t, ours, name, fmtName); err != nil {
 					t.Fatal(err)
 				}
 				qemutest.Img(t, "", append(args, q)...)
-				sameFiles(t, q, ours)
+				qemutest.SameBytes(t, q, ours)
 			})
 		}
 	}
@@ -316,7 +294,7 @@ func TestWriterAllocationMatchesQemu(t *testing.T) {
 			}
 			qemutest.IO(t, q, "qcow2", cmds...)
 			applyOurs(t, ours, tc.ops, tc.resize)
-			sameFiles(t, q, ours)
+			qemutest.SameBytes(t, q, ours)
 			out := qemutest.Img(t, "", "check", ours)
 			if !bytes.Contains(out, []byte("No errors were found")) {
 				t.Fatalf("check: %s", out)
