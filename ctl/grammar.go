@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 // The control-file grammar.
@@ -264,8 +265,7 @@ func parseFlags(cmd string, words []word, specs map[byte]flagSpec) (*parsed, err
 }
 
 func checkFormat(cmd string, flag byte, v string) error {
-	switch v {
-	case "qcow2", "vmdk", "raw":
+	if proto.Format(v).Valid() {
 		return nil
 	}
 	return badArgs("%s: -%c: unknown format %s (qcow2, vmdk or raw)", cmd, flag, QuoteWord(v))

@@ -113,9 +113,7 @@ func infoSize(info proto.Info) int64 {
 
 // validateInfo re-checks what an untrusted worker reported.
 func validateInfo(info proto.Info, asked string) error {
-	switch info.Format {
-	case "qcow2", "vmdk", "raw":
-	default:
+	if !proto.Format(info.Format).Valid() {
 		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
 	}
 	if asked != "" && asked != info.Format {
@@ -138,10 +136,8 @@ func validateInfo(info proto.Info, asked string) error {
 			}
 		}
 	}
-	switch info.BackingFilenameFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
-		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", info.BackingFilenameFormat)
+	if f := info.BackingFilenameFormat; f != "" && !proto.Format(f).Valid() {
+		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", f)
 	}
 	return nil
 }

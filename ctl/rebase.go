@@ -27,9 +27,7 @@ import (
 // error; Run makes the envelope users see of either.
 func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
 	for _, f := range []string{req.Format, req.BackingFormat} {
-		switch f {
-		case "", "qcow2", "vmdk", "raw":
-		default:
+		if f != "" && !proto.Format(f).Valid() {
 			return nil, errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
 		}
 	}
@@ -155,9 +153,7 @@ func validateRebaseResult(r proto.RebaseResult, req RebaseRequest) error {
 	case req.BackingFormat != "" && r.BackingFormat != req.BackingFormat:
 		return bad("backing format " + r.BackingFormat)
 	}
-	switch r.BackingFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
+	if r.BackingFormat != "" && !proto.Format(r.BackingFormat).Valid() {
 		return bad("backing format " + r.BackingFormat)
 	}
 	return nil
