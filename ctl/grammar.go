@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -382,12 +383,11 @@ func ParseCommit(line string) (CommitRequest, error) {
 		}
 	}
 	if p.set['t'] {
-		switch v := p.values['t']; v {
-		case "none", "writeback", "writethrough", "directsync", "unsafe":
-			r.Cache = v
-		default:
+		v := p.values['t']
+		if !slices.Contains(proto.CacheModes, v) {
 			return r, badArgs("commit: -t: unknown cache mode %s (none, writeback, writethrough, directsync or unsafe)", QuoteWord(v))
 		}
+		r.Cache = v
 	}
 	return r, nil
 }

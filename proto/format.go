@@ -26,3 +26,7 @@ func FormatNames() []string {
 	}
 	return names
 }
+
+// CacheModes are the cache modes commit's -t accepts, as qemu-img names
+// them.
+var CacheModes = []string{"none", "writeback", "writethrough", "directsync", "unsafe"}

@@ -19,7 +19,7 @@ func (a *app) commitCommand() {
 	c.Flag("progress", "Show progress on stdout, as qemu-img does (on stderr with --output=json).").Short('p').BoolVar(&progress)
 	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)
 	c.Flag("rate", "Limit the write rate into the base, in bytes per second (suffixes K, M, G...).").Short('r').StringVar(&rate)
-	c.Flag("cache", "Cache mode for the base: none, writeback, writethrough, directsync or unsafe.").Short('t').EnumVar(&cache, "none", "writeback", "writethrough", "directsync", "unsafe")
+	c.Flag("cache", "Cache mode for the base: none, writeback, writethrough, directsync or unsafe.").Short('t').EnumVar(&cache, proto.CacheModes...)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
