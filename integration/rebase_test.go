@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -376,4 +377,104 @@ func TestRebaseDetectsFormat(t *testing.T) {
 		}
 		qemutest.SameBytes(t, filepath.Join(theirs, "ov.qcow2"), filepath.Join(root, "ov.qcow2"))
 	}
+}
+
+// TestRebaseVmdk covers vmdk rebase, which qemu-img cannot do: the result must
+// read (through qemu) exactly as before, check clean, and name the new parent
+// with its CID.
+func TestRebaseVmdk(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		parent  string // "" when detached
+		copied  bool   // grains must have been copied
+		errCode string
+	}{
+		{name: "safe", args: []string{"-b", "new.vmdk", "-F", "vmdk"}, parent: "new.vmdk", copied: true},
+		{name: "safe, format detected", args: []string{"-b", "new.vmdk"}, parent: "new.vmdk", copied: true},
+		{name: "unsafe onto an identical copy", args: []string{"-u", "-b", "same.vmdk", "-F", "vmdk"}, parent: "same.vmdk"},
+		{name: "safe detach", args: []string{"-b", ""}, copied: true},
+		{name: "not a vmdk parent", args: []string{"-u", "-b", "new.vmdk", "-F", "qcow2"}, errCode: "VMDK_PARENT_NOT_VMDK"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rbSh(t, dir, rbVmdkChain)
+			shellIn(t, dir, "cp top.vmdk pristine.vmdk")
+			cmd := exec.Command(binary, append(append([]string{"--allow-dir", dir, "rebase", "--output=json"}, tc.args...), "top.vmdk")...)
+			cmd.Dir = dir
+			out, err := cmd.Output()
+			if tc.errCode != "" {
+				if err == nil || !strings.Contains(string(out), tc.errCode) {
+					t.Fatalf("rebase succeeded or failed with the wrong error: %v %s", err, out)
+				}
+				if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+					t.Errorf("refused rebase changed the image: %s", r.stdout)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("rebase: %v: %s", err, out)
+			}
+			var env struct {
+				ClustersCopied int64 `json:"clusters_copied"`
+			}
+			if err := json.Unmarshal(out, &env); err != nil {
+				t.Fatal(err)
+			}
+			if (env.ClustersCopied > 0) != tc.copied {
+				t.Errorf("copied %d grains, want copies: %v", env.ClustersCopied, tc.copied)
+			}
+			// pristine.vmdk still reads through old.vmdk.
+			if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+				t.Errorf("content changed: %s%s", r.stdout, r.stderr)
+			}
+			checkClean(t, filepath.Join(dir, "top.vmdk"), false)
+			var info struct {
+				Backing string `json:"backing-filename"`
+				Spec    struct {
+					Data struct {
+						ParentCID uint32 `json:"parent-cid"`
+					}
+				} `json:"format-specific"`
+			}
+			r := qemuImg(t, dir, "info", "--output=json", "top.vmdk")
+			if err := json.Unmarshal(r.stdout, &info); err != nil {
+				t.Fatal(err)
+			}
+			if info.Backing != tc.parent {
+				t.Errorf("backing file %q, want %q", info.Backing, tc.parent)
+			}
+			want := uint32(0xffffffff)
+			if tc.parent != "" {
+				var p struct {
+					Spec struct{ Data struct{ CID uint32 } } `json:"format-specific"`
+				}
+				json.Unmarshal(qemuImg(t, dir, "info", "--output=json", tc.parent).stdout, &p)
+				want = p.Spec.Data.CID
+			}
+			if info.Spec.Data.ParentCID != want {
+				t.Errorf("parent CID %x, want %x", info.Spec.Data.ParentCID, want)
+			}
+			if tc.parent == "" {
+				// qemu's template for an image without a parent.
+				if d := vmdkDescriptor(t, filepath.Join(dir, "top.vmdk")); !strings.Contains(d, "parentCID=ffffffff\ncreateType=\"monolithicSparse\"\n\n# Extent description\n") {
+					t.Errorf("detached descriptor does not follow qemu's template:\n%s", d)
+				}
+			}
+		})
+	}
+}
+
+// vmdkDescriptor returns the embedded descriptor text of a vmdk.
+func vmdkDescriptor(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 512 {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	d := b[512:min(len(b), 512+10240)]
+	if i := bytes.IndexByte(d, 0); i >= 0 {
+		d = d[:i]
+	}
+	return string(d)
 }
