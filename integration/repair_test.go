@@ -307,7 +307,7 @@ func TestMountRepair(t *testing.T) {
 		if s := m.read(t, tt.image+".qcow2", "status"); s != "ok repair\n" {
 			t.Errorf("%s: status %q", tt.image, s)
 		}
-		execIn(t, filepath.Join(dir, "qemu-"+tt.qemu), "qemu-img", "check", "-q", "-r", tt.mode, "img.qcow2")
+		qemuImg(t, filepath.Join(dir, "qemu-"+tt.qemu), "check", "-q", "-r", tt.mode, "img.qcow2")
 		qemutest.SameBytes(t, filepath.Join(dir, "qemu-"+tt.qemu, "img.qcow2"), filepath.Join(images, tt.image+".qcow2"))
 	}
 

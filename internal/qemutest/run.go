@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"instarfs/proto"
 )
 
 // Result is what a qemu command printed and how it exited.
@@ -122,28 +124,17 @@ func (o Oracle) Create(t testing.TB, path, format, size string, opts ...string) 
 	o.Img(t, "", append(args, path, size)...)
 }
 
-// MapEntry is one row of `qemu-img map --output=json`.
-type MapEntry struct {
-	Start   int64  `json:"start"`
-	Length  int64  `json:"length"`
-	Depth   int    `json:"depth"`
-	Present bool   `json:"present"`
-	Zero    bool   `json:"zero"`
-	Data    bool   `json:"data"`
-	Offset  *int64 `json:"offset"`
-}
-
 // Map returns `qemu-img map --output=json` of the image at path, opened as
 // format (probed when "", as for a json: filename from Alone), with extra
 // arguments args (-U, --start-offset …) before the name.
-func (o Oracle) Map(t testing.TB, path, format string, args ...string) []MapEntry {
+func (o Oracle) Map(t testing.TB, path, format string, args ...string) []proto.MapEntry {
 	t.Helper()
 	a := append([]string{"map", "--output=json"}, args...)
 	if format != "" {
 		a = append(a, "-f", format)
 	}
 	out := o.Img(t, "", append(a, path)...)
-	var m []MapEntry
+	var m []proto.MapEntry
 	if err := json.Unmarshal(out, &m); err != nil {
 		t.Fatalf("qemu-img map %s: %v\n%s", path, err, out)
 	}
@@ -195,7 +186,7 @@ func Create(t testing.TB, path, format, size string, opts ...string) {
 	System.Create(t, path, format, size, opts...)
 }
 
-func Map(t testing.TB, path, format string, args ...string) []MapEntry {
+func Map(t testing.TB, path, format string, args ...string) []proto.MapEntry {
 	t.Helper()
 	return System.Map(t, path, format, args...)
 }

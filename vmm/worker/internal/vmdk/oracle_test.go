@@ -8,14 +8,15 @@ import (
 	"testing"
 
 	"instarfs/internal/qemutest"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
 // ourMap renders img's extents the way qemu-img map does for an image without a
 // backing file, merging like qemu (equal flags, contiguous offsets).
-func ourMap(t *testing.T, img layer.Image) []qemutest.MapEntry {
+func ourMap(t *testing.T, img layer.Image) []proto.MapEntry {
 	t.Helper()
-	var m []qemutest.MapEntry
+	var m []proto.MapEntry
 	for off := int64(0); off < img.VirtualSize(); {
 		e, err := img.Extent(off)
 		if err != nil {
@@ -24,7 +25,7 @@ func ourMap(t *testing.T, img layer.Image) []qemutest.MapEntry {
 		if e.Start != off || e.Length <= 0 || e.End() > img.VirtualSize() {
 			t.Fatalf("Extent(%d) = %+v", off, e)
 		}
-		me := qemutest.MapEntry{Start: e.Start, Length: e.Length}
+		me := proto.MapEntry{Start: e.Start, Length: e.Length}
 		switch e.Kind {
 		case layer.Unallocated:
 			me.Zero = true
@@ -52,7 +53,7 @@ func ourMap(t *testing.T, img layer.Image) []qemutest.MapEntry {
 	return m
 }
 
-func mapString(m []qemutest.MapEntry) string {
+func mapString(m []proto.MapEntry) string {
 	var b bytes.Buffer
 	for _, e := range m {
 		off := "-"
