@@ -25,9 +25,9 @@ type qemuCheck struct {
 	messages []string       // stderr lines, without qemu-img's own "qemu-img: " lines
 }
 
-func runQemuCheck(t testing.TB, path string) qemuCheck {
+func runQemuCheck(t testing.TB, o qemutest.Oracle, path string) qemuCheck {
 	t.Helper()
-	r := qemutest.Check(t, path, "qcow2", "--output=json")
+	r := o.Check(t, path, "qcow2", "--output=json")
 	q := qemuCheck{exit: r.Code}
 	if len(r.Stdout) > 0 {
 		if err := json.Unmarshal(r.Stdout, &q.json); err != nil {
@@ -91,35 +91,37 @@ func checkPath(t testing.TB, path string) (*CheckReport, error) {
 	return Check(f, n)
 }
 
-// compareCheck runs both checks on path and reports any difference in the
-// counters, the exit status or the messages.
-func compareCheck(t *testing.T, path string) *CheckReport {
+// compareCheck runs Check and the check of every qemu-img oracle on path,
+// and reports any difference in the counters, the exit status or the
+// messages.
+func compareCheck(t *testing.T, path string) {
 	t.Helper()
-	q := runQemuCheck(t, path)
 	rep, err := checkPath(t, path)
-	if q.json == nil {
-		if err == nil {
-			t.Errorf("qemu-img check failed (exit %d, %q) but Check reported %+v", q.exit, q.messages, ckJSON(rep))
+	qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
+		q := runQemuCheck(t, o, path)
+		if q.json == nil {
+			if err == nil {
+				t.Errorf("qemu-img check failed (exit %d, %q) but Check reported %+v", q.exit, q.messages, ckJSON(rep))
+			}
+			return
 		}
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("Check: %v; qemu-img check: exit %d %v", err, q.exit, q.json)
-	}
-	if got := ckJSON(rep); !reflect.DeepEqual(got, q.json) {
-		t.Errorf("report differs:\n got %v\nwant %v", got, q.json)
-	}
-	if got := rep.ExitCode(); got != q.exit {
-		t.Errorf("exit code %d, qemu-img check exits %d", got, q.exit)
-	}
-	var got []string
-	for _, m := range rep.Messages {
-		got = append(got, m.Text)
-	}
-	if !reflect.DeepEqual(got, q.messages) {
-		t.Errorf("messages differ:\n got %q\nwant %q", got, q.messages)
-	}
-	return rep
+		if err != nil {
+			t.Fatalf("Check: %v; qemu-img check: exit %d %v", err, q.exit, q.json)
+		}
+		if got := ckJSON(rep); !reflect.DeepEqual(got, q.json) {
+			t.Errorf("report differs:\n got %v\nwant %v", got, q.json)
+		}
+		if got := rep.ExitCode(); got != q.exit {
+			t.Errorf("exit code %d, qemu-img check exits %d", got, q.exit)
+		}
+		var got []string
+		for _, m := range rep.Messages {
+			got = append(got, m.Text)
+		}
+		if !reflect.DeepEqual(got, q.messages) {
+			t.Errorf("messages differ:\n got %q\nwant %q", got, q.messages)
+		}
+	})
 }
 
 // Writes used by most images: data, a zeroed range, a small write, data far
@@ -208,7 +210,7 @@ func TestCheckCleanImages(t *testing.T) {
 			if tt.post != nil {
 				tt.post(t, path)
 			}
-			if q := runQemuCheck(t, path); q.exit != tt.exit {
+			if q := runQemuCheck(t, qemutest.System, path); q.exit != tt.exit {
 				t.Fatalf("qemu-img check exits %d, want %d", q.exit, tt.exit)
 			}
 			compareCheck(t, path)
@@ -390,7 +392,7 @@ func (tt ckCase) make(t *testing.T, path string) {
 		tt.post(t, path)
 	}
 	tt.damage(ckLoad(t, path))
-	if q := runQemuCheck(t, path); q.exit != tt.exit {
+	if q := runQemuCheck(t, qemutest.System, path); q.exit != tt.exit {
 		t.Fatalf("qemu-img check exits %d, want %d: the damage is not what the case expects", q.exit, tt.exit)
 	}
 }
