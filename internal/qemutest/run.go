@@ -44,12 +44,12 @@ func (o Oracle) Command(ctx context.Context, t testing.TB, dir, tool string, arg
 
 func (o Oracle) run(t testing.TB, dir, tool string, args []string) Result {
 	t.Helper()
-	return RunCmd(t, o.Command(context.Background(), t, dir, tool, args...))
+	return runCmd(t, o.Command(context.Background(), t, dir, tool, args...))
 }
 
-// RunCmd runs cmd (from Command) and returns its result. A command that
+// runCmd runs cmd (from Command) and returns its result. A command that
 // cannot start fails the test.
-func RunCmd(t testing.TB, cmd *exec.Cmd) Result {
+func runCmd(t testing.TB, cmd *exec.Cmd) Result {
 	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -158,44 +158,49 @@ func (o Oracle) Compare(t testing.TB, a, b string) Result {
 	return o.Run(t, "", "compare", "-f", FormatOf(a), "-F", FormatOf(b), a, b)
 }
 
-// Run, RunIO, Img, IO, Create, Map, Check and Compare with the system's
-// qemu-img.
-
+// Run is System.Run.
 func Run(t testing.TB, dir string, args ...string) Result {
 	t.Helper()
 	return System.Run(t, dir, args...)
 }
 
+// RunIO is System.RunIO.
 func RunIO(t testing.TB, dir string, args ...string) Result {
 	t.Helper()
 	return System.RunIO(t, dir, args...)
 }
 
+// Img is System.Img.
 func Img(t testing.TB, dir string, args ...string) []byte {
 	t.Helper()
 	return System.Img(t, dir, args...)
 }
 
+// IO is System.IO.
 func IO(t testing.TB, path, format string, cmds ...string) {
 	t.Helper()
 	System.IO(t, path, format, cmds...)
 }
 
+// Create is System.Create.
 func Create(t testing.TB, path, format, size string, opts ...string) {
 	t.Helper()
 	System.Create(t, path, format, size, opts...)
 }
 
+// Map is System.Map.
 func Map(t testing.TB, path, format string, args ...string) []proto.MapEntry {
 	t.Helper()
 	return System.Map(t, path, format, args...)
 }
 
+// Check is System.Check.
 func Check(t testing.TB, path, format string, args ...string) Result {
 	t.Helper()
 	return System.Check(t, path, format, args...)
 }
 
+// Compare is System.Compare.
 func Compare(t testing.TB, a, b string) Result {
 	t.Helper()
 	return System.Compare(t, a, b)
