@@ -2,6 +2,7 @@ package chainmodel
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -77,6 +78,24 @@ type FileID struct {
 
 // IDOf is the identity of the file st describes.
 func IDOf(st *unix.Stat_t) FileID { return FileID{Dev: st.Dev, Ino: st.Ino} }
+
+// FileState identifies a file's content as fstat sees it: an answer cached
+// about the file is reused only while its state is unchanged.
+type FileState struct {
+	ID           FileID
+	Size         int64
+	Mtime, Ctime unix.Timespec
+}
+
+// StateOf is the state of the file st describes.
+func StateOf(st *unix.Stat_t) FileState {
+	return FileState{IDOf(st), st.Size, st.Mtim, st.Ctim}
+}
+
+// String renders s for a cache key: device, inode, size and the two times.
+func (s FileState) String() string {
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", s.ID.Dev, s.ID.Ino, s.Size, s.Mtime.Sec, s.Mtime.Nsec, s.Ctime.Sec, s.Ctime.Nsec)
+}
 
 // protocolPrefix matches what qemu would take for a protocol ("nbd:", "http:",
 // "file:", "json:"): a scheme-like word and a colon before any slash.

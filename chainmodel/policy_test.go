@@ -1,6 +1,7 @@
 package chainmodel
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -251,5 +252,35 @@ func TestPolicyPlaceDir(t *testing.T) {
 	loc, err := inSub.Locate("", "../a.qcow2")
 	if err != nil || loc.Rel != "a.qcow2" {
 		t.Errorf("Locate against a relative referrer: %q, %v", loc.Rel, err)
+	}
+}
+
+// TestFileState: the state names the file by device and inode, and changes
+// with its size and times; String renders every part.
+func TestFileState(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	s := StateOf(&st)
+	if s.ID != IDOf(&st) || s.Size != 1 || s.Mtime != st.Mtim || s.Ctime != st.Ctim {
+		t.Fatalf("StateOf = %+v for %+v", s, st)
+	}
+	want := fmt.Sprintf("%d:%d:1:%d.%d:%d.%d", st.Dev, st.Ino, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	if got := s.String(); got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	if err := os.WriteFile(path, []byte("ab"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if StateOf(&st) == s {
+		t.Error("the state did not change with the file")
 	}
 }

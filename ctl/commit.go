@@ -21,13 +21,8 @@ import (
 // every image of the chain keeps showing what it showed (qemu-img leaves the
 // intermediate images invalid; see docs/commit.md). No header is rewritten.
 func Commit(ctx context.Context, o *Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
-	switch req.Cache {
-	case "", "none", "writeback", "writethrough", "directsync", "unsafe":
-	default:
-		return nil, errcode.New(errcode.BadArguments, "commit: unknown cache mode %q", req.Cache)
-	}
-	if req.Rate < 0 {
-		return nil, errcode.New(errcode.BadArguments, "commit: negative rate limit")
+	if err := req.Validate(); err != nil {
+		return nil, err
 	}
 	drop := req.Drop || req.Base != ""
 	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top})

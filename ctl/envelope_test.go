@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
 
 	"instarfs/vmm/vmmtest"
@@ -69,7 +70,7 @@ func TestRun(t *testing.T) {
 // manager goes on.
 func TestJobPanics(t *testing.T) {
 	m := &JobManager{Sandbox: vmmtest.New(nil)}
-	j, err := m.Start(JobSpec{Operation: "commit", Image: "a", Top: FileID{1, 1}, Run: func(context.Context, Progress) (*Envelope, error) {
+	j, err := m.Start(JobSpec{Operation: "commit", Image: "a", Top: chainmodel.FileID{Dev: 1, Ino: 1}, Run: func(context.Context, Progress) (*Envelope, error) {
 		panic("boom")
 	}})
 	if err != nil {
@@ -79,7 +80,7 @@ func TestJobPanics(t *testing.T) {
 	if errcode.Of(err) != errcode.Internal || env.Error == nil || env.Error.Message != "commit panicked: boom" || env.Sandbox != "vmmtest" {
 		t.Fatalf("got %+v, %v", env, err)
 	}
-	if s := m.Status(FileID{1, 1}); s != "failed commit: INTERNAL: commit panicked: boom" {
+	if s := m.Status(chainmodel.FileID{Dev: 1, Ino: 1}); s != "failed commit: INTERNAL: commit panicked: boom" {
 		t.Errorf("status %q", s)
 	}
 }

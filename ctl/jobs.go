@@ -10,14 +10,10 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/vmm"
 )
-
-// FileID identifies an image file by device and inode, whatever its name.
-type FileID struct {
-	Dev, Ino uint64
-}
 
 // JobFunc runs one operation and returns its result envelope or an error (the
 // manager makes the envelope users see of either, with Run); it reports
@@ -26,11 +22,11 @@ type JobFunc func(ctx context.Context, progress Progress) (*Envelope, error)
 
 // JobSpec describes a job to start.
 type JobSpec struct {
-	Operation string   // "rebase", "commit" or "repair"
-	Image     string   // the image's name, for status, the envelope and the log
-	Arguments string   // what was asked, for the log
-	Top       FileID   // the image the job was started on
-	Members   []FileID // every file the job reads or writes, Top included
+	Operation string              // "rebase", "commit" or "repair"
+	Image     string              // the image's name, for status, the envelope and the log
+	Arguments string              // what was asked, for the log
+	Top       chainmodel.FileID   // the image the job was started on
+	Members   []chainmodel.FileID // every file the job reads or writes, Top included
 	Run       JobFunc
 }
 
@@ -80,10 +76,10 @@ type JobManager struct {
 	Log logrus.FieldLogger
 
 	mu      sync.Mutex
-	busy    map[FileID]*Job
-	running map[FileID]*Job // by Top
-	last    map[FileID]lastResult
-	changed map[FileID]changeTimes
+	busy    map[chainmodel.FileID]*Job
+	running map[chainmodel.FileID]*Job // by Top
+	last    map[chainmodel.FileID]lastResult
+	changed map[chainmodel.FileID]changeTimes
 	wg      sync.WaitGroup
 }
 
@@ -99,13 +95,13 @@ type changeTimes struct {
 
 func (m *JobManager) init() {
 	if m.busy == nil {
-		m.busy, m.running, m.last, m.changed = map[FileID]*Job{}, map[FileID]*Job{}, map[FileID]lastResult{}, map[FileID]changeTimes{}
+		m.busy, m.running, m.last, m.changed = map[chainmodel.FileID]*Job{}, map[chainmodel.FileID]*Job{}, map[chainmodel.FileID]lastResult{}, map[chainmodel.FileID]changeTimes{}
 	}
 }
 
 // touch records that the status of ids changed now, and their result too
 // when result is set. m.mu is held.
-func (m *JobManager) touch(result bool, ids ...FileID) {
+func (m *JobManager) touch(result bool, ids ...chainmodel.FileID) {
 	now := time.Now()
 	for _, id := range ids {
 		c := m.changed[id]
@@ -122,7 +118,7 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.init()
-	for _, id := range append([]FileID{spec.Top}, spec.Members...) {
+	for _, id := range append([]chainmodel.FileID{spec.Top}, spec.Members...) {
 		if other := m.busy[id]; other != nil {
 			return nil, chainBusy(other)
 		}
@@ -134,7 +130,7 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 		m.busy[id] = j
 	}
 	m.running[spec.Top] = j
-	m.touch(false, append([]FileID{spec.Top}, spec.Members...)...)
+	m.touch(false, append([]chainmodel.FileID{spec.Top}, spec.Members...)...)
 	m.wg.Add(1)
 	go m.run(ctx, j)
 	return j, nil
@@ -187,7 +183,7 @@ func (m *JobManager) Record(spec JobSpec, err error) *Envelope {
 
 // BusyError is the CHAIN_BUSY error for a job on id, or nil when no job holds
 // id.
-func (m *JobManager) BusyError(id FileID) error {
+func (m *JobManager) BusyError(id chainmodel.FileID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if j := m.busy[id]; j != nil {
@@ -203,7 +199,7 @@ func chainBusy(j *Job) error {
 // Status is the one-line state of an image: "idle", "running <op> <n>%",
 // "busy: <op> of <image>" (a job on another image of its chain uses it),
 // "ok <op>" or "failed <op>: <CODE>: <message>". It never waits.
-func (m *JobManager) Status(id FileID) string {
+func (m *JobManager) Status(id chainmodel.FileID) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if j := m.running[id]; j != nil {
@@ -226,7 +222,7 @@ func (m *JobManager) Status(id FileID) string {
 
 // Changed says when Status(id) and Result(id) last changed; zero times when
 // they have not changed since the manager was made.
-func (m *JobManager) Changed(id FileID) (status, result time.Time) {
+func (m *JobManager) Changed(id chainmodel.FileID) (status, result time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.changed[id]
@@ -239,7 +235,7 @@ func (m *JobManager) Changed(id FileID) (status, result time.Time) {
 }
 
 // Result is the envelope of the last finished job or refusal on id, or nil.
-func (m *JobManager) Result(id FileID) *Envelope {
+func (m *JobManager) Result(id chainmodel.FileID) *Envelope {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if last, ok := m.last[id]; ok {
@@ -249,7 +245,7 @@ func (m *JobManager) Result(id FileID) *Envelope {
 }
 
 // WaitFree waits until no job holds id, or ctx ends.
-func (m *JobManager) WaitFree(ctx context.Context, id FileID) error {
+func (m *JobManager) WaitFree(ctx context.Context, id chainmodel.FileID) error {
 	for {
 		m.mu.Lock()
 		j := m.busy[id]

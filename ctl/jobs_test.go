@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/vmm/vmmtest"
 )
@@ -30,12 +31,12 @@ func TestJobManager(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.InfoLevel)
 	m := &JobManager{Sandbox: vmmtest.New(nil), Log: log}
-	a, b, c := FileID{1, 1}, FileID{1, 2}, FileID{1, 3}
+	a, b, c := chainmodel.FileID{Dev: 1, Ino: 1}, chainmodel.FileID{Dev: 1, Ino: 2}, chainmodel.FileID{Dev: 1, Ino: 3}
 	if s := m.Status(a); s != "idle" {
 		t.Fatalf("status before any job: %q", s)
 	}
 	release := make(chan struct{})
-	j, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []FileID{a, b}, Run: blockingJob(release)})
+	j, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []chainmodel.FileID{a, b}, Run: blockingJob(release)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func TestJobManager(t *testing.T) {
 	}
 	before, _ := m.Changed(a)
 	// Any image of the chain is busy; another chain is not.
-	for _, top := range []FileID{a, b} {
+	for _, top := range []chainmodel.FileID{a, b} {
 		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Of(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
 			t.Errorf("second job on %v: %v, want CHAIN_BUSY naming rebase of 'a'", top, err)
 		}

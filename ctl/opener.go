@@ -44,14 +44,12 @@ func (o *Opener) cache() *lru.Cache[any, any] {
 	return o.Cache
 }
 
-// probeKey identifies a file's state: a probe result is reused only while the
-// file is unchanged.
+// probeKey identifies a probe: a result is reused only while the file is
+// unchanged.
 type probeKey struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-	format       string
-	detectRaw    bool
+	state     chainmodel.FileState
+	format    string
+	detectRaw bool
 }
 
 // Probe asks a worker what f holds. format may be empty to detect it.
@@ -60,7 +58,7 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return proto.Info{}, st, errcode.New(errcode.ReadFailed, "stat %s: %v", name, err)
 	}
-	key := probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw}
+	key := probeKey{chainmodel.StateOf(&st), format, detectRaw}
 	cache := o.cache()
 	if v, ok := cache.Get(key); ok {
 		return v.(proto.Info), st, nil
@@ -113,9 +111,7 @@ func infoSize(info proto.Info) int64 {
 
 // validateInfo re-checks what an untrusted worker reported.
 func validateInfo(info proto.Info, asked string) error {
-	switch info.Format {
-	case "qcow2", "vmdk", "raw":
-	default:
+	if !proto.Format(info.Format).Valid() {
 		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
 	}
 	if asked != "" && asked != info.Format {
@@ -138,10 +134,8 @@ func validateInfo(info proto.Info, asked string) error {
 			}
 		}
 	}
-	switch info.BackingFilenameFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
-		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", info.BackingFilenameFormat)
+	if f := info.BackingFilenameFormat; f != "" && !proto.Format(f).Valid() {
+		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", f)
 	}
 	return nil
 }

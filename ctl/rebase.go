@@ -26,23 +26,13 @@ import (
 // verbatim. A worker does the rest. It returns the result envelope, or an
 // error; Run makes the envelope users see of either.
 func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
-	for _, f := range []string{req.Format, req.BackingFormat} {
-		switch f {
-		case "", "qcow2", "vmdk", "raw":
-		default:
-			return nil, errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
-		}
+	if err := req.Validate(); err != nil {
+		return nil, err
 	}
 	if req.Backing == "" {
 		// Detaching names no backing file, so no format: qemu-img ignores
 		// -F then, and so does instarfs.
 		req.BackingFormat = ""
-	}
-	if len(req.Backing) > chainmodel.MaxBackingName {
-		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
-	}
-	if err := CheckImageName("rebase", "-b", req.Backing); err != nil {
-		return nil, err
 	}
 	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
 	if err != nil {
@@ -155,9 +145,7 @@ func validateRebaseResult(r proto.RebaseResult, req RebaseRequest) error {
 	case req.BackingFormat != "" && r.BackingFormat != req.BackingFormat:
 		return bad("backing format " + r.BackingFormat)
 	}
-	switch r.BackingFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
+	if r.BackingFormat != "" && !proto.Format(r.BackingFormat).Valid() {
 		return bad("backing format " + r.BackingFormat)
 	}
 	return nil

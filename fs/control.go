@@ -135,7 +135,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 	if err := f.cfg.Jobs.BusyError(id); err != nil {
 		return refuse(err)
 	}
-	top := chainmodel.FileID(id)
+	top := id
 	c, ok := f.imageClass(ctx, rel, top)
 	if !ok {
 		return nil, syscall.ENOENT
@@ -266,7 +266,7 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 // A chain that cannot be opened whole (a missing old backing file, which
 // `rebase -u` exists to repair) reserves the image alone: the operation itself
 // then says whether it needs more.
-func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]ctl.FileID, error) {
+func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]chainmodel.FileID, error) {
 	opts := ctl.OpenOptions{Format: format, Want: &top}
 	c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
 	if err != nil && errcode.Of(err) != errcode.ImageInUse && errcode.Of(err) != errcode.ImageChanged && ctx.Err() == nil {
@@ -277,9 +277,9 @@ func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, for
 		return nil, err
 	}
 	defer c.Close()
-	var ids []ctl.FileID
+	var ids []chainmodel.FileID
 	for _, im := range c.Images {
-		ids = append(ids, ctl.FileID(im.ID()))
+		ids = append(ids, im.ID())
 	}
 	if newBacking != "" {
 		nf, _, st, err := f.cfg.Opener.Policy.OpenName(c.Top().Dir(), newBacking)
@@ -290,7 +290,7 @@ func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, for
 			return nil, err
 		}
 		nf.Close()
-		ids = append(ids, ctl.FileID(chainmodel.IDOf(&st)))
+		ids = append(ids, chainmodel.IDOf(&st))
 	}
 	return ids, nil
 }

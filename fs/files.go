@@ -67,7 +67,7 @@ func (f *FS) jobTimes(a *fuse.Attr, kind int, st *unix.Stat_t) bool {
 	if kind != kindStatus && kind != kindResult {
 		return false
 	}
-	status, result := f.cfg.Jobs.Changed(ctl.FileID{Dev: st.Dev, Ino: st.Ino})
+	status, result := f.cfg.Jobs.Changed(chainmodel.IDOf(st))
 	t := status
 	if kind == kindResult {
 		t = result
@@ -114,7 +114,7 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 		// A job of this mount on the chain holds its locks: answer what
 		// was made last, or wait for the job and try again. A lock another
 		// process holds is still EBUSY.
-		held, busy := g.fs.chainBusy(ctx, rel, chainmodel.FileID(id))
+		held, busy := g.fs.chainBusy(ctx, rel, id)
 		if !busy {
 			break
 		}
@@ -135,10 +135,10 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 // chainBusy returns a file of the chain of the image at rel (the file id)
 // that a job of this mount holds. It follows the backing names the probes
 // recorded (cached by identity) as far as they stay in IMAGEDIR.
-func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (ctl.FileID, bool) {
+func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (chainmodel.FileID, bool) {
 	for depth := 0; depth < maxChainWalk; depth++ {
-		if f.cfg.Jobs.BusyError(ctl.FileID(id)) != nil {
-			return ctl.FileID(id), true
+		if f.cfg.Jobs.BusyError(id) != nil {
+			return id, true
 		}
 		c, ok := f.imageClass(ctx, rel, id)
 		if !ok || c.err != nil {
@@ -158,7 +158,7 @@ func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (c
 		}
 		rel, id = loc.Rel, chainmodel.IDOf(&st)
 	}
-	return ctl.FileID{}, false
+	return chainmodel.FileID{}, false
 }
 
 // maxChainWalk bounds chainBusy's walk, as chains are bounded.
@@ -166,7 +166,7 @@ const maxChainWalk = 16
 
 // lastDocument is the document of kind made last for the image id, whatever
 // the state of its files now; nil when none was made.
-func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
+func (f *FS) lastDocument(kind int, id chainmodel.FileID) []byte {
 	if v, ok := f.cfg.Cache.Get(genSlot{kind, id}); ok {
 		return v.(genCacheEntry).data
 	}
@@ -175,11 +175,11 @@ func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
 
 // document makes the generated file of kind for the image at rel, whose
 // identity is id.
-func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) ([]byte, error) {
+func (f *FS) document(ctx context.Context, kind int, rel string, id chainmodel.FileID) ([]byte, error) {
 	switch kind {
 	case kindStatus:
 		s := f.cfg.Jobs.Status(id)
-		if f.cfg.Jobs.BusyError(id) == nil && f.heldByOther(rel, chainmodel.FileID(id)) {
+		if f.cfg.Jobs.BusyError(id) == nil && f.heldByOther(rel, id) {
 			s += "; in use by another process"
 		}
 		return []byte(s + "\n"), nil
@@ -189,20 +189,20 @@ func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) 
 		}
 		return []byte("null\n"), nil
 	}
-	c, ok := f.imageClass(ctx, rel, chainmodel.FileID(id))
+	c, ok := f.imageClass(ctx, rel, id)
 	if !ok {
 		return nil, errcode.New(errcode.NotFound, "'%s' is no longer an image", rel)
 	}
 	if c.err != nil {
 		return nil, c.err
 	}
-	return f.generate(ctx, kind, rel, chainmodel.FileID(id), c.format)
+	return f.generate(ctx, kind, rel, id, c.format)
 }
 
 // ownJob reports whether a job of this mount holds an image of c.
 func (f *FS) ownJob(c *chainmodel.Chain) bool {
 	for _, im := range c.Images {
-		if f.cfg.Jobs.BusyError(ctl.FileID(im.ID())) != nil {
+		if f.cfg.Jobs.BusyError(im.ID()) != nil {
 			return true
 		}
 	}
@@ -234,7 +234,7 @@ func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) ui
 		target, _ := f.backingLink(ctx, rel, chainmodel.IDOf(st))
 		return uint64(len(target))
 	}
-	id := ctl.FileID{Dev: st.Dev, Ino: st.Ino}
+	id := chainmodel.IDOf(st)
 	data, err := f.document(ctx, kind, rel, id)
 	if errcode.Of(err) == errcode.ImageInUse {
 		data = f.lastDocument(kind, id) // never wait for a job here
@@ -247,7 +247,7 @@ func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) ui
 // genSlot names one cached document: the last one made per image and kind.
 type genSlot struct {
 	kind int
-	id   ctl.FileID
+	id   chainmodel.FileID
 }
 
 type genCacheEntry struct {
@@ -295,9 +295,9 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	var key strings.Builder
 	for _, im := range c.Images {
 		st := im.Stat
-		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Name)
+		fmt.Fprintf(&key, "%s:%s/", chainmodel.StateOf(&st), im.Name)
 	}
-	slot := genSlot{kind, ctl.FileID{Dev: c.Top().Stat.Dev, Ino: c.Top().Stat.Ino}}
+	slot := genSlot{kind, c.Top().ID()}
 	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key.String() {
 		c.Close()
 		return v.(genCacheEntry).data, v.(genCacheEntry).err

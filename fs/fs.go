@@ -87,8 +87,9 @@ const DefaultMaxDocument = 32 << 20
 
 // FS is the state shared by every node of one mount.
 type FS struct {
-	// cfg.Cache holds a class per fileState (what each file is) and a
-	// genCacheEntry per genSlot (the last document made per image and kind).
+	// cfg.Cache holds a class per chainmodel.FileState (what each file
+	// is) and a genCacheEntry per genSlot (the last document made per
+	// image and kind).
 	cfg     Config
 	root    *chainmodel.Root // ImageDir, held open
 	id      chainmodel.FileID
@@ -102,14 +103,6 @@ type FS struct {
 	disks    *diskFiles
 }
 
-// fileState identifies a file's content: a cached answer about the file is
-// reused only while it is unchanged.
-type fileState struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-}
-
 // class is what a regular file of IMAGEDIR is.
 type class struct {
 	image  bool
@@ -119,7 +112,7 @@ type class struct {
 
 // size estimates the bytes a cached class keeps alive, its key included.
 func (c class) size() int64 {
-	return int64(unsafe.Sizeof(fileState{})+unsafe.Sizeof(c)) + int64(len(c.format)) + errSize(c.err)
+	return int64(unsafe.Sizeof(chainmodel.FileState{})+unsafe.Sizeof(c)) + int64(len(c.format)) + errSize(c.err)
 }
 
 // errSize estimates the bytes an error keeps alive: an *errcode.Error holds a
@@ -235,7 +228,7 @@ func inodeNumber(kind int, dev, ino uint64) uint64 {
 // classify says whether the regular file at rel is an image, asking a worker
 // (the answer is cached by the file's identity). The host reads no byte of it.
 func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
-	key := fileState{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim}
+	key := chainmodel.StateOf(st)
 	v, ok := f.cfg.Cache.Get(key)
 	c, _ := v.(class)
 	if !ok {

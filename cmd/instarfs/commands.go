@@ -14,6 +14,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 func (a *app) infoCommand() {
@@ -27,7 +28,7 @@ func (a *app) infoCommand() {
 	c := a.Command("info", "Show what an image is (qemu-img info).")
 	c.Flag("backing-chain", "Describe every image of the backing chain.").BoolVar(&backingChain)
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
@@ -51,7 +52,7 @@ func (a *app) mapCommand() {
 	var forceShare bool
 	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human, json, or svg (a picture of the chain).").Default("human").EnumVar(&output, "human", "json", "svg")
 	c.Flag("start-offset", "Map from this guest offset (suffixes K, M, G...).").StringVar(&startOffset)
 	c.Flag("max-length", "Map at most this many bytes (suffixes K, M, G...).").StringVar(&maxLength)
@@ -108,7 +109,7 @@ func (a *app) checkCommand() {
 	var quiet, forceShare bool
 	c := a.Command("check", "Check an image's metadata for consistency (qemu-img check); with -r, repair it. Exit status: 0 clean, 1 the check failed, 2 corrupt, 3 leaks only, 63 no checks for this format.")
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Flag("repair", "Repair the image: leaks frees leaked clusters, all also fixes refcount errors and the corruptions qemu-img repairs.").Short('r').EnumVar(&repair, "leaks", "all")
 	c.Flag("quiet", "Print no report on stdout (the problems are still listed on stderr).").Short('q').BoolVar(&quiet)

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,9 +37,7 @@ func opCommit(_ context.Context, s *session) (any, error) {
 	if args.Base < 1 || args.Base >= len(s.req.Images) {
 		return nil, errcode.New(errcode.WorkerProtocol, "commit: base index %d outside the chain of %d images", args.Base, len(s.req.Images))
 	}
-	switch args.Cache {
-	case "", "writeback", "none", "writethrough", "directsync", "unsafe":
-	default:
+	if args.Cache != "" && !slices.Contains(proto.CacheModes, args.Cache) {
 		return nil, errcode.New(errcode.BadArguments, "invalid cache mode %q", args.Cache)
 	}
 	if !s.req.Images[args.Base].Writable || !args.Drop && !s.req.Images[0].Writable ||

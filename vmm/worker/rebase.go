@@ -59,9 +59,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 		if format == "" {
 			return nil, errcode.New(errcode.BackingFormatRequired, "the format of the new backing file '%s' must be given (-F) when it cannot be opened", args.Backing)
 		}
-		switch format {
-		case "qcow2", "vmdk", "raw":
-		default:
+		if !proto.Format(format).Valid() {
 			return nil, errcode.New(errcode.UnknownFormat, "unknown backing format '%s'", format)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // exercise opens b and, when that works, walks every extent and reads every
@@ -80,8 +81,8 @@ func chain(fs ...func([]byte) []byte) func([]byte) []byte {
 func hostileBase(t *testing.T, opts ...string) ([]byte, int) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "base.qcow2")
-	create(t, p, "4M", opts...)
-	qio(t, p, "qcow2", "write -P 1 0 64k", "write -c -P 2 1M 64k", "write -P 3 2M 64k")
+	qemutest.Create(t, p, "qcow2", "4M", opts...)
+	qemutest.IO(t, p, "qcow2", "write -P 1 0 64k", "write -c -P 2 1M 64k", "write -P 3 2M 64k")
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +96,7 @@ func hostileBase(t *testing.T, opts ...string) ([]byte, int) {
 }
 
 func TestHostileHeaders(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, l2 := hostileBase(t)
 	l1 := int(binary.BigEndian.Uint64(base[40:]))
 	compressed := int(binary.BigEndian.Uint64(base[l2+16*8:]) & (1<<54 - 1))
@@ -194,7 +195,7 @@ func TestHostileHeaders(t *testing.T) {
 }
 
 func TestHostileExtendedL2(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, l2 := hostileBase(t, "extended_l2=on")
 	cases := []struct {
 		name  string
@@ -216,7 +217,7 @@ func TestHostileExtendedL2(t *testing.T) {
 }
 
 func TestUnknownFeatureNamed(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, _ := hostileBase(t)
 	// Rename qemu's feature table entry for incompatible bit 4 to bit 9.
 	b := bytes.Clone(base)

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // base is a small valid image with data, zeroed and unallocated grains.
@@ -244,11 +244,9 @@ func TestDescriptorFileOracle(t *testing.T) {
 	if strings.Contains(err.Error(), "TOPSECRET") {
 		t.Fatal("the extent was read")
 	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	qemutest.NeedQemu(t)
 	// qemu probes it as vmdk (no -f) and would follow the extent.
-	out := run(t, dir, "qemu-img", "info", "--output=json", "d.vmdk")
+	out := qemutest.Img(t, dir, "info", "--output=json", "d.vmdk")
 	if !bytes.Contains(out, []byte(`"format": "vmdk"`)) {
 		t.Errorf("qemu did not probe vmdk:\n%s", out)
 	}
@@ -256,7 +254,7 @@ func TestDescriptorFileOracle(t *testing.T) {
 
 // TestProbeOracle compares Detect with qemu's format probe on small files.
 func TestProbeOracle(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	for i, text := range []string{
 		"# Disk DescriptorFile\nversion=1\nCID=1\n",
@@ -276,7 +274,8 @@ func TestProbeOracle(t *testing.T) {
 		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out, _ := exec.Command("qemu-img", "info", "--output=json", name).CombinedOutput()
+		r := qemutest.Run(t, "", "info", "--output=json", name)
+		out := append(r.Stdout, r.Stderr...)
 		qemuRaw := bytes.Contains(out, []byte(`"format": "raw"`))
 		if got := Probe([]byte(text)); got == qemuRaw {
 			t.Errorf("%q: Probe = %v, qemu:\n%s", text, got, out)
