@@ -174,17 +174,26 @@ func (s *Sandbox) Available() (qemu, dir string, err error) {
 	return qemu, dir, nil
 }
 
-// Run boots a guest for job and returns the worker's result.
-func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+// admit refuses a job before anything boots: ctx already done, or
+// descriptors that do not match the request's images.
+func admit(ctx context.Context, job vmm.Job) error {
 	if err := ctx.Err(); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
+			return errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
 		}
-		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
+		return errcode.New(errcode.Cancelled, "operation cancelled")
 	}
 	if len(job.Files) != len(job.Request.Images) {
-		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+		return errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
 			len(job.Files), len(job.Request.Images))
+	}
+	return nil
+}
+
+// Run boots a guest for job and returns the worker's result.
+func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	if err := admit(ctx, job); err != nil {
+		return nil, err
 	}
 	qemu, dir, err := s.Available()
 	if err != nil {
@@ -206,15 +215,8 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 // memory to itself and sends shared replies inline. Sessions take no
 // writable images: a guest cannot grow a file.
 func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
-	if err := ctx.Err(); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
-		}
-		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
-	}
-	if len(job.Files) != len(job.Request.Images) {
-		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
-			len(job.Files), len(job.Request.Images))
+	if err := admit(ctx, job); err != nil {
+		return nil, err
 	}
 	for _, im := range job.Request.Images {
 		if im.Writable {
