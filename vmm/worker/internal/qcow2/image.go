@@ -11,7 +11,7 @@ import (
 )
 
 // l2CacheBytes bounds the memory held by an Image's L2 table cache.
-const l2CacheBytes = 32 << 20
+const l2CacheBytes = 16 << 20
 
 // l2CacheMaxTables bounds the number of cached L2 tables (small clusters).
 const l2CacheMaxTables = 4096
