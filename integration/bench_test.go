@@ -1,6 +1,10 @@
 package integration
 
 import (
+	"bufio"
+	"bytes"
+	bin "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -8,206 +12,182 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"text/tabwriter"
 	"time"
+
+	"instarfs/vmm"
 )
 
-// The benchmarks run instarfs and qemu-img on a reference image
-// (2 GiB virtual, 384 MiB of data in scattered 64 KiB clusters) in the same
-// run. ns/op is instarfs's wall-clock time per command; qemu-ns/op is
-// qemu-img's and x-qemu the ratio of the two (below 1: instarfs is faster);
-// cpu-ns/op and qemu-cpu-ns/op are the CPU times (user and system, the worker
-// included).
+// The benchmarks run instarfs and qemu-img on the same images in the same
+// run, one after the other, the order alternating from run to run, the page
+// cache warm. Each benchmark reports the medians:
 //
-// BenchmarkRebaseSafe, BenchmarkRebaseUnsafe and BenchmarkCommit change
-// images: they run on the rest of the reference set (an overlay rewriting a
-// quarter of the clusters, a new base differing in a few MiB), each run on
-// fresh copies made outside the timer.
+//	ns/op       instarfs's wall-clock time per command
+//	qemu-ns/op  qemu-img's
+//	x-qemu      the ratio of the two (below 1: instarfs is faster)
+//	starts/op   sandbox workers one command started
+//	worker-MiB  the largest peak resident set of those workers
+//	cpu-ns/op, qemu-cpu-ns/op  CPU times (user and system, the worker included)
 //
-//	go test ./integration -run XXX -bench 'Info|Map|Check' -benchtime 20x
-//	go test ./integration -run XXX -bench 'Rebase|Commit' -benchtime 5x
+// and `make bench` prints them as a table at the end.
+//
+// The sets (see benchSets): "ref" is the reference set of the design's
+// performance targets — a 2 GiB qcow2 base with 384 MiB of data in scattered
+// 64 KiB clusters, an overlay rewriting a quarter of them, a new base
+// differing in a few MiB; "alt" has the same shape from another seed, its
+// data in runs of 4 clusters; "1t" is a 1 TiB-virtual image with 64 MiB of
+// scattered data, for the worker's memory bound. The operations that change
+// images (rebase, detach, commit) run on fresh copies of the files they
+// change, made outside the timings.
+//
+//	go test ./integration -run '^$' -bench 'Ops/ref' -benchtime 10x
+//	go test ./integration -run '^$' -bench 'Ops/.*/(rebase|commit)' -benchtime 5x
 
+// benchSet is the shape of one set of benchmark images.
+type benchSet struct {
+	name    string
+	virtual int64  // virtual size
+	data    int64  // bytes of data in the base
+	run     int64  // clusters per run of data
+	seed    uint64 // where the data lies and what it is
+	maxRuns int    // runs per program and operation at most (0: as -benchtime says)
+	// instarfsOnly are the operations qemu-img is not run for: qemu-img 7.2's
+	// safe rebase walks the whole virtual size 2 MiB at a time, reading and
+	// comparing, which on 1 TiB takes minutes.
+	instarfsOnly []string
+}
+
+const benchCluster = 64 << 10
+
+var benchSets = []benchSet{
+	{name: "ref", virtual: 2 << 30, data: 384 << 20, run: 1, seed: 1},
+	{name: "alt", virtual: 2 << 30, data: 384 << 20, run: 4, seed: 7},
+	{name: "1t", virtual: 1 << 40, data: 64 << 20, run: 1, seed: 5, maxRuns: 3,
+		instarfsOnly: []string{"rebase-safe", "detach"}},
+}
+
+// The files of every set: the base, an overlay of it and a new base.
 const (
-	benchVirtualSize = 2 << 30
-	benchCluster     = 64 << 10
-	benchDataBytes   = 384 << 20
-)
-
-var (
-	benchOnce  sync.Once
-	benchDir   string
-	benchImage string
-	benchErr   error
-)
-
-// benchSetup builds the reference image once per run: a sparse raw file
-// written by Go, converted by qemu-img.
-func benchSetup(b *testing.B) (dir, image string) {
-	b.Helper()
-	benchOnce.Do(func() {
-		benchDir, benchErr = os.MkdirTemp(filepath.Dir(binary), "bench-") // removed with the harness's directory
-		if benchErr != nil {
-			return
-		}
-		raw := filepath.Join(benchDir, "src.raw")
-		benchErr = writeScatteredRaw(raw)
-		if benchErr != nil {
-			return
-		}
-		benchImage = "ref.qcow2"
-		cmd := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, benchImage)
-		cmd.Dir = benchDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			benchErr = err
-			b.Logf("%s", out)
-			return
-		}
-		benchErr = os.Remove(raw)
-	})
-	if benchErr != nil {
-		b.Fatal(benchErr)
-	}
-	return benchDir, benchImage
-}
-
-// writeScatteredRaw writes benchDataBytes of pseudo-random 64 KiB clusters at
-// pseudo-random cluster positions of a sparse raw file of benchVirtualSize.
-func writeScatteredRaw(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Truncate(benchVirtualSize); err != nil {
-		return err
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	clusters := rng.Perm(benchVirtualSize / benchCluster)[:benchDataBytes/benchCluster]
-	buf := make([]byte, benchCluster)
-	for _, c := range clusters {
-		for i := range buf {
-			buf[i] = byte(rng.Uint32())
-		}
-		if _, err := f.WriteAt(buf, int64(c)*benchCluster); err != nil {
-			return err
-		}
-	}
-	return f.Close()
-}
-
-func BenchmarkInfo(b *testing.B)  { benchCommand(b, "info", "--output=json") }
-func BenchmarkMap(b *testing.B)   { benchCommand(b, "map", "--output=json") }
-func BenchmarkCheck(b *testing.B) { benchCommand(b, "check", "--output=json") }
-
-// benchCommand times `instarfs args... IMAGE` b.N times, then qemu-img with
-// the same arguments as many times with the timer stopped, and reports the
-// ratio.
-func benchCommand(b *testing.B, args ...string) {
-	dir, image := benchSetup(b)
-	args = append(args, image)
-	// run returns the wall-clock and the CPU time (user and system, children
-	// included) of one run. CPU time does not depend on how busy the machine
-	// is; the sandbox's worker makes instarfs's wall-clock time more
-	// sensitive to that than qemu-img's.
-	run := func(name string) (wall, cpu time.Duration) {
-		cmd := exec.Command(name, args...)
-		cmd.Dir = dir
-		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("%s %v: %v\n%.1000s", name, args, err, out)
-		}
-		wall = time.Since(start)
-		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	}
-	run("qemu-img") // warm the page cache
-	b.ResetTimer()
-	var oursCPU time.Duration
-	for range b.N {
-		_, cpu := run(binary)
-		oursCPU += cpu
-	}
-	b.StopTimer()
-	var qemu, qemuCPU time.Duration
-	for range b.N {
-		wall, cpu := run("qemu-img")
-		qemu += wall
-		qemuCPU += cpu
-	}
-	n := float64(b.N)
-	b.ReportMetric(float64(qemu.Nanoseconds())/n, "qemu-ns/op")
-	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
-	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
-	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
-}
-
-// The changing benchmarks run on the rest of the reference set: an overlay of
-// the reference image rewriting a quarter of its clusters, and a new base
-// that differs from the reference image in a few MiB.
-const (
+	benchImage   = "ref.qcow2"
 	benchOverlay = "ov.qcow2"
 	benchNewBase = "newbase.qcow2"
 )
 
+// benchVirtualSize is the reference image's virtual size.
+const benchVirtualSize = 2 << 30
+
 var (
-	benchChainOnce sync.Once
-	benchChainErr  error
+	benchMu   sync.Mutex
+	benchDirs = map[string]string{} // set name → its built directory
+	benchRoot string
 )
 
-// benchChainSetup builds the overlay and the new base once per run, both by
-// qemu-img convert from a raw file written by Go, the overlay by qemu-io.
-func benchChainSetup(b *testing.B) (dir string) {
+// benchSetup builds the reference set once per run and returns its directory
+// and its base image.
+func benchSetup(b *testing.B) (dir, image string) {
+	return benchBuild(b, benchSets[0]), benchImage
+}
+
+// benchBuild builds set once per run and returns its directory.
+func benchBuild(b *testing.B, set benchSet) string {
 	b.Helper()
-	dir, image := benchSetup(b)
-	benchChainOnce.Do(func() {
-		benchChainErr = buildBenchChain(dir, image)
-	})
-	if benchChainErr != nil {
-		b.Fatal(benchChainErr)
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if dir, ok := benchDirs[set.name]; ok {
+		return dir
 	}
+	if benchRoot == "" {
+		root, err := os.MkdirTemp(filepath.Dir(binary), "bench-") // removed with the harness's directory
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchRoot = root
+	}
+	dir := filepath.Join(benchRoot, set.name)
+	start := time.Now()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := set.build(dir); err != nil {
+		b.Fatalf("building the %s set: %v", set.name, err)
+	}
+	b.Logf("built the %s set in %v", set.name, time.Since(start).Round(time.Millisecond))
+	benchDirs[set.name] = dir
 	return dir
 }
 
-func buildBenchChain(dir, image string) error {
-	convert := func(args ...string) error {
-		cmd := exec.Command("qemu-img", append([]string{"convert"}, args...)...)
+// runs returns the first cluster of every run of data, in a random order.
+func (s benchSet) runs() []int64 {
+	rng := rand.New(rand.NewPCG(s.seed, 2))
+	slots := s.virtual / (s.run * benchCluster)
+	n := int(s.data / (s.run * benchCluster))
+	seen := make(map[int64]bool, n)
+	var out []int64
+	for len(out) < n {
+		r := rng.Int64N(slots)
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r*s.run)
+		}
+	}
+	return out
+}
+
+// build writes the set into dir: the base from a sparse raw file written by
+// Go, the new base from the same file changed in a few MiB (5 MiB of data
+// overwritten, 3 MiB zeroed, 2 MiB written into holes), both converted by
+// qemu-img; the overlay by qemu-io, a quarter of the runs rewritten.
+func (s benchSet) build(dir string) error {
+	qemu := func(name string, args ...string) error {
+		cmd := exec.Command(name, args...)
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("qemu-img convert %v: %v\n%s", args, err, out)
+			return fmt.Errorf("%s %.200v: %v\n%.1000s", name, args, err, out)
 		}
 		return nil
 	}
-	raw := filepath.Join(dir, "chain.raw")
-	if err := convert("-f", "qcow2", "-O", "raw", image, raw); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(raw, os.O_RDWR, 0)
+	raw := filepath.Join(dir, "src.raw")
+	f, err := os.Create(raw)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	// The same cluster positions as writeScatteredRaw.
-	rng := rand.New(rand.NewPCG(1, 2))
-	clusters := rng.Perm(benchVirtualSize / benchCluster)[:benchDataBytes/benchCluster]
-	rng = rand.New(rand.NewPCG(3, 4))
+	if err := f.Truncate(s.virtual); err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(s.seed, 3))
 	fill := func(p []byte) {
-		for i := range p {
-			p[i] = byte(rng.Uint32())
+		for i := 0; i+8 <= len(p); i += 8 {
+			bin.LittleEndian.PutUint64(p[i:], rng.Uint64())
 		}
 	}
+	runs := s.runs()
+	buf := make([]byte, s.run*benchCluster)
+	for _, c := range runs {
+		fill(buf)
+		if _, err := f.WriteAt(buf, c*benchCluster); err != nil {
+			return err
+		}
+	}
+	if err := qemu("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, benchImage); err != nil {
+		return err
+	}
 
-	// The new base: 5 MiB of the data overwritten, 3 MiB zeroed and 2 MiB
-	// written into holes (MiBs without data), 1 MiB at a time.
 	const mib = 1 << 20
-	used := make(map[int64]bool, len(clusters))
-	for _, c := range clusters {
-		used[int64(c)*benchCluster/mib] = true
+	used := make(map[int64]bool, len(runs))
+	for _, c := range runs {
+		for i := range s.run {
+			used[(c+i)*benchCluster/mib] = true
+		}
 	}
 	var offs []int64
 	for i := range 8 {
-		offs = append(offs, int64(clusters[i*97])*benchCluster&^(mib-1))
+		offs = append(offs, runs[i*len(runs)/8]*benchCluster&^(mib-1))
 	}
-	for m := int64(0); m < benchVirtualSize/mib && len(offs) < 10; m++ {
+	for m := s.virtual/mib/3 + 1; m < s.virtual/mib && len(offs) < 10; m++ {
 		if !used[m] {
 			offs = append(offs, m*mib)
 		}
@@ -223,7 +203,7 @@ func buildBenchChain(dir, image string) error {
 			return err
 		}
 	}
-	if err := convert("-f", "raw", "-O", "qcow2", raw, benchNewBase); err != nil {
+	if err := qemu("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, benchNewBase); err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {
@@ -232,51 +212,82 @@ func buildBenchChain(dir, image string) error {
 	if err := os.Remove(raw); err != nil {
 		return err
 	}
-	// The overlay: a quarter of the data clusters rewritten, each with the
-	// same random chunk, in one qemu-io run.
+
+	// The overlay: each rewritten run gets the same random chunk, in one
+	// qemu-io run.
 	chunkFile := filepath.Join(dir, "chunk")
-	cl := make([]byte, benchCluster)
-	fill(cl)
-	if err := os.WriteFile(chunkFile, cl, 0o644); err != nil {
+	fill(buf)
+	if err := os.WriteFile(chunkFile, buf, 0o644); err != nil {
 		return err
 	}
-	create := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", image, "-F", "qcow2", benchOverlay)
-	create.Dir = dir
-	if out, err := create.CombinedOutput(); err != nil {
-		return fmt.Errorf("qemu-img create: %v\n%s", err, out)
+	if err := qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", benchImage, "-F", "qcow2", benchOverlay); err != nil {
+		return err
 	}
 	qio := []string{"-f", "qcow2"}
-	for _, c := range clusters[:len(clusters)/4] {
-		qio = append(qio, "-c", fmt.Sprintf("write -q -s %s %d %d", chunkFile, int64(c)*benchCluster, benchCluster))
+	for _, c := range runs[:len(runs)/4] {
+		qio = append(qio, "-c", fmt.Sprintf("write -q -s %s %d %d", chunkFile, c*benchCluster, len(buf)))
 	}
-	cmd := exec.Command("qemu-io", append(qio, benchOverlay)...)
-	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("qemu-io: %v\n%.1000s", err, out)
+	if err := qemu("qemu-io", append(qio, benchOverlay)...); err != nil {
+		return err
 	}
 	return os.Remove(chunkFile)
 }
 
-func BenchmarkRebaseSafe(b *testing.B) {
-	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-b", benchNewBase, "-F", "qcow2", benchOverlay)
+// benchOp is one operation: its arguments (the same for instarfs and
+// qemu-img) and the files it changes.
+type benchOp struct {
+	name   string
+	args   []string
+	change []string
 }
 
-func BenchmarkRebaseUnsafe(b *testing.B) {
-	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-u", "-b", benchNewBase, "-F", "qcow2", benchOverlay)
+var benchOps = []benchOp{
+	{name: "info", args: []string{"info", "--output=json", benchOverlay}},
+	{name: "info-chain", args: []string{"info", "--backing-chain", "--output=json", benchOverlay}},
+	{name: "map", args: []string{"map", "--output=json", benchOverlay}},
+	{name: "check", args: []string{"check", "--output=json", benchOverlay}},
+	{name: "rebase-safe", args: []string{"rebase", "-q", "-b", benchNewBase, "-F", "qcow2", benchOverlay}, change: []string{benchOverlay}},
+	{name: "rebase-unsafe", args: []string{"rebase", "-q", "-u", "-b", benchNewBase, "-F", "qcow2", benchOverlay}, change: []string{benchOverlay}},
+	{name: "detach", args: []string{"rebase", "-q", "-b", "", benchOverlay}, change: []string{benchOverlay}},
+	{name: "commit", args: []string{"commit", "-q", benchOverlay}, change: []string{benchImage, benchOverlay}},
 }
 
-func BenchmarkCommit(b *testing.B) {
-	benchChanging(b, []string{benchImage, benchOverlay}, "commit", "-q", benchOverlay)
+// benchRow is one line of the report `make bench` prints.
+type benchRow struct {
+	set, op          string
+	ours, qemu       time.Duration // medians of the wall-clock times
+	oursCPU, qemuCPU time.Duration // medians of the CPU times (user and system, the worker included)
+	starts, rssKiB   int64         // the most any run showed
+	runs             int
 }
 
-// benchChanging times a command that changes images: each run, instarfs's
-// and then qemu-img's, gets fresh copies of the files in change (synced, so
-// that neither pays for writing back the copy) and hard links to the other
-// files of the set. Only instarfs's runs are inside the timer.
-func benchChanging(b *testing.B, change []string, args ...string) {
-	dir := benchChainSetup(b)
-	work := filepath.Join(dir, "run")
+var benchRows []benchRow // guarded by benchMu
+
+// BenchmarkOps runs every operation on every set: Ops/<set>/<operation>.
+func BenchmarkOps(b *testing.B) {
+	for _, set := range benchSets {
+		b.Run(set.name, func(b *testing.B) {
+			for _, op := range benchOps {
+				b.Run(op.name, func(b *testing.B) { benchOperation(b, set, op) })
+			}
+		})
+	}
+}
+
+// benchOperation times op on set b.N times for each program, alternating
+// which goes first. Runs of an operation that changes images each get fresh
+// copies of the files in change (synced, so that neither pays for writing
+// back the copy) and hard links to the other files of the set.
+func benchOperation(b *testing.B, set benchSet, op benchOp) {
+	dir := benchBuild(b, set)
+	work := dir
+	if op.change != nil {
+		work = filepath.Join(dir, "run")
+	}
 	prepare := func() {
+		if op.change == nil {
+			return
+		}
 		if err := os.RemoveAll(work); err != nil {
 			b.Fatal(err)
 		}
@@ -285,7 +296,7 @@ func benchChanging(b *testing.B, change []string, args ...string) {
 		}
 		for _, name := range []string{benchImage, benchOverlay, benchNewBase} {
 			src, dst := filepath.Join(dir, name), filepath.Join(work, name)
-			if slices.Contains(change, name) {
+			if slices.Contains(op.change, name) {
 				if err := copyFileSynced(src, dst); err != nil {
 					b.Fatal(err)
 				}
@@ -294,41 +305,162 @@ func benchChanging(b *testing.B, change []string, args ...string) {
 			}
 		}
 	}
+	ours := append([]string{"--log-level=debug", "--log-format=json", "--allow-dir", work}, op.args...)
+	var row benchRow
 	run := func(name string, args ...string) (wall, cpu time.Duration) {
+		prepare()
+		var stderr bytes.Buffer
 		cmd := exec.Command(name, args...)
 		cmd.Dir = work
+		cmd.Stdout = io.Discard
+		cmd.Stderr = &stderr
 		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("%s %v: %v\n%.1000s", name, args, err, out)
-		}
+		err := cmd.Run()
 		wall = time.Since(start)
+		if err != nil {
+			b.Fatalf("%s %q: %v\n%.2000s", name, args, err, stderr.Bytes())
+		}
+		if name == binary {
+			starts, rss := workerStats(b, stderr.Bytes())
+			row.starts, row.rssKiB = max(row.starts, starts), max(row.rssKiB, rss)
+		}
 		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
-	ours := append([]string{"--allow-dir", work}, args...)
-	prepare()
-	run("qemu-img", args...) // warm the page cache
-	b.ResetTimer()
-	var oursCPU, qemu, qemuCPU time.Duration
-	for range b.N {
-		b.StopTimer()
-		prepare()
-		b.StartTimer()
-		_, cpu := run(binary, ours...)
-		b.StopTimer()
-		oursCPU += cpu
-		prepare()
-		wall, cpu := run("qemu-img", args...)
-		qemu += wall
-		qemuCPU += cpu
-		b.StartTimer()
+	withQemu := !slices.Contains(set.instarfsOnly, op.name)
+	if withQemu {
+		run("qemu-img", op.args...) // warm the page cache
 	}
+	run(binary, ours...)
+	b.ResetTimer()
 	b.StopTimer()
-	n := float64(b.N)
-	b.ReportMetric(float64(qemu.Nanoseconds())/n, "qemu-ns/op")
-	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
-	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
-	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+	var oursT, qemuT, oursCPU, qemuCPU []time.Duration
+	runOurs := func() {
+		wall, cpu := run(binary, ours...)
+		oursT, oursCPU = append(oursT, wall), append(oursCPU, cpu)
+	}
+	runQemu := func() {
+		if !withQemu {
+			return
+		}
+		wall, cpu := run("qemu-img", op.args...)
+		qemuT, qemuCPU = append(qemuT, wall), append(qemuCPU, cpu)
+	}
+	n := b.N
+	if set.maxRuns > 0 {
+		n = min(n, set.maxRuns)
+	}
+	for i := range n {
+		if i%2 == 0 {
+			runOurs()
+			runQemu()
+		} else {
+			runQemu()
+			runOurs()
+		}
+	}
+	row.set, row.op, row.runs = set.name, op.name, n
+	row.ours, row.oursCPU = median(oursT), median(oursCPU)
+	b.ReportMetric(float64(row.ours.Nanoseconds()), "ns/op")
+	b.ReportMetric(float64(row.oursCPU.Nanoseconds()), "cpu-ns/op")
+	if withQemu {
+		row.qemu, row.qemuCPU = median(qemuT), median(qemuCPU)
+		b.ReportMetric(float64(row.qemu.Nanoseconds()), "qemu-ns/op")
+		b.ReportMetric(float64(row.ours)/float64(row.qemu), "x-qemu")
+		b.ReportMetric(float64(row.qemuCPU.Nanoseconds()), "qemu-cpu-ns/op")
+	}
+	b.ReportMetric(float64(row.starts), "starts/op")
+	b.ReportMetric(float64(row.rssKiB)/1024, "worker-MiB")
+	benchMu.Lock()
+	benchRows = slices.DeleteFunc(benchRows, func(r benchRow) bool { return r.set == row.set && r.op == row.op })
+	benchRows = append(benchRows, row)
+	benchMu.Unlock()
 }
+
+// workerStats counts the workers a command started and returns the largest
+// peak RSS among them, from its debug log (the line vmm logs for every
+// worker it waited for).
+func workerStats(b *testing.B, log []byte) (starts, maxRSSKiB int64) {
+	sc := bufio.NewScanner(bytes.NewReader(log))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Msg    string `json:"msg"`
+			MaxRSS int64  `json:"maxrss_kib"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Msg != vmm.ExitedMessage {
+			continue
+		}
+		starts++
+		maxRSSKiB = max(maxRSSKiB, e.MaxRSS)
+	}
+	if starts == 0 {
+		b.Fatalf("no %q line in the debug log:\n%.2000s", vmm.ExitedMessage, log)
+	}
+	return starts, maxRSSKiB
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+// printBenchReport prints the rows the benchmarks of this run recorded as one
+// table, when there are any.
+func printBenchReport() {
+	if len(benchRows) == 0 {
+		return
+	}
+	qv, _ := exec.Command("qemu-img", "--version").Output()
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("\ninstarfs vs %s (medians of alternating runs, page cache warm, the sandbox on)\n",
+		strings.SplitN(string(qv), "\n", 2)[0])
+	fmt.Printf("load average at the end: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "set\toperation\truns\tinstarfs\tqemu-img\tratio\ttarget\tworker starts\tworker peak RSS\tinstarfs CPU\tqemu-img CPU\t")
+	for _, r := range benchRows {
+		qemu, ratio, verdict, qemuCPU := "not run", "-", "", "-"
+		if r.qemu > 0 {
+			x := float64(r.ours) / float64(r.qemu)
+			qemu, ratio, qemuCPU = ms(r.qemu), fmt.Sprintf("%.2f×", x), ms(r.qemuCPU)
+			if target := benchTargets[r.op]; target > 0 {
+				verdict = fmt.Sprintf("≤ %.1f", target)
+				if x > target {
+					verdict += " MISSED"
+				}
+			}
+		}
+		starts := fmt.Sprint(r.starts)
+		if r.starts > 1 {
+			starts += " MISSED"
+		}
+		rss := fmt.Sprintf("%.1f MiB", float64(r.rssKiB)/1024)
+		if r.rssKiB > benchMaxRSSKiB {
+			rss += " MISSED"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.set, r.op, r.runs,
+			ms(r.ours), qemu, ratio, verdict, starts, rss, ms(r.oursCPU), qemuCPU)
+	}
+	tw.Flush()
+	fmt.Printf("targets: ratio of the wall-clock medians (below 1: instarfs is faster); one worker start per command; worker peak RSS ≤ %d MiB\n", benchMaxRSSKiB/1024)
+	fmt.Printf("CPU: medians of user and system time, the worker included; less sensitive to a busy machine than wall-clock time\n")
+	fmt.Printf("sets: ref = the reference set (2 GiB, 384 MiB of data in scattered 64 KiB clusters); alt = the same shape, other seed, data in runs of 4 clusters;\n")
+	fmt.Printf("      1t = 1 TiB virtual, 64 MiB of data, for the memory bound (qemu-img not run where it needs minutes)\n\n")
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+// benchTargets are the design's targets: instarfs's time as a ratio to
+// qemu-img's.
+var benchTargets = map[string]float64{
+	"info": 1.5, "info-chain": 1.5, "map": 1.5, "check": 1.5,
+	"rebase-safe": 0.4, "commit": 0.6, "rebase-unsafe": 1.5, "detach": 0.6,
+}
+
+const benchMaxRSSKiB = 128 << 10
 
 // copyFileSynced copies src to dst and makes the copy durable.
 func copyFileSynced(src, dst string) error {

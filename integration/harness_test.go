@@ -60,7 +60,9 @@ func run(m *testing.M) int {
 		fmt.Println(err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	printBenchReport()
+	return code
 }
 
 func readManifest(path string) ([]manifestEntry, error) {

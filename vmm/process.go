@@ -137,7 +137,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 			cmd.Process.Kill()
 		}
 		cmd.Wait()
-		p.exited()
+		p.reaped(cmd.ProcessState)
 	}()
 
 	timer := time.NewTimer(timeout)
@@ -187,6 +187,24 @@ func (p *Process) exited() {
 	if p.Exited != nil {
 		p.Exited()
 	}
+}
+
+// ExitedMessage is the debug log line of a worker that has exited and been
+// waited for. Its fields: pid, maxrss_kib (the worker's peak resident set),
+// user and sys (CPU times); `make bench` counts and reads these lines.
+const ExitedMessage = "sandbox worker exited"
+
+// reaped logs the resources a waited-for worker used, then calls Exited.
+func (p *Process) reaped(state *os.ProcessState) {
+	if state != nil {
+		log, _ := p.loggers()
+		fields := logrus.Fields{"pid": state.Pid(), "user": state.UserTime().String(), "sys": state.SystemTime().String()}
+		if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
+			fields["maxrss_kib"] = ru.Maxrss
+		}
+		log.WithFields(fields).Debug(ExitedMessage)
+	}
+	p.exited()
 }
 
 // encodeJob checks job and returns its request line and its timeout.

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
 	"instarfs/errcode"
 	"instarfs/proto"
 )
@@ -82,6 +85,13 @@ func testWorker() {
 	case "close-stdout-sleep":
 		os.Stdout.Close()
 		time.Sleep(time.Hour)
+	case "alloc":
+		// Touch 64 MiB, so that the peak resident set shows it.
+		b := make([]byte, 64<<20)
+		for i := range b {
+			b[i] = 1
+		}
+		result(len(b))
 	case "stderr-flood":
 		chunk := bytes.Repeat([]byte("e"), 1<<20)
 		for i := 0; i < 8; i++ {
@@ -121,6 +131,61 @@ func TestProcessOutcomes(t *testing.T) {
 			}
 			if errcode.Of(err) != tt.code || !strings.Contains(fmt.Sprint(err), tt.message) {
 				t.Fatalf("error %s %q, want %s containing %q", errcode.Of(err), err, tt.code, tt.message)
+			}
+		})
+	}
+}
+
+// TestProcessLogsExit checks the debug line of every reaped worker, from Run
+// and from a session: its pid is the started worker's, and its peak RSS
+// covers what the worker touched.
+func TestProcessLogsExit(t *testing.T) {
+	tests := []struct {
+		name   string
+		run    func(p *Process) error
+		minRSS int64 // KiB
+	}{
+		{"run noop", func(p *Process) error {
+			_, err := p.Run(context.Background(), Job{Request: proto.Request{Op: proto.OpNoop}})
+			return err
+		}, 1},
+		{"run alloc", func(p *Process) error {
+			_, err := p.Run(context.Background(), Job{Request: proto.Request{Op: "alloc"}})
+			return err
+		}, 64 << 10},
+		{"session", func(p *Process) error {
+			s, err := p.Start(context.Background(), Job{Request: proto.Request{Op: "session"}, Timeout: time.Minute, Shared: 64})
+			if err != nil {
+				return err
+			}
+			return s.Close()
+		}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			log, hook := logtest.NewNullLogger()
+			log.SetLevel(logrus.DebugLevel)
+			var pids []int
+			p := plainProcess()
+			p.Log = log
+			p.Started = func(pid int) { pids = append(pids, pid) }
+			if err := tt.run(p); err != nil {
+				t.Fatal(err)
+			}
+			var lines []*logrus.Entry
+			for _, e := range hook.AllEntries() {
+				if e.Message == ExitedMessage {
+					lines = append(lines, e)
+				}
+			}
+			if len(lines) != 1 || len(pids) != 1 {
+				t.Fatalf("%d exit lines for %d started workers, want 1 and 1", len(lines), len(pids))
+			}
+			if pid := lines[0].Data["pid"]; pid != pids[0] {
+				t.Errorf("exit line for pid %v, started %d", pid, pids[0])
+			}
+			if rss, _ := lines[0].Data["maxrss_kib"].(int64); rss < tt.minRSS {
+				t.Errorf("maxrss_kib %v, want at least %d", lines[0].Data["maxrss_kib"], tt.minRSS)
 			}
 		})
 	}

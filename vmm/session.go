@@ -139,7 +139,7 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	}()
 	go func() {
 		cmd.Wait()
-		p.exited()
+		p.reaped(cmd.ProcessState)
 		// What the worker wrote last says why it died: wait for it, as Run
 		// does, unless something else still holds its stderr.
 		select {

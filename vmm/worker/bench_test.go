@@ -97,3 +97,14 @@ func BenchmarkWorkerCommit(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkWorkerDetach(b *testing.B) {
+	for range b.N {
+		fs := benchSet(b, []string{"ov.qcow2"}, []string{"ref.qcow2"})
+		s := benchSession(proto.OpRebase, fs, []string{"ov.qcow2", "ref.qcow2"},
+			`{"backing":"","old_count":1,"new_in_old":-1}`)
+		if _, err := opRebase(b.Context(), s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

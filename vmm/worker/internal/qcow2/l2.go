@@ -257,6 +257,17 @@ func (t *L2Table) Raw(i int) (entry, bitmap uint64) {
 	return be64(t.data[8*i:]), 0
 }
 
+// zeroEntries returns how many entries from i on are all zero bytes.
+func (t *L2Table) zeroEntries(i int) int {
+	es := t.h.L2EntrySize()
+	p := t.data[i*es:]
+	w := 0
+	for w*8+8 <= len(p) && be64(p[w*8:]) == 0 {
+		w++
+	}
+	return w * 8 / es
+}
+
 // Entry decodes entry i.
 func (t *L2Table) Entry(i int) L2Entry {
 	raw, bm := t.Raw(i)

@@ -116,3 +116,38 @@ func TestRefcountBlockGet(t *testing.T) {
 		}
 	}
 }
+
+func TestZeroEntries(t *testing.T) {
+	// A table of 8 entries (a cluster of 64 or 128 bytes) with entry 3 set,
+	// in one word (standard) or in the bitmap word only (extended).
+	cases := []struct {
+		name     string
+		extended bool
+		from     int
+		want     int
+	}{
+		{"standard from 0", false, 0, 3},
+		{"standard at the set entry", false, 3, 0},
+		{"standard to the end", false, 4, 4},
+		{"extended from 0", true, 0, 3},
+		{"extended at the set entry", true, 3, 0},
+		{"extended to the end", true, 4, 4},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := &Header{ClusterBits: 6}
+			if c.extended {
+				h.ClusterBits, h.IncompatibleFeatures = 7, IncompatExtendedL2
+			}
+			tab := &L2Table{data: make([]byte, h.ClusterSize()), h: h}
+			if c.extended {
+				binary.BigEndian.PutUint64(tab.data[16*3+8:], 1) // bitmap: subcluster 0 allocated
+			} else {
+				binary.BigEndian.PutUint64(tab.data[8*3:], 0x8000000000050000)
+			}
+			if got := tab.zeroEntries(c.from); got != c.want {
+				t.Errorf("zeroEntries(%d) = %d, want %d", c.from, got, c.want)
+			}
+		})
+	}
+}
