@@ -88,6 +88,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
+	job.Request.Broker = job.Broker != nil
 	request, timeout, err := encodeJob(job)
 	if err != nil {
 		return nil, err
@@ -100,9 +101,31 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 	defer pp.closeHost()
 
-	cmd, err := p.start(pp, job.Files)
+	files := job.Files
+	var bc *brokerConn
+	if job.Broker != nil {
+		if bc, err = newBrokerConn(job.Broker); err != nil {
+			pp.closeChild()
+			return nil, &StartError{Err: err}
+		}
+		defer bc.closeHost()
+		files = append(files[:len(files):len(files)], bc.child)
+	}
+	cmd, err := p.start(pp, files)
+	if bc != nil {
+		bc.closeChild()
+	}
 	if err != nil {
 		return nil, err
+	}
+	brokerDone := make(chan struct{})
+	if bc != nil {
+		go func() {
+			defer close(brokerDone)
+			bc.serve(func() { cmd.Process.Kill() })
+		}()
+	} else {
+		close(brokerDone)
 	}
 
 	go func() {
@@ -156,6 +179,10 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	case <-stderrDone:
 	case <-time.After(time.Second):
 		// Something still holds the worker's stderr; stop waiting for it.
+	}
+	<-brokerDone // the worker's end closed when it exited
+	if bc != nil && out.err == nil {
+		out.err = bc.violation()
 	}
 
 	res, err := outcomeError(cmd.ProcessState, stop, timeout, p.CPULimit, &out, stderr)
