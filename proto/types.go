@@ -13,6 +13,10 @@ type ProbeArgs struct {
 	// DetectRaw lets the worker report raw for a file that carries a partition
 	// table; otherwise a file that is neither qcow2 nor vmdk is refused.
 	DetectRaw bool `json:"detect_raw,omitempty"`
+	// Chain, with a broker, describes the image's whole backing chain to
+	// the host, asking for each backing file in turn (the result is still
+	// the top's Info).
+	Chain bool `json:"chain,omitempty"`
 }
 
 // MapArgs are the arguments of OpMap.
@@ -169,6 +173,10 @@ func Decode(b []byte, v any) error {
 // chain, top first; Base indexes the image committed into (1 for the top's
 // backing file). The base is writable, so is the top unless Drop, and so is
 // the image just above the base when Base >= 2.
+//
+// With a broker the worker is handed the top alone, and Base is 0: the host
+// reopens the members the commit writes once the chain is known, and the
+// base is the deepest of them.
 type CommitArgs struct {
 	Base int  `json:"base"`
 	Drop bool `json:"drop,omitempty"` // -d (and -b): leave the top unchanged

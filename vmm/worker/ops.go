@@ -14,6 +14,13 @@ func opProbe(_ context.Context, s *session) (any, error) {
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
+	if s.req.Broker {
+		imgs, err := s.discover(args.Chain)
+		if err != nil {
+			return nil, err
+		}
+		return imgs[0].info, nil
+	}
 	o, err := openImage(s.files[0], s.req.Images[0], args.DetectRaw)
 	if err != nil {
 		return nil, err
@@ -29,7 +36,7 @@ func opMap(_ context.Context, s *session) (any, error) {
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
-	imgs, err := s.openImages()
+	imgs, err := s.discover(true)
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +51,7 @@ func opCheck(_ context.Context, s *session) (any, error) {
 	if err := s.need(1); err != nil {
 		return nil, err
 	}
-	imgs, err := s.openImages()
+	imgs, err := s.discover(false)
 	if err != nil {
 		return nil, err
 	}

@@ -62,8 +62,10 @@ func register(name string, fn op) {
 type session struct {
 	req   proto.Request
 	files []*os.File
-	out   *output
-	began bool // a session operation wrote its ready line
+	// broker is the descriptor of the host's broker socket, or -1.
+	broker int
+	out    *output
+	began  bool // a session operation wrote its ready line
 }
 
 // Main is the worker's entry point: the instarfs binary calls it when started as
@@ -130,7 +132,11 @@ func serve(stdin io.Reader, out *output) (code int) {
 		out.fail(errcode.New(errcode.WorkerProtocol, "unknown operation %q", req.Op))
 		return 1
 	}
-	res, err := run(context.Background(), &session{req: req, files: files, out: out})
+	broker := -1
+	if req.Broker {
+		broker = req.BrokerFD()
+	}
+	res, err := run(context.Background(), &session{req: req, files: files, out: out, broker: broker})
 	if err != nil {
 		out.fail(err)
 		return 1
