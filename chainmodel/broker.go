@@ -27,7 +27,9 @@ type Broker struct {
 	// only the top is described.
 	Backing bool
 	// NewBacking, for a rebase, is the name of the new backing file
-	// (resolved against the top's directory) and NewFormat its -F.
+	// (resolved against the top's directory) and NewFormat its -F. Without
+	// Backing (an unsafe rebase) the chain below it may be opened too, to
+	// find a loop.
 	NewBacking, NewFormat string
 	// ForceShare opens without QEMU's locks (qemu-img -U).
 	ForceShare bool
@@ -166,7 +168,14 @@ func (b *Broker) openNewBacking(i int) (proto.BrokerReply, []*os.File, error) {
 			return proto.BrokerReply{Image: j + 1, Same: true}, nil, nil
 		}
 	}
-	return b.add(&member{im: next, referrer: -1, format: b.NewFormat, newChain: true})
+	format := b.NewFormat
+	if !b.Backing && top.Info.Format == "vmdk" {
+		// An unsafe rebase of a vmdk image reads the new parent for its
+		// CID only: its format is detected, and judged against -F by the
+		// worker (a vmdk's parent is always vmdk).
+		format = ""
+	}
+	return b.add(&member{im: next, referrer: -1, format: format, newChain: true})
 }
 
 // add locks a newly opened member and answers with it.
@@ -256,12 +265,12 @@ func (b *Broker) NewChain() *Chain {
 	return c
 }
 
-// Described reports whether the worker described every file it was given
-// (an operation that ended without doing so must not be trusted to have
-// read them).
+// Described reports whether the worker described every member of the top's
+// chain it was given (an operation that ended without doing so must not be
+// trusted to have read them).
 func (b *Broker) Described() error {
 	for i, m := range b.members {
-		if !m.reported {
+		if !m.reported && !m.newChain {
 			return protocolError("the worker did not describe image #%d ('%s')", i, m.im.Name)
 		}
 	}

@@ -21,8 +21,11 @@ type chainJob struct {
 	opts OpenOptions
 	// reopen, when set, returns the members below the top the operation
 	// writes, once the chain is known.
-	reopen   func(*chainmodel.Chain) ([]int, error)
-	progress Progress
+	reopen func(*chainmodel.Chain) ([]int, error)
+	// newBacking and newFormat are a rebase's -b and -F: the worker may ask
+	// for that file (brokered runs only).
+	newBacking, newFormat string
+	progress              Progress
 }
 
 // runChain runs j on the image at path in one worker, and returns the chain
@@ -47,6 +50,7 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 	}
 	b := o.broker(top, j.opts)
 	b.Reopen = j.reopen
+	b.NewBacking, b.NewFormat = j.newBacking, j.newFormat
 	ref := proto.ImageRef{Name: filepath.Base(path), Format: j.opts.Format, Writable: j.opts.Writable, DetectRaw: j.opts.Format == ""}
 	res, err := o.Sandbox.Run(ctx, vmm.Job{
 		Request:  proto.Request{Op: j.op, Images: []proto.ImageRef{ref}, Args: args},
@@ -54,11 +58,7 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		Broker:   b,
 		Progress: j.progress,
 	})
-	if err != nil {
-		if r := b.Refusal(); r != nil {
-			err = r // the host's own words for what the worker relayed
-		}
-	} else {
+	if err == nil {
 		err = b.Described()
 	}
 	if err != nil {

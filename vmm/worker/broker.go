@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -137,7 +138,7 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 	}
 	reply, files, err := s.ask(req)
 	if err != nil {
-		return backing{}, err
+		return backing{}, &hostRefusal{err}
 	}
 	cur.described = true
 	if reply.Same {
@@ -156,10 +157,12 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 	s.req.Images = append(s.req.Images, ref)
 	s.files = append(s.files, files[0])
 	img, err := openImage(files[0], ref, false)
-	if err != nil {
-		if errcode.Code(err) == errcode.FormatNotDetected && what == proto.OpenBacking {
-			return backing{}, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", cur.info.BackingFilename, cur.ref.Name)
-		}
+	switch {
+	case errcode.Code(err) == errcode.FormatNotDetected && what == proto.OpenBacking:
+		return backing{}, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", cur.info.BackingFilename, cur.ref.Name)
+	case errcode.Code(err) == errcode.FormatNotDetected:
+		return backing{}, errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", reply.Name)
+	case err != nil:
 		return backing{}, err
 	}
 	return backing{index: reply.Image, img: img}, nil
@@ -198,4 +201,17 @@ func (s *session) describe(i int, info *proto.Info, imgs []*opened) error {
 		s.files[k], s.req.Images[k], imgs[k] = files[j], ref, o
 	}
 	return nil
+}
+
+// hostRefusal is the host's answer refusing a file, as opposed to a file the
+// worker could not read.
+type hostRefusal struct{ err error }
+
+func (r *hostRefusal) Error() string { return r.err.Error() }
+func (r *hostRefusal) Unwrap() error { return r.err }
+
+// hostRefused reports whether err is the host's refusal.
+func (s *session) hostRefused(err error) bool {
+	var r *hostRefusal
+	return errors.As(err, &r)
 }
