@@ -47,10 +47,16 @@ func CheckChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*Chec
 
 // decodeCheck decodes and checks a worker's check of c's top.
 func decodeCheck(c *chainmodel.Chain, res json.RawMessage) (*CheckReport, error) {
-	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
-	if err := DecodeResult(res, &r.CheckResult); err != nil {
+	var cr proto.CheckResult
+	if err := DecodeResult(res, &cr); err != nil {
 		return nil, err
 	}
+	return checkOf(c, cr)
+}
+
+// checkOf checks a worker's check of c's top.
+func checkOf(c *chainmodel.Chain, cr proto.CheckResult) (*CheckReport, error) {
+	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format, CheckResult: cr}
 	if !validCounts(r.CheckResult) {
 		return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
 	}

@@ -56,10 +56,16 @@ func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain, maxBytes
 
 // decodeMap decodes and checks a worker's map of c.
 func decodeMap(c *chainmodel.Chain, res json.RawMessage) (*MapResult, error) {
-	m := &MapResult{Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
-	if err := DecodeResult(res, &m.Entries); err != nil {
+	var rows []proto.MapEntry
+	if err := DecodeResult(res, &rows); err != nil {
 		return nil, err
 	}
+	return mapOf(c, rows)
+}
+
+// mapOf checks a worker's map rows of c.
+func mapOf(c *chainmodel.Chain, rows []proto.MapEntry) (*MapResult, error) {
+	m := &MapResult{Entries: rows, Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
 	for _, im := range c.Images {
 		m.Names = append(m.Names, im.Name)
 	}

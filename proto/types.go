@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"instarfs/errcode"
 )
 
 // ProbeArgs are the arguments of OpProbe.
@@ -229,4 +231,25 @@ type RebaseResult struct {
 	BytesCopied    int64  `json:"bytes_copied"`
 	// BackingFormat is the format written to the header ("" when detached).
 	BackingFormat string `json:"backing_format,omitempty"`
+}
+
+// OpSurvey describes an image's chain to the broker and answers, in one run,
+// everything the mount shows about it: the map of the chain and the check of
+// the top. Its arguments are SurveyArgs, its result a SurveyResult. It needs
+// a broker.
+const OpSurvey = "survey"
+
+// SurveyArgs are the arguments of OpSurvey.
+type SurveyArgs struct {
+	// MapMaxBytes bounds the map as MapArgs.MaxBytes does.
+	MapMaxBytes int64 `json:"map_max_bytes,omitempty"`
+}
+
+// SurveyResult is the result of OpSurvey: each part is either a result or
+// the error that part ended with.
+type SurveyResult struct {
+	Map        []MapEntry     `json:"map,omitempty"`
+	MapError   *errcode.Error `json:"map_error,omitempty"`
+	Check      *CheckResult   `json:"check,omitempty"`
+	CheckError *errcode.Error `json:"check_error,omitempty"`
 }

@@ -2,6 +2,9 @@ package worker
 
 import (
 	"context"
+	"errors"
+
+	"instarfs/errcode"
 
 	"instarfs/proto"
 )
@@ -63,4 +66,51 @@ func opCheck(_ context.Context, s *session) (any, error) {
 		return checkVmdk(o)
 	}
 	return proto.CheckResult{Supported: false}, nil
+}
+
+func opSurvey(_ context.Context, s *session) (any, error) {
+	var args proto.SurveyArgs
+	if err := s.args(&args); err != nil {
+		return nil, err
+	}
+	if !s.req.Broker {
+		return nil, errcode.New(errcode.WorkerProtocol, "%s needs a broker", s.req.Op)
+	}
+	imgs, err := s.discover(true)
+	if err != nil {
+		return nil, err
+	}
+	var res proto.SurveyResult
+	chain := make([]member, len(imgs))
+	for i, o := range imgs {
+		chain[i] = o.member()
+	}
+	res.Map, err = chainMap(chain, args.MapMaxBytes, nil)
+	res.MapError = asError(err)
+	var check any
+	switch o := imgs[0]; o.format {
+	case "qcow2":
+		check, err = checkQcow2(o)
+	case "vmdk":
+		check, err = checkVmdk(o)
+	default:
+		check, err = proto.CheckResult{Supported: false}, nil
+	}
+	if cr, ok := check.(proto.CheckResult); ok && err == nil {
+		res.Check = &cr
+	}
+	res.CheckError = asError(err)
+	return res, nil
+}
+
+// asError is err as the host receives it; nil for nil.
+func asError(err error) *errcode.Error {
+	if err == nil {
+		return nil
+	}
+	var e *errcode.Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return errcode.New(errcode.Internal, "%v", err)
 }

@@ -34,10 +34,11 @@ var files []*os.File
 type op func(ctx context.Context, w *session) (any, error)
 
 var ops = map[string]op{
-	proto.OpNoop:  func(context.Context, *session) (any, error) { return struct{}{}, nil },
-	proto.OpProbe: opProbe,
-	proto.OpMap:   opMap,
-	proto.OpCheck: opCheck,
+	proto.OpNoop:   func(context.Context, *session) (any, error) { return struct{}{}, nil },
+	proto.OpProbe:  opProbe,
+	proto.OpMap:    opMap,
+	proto.OpCheck:  opCheck,
+	proto.OpSurvey: opSurvey,
 
 	proto.OpSandboxProbe:   func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil },
 	proto.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
