@@ -173,6 +173,11 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 		op:   proto.OpProbe,
 		args: proto.ProbeArgs{DetectRaw: opts.Format == "", Chain: !opts.NoBacking},
 		opts: opts,
+		infos: func(res json.RawMessage) ([]proto.Info, error) {
+			var ci proto.ChainInfo
+			err := DecodeResult(res, &ci)
+			return ci.Images, err
+		},
 	})
 	return c, err
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -26,6 +27,11 @@ type chainJob struct {
 	// for that file (brokered runs only).
 	newBacking, newFormat string
 	progress              Progress
+	// infos, when set, returns from the worker's result the whole
+	// description of every member (a question describes a member without
+	// its snapshots): the chain then carries them, and the probe cache
+	// keeps them.
+	infos func(json.RawMessage) ([]proto.Info, error)
 }
 
 // runChain runs j on the image at path in one worker, and returns the chain
@@ -72,13 +78,42 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		return nil, nil, err
 	}
 	c := b.Chain()
-	if !j.opts.Writable && j.reopen == nil {
-		for _, im := range c.Images {
-			format, detectRaw := b.Asked(im)
-			o.remember(im, format, detectRaw)
+	if j.infos != nil {
+		infos, err := j.infos(res)
+		if err == nil {
+			err = o.describeAll(b, c, infos, !j.opts.Writable && j.reopen == nil)
+		}
+		if err != nil {
+			b.Close()
+			return nil, nil, err
 		}
 	}
 	return c, res, nil
+}
+
+// describeAll gives the members of c the whole descriptions the worker
+// returned, which must be what it told the broker plus the snapshots, and
+// keeps them in the probe cache when remember is set.
+func (o *Opener) describeAll(b *chainmodel.Broker, c *chainmodel.Chain, infos []proto.Info, remember bool) error {
+	if len(infos) != len(c.Images) {
+		return errcode.New(errcode.WorkerProtocol, "worker described %d images of a chain of %d", len(infos), len(c.Images))
+	}
+	for i, im := range c.Images {
+		format, detectRaw := b.Asked(im)
+		if err := chainmodel.CheckInfo(infos[i], format, detectRaw); err != nil {
+			return err
+		}
+		brief := infos[i]
+		brief.Snapshots = nil
+		if !reflect.DeepEqual(brief, im.Info) {
+			return errcode.New(errcode.WorkerProtocol, "worker described '%s' in two ways", im.Name)
+		}
+		im.Info = infos[i]
+		if remember {
+			o.remember(im, format, detectRaw)
+		}
+	}
+	return nil
 }
 
 // runOpened is runChain for a sandbox that does not broker: the chain is

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"encoding/json"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -31,13 +32,17 @@ func SurveyChain(ctx context.Context, o *Opener, path string, opts OpenOptions, 
 	if !vmm.Brokers(o.Sandbox) {
 		return nil, errcode.New(errcode.BadArguments, "the %s sandbox cannot run a survey", o.Sandbox.Name())
 	}
-	c, res, err := o.runChain(ctx, path, chainJob{op: proto.OpSurvey, args: proto.SurveyArgs{MapMaxBytes: maxMapBytes}, opts: opts})
-	if err != nil {
-		return nil, err
-	}
 	var r proto.SurveyResult
-	if err := DecodeResult(res, &r); err != nil {
-		c.Close()
+	c, _, err := o.runChain(ctx, path, chainJob{
+		op:   proto.OpSurvey,
+		args: proto.SurveyArgs{MapMaxBytes: maxMapBytes},
+		opts: opts,
+		infos: func(res json.RawMessage) ([]proto.Info, error) {
+			err := DecodeResult(res, &r)
+			return r.Images, err
+		},
+	})
+	if err != nil {
 		return nil, err
 	}
 	s := &Survey{Chain: c}

@@ -33,7 +33,8 @@ const (
 // BrokerRequest is one question of a worker. It reports what the worker read
 // in chain member Image (0 is the top; members get their index from the
 // answer that opened them): the first question about a member carries its
-// Info, exactly once. Open, when set, asks for a file: OpenBacking or
+// Info, exactly once, without its snapshots (an operation whose result shows
+// them, OpProbe and OpSurvey, returns every member's whole Info in it). Open, when set, asks for a file: OpenBacking or
 // OpenNewBacking. A request without Open only reports.
 type BrokerRequest struct {
 	Image int    `json:"image"`

@@ -16,9 +16,14 @@ type ProbeArgs struct {
 	// table; otherwise a file that is neither qcow2 nor vmdk is refused.
 	DetectRaw bool `json:"detect_raw,omitempty"`
 	// Chain, with a broker, describes the image's whole backing chain to
-	// the host, asking for each backing file in turn (the result is still
-	// the top's Info).
+	// the host, asking for each backing file in turn.
 	Chain bool `json:"chain,omitempty"`
+}
+
+// ChainInfo is the result of OpProbe with a broker: every member the worker
+// described, top first, with its snapshots.
+type ChainInfo struct {
+	Images []Info `json:"images"`
 }
 
 // MapArgs are the arguments of OpMap.
@@ -248,6 +253,9 @@ type SurveyArgs struct {
 // SurveyResult is the result of OpSurvey: each part is either a result or
 // the error that part ended with.
 type SurveyResult struct {
+	// Images describes every member of the chain, top first, with its
+	// snapshots.
+	Images     []Info         `json:"images"`
 	Map        []MapEntry     `json:"map,omitempty"`
 	MapError   *errcode.Error `json:"map_error,omitempty"`
 	Check      *CheckResult   `json:"check,omitempty"`

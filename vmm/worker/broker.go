@@ -134,7 +134,7 @@ type backing struct {
 func (s *session) openBacking(i int, cur *opened, what string) (backing, error) {
 	req := proto.BrokerRequest{Image: i, Open: what}
 	if !cur.described {
-		req.Info = &cur.info
+		req.Info = brief(&cur.info)
 	}
 	reply, files, err := s.ask(req)
 	if err != nil {
@@ -174,7 +174,7 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 func (s *session) describe(i int, info *proto.Info, imgs []*opened) error {
 	req := proto.BrokerRequest{Image: i}
 	if !imgs[i].described {
-		req.Info = info
+		req.Info = brief(info)
 	}
 	reply, files, err := s.ask(req)
 	if err != nil {
@@ -214,4 +214,13 @@ func (r *hostRefusal) Unwrap() error { return r.err }
 func (s *session) hostRefused(err error) bool {
 	var r *hostRefusal
 	return errors.As(err, &r)
+}
+
+// brief is what a question says about a member: its description without
+// the snapshots, whose list is unbounded (an operation that shows them
+// returns them in its result).
+func brief(info *proto.Info) *proto.Info {
+	b := *info
+	b.Snapshots = nil
+	return &b
 }

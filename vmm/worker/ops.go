@@ -22,7 +22,7 @@ func opProbe(_ context.Context, s *session) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return imgs[0].info, nil
+		return proto.ChainInfo{Images: infos(imgs)}, nil
 	}
 	o, err := openImage(s.files[0], s.req.Images[0], args.DetectRaw)
 	if err != nil {
@@ -80,7 +80,7 @@ func opSurvey(_ context.Context, s *session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var res proto.SurveyResult
+	res := proto.SurveyResult{Images: infos(imgs)}
 	chain := make([]member, len(imgs))
 	for i, o := range imgs {
 		chain[i] = o.member()
@@ -113,4 +113,13 @@ func asError(err error) *errcode.Error {
 		return e
 	}
 	return errcode.New(errcode.Internal, "%v", err)
+}
+
+// infos are the descriptions of imgs.
+func infos(imgs []*opened) []proto.Info {
+	out := make([]proto.Info, len(imgs))
+	for i, o := range imgs {
+		out[i] = o.info
+	}
+	return out
 }
