@@ -81,8 +81,8 @@ lint: vet
 bench: test-deps build
 	@command -v qemu-storage-daemon >/dev/null || { echo "installing qemu-system-common"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-common >/dev/null; }
-	$(GO) test -run '^$$' -bench . -skip 'Rebase|Commit|Disk' -benchtime 20x ./...
-	$(GO) test -run '^$$' -bench 'Rebase|Commit' -benchtime 5x ./integration
+	$(GO) test -run '^$$' -bench . -skip 'Rebase|Commit|Detach|Disk' -benchtime 20x ./...
+	$(GO) test -run '^$$' -bench 'Rebase|Commit|Detach' -benchtime 5x ./integration
 	$(GO) test -run '^$$' -bench 'Disk' -benchtime 5x ./integration
 
 # fuzz runs every fuzz target for FUZZTIME each.

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -15,10 +17,12 @@ import (
 
 // The benchmarks run instarfs and qemu-img on a reference image
 // (2 GiB virtual, 384 MiB of data in scattered 64 KiB clusters) in the same
-// run. ns/op is instarfs's wall-clock time per command; qemu-ns/op is
-// qemu-img's and x-qemu the ratio of the two (below 1: instarfs is faster);
-// cpu-ns/op and qemu-cpu-ns/op are the CPU times (user and system, the worker
-// included).
+// run, alternating. ns/op is instarfs's mean wall-clock time per command;
+// med-ns and qemu-med-ns are the medians of instarfs's and qemu-img's, and
+// x-qemu the ratio of the medians (below 1: instarfs is faster); cpu-ns/op
+// and qemu-cpu-ns/op are the CPU times (user and system, the worker
+// included); starts/op counts the workers a command started and worker-MiB
+// is the largest peak RSS of any of them (both from instarfs's debug log).
 //
 // BenchmarkRebaseSafe, BenchmarkRebaseUnsafe and BenchmarkCommit change
 // images: they run on the rest of the reference set (an overlay rewriting a
@@ -121,24 +125,71 @@ func benchCommand(b *testing.B, args ...string) {
 		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	run("qemu-img") // warm the page cache
+	var m benchMeasure
 	b.ResetTimer()
-	var oursCPU time.Duration
 	for range b.N {
-		_, cpu := run(binary)
-		oursCPU += cpu
+		m.ours(b, dir, args...)
+		b.StopTimer()
+		wall, cpu := run("qemu-img")
+		m.qemu = append(m.qemu, wall)
+		m.qemuCPU += cpu
+		b.StartTimer()
 	}
 	b.StopTimer()
-	var qemu, qemuCPU time.Duration
-	for range b.N {
-		wall, cpu := run("qemu-img")
-		qemu += wall
-		qemuCPU += cpu
+	m.report(b)
+}
+
+// benchMeasure collects the runs of one benchmark.
+type benchMeasure struct {
+	wall, qemu   []time.Duration
+	cpu, qemuCPU time.Duration
+	starts       int
+	maxRSSKiB    int64
+}
+
+// ours runs instarfs with args in dir, with its debug log on stderr, and
+// records its wall-clock and CPU time, the workers it started and their
+// largest peak RSS.
+func (m *benchMeasure) ours(b *testing.B, dir string, args ...string) {
+	b.Helper()
+	cmd := exec.Command(binary, append([]string{"--log-level=debug", "--log-format=json"}, args...)...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		b.Fatalf("instarfs %v: %v\n%.1000s", args, err, stderr.Bytes())
 	}
-	n := float64(b.N)
-	b.ReportMetric(float64(qemu.Nanoseconds())/n, "qemu-ns/op")
-	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
-	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
-	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+	m.wall = append(m.wall, time.Since(start))
+	m.cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	for _, line := range bytes.Split(stderr.Bytes(), []byte("\n")) {
+		var l struct {
+			Msg    string `json:"msg"`
+			MaxRSS int64  `json:"maxrss_kib"`
+		}
+		if json.Unmarshal(line, &l) == nil && l.Msg == "sandbox worker ended" {
+			m.starts++
+			m.maxRSSKiB = max(m.maxRSSKiB, l.MaxRSS)
+		}
+	}
+}
+
+func (m *benchMeasure) report(b *testing.B) {
+	n := float64(len(m.wall))
+	med, qmed := median(m.wall), median(m.qemu)
+	b.ReportMetric(float64(med.Nanoseconds()), "med-ns")
+	b.ReportMetric(float64(qmed.Nanoseconds()), "qemu-med-ns")
+	b.ReportMetric(float64(med)/float64(qmed), "x-qemu")
+	b.ReportMetric(float64(m.cpu.Nanoseconds())/n, "cpu-ns/op")
+	b.ReportMetric(float64(m.qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+	b.ReportMetric(float64(m.starts)/n, "starts/op")
+	b.ReportMetric(float64(m.maxRSSKiB)/1024, "worker-MiB")
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // The changing benchmarks run on the rest of the reference set: an overlay of
@@ -265,6 +316,10 @@ func BenchmarkRebaseUnsafe(b *testing.B) {
 	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-u", "-b", benchNewBase, "-F", "qcow2", benchOverlay)
 }
 
+func BenchmarkDetach(b *testing.B) {
+	benchChanging(b, []string{benchOverlay}, "rebase", "-q", "-b", "", benchOverlay)
+}
+
 func BenchmarkCommit(b *testing.B) {
 	benchChanging(b, []string{benchImage, benchOverlay}, "commit", "-q", benchOverlay)
 }
@@ -307,27 +362,22 @@ func benchChanging(b *testing.B, change []string, args ...string) {
 	ours := append([]string{"--allow-dir", work}, args...)
 	prepare()
 	run("qemu-img", args...) // warm the page cache
+	var m benchMeasure
 	b.ResetTimer()
-	var oursCPU, qemu, qemuCPU time.Duration
 	for range b.N {
 		b.StopTimer()
 		prepare()
 		b.StartTimer()
-		_, cpu := run(binary, ours...)
+		m.ours(b, work, ours...)
 		b.StopTimer()
-		oursCPU += cpu
 		prepare()
 		wall, cpu := run("qemu-img", args...)
-		qemu += wall
-		qemuCPU += cpu
+		m.qemu = append(m.qemu, wall)
+		m.qemuCPU += cpu
 		b.StartTimer()
 	}
 	b.StopTimer()
-	n := float64(b.N)
-	b.ReportMetric(float64(qemu.Nanoseconds())/n, "qemu-ns/op")
-	b.ReportMetric(float64(b.Elapsed())/float64(qemu), "x-qemu")
-	b.ReportMetric(float64(oursCPU.Nanoseconds())/n, "cpu-ns/op")
-	b.ReportMetric(float64(qemuCPU.Nanoseconds())/n, "qemu-cpu-ns/op")
+	m.report(b)
 }
 
 // copyFileSynced copies src to dst and makes the copy durable.
