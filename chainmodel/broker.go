@@ -40,7 +40,6 @@ type Broker struct {
 
 	members  []*member
 	reopened bool
-	refusal  error
 }
 
 // member is one file the broker opened.
@@ -60,14 +59,10 @@ func NewBroker(p Policy, top *Image, format string, detectRaw bool) *Broker {
 	return &Broker{Policy: p, members: []*member{{im: top, referrer: -1, format: format, detectRaw: detectRaw}}}
 }
 
-// Answer answers one question of the worker. A refusal is also kept
-// (Refusal).
+// Answer answers one question of the worker.
 func (b *Broker) Answer(req proto.BrokerRequest) (proto.BrokerReply, []*os.File) {
 	reply, files, err := b.answer(req)
 	if err != nil {
-		if b.refusal == nil {
-			b.refusal = err
-		}
 		return proto.BrokerReply{Error: asError(err)}, nil
 	}
 	return reply, files
@@ -313,9 +308,6 @@ func (b *Broker) Asked(im *Image) (format string, detectRaw bool) {
 	}
 	return "", false
 }
-
-// Refusal returns the first request the broker refused, or nil.
-func (b *Broker) Refusal() error { return b.refusal }
 
 // Close unlocks and closes every file the broker opened, the top included.
 func (b *Broker) Close() {

@@ -173,10 +173,15 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 		op:   proto.OpProbe,
 		args: proto.ProbeArgs{DetectRaw: opts.Format == "", Chain: !opts.NoBacking},
 		opts: opts,
-		infos: func(res json.RawMessage) ([]proto.Info, error) {
+		infos: func(res json.RawMessage) ([]proto.Info, error, error) {
 			var ci proto.ChainInfo
-			err := DecodeResult(res, &ci)
-			return ci.Images, err
+			if err := DecodeResult(res, &ci); err != nil {
+				return nil, nil, err
+			}
+			if ci.Error != nil {
+				return ci.Images, ci.Error, nil
+			}
+			return ci.Images, nil, nil
 		},
 	})
 	return c, err

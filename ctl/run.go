@@ -30,8 +30,9 @@ type chainJob struct {
 	// infos, when set, returns from the worker's result the whole
 	// description of every member (a question describes a member without
 	// its snapshots): the chain then carries them, and the probe cache
-	// keeps them.
-	infos func(json.RawMessage) ([]proto.Info, error)
+	// keeps them. A worker that could not open the chain whole describes
+	// the members above the failure and returns the error as stop.
+	infos func(json.RawMessage) (infos []proto.Info, stop, err error)
 }
 
 // runChain runs j on the image at path in one worker, and returns the chain
@@ -64,6 +65,14 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		Broker:   b,
 		Progress: j.progress,
 	})
+	var infos []proto.Info
+	var stop error
+	if err == nil && j.infos != nil {
+		infos, stop, err = j.infos(res)
+	}
+	if err == nil && stop != nil {
+		return o.stopped(b, infos, stop, j.opts.Partial)
+	}
 	if err == nil {
 		err = b.Described()
 	}
@@ -79,16 +88,28 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 	}
 	c := b.Chain()
 	if j.infos != nil {
-		infos, err := j.infos(res)
-		if err == nil {
-			err = o.describeAll(b, c, infos, !j.opts.Writable && j.reopen == nil)
-		}
-		if err != nil {
+		if err := o.describeAll(b, c, infos, !j.opts.Writable && j.reopen == nil); err != nil {
 			b.Close()
 			return nil, nil, err
 		}
 	}
 	return c, res, nil
+}
+
+// stopped ends a run whose worker described the chain down to where it could
+// not go on (stop): with partial, it returns the members described, open and
+// with their whole descriptions, together with stop.
+func (o *Opener) stopped(b *chainmodel.Broker, infos []proto.Info, stop error, partial bool) (*chainmodel.Chain, json.RawMessage, error) {
+	c := b.DescribedChain()
+	if err := o.describeAll(b, c, infos, false); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	if !partial || len(c.Images) == 0 {
+		c.Close()
+		return nil, nil, stop
+	}
+	return c, nil, stop
 }
 
 // describeAll gives the members of c the whole descriptions the worker

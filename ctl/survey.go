@@ -37,9 +37,9 @@ func SurveyChain(ctx context.Context, o *Opener, path string, opts OpenOptions, 
 		op:   proto.OpSurvey,
 		args: proto.SurveyArgs{MapMaxBytes: maxMapBytes},
 		opts: opts,
-		infos: func(res json.RawMessage) ([]proto.Info, error) {
+		infos: func(res json.RawMessage) ([]proto.Info, error, error) {
 			err := DecodeResult(res, &r)
-			return r.Images, err
+			return r.Images, nil, err
 		},
 	})
 	if err != nil {

@@ -21,9 +21,11 @@ type ProbeArgs struct {
 }
 
 // ChainInfo is the result of OpProbe with a broker: every member the worker
-// described, top first, with its snapshots.
+// described, top first, with its snapshots, and when the chain could not be
+// opened whole, the error that stopped it below the last of them.
 type ChainInfo struct {
-	Images []Info `json:"images"`
+	Images []Info         `json:"images"`
+	Error  *errcode.Error `json:"error,omitempty"`
 }
 
 // MapArgs are the arguments of OpMap.

@@ -90,7 +90,9 @@ func rights(oob []byte) ([]*os.File, error) {
 // added to the request (s.req.Images, s.files) as if the host had handed it
 // over, so the operations index them as before. The host's answer to the
 // description of the last member may hand over writable descriptors for
-// members the operation writes; they replace the read-only ones.
+// members the operation writes; they replace the read-only ones. A chain
+// that cannot be opened whole ends in the error, returned with the members
+// described before it.
 func (s *session) discover(chain bool) ([]*opened, error) {
 	if !s.req.Broker {
 		return s.openImages()
@@ -107,13 +109,13 @@ func (s *session) discover(chain bool) ([]*opened, error) {
 		cur := imgs[i]
 		if !chain || cur.info.BackingFilename == "" {
 			if err := s.describe(i, &cur.info, imgs); err != nil {
-				return nil, err
+				return imgs, err
 			}
 			return imgs, nil
 		}
 		next, err := s.openBacking(i, cur, proto.OpenBacking)
 		if err != nil {
-			return nil, err
+			return imgs, err // described up to cur: the host keeps what it was told
 		}
 		if next.index != len(imgs) {
 			return nil, errcode.New(errcode.WorkerProtocol, "the host answered with image #%d for image #%d", next.index, len(imgs))

@@ -19,10 +19,10 @@ func opProbe(_ context.Context, s *session) (any, error) {
 	}
 	if s.req.Broker {
 		imgs, err := s.discover(args.Chain)
-		if err != nil {
+		if err != nil && len(imgs) == 0 {
 			return nil, err
 		}
-		return proto.ChainInfo{Images: infos(imgs)}, nil
+		return proto.ChainInfo{Images: infos(imgs), Error: asError(err)}, nil
 	}
 	o, err := openImage(s.files[0], s.req.Images[0], args.DetectRaw)
 	if err != nil {
