@@ -86,6 +86,9 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		b.Close()
 		return nil, nil, err
 	}
+	if nc := b.NewChain(); nc != nil {
+		nc.Close() // a rebase's new chain: nothing more to do with it
+	}
 	c := b.Chain()
 	if j.infos != nil {
 		if err := o.describeAll(b, c, infos, !j.opts.Writable && j.reopen == nil); err != nil {

@@ -69,9 +69,9 @@ func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.F
 		docs[kindCheck] = doc{err: s.CheckErr}
 	}
 	for k, d := range docs {
-		if d.err != nil && errcode.Code(d.err) != errcode.DocumentTooLarge {
-			continue // an error is not remembered: it is made again
-		}
+		// The worker's errors are the image's own while its files do not
+		// change: they are remembered like documents, so that reading the
+		// other files does not redo the work that failed.
 		e := f.remember(genSlot{k, slot.id}, key, rel, d.data, d.err)
 		docs[k] = doc{e.data, e.err}
 	}

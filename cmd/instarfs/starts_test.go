@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -78,11 +79,17 @@ func TestOneWorkerPerCommand(t *testing.T) {
 				return sb
 			}
 			args := append(append([]string{}, tc.args...), filepath.Join(dir, "top.qcow2"))
+			before := openFiles(t)
 			if code := a.run(args); code != 0 {
 				t.Fatalf("instarfs %q exited %d", args, code)
 			}
 			if n := sb.runs.Load(); n != 1 {
 				t.Errorf("instarfs %q started %d workers, want 1", args, n)
+			}
+			// The mount runs commands for as long as it lives: a command
+			// leaves no image open (nor locked) behind.
+			if after := openFiles(t); after > before {
+				t.Errorf("instarfs %q left %d files open", args, after-before)
 			}
 		})
 	}
@@ -95,4 +102,21 @@ func qemuImg(t *testing.T, dir string, args ...string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img %q: %v\n%s", args, err, out)
 	}
+}
+
+// openFiles counts the files this process has open, the roots of the
+// commands' policies aside (they stay open until the process exits).
+func openFiles(t *testing.T) int {
+	t.Helper()
+	es, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range es {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasSuffix(target, ".qcow2") {
+			n++
+		}
+	}
+	return n
 }
