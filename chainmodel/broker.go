@@ -37,6 +37,13 @@ type Broker struct {
 	// of the top's chain, and returns the members below the top the
 	// operation writes: they are reopened read-write and locked for it.
 	Reopen func(*Chain) ([]int, error)
+	// Known, when set, is the top's chain as the host opened it before the
+	// worker started (every member described in the probe cache), with the
+	// members listed in KnownWritable already reopened read-write: the
+	// files the worker asks for must be these (IMAGE_CHANGED otherwise),
+	// and it is given them, so that every lock is held from the start.
+	Known         *Chain
+	KnownWritable []int
 
 	members  []*member
 	reopened bool
@@ -125,6 +132,10 @@ func (b *Broker) openBacking(i int) (proto.BrokerReply, []*os.File, error) {
 		f.Close()
 		return proto.BrokerReply{}, nil, errcode.New(errcode.RebaseCreatesLoop, "'%s' is an overlay of the image being rebased: its backing chain reaches that image as '%s', so the chain would loop", b.root(i).im.Name, next.Name)
 	}
+	if b.Known != nil && !m.newChain {
+		f.Close()
+		return b.known(i+1, next)
+	}
 	return b.add(&member{im: next, referrer: i, format: m.im.Info.BackingFilenameFormat, newChain: m.newChain})
 }
 
@@ -173,6 +184,20 @@ func (b *Broker) openNewBacking(i int) (proto.BrokerReply, []*os.File, error) {
 	return b.add(&member{im: next, referrer: -1, format: format, newChain: true})
 }
 
+// known answers with member k of the Known chain, which next must be.
+func (b *Broker) known(k int, next *Image) (proto.BrokerReply, []*os.File, error) {
+	if k >= len(b.Known.Images) || b.Known.Images[k].ID() != next.ID() || k != len(b.members) {
+		return proto.BrokerReply{}, nil, errcode.New(errcode.ImageChanged, "the backing chain of '%s' changed while it was opened ('%s')", b.members[0].im.Name, next.Name)
+	}
+	im := b.Known.Images[k]
+	b.members = append(b.members, &member{im: im, referrer: k - 1, format: b.members[k-1].im.Info.BackingFilenameFormat})
+	writable := false
+	for _, w := range b.KnownWritable {
+		writable = writable || w == k
+	}
+	return proto.BrokerReply{Image: k, Name: im.Name, Format: b.members[k].format, Writable: writable}, []*os.File{im.File}, nil
+}
+
 // add locks a newly opened member and answers with it.
 func (b *Broker) add(m *member) (proto.BrokerReply, []*os.File, error) {
 	if !b.ForceShare {
@@ -188,6 +213,9 @@ func (b *Broker) add(m *member) (proto.BrokerReply, []*os.File, error) {
 // complete answers the report of the last member of the top's chain: the
 // members the operation writes are reopened read-write and sent along.
 func (b *Broker) complete() (proto.BrokerReply, []*os.File, error) {
+	if b.Known != nil && len(b.members) != len(b.Known.Images) {
+		return proto.BrokerReply{}, nil, errcode.New(errcode.ImageChanged, "the backing chain of '%s' changed while it was opened", b.members[0].im.Name)
+	}
 	if b.Reopen == nil || b.reopened {
 		return proto.BrokerReply{}, nil, nil
 	}
@@ -309,11 +337,18 @@ func (b *Broker) Asked(im *Image) (format string, detectRaw bool) {
 	return "", false
 }
 
-// Close unlocks and closes every file the broker opened, the top included.
+// Close unlocks and closes every file the broker opened, the top included,
+// and the Known chain.
 func (b *Broker) Close() {
 	for _, m := range b.members {
 		UnlockImage(m.im.File)
 		m.im.File.Close()
+	}
+	if b.Known != nil {
+		for _, im := range b.Known.Images[min(len(b.members), len(b.Known.Images)):] {
+			UnlockImage(im.File)
+			im.File.Close()
+		}
 	}
 }
 

@@ -246,3 +246,42 @@ func TestBrokerNewBacking(t *testing.T) {
 		})
 	}
 }
+
+// TestBrokerKnown gives the broker a chain the host opened beforehand: the
+// worker is answered with those files, writable where the host made them so,
+// and a file that is not the known one is IMAGE_CHANGED.
+func TestBrokerKnown(t *testing.T) {
+	dir, p := brokerFixture(t)
+	known := func() *Chain {
+		b := newTestBroker(t, p, dir, true)
+		b.Answer(proto.BrokerRequest{Image: 0, Info: qcow2Backed("base.img"), Open: proto.OpenBacking})
+		b.Answer(proto.BrokerRequest{Image: 1, Info: qcow2Backed("")})
+		return b.Chain()
+	}
+	for _, tc := range []struct {
+		name, backing string
+		code          string
+	}{
+		{"the known file", "base.img", ""},
+		{"another file", "other.img", errcode.ImageChanged},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kc := known()
+			b := NewBroker(p, kc.Top(), "qcow2", false)
+			b.Backing, b.Known, b.KnownWritable = true, kc, []int{1}
+			reply, files := b.Answer(proto.BrokerRequest{Image: 0, Info: qcow2Backed(tc.backing), Open: proto.OpenBacking})
+			if tc.code != "" {
+				if reply.Error == nil || reply.Error.Code != tc.code {
+					t.Fatalf("reply %+v, want %s", reply, tc.code)
+				}
+				return
+			}
+			if reply.Error != nil || len(files) != 1 || files[0] != kc.Images[1].File || !reply.Writable {
+				t.Fatalf("reply %+v with %d descriptors, want the known base, writable", reply, len(files))
+			}
+			if reply, _ := b.Answer(proto.BrokerRequest{Image: 1, Info: qcow2Backed("")}); reply.Error != nil {
+				t.Fatalf("end of the chain: %+v", reply)
+			}
+		})
+	}
+}

@@ -35,7 +35,7 @@ func commit(ctx context.Context, o *Opener, path string, req CommitRequest, prog
 	}
 	drop := req.Drop || req.Base != ""
 	base := 1
-	c, res, err := o.runChain(ctx, path, chainJob{
+	j := chainJob{
 		op:   proto.OpCommit,
 		args: proto.CommitArgs{Drop: drop, Rate: req.Rate, Cache: req.Cache},
 		opts: OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top},
@@ -56,7 +56,23 @@ func commit(ctx context.Context, o *Opener, path string, req CommitRequest, prog
 			return []int{base}, nil
 		},
 		progress: progress,
-	})
+	}
+	if kc := o.KnownChain(path, j.opts); kc != nil {
+		// The chain is known: take the locks for writing now, before the
+		// worker starts, as qemu-img does.
+		idx, err := j.reopen(kc)
+		for _, i := range idx {
+			if err == nil {
+				err = o.Policy.ReopenWritable(kc.Images[i])
+			}
+		}
+		if err != nil {
+			kc.Close()
+			return nil, err
+		}
+		j.known, j.knownWritable = kc, idx
+	}
+	c, res, err := o.runChain(ctx, path, j)
 	if err != nil {
 		return nil, err
 	}

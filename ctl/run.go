@@ -23,6 +23,11 @@ type chainJob struct {
 	// reopen, when set, returns the members below the top the operation
 	// writes, once the chain is known.
 	reopen func(*chainmodel.Chain) ([]int, error)
+	// known, when set, is the chain opened beforehand (Opener.KnownChain)
+	// with the members knownWritable reopened read-write: the worker is
+	// given these files, and reopen is not called.
+	known         *chainmodel.Chain
+	knownWritable []int
 	// newBacking and newFormat are a rebase's -b and -F: the worker may ask
 	// for that file (brokered runs only).
 	newBacking, newFormat string
@@ -51,12 +56,17 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 	if !vmm.Brokers(o.Sandbox) {
 		return o.runOpened(ctx, path, j, args)
 	}
-	top, err := o.openTop(path, j.opts)
-	if err != nil {
+	var top *chainmodel.Image
+	if j.known != nil {
+		top = j.known.Top()
+	} else if top, err = o.openTop(path, j.opts); err != nil {
 		return nil, nil, err
 	}
 	b := o.broker(top, j.opts)
 	b.Reopen = j.reopen
+	if j.known != nil {
+		b.Known, b.KnownWritable, b.Reopen = j.known, j.knownWritable, nil
+	}
 	b.NewBacking, b.NewFormat = j.newBacking, j.newFormat
 	ref := proto.ImageRef{Name: filepath.Base(path), Format: j.opts.Format, Writable: j.opts.Writable, DetectRaw: j.opts.Format == ""}
 	res, err := o.Sandbox.Run(ctx, vmm.Job{

@@ -155,7 +155,7 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 		}
 		return backing{}, errcode.New(errcode.WorkerProtocol, "the host's answer carries %d descriptors for image #%d", len(files), reply.Image)
 	}
-	ref := proto.ImageRef{Name: reply.Name, Format: reply.Format}
+	ref := proto.ImageRef{Name: reply.Name, Format: reply.Format, Writable: reply.Writable}
 	s.req.Images = append(s.req.Images, ref)
 	s.files = append(s.files, files[0])
 	img, err := openImage(files[0], ref, false)
