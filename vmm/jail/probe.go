@@ -156,11 +156,9 @@ func RunProbes(req proto.Request) ProbeReport {
 	refuse(ProbeMmapExec, "mmap(PROT_EXEC)", probeMmapExec())
 	refuse(ProbeIoUring, "io_uring_setup", probeIoUring())
 	refuse(ProbeRecvmsgOther, "recvmsg(stdin), not the broker socket", probeRecvmsg(0))
-	sendFD := 1
-	if req.Broker {
-		sendFD = req.BrokerFD()
-	}
-	refuse(ProbeSendmsgFD, fmt.Sprintf("sendmsg(%d, SCM_RIGHTS of stdin)", sendFD), probeSendFD(sendFD))
+	// On stdout, not the broker socket: an unconfined worker's message
+	// would reach the host's broker, which takes it for a broken worker.
+	refuse(ProbeSendmsgFD, "sendmsg(stdout, SCM_RIGHTS of stdin)", probeSendFD(1))
 
 	past := proto.FirstImageFD + len(req.Images)
 	if req.Broker {
