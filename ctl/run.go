@@ -114,6 +114,10 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 // with their whole descriptions, together with stop.
 func (o *Opener) stopped(b *chainmodel.Broker, infos []proto.Info, stop error, partial bool) (*chainmodel.Chain, json.RawMessage, error) {
 	c := b.DescribedChain()
+	if len(infos) > len(c.Images) {
+		// The host refused the last description itself (stop says why).
+		infos = infos[:len(c.Images)]
+	}
 	if err := o.describeAll(b, c, infos, false); err != nil {
 		c.Close()
 		return nil, nil, err
