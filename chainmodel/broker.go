@@ -47,6 +47,7 @@ type Broker struct {
 
 	members  []*member
 	reopened bool
+	refusal  error
 }
 
 // member is one file the broker opened.
@@ -66,14 +67,23 @@ func NewBroker(p Policy, top *Image, format string, detectRaw bool) *Broker {
 	return &Broker{Policy: p, members: []*member{{im: top, referrer: -1, format: format, detectRaw: detectRaw}}}
 }
 
-// Answer answers one question of the worker.
+// Answer answers one question of the worker. The first refusal is kept
+// (Refusal).
 func (b *Broker) Answer(req proto.BrokerRequest) (proto.BrokerReply, []*os.File) {
 	reply, files, err := b.answer(req)
 	if err != nil {
+		if b.refusal == nil {
+			b.refusal = err
+		}
 		return proto.BrokerReply{Error: asError(err)}, nil
 	}
 	return reply, files
 }
+
+// Refusal returns the first question the broker refused, or nil. A worker
+// may not report a host's code (a path-policy refusal) as its own: the host
+// reports the refusal itself.
+func (b *Broker) Refusal() error { return b.refusal }
 
 func (b *Broker) answer(req proto.BrokerRequest) (proto.BrokerReply, []*os.File, error) {
 	if req.Image < 0 || req.Image >= len(b.members) {

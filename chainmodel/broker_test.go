@@ -81,7 +81,7 @@ func TestBrokerRefusesNames(t *testing.T) {
 	dir, p := brokerFixture(t)
 	for _, tc := range []struct {
 		name string
-		code string
+		code errcode.Code
 	}{
 		{"/etc/passwd", errcode.BackingPathOutsideRoot},
 		{"../outside/secret.img", errcode.BackingPathOutsideRoot},
@@ -118,7 +118,7 @@ func TestBrokerProtocol(t *testing.T) {
 		name    string
 		backing bool
 		reqs    []proto.BrokerRequest
-		code    string // of the last reply
+		code    errcode.Code // of the last reply
 	}{
 		{"image out of range", true, []proto.BrokerRequest{{Image: 1, Info: qcow2Backed("")}}, errcode.WorkerProtocol},
 		{"negative image", true, []proto.BrokerRequest{{Image: -1, Info: qcow2Backed("")}}, errcode.WorkerProtocol},
@@ -161,7 +161,7 @@ func TestBrokerChain(t *testing.T) {
 	if fl, _ := unix.FcntlInt(files[0].Fd(), unix.F_GETFL, 0); fl&unix.O_ACCMODE != unix.O_RDONLY {
 		t.Errorf("backing file opened with flags %#x, want read-only", fl)
 	}
-	if err := b.Described(); errcode.Code(err) != errcode.WorkerProtocol {
+	if err := b.Described(); errcode.Of(err) != errcode.WorkerProtocol {
 		t.Errorf("Described() with an undescribed member: %v", err)
 	}
 	// A chain of MaxDepth backing files below the top is allowed; one more
@@ -203,7 +203,7 @@ func TestBrokerNewBacking(t *testing.T) {
 	for _, tc := range []struct {
 		name, newBacking, format string
 		safe                     bool
-		code                     string
+		code                     errcode.Code
 		same                     int // the old member it is, or 0
 	}{
 		{"outside", "../outside/secret.img", "", true, errcode.BackingPathOutsideRoot, 0},
@@ -260,7 +260,7 @@ func TestBrokerKnown(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, backing string
-		code          string
+		code          errcode.Code
 	}{
 		{"the known file", "base.img", ""},
 		{"another file", "other.img", errcode.ImageChanged},

@@ -10,9 +10,7 @@ import (
 // CheckInfo re-checks what an untrusted worker reported about an image it
 // was asked to read as format asked ("" to detect; raw only with detectRaw).
 func CheckInfo(info proto.Info, asked string, detectRaw bool) error {
-	switch info.Format {
-	case "qcow2", "vmdk", "raw":
-	default:
+	if !proto.Format(info.Format).Valid() {
 		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
 	}
 	if asked != "" && asked != info.Format {
@@ -38,10 +36,8 @@ func CheckInfo(info proto.Info, asked string, detectRaw bool) error {
 			}
 		}
 	}
-	switch info.BackingFilenameFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
-		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", info.BackingFilenameFormat)
+	if f := info.BackingFilenameFormat; f != "" && !proto.Format(f).Valid() {
+		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", f)
 	}
 	return nil
 }

@@ -1,14 +1,15 @@
 package chainmodel
 
 import (
+	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // TestLockConflicts opens one file twice — two open file descriptions, as two
@@ -36,7 +37,7 @@ func TestLockConflicts(t *testing.T) {
 		if tt.ok && err != nil {
 			t.Errorf("writable=%v then writable=%v: %v", tt.first, tt.second, err)
 		}
-		if !tt.ok && errcode.Code(err) != errcode.ImageInUse {
+		if !tt.ok && errcode.Of(err) != errcode.ImageInUse {
 			t.Errorf("writable=%v then writable=%v: got %v, want IMAGE_IN_USE", tt.first, tt.second, err)
 		}
 		UnlockImage(a)
@@ -59,17 +60,13 @@ func openRW(t *testing.T, path string) *os.File {
 
 // TestLockInteropQemu checks the locks against qemu-io, both ways.
 func TestLockInteropQemu(t *testing.T) {
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io not installed")
-	}
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "a.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", img, "1M").CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img create: %v\n%s", err, out)
-	}
+	qemutest.Create(t, img, "qcow2", "1M")
 
 	// qemu-io holds the image read-write: instarfs may neither read nor write it.
-	q := exec.Command("qemu-io", "-c", "sleep 20000", img)
+	q := qemutest.System.Command(context.Background(), t, "", "qemu-io", "-c", "sleep 20000", img)
 	if err := q.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -86,10 +83,10 @@ func TestLockInteropQemu(t *testing.T) {
 		UnlockImage(f)
 		time.Sleep(20 * time.Millisecond)
 	}
-	if errcode.Code(err) != errcode.ImageInUse || !strings.Contains(err.Error(), "in use") {
+	if errcode.Of(err) != errcode.ImageInUse || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("read lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
 	}
-	if err := LockImage(f, "a.qcow2", true); errcode.Code(err) != errcode.ImageInUse {
+	if err := LockImage(f, "a.qcow2", true); errcode.Of(err) != errcode.ImageInUse {
 		t.Fatalf("write lock while qemu-io writes: %v, want IMAGE_IN_USE", err)
 	}
 	q.Process.Kill()
@@ -101,13 +98,13 @@ func TestLockInteropQemu(t *testing.T) {
 		t.Fatalf("write lock on a free image: %v", err)
 	}
 	for _, args := range [][]string{{"-c", "read 0 512", img}, {"-r", "-c", "read 0 512", img}} {
-		out, err := exec.Command("qemu-io", args...).CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "lock") {
-			t.Errorf("qemu-io %v while instarfs writes: err %v\n%s", args, err, out)
+		r := qemutest.RunIO(t, "", args...)
+		if r.Code == 0 || !strings.Contains(string(r.Stderr), "lock") {
+			t.Errorf("qemu-io %v while instarfs writes: exit %d\n%s%s", args, r.Code, r.Stdout, r.Stderr)
 		}
 	}
 	UnlockImage(f)
-	if out, err := exec.Command("qemu-io", "-c", "read 0 512", img).CombinedOutput(); err != nil {
-		t.Errorf("qemu-io after unlock: %v\n%s", err, out)
+	if r := qemutest.RunIO(t, "", "-c", "read 0 512", img); r.Code != 0 {
+		t.Errorf("qemu-io after unlock: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 }

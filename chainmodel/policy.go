@@ -2,6 +2,7 @@ package chainmodel
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -25,6 +26,10 @@ type Root struct {
 // Policy.Open.
 type Policy struct {
 	Roots []*Root
+	// Dir is the absolute directory relative paths are taken against (Place,
+	// and so Locate with a relative referrer); empty means the process's
+	// working directory, as on the command line.
+	Dir string
 }
 
 // NewPolicy opens the given directories as the policy's roots.
@@ -74,6 +79,24 @@ type FileID struct {
 // IDOf is the identity of the file st describes.
 func IDOf(st *unix.Stat_t) FileID { return FileID{Dev: st.Dev, Ino: st.Ino} }
 
+// FileState identifies a file's content as fstat sees it: an answer cached
+// about the file is reused only while its state is unchanged.
+type FileState struct {
+	ID           FileID
+	Size         int64
+	Mtime, Ctime unix.Timespec
+}
+
+// StateOf is the state of the file st describes.
+func StateOf(st *unix.Stat_t) FileState {
+	return FileState{IDOf(st), st.Size, st.Mtim, st.Ctim}
+}
+
+// String renders s for a cache key: device, inode, size and the two times.
+func (s FileState) String() string {
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", s.ID.Dev, s.ID.Ino, s.Size, s.Mtime.Sec, s.Mtime.Nsec, s.Ctime.Sec, s.Ctime.Nsec)
+}
+
 // protocolPrefix matches what qemu would take for a protocol ("nbd:", "http:",
 // "file:", "json:"): a scheme-like word and a colon before any slash.
 var protocolPrefix = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
@@ -108,10 +131,10 @@ func (p Policy) Locate(referrerDir, name string) (Loc, error) {
 }
 
 // Place returns the root path lies beneath (path is absolute, or relative to
-// the working directory), lexically. A trailing slash is kept: it makes the
-// open fail on a file, as it does for any program.
+// p.Dir), lexically. A trailing slash is kept: it makes the open fail on a
+// file, as it does for any program.
 func (p Policy) Place(path string) (Loc, bool) {
-	abs, err := filepath.Abs(path)
+	abs, err := p.abs(path)
 	if err != nil {
 		return Loc{}, false
 	}
@@ -126,6 +149,14 @@ func (p Policy) Place(path string) (Loc, bool) {
 	return Loc{}, false
 }
 
+// abs is path made absolute against p.Dir, and cleaned.
+func (p Policy) abs(path string) (string, error) {
+	if p.Dir == "" || filepath.IsAbs(path) {
+		return filepath.Abs(path)
+	}
+	return filepath.Join(p.Dir, path), nil
+}
+
 // Admit checks a backing name before it is written into an image in
 // referrerDir: instarfs never writes a name it would refuse to open. A name
 // that is allowed but does not exist (yet) is admitted.
@@ -135,7 +166,7 @@ func (p Policy) Admit(referrerDir, name string) error {
 		return err
 	}
 	_, err = p.Stat(loc, How{Backing: true, Name: name})
-	if err != nil && errcode.Code(err) != errcode.BackingNotFound {
+	if err != nil && errcode.Of(err) != errcode.BackingNotFound {
 		return err
 	}
 	return nil

@@ -1,6 +1,7 @@
 package chainmodel
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -65,7 +66,7 @@ func TestPolicyOpen(t *testing.T) {
 	sub := filepath.Join(images, "sub")
 	tests := []struct {
 		dir, name string
-		code      string // "" for success
+		code      errcode.Code // "" for success
 	}{
 		{images, "base.img", ""},
 		{sub, "../base.img", ""},
@@ -164,7 +165,10 @@ func TestPolicyAdmit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	tests := []struct{ name, code string }{
+	tests := []struct {
+		name string
+		code errcode.Code
+	}{
 		{"not-yet.qcow2", ""},
 		{"sub/not-yet.qcow2", ""},
 		{filepath.Join(dir, "not-yet.qcow2"), ""},
@@ -182,11 +186,11 @@ func TestPolicyAdmit(t *testing.T) {
 	}
 }
 
-func codeOf(err error) string {
+func codeOf(err error) errcode.Code {
 	if err == nil {
 		return ""
 	}
-	return errcode.Code(err)
+	return errcode.Of(err)
 }
 
 func TestFullBackingName(t *testing.T) {
@@ -200,5 +204,83 @@ func TestFullBackingName(t *testing.T) {
 		if got := FullBackingName(tt.referrer, tt.backing); got != tt.want {
 			t.Errorf("FullBackingName(%q, %q) = %q, want %q", tt.referrer, tt.backing, got, tt.want)
 		}
+	}
+}
+
+// TestPolicyPlaceDir checks that relative paths are taken against the
+// policy's Dir, whatever the working directory is, and against the working
+// directory without one (this package's directory, outside the root).
+func TestPolicyPlaceDir(t *testing.T) {
+	root := t.TempDir()
+	images := filepath.Join(root, "images")
+	if err := os.MkdirAll(filepath.Join(images, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	inDir := p
+	inDir.Dir = images
+	inSub := p
+	inSub.Dir = filepath.Join(images, "sub")
+	tests := []struct {
+		p      Policy
+		path   string
+		rel    string
+		placed bool
+	}{
+		{inDir, "a.qcow2", "a.qcow2", true},
+		{inDir, "sub/a.qcow2", "sub/a.qcow2", true},
+		{inDir, "sub/", "sub/", true},
+		{inDir, ".", ".", true},
+		{inDir, "../a.qcow2", "", false},
+		{inDir, filepath.Join(images, "b.qcow2"), "b.qcow2", true},
+		{inSub, "a.qcow2", "sub/a.qcow2", true},
+		{inSub, "../a.qcow2", "a.qcow2", true},
+		{inSub, "../../a.qcow2", "", false},
+		{p, "a.qcow2", "", false},
+		{p, filepath.Join(images, "a.qcow2"), "a.qcow2", true},
+	}
+	for _, tt := range tests {
+		loc, ok := tt.p.Place(tt.path)
+		if ok != tt.placed || ok && (loc.Rel != tt.rel || loc.Root != p.Roots[0]) {
+			t.Errorf("Dir %q: Place(%q) = %q, %v; want %q, %v", tt.p.Dir, tt.path, loc.Rel, ok, tt.rel, tt.placed)
+		}
+	}
+	loc, err := inSub.Locate("", "../a.qcow2")
+	if err != nil || loc.Rel != "a.qcow2" {
+		t.Errorf("Locate against a relative referrer: %q, %v", loc.Rel, err)
+	}
+}
+
+// TestFileState: the state names the file by device and inode, and changes
+// with its size and times; String renders every part.
+func TestFileState(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	s := StateOf(&st)
+	if s.ID != IDOf(&st) || s.Size != 1 || s.Mtime != st.Mtim || s.Ctime != st.Ctim {
+		t.Fatalf("StateOf = %+v for %+v", s, st)
+	}
+	want := fmt.Sprintf("%d:%d:1:%d.%d:%d.%d", st.Dev, st.Ino, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	if got := s.String(); got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+	if err := os.WriteFile(path, []byte("ab"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if StateOf(&st) == s {
+		t.Error("the state did not change with the file")
 	}
 }

@@ -10,8 +10,8 @@ import (
 
 // Commit commits the image at path into its backing file (req.Base empty) or
 // into the image of its backing chain that req.Base names, as qemu-img commit
-// does, and returns the result envelope. On failure the envelope reports the
-// error too.
+// does, and returns the result envelope, or an error; Run makes the envelope
+// users see of either.
 //
 // The base is opened read-write, and so is the top unless req.Drop or
 // req.Base; with req.Base, the image just above the base too: before the base
@@ -19,19 +19,8 @@ import (
 // every image of the chain keeps showing what it showed (qemu-img leaves the
 // intermediate images invalid; see docs/commit.md). No header is rewritten.
 func Commit(ctx context.Context, o *Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
-	return timed("commit", path, o.Sandbox, func() (*Envelope, error) {
-		return commit(ctx, o, path, req, progress)
-	})
-}
-
-func commit(ctx context.Context, o *Opener, path string, req CommitRequest, progress Progress) (*Envelope, error) {
-	switch req.Cache {
-	case "", "none", "writeback", "writethrough", "directsync", "unsafe":
-	default:
-		return nil, errcode.New(errcode.BadArguments, "commit: unknown cache mode %q", req.Cache)
-	}
-	if req.Rate < 0 {
-		return nil, errcode.New(errcode.BadArguments, "commit: negative rate limit")
+	if err := req.Validate(); err != nil {
+		return nil, err
 	}
 	drop := req.Drop || req.Base != ""
 	base := 1

@@ -12,26 +12,13 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/proto"
-	"instarfs/vmm"
+	"instarfs/vmm/vmmtest"
 )
 
 // These fuzz targets feed arbitrary worker results to the host's side of info,
 // map and check, through a sandbox that answers with the fuzzer's bytes. The
 // host must never panic, must refuse with a named code (never INTERNAL), and
 // what it accepts must satisfy the invariants its renderers rely on.
-
-// fakeSandbox answers each operation with a fixed result document.
-type fakeSandbox map[string][]byte
-
-func (s fakeSandbox) Name() string { return "fake" }
-
-func (s fakeSandbox) Run(_ context.Context, job vmm.Job) (json.RawMessage, error) {
-	return s[job.Request.Op], nil
-}
-
-func (s fakeSandbox) Start(context.Context, vmm.Job) (*vmm.Session, error) {
-	return nil, errcode.New(errcode.SandboxUnavailable, "the fake sandbox has no sessions")
-}
 
 // Worker results of real images, the seeds of every target.
 const (
@@ -58,20 +45,30 @@ func emptyImage(f *testing.F) string {
 	return path
 }
 
-// fakeOpener returns a new Opener (with an empty probe cache) whose worker is
-// sb.
-func fakeOpener(t *testing.T, dir string, sb fakeSandbox) *Opener {
+// fakeOpener returns a new Opener (with an empty probe cache) whose worker
+// answers each operation with answers' result document.
+func fakeOpener(t *testing.T, dir string, answers map[string][]byte) *Opener {
 	p, err := chainmodel.NewPolicy(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Opener{Sandbox: sb, Policy: p}
+	return &Opener{Sandbox: fakeSandbox(answers), Policy: p}
+}
+
+// fakeSandbox returns a sandbox whose worker answers each operation with
+// answers' result document.
+func fakeSandbox(answers map[string][]byte) *vmmtest.Sandbox {
+	sb := vmmtest.New(nil)
+	for op, doc := range answers {
+		sb.Set(op, vmmtest.Answer{Result: doc})
+	}
+	return sb
 }
 
 // checkRefusal fails t unless err names a code other than INTERNAL.
 func checkRefusal(t *testing.T, err error) {
 	t.Helper()
-	if c := errcode.Code(err); c == errcode.Internal {
+	if c := errcode.Of(err); c == errcode.Internal {
 		t.Fatalf("refused with %s: %v", c, err)
 	}
 }
@@ -88,7 +85,7 @@ func FuzzInfo(f *testing.F) {
 	}
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
-		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{proto.OpProbe: res})
+		o := fakeOpener(t, filepath.Dir(path), map[string][]byte{proto.OpProbe: res})
 		infos, err := InfoFor(context.Background(), o, path, "", false, false)
 		if err != nil {
 			checkRefusal(t, err)
@@ -132,7 +129,7 @@ func FuzzMapResult(f *testing.F) {
 		for i := range n {
 			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: proto.Info{Format: "qcow2", VirtualSize: size}})
 		}
-		m, err := MapChain(context.Background(), fakeSandbox{proto.OpMap: res}, c, 0)
+		m, err := MapChain(context.Background(), fakeSandbox(map[string][]byte{proto.OpMap: res}), c, 0)
 		if err != nil {
 			checkRefusal(t, err)
 			return
@@ -158,8 +155,8 @@ func FuzzMapResult(f *testing.F) {
 		if !reflect.DeepEqual(back, want) {
 			t.Fatalf("map --output=json does not round-trip:\n%s", m.JSON())
 		}
-		if _, err := m.Human(); err != nil && errcode.Code(err) != errcode.BadArguments {
-			t.Fatalf("human map failed with %s: %v", errcode.Code(err), err)
+		if _, err := m.Human(); err != nil && errcode.Of(err) != errcode.BadArguments {
+			t.Fatalf("human map failed with %s: %v", errcode.Of(err), err)
 		}
 	})
 }
@@ -177,7 +174,7 @@ func FuzzCheckResult(f *testing.F) {
 	}
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
-		o := fakeOpener(t, filepath.Dir(path), fakeSandbox{
+		o := fakeOpener(t, filepath.Dir(path), map[string][]byte{
 			proto.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
 			proto.OpCheck: res,
 		})

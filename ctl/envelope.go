@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
@@ -52,14 +53,23 @@ func (e *Envelope) JSON() []byte {
 	return append(b, '\n')
 }
 
-// timed runs an operation on the image at path and completes its envelope: a
-// failure becomes an envelope reporting the error, and every envelope carries
-// the duration and the sandbox.
-func timed(op, path string, sb vmm.Sandbox, run func() (*Envelope, error)) (*Envelope, error) {
+// Run runs the operation op (rebase, commit or repair) on image with sandbox sb
+// and returns the envelope users see, and the error. It is the one place where
+// an operation's outcome becomes its envelope: run's envelope when it
+// succeeds, an envelope reporting the error when it fails, either with the
+// duration and the sandbox. An INTERNAL error after ctx ended means the
+// operation was interrupted: it is CANCELLED.
+func Run(ctx context.Context, op, image string, sb vmm.Sandbox, run func(context.Context) (*Envelope, error)) (*Envelope, error) {
 	start := time.Now()
-	env, err := run()
+	env, err := run(ctx)
+	switch {
+	case err != nil && ctx.Err() != nil && errcode.Of(err) == errcode.Internal:
+		err = errcode.New(errcode.Cancelled, "%s was interrupted: %v", op, err)
+	case err == nil && env == nil:
+		err = errcode.New(errcode.Internal, "%s returned no result", op)
+	}
 	if err != nil {
-		env = Failed(op, path, err)
+		env = Failed(op, image, err)
 	}
 	env.DurationMS = time.Since(start).Milliseconds()
 	if sb != nil {
@@ -68,8 +78,8 @@ func timed(op, path string, sb vmm.Sandbox, run func() (*Envelope, error)) (*Env
 	return env, err
 }
 
-// Failed returns an envelope reporting err for operation op on image.
+// Failed returns an envelope reporting err for operation op on image: what an
+// operation that failed, or was refused before it ran, prints.
 func Failed(op, image string, err error) *Envelope {
-	e := &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
-	return &Envelope{Operation: op, Image: image, Error: e}
+	return &Envelope{Operation: op, Image: image, Error: errcode.From(err)}
 }

@@ -2,10 +2,12 @@ package ctl
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 // The control-file grammar.
@@ -264,8 +266,7 @@ func parseFlags(cmd string, words []word, specs map[byte]flagSpec) (*parsed, err
 }
 
 func checkFormat(cmd string, flag byte, v string) error {
-	switch v {
-	case "qcow2", "vmdk", "raw":
+	if proto.Format(v).Valid() {
 		return nil
 	}
 	return badArgs("%s: -%c: unknown format %s (qcow2, vmdk or raw)", cmd, flag, QuoteWord(v))
@@ -382,12 +383,11 @@ func ParseCommit(line string) (CommitRequest, error) {
 		}
 	}
 	if p.set['t'] {
-		switch v := p.values['t']; v {
-		case "none", "writeback", "writethrough", "directsync", "unsafe":
-			r.Cache = v
-		default:
+		v := p.values['t']
+		if !slices.Contains(proto.CacheModes, v) {
 			return r, badArgs("commit: -t: unknown cache mode %s (none, writeback, writethrough, directsync or unsafe)", QuoteWord(v))
 		}
+		r.Cache = v
 	}
 	return r, nil
 }

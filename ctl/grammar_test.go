@@ -38,7 +38,7 @@ func TestSplitWords(t *testing.T) {
 			got = append(got, w.s)
 		}
 		if tt.bad {
-			if errcode.Code(err) != errcode.BadArguments {
+			if errcode.Of(err) != errcode.BadArguments {
 				t.Errorf("splitWords(%q) = %q, %v; want BAD_ARGUMENTS", tt.in, got, err)
 			}
 			continue
@@ -111,7 +111,7 @@ func TestParseRebase(t *testing.T) {
 	for _, tt := range tests {
 		got, err := ParseRebase(tt.in)
 		if tt.bad {
-			if errcode.Code(err) != errcode.BadArguments {
+			if errcode.Of(err) != errcode.BadArguments {
 				t.Errorf("ParseRebase(%q) = %+v, %v; want BAD_ARGUMENTS", tt.in, got, err)
 			}
 			continue
@@ -156,7 +156,7 @@ func TestParseCommit(t *testing.T) {
 	for _, tt := range tests {
 		got, err := ParseCommit(tt.in)
 		if tt.bad {
-			if errcode.Code(err) != errcode.BadArguments {
+			if errcode.Of(err) != errcode.BadArguments {
 				t.Errorf("ParseCommit(%q) = %+v, %v; want BAD_ARGUMENTS", tt.in, got, err)
 			}
 			continue
@@ -201,7 +201,7 @@ func FuzzControlGrammar(f *testing.F) {
 					t.Fatalf("rebase %q: the prefix %q detaches", line, line[:i])
 				}
 			}
-		} else if errcode.Code(err) != errcode.BadArguments {
+		} else if errcode.Of(err) != errcode.BadArguments {
 			t.Fatalf("rebase %q: error without BAD_ARGUMENTS: %v", line, err)
 		}
 		if c, err := ParseCommit(line); err == nil {
@@ -211,7 +211,7 @@ func FuzzControlGrammar(f *testing.F) {
 					t.Fatalf("commit %q: parsed %+v, rendered %q, reparsed %+v, %v", line, c, s, back, err)
 				}
 			}
-		} else if errcode.Code(err) != errcode.BadArguments {
+		} else if errcode.Of(err) != errcode.BadArguments {
 			t.Fatalf("commit %q: error without BAD_ARGUMENTS: %v", line, err)
 		}
 	})

@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -11,25 +10,23 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
-// FileID identifies an image file by device and inode, whatever its name.
-type FileID struct {
-	Dev, Ino uint64
-}
-
-// JobFunc runs one operation; it reports progress and stops at a crash-safe
-// point when ctx is cancelled.
+// JobFunc runs one operation and returns its result envelope or an error (the
+// manager makes the envelope users see of either, with Run); it reports
+// progress and stops at a crash-safe point when ctx is cancelled.
 type JobFunc func(ctx context.Context, progress Progress) (*Envelope, error)
 
 // JobSpec describes a job to start.
 type JobSpec struct {
-	Operation string   // "rebase", "commit" or "repair"
-	Image     string   // the image's name, for status, the envelope and the log
-	Arguments string   // what was asked, for the log
-	Top       FileID   // the image the job was started on
-	Members   []FileID // every file the job reads or writes, Top included
+	Operation string              // "rebase", "commit" or "repair"
+	Image     string              // the image's name, for status, the envelope and the log
+	Arguments string              // what was asked, for the log
+	Top       chainmodel.FileID   // the image the job was started on
+	Members   []chainmodel.FileID // every file the job reads or writes, Top included
 	Run       JobFunc
 }
 
@@ -72,23 +69,23 @@ func (j *Job) setProgress(f float64) {
 // It keeps, per image, the outcome of the last job or refusal for status and
 // result.json, and when each of them last changed.
 type JobManager struct {
-	// Sandbox names the sandbox backend, for the log.
-	Sandbox string
+	// Sandbox is the sandbox the jobs' workers run in, for their envelopes
+	// and the log.
+	Sandbox vmm.Sandbox
 	// Log receives one line per job; nil means logrus's standard logger.
 	Log logrus.FieldLogger
 
 	mu      sync.Mutex
-	busy    map[FileID]*Job
-	running map[FileID]*Job // by Top
-	last    map[FileID]lastResult
-	changed map[FileID]changeTimes
+	busy    map[chainmodel.FileID]*Job
+	running map[chainmodel.FileID]*Job // by Top
+	last    map[chainmodel.FileID]lastResult
+	changed map[chainmodel.FileID]changeTimes
 	wg      sync.WaitGroup
 }
 
 type lastResult struct {
 	op  string
 	env *Envelope
-	err error
 }
 
 // changeTimes says when an image's status and result last changed.
@@ -98,13 +95,13 @@ type changeTimes struct {
 
 func (m *JobManager) init() {
 	if m.busy == nil {
-		m.busy, m.running, m.last, m.changed = map[FileID]*Job{}, map[FileID]*Job{}, map[FileID]lastResult{}, map[FileID]changeTimes{}
+		m.busy, m.running, m.last, m.changed = map[chainmodel.FileID]*Job{}, map[chainmodel.FileID]*Job{}, map[chainmodel.FileID]lastResult{}, map[chainmodel.FileID]changeTimes{}
 	}
 }
 
 // touch records that the status of ids changed now, and their result too
 // when result is set. m.mu is held.
-func (m *JobManager) touch(result bool, ids ...FileID) {
+func (m *JobManager) touch(result bool, ids ...chainmodel.FileID) {
 	now := time.Now()
 	for _, id := range ids {
 		c := m.changed[id]
@@ -121,7 +118,7 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.init()
-	for _, id := range append([]FileID{spec.Top}, spec.Members...) {
+	for _, id := range append([]chainmodel.FileID{spec.Top}, spec.Members...) {
 		if other := m.busy[id]; other != nil {
 			return nil, chainBusy(other)
 		}
@@ -133,7 +130,7 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 		m.busy[id] = j
 	}
 	m.running[spec.Top] = j
-	m.touch(false, append([]FileID{spec.Top}, spec.Members...)...)
+	m.touch(false, append([]chainmodel.FileID{spec.Top}, spec.Members...)...)
 	m.wg.Add(1)
 	go m.run(ctx, j)
 	return j, nil
@@ -141,34 +138,16 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 
 func (m *JobManager) run(ctx context.Context, j *Job) {
 	defer m.wg.Done()
-	start := time.Now()
-	env, err := func() (env *Envelope, err error) {
+	env, err := Run(ctx, j.spec.Operation, j.spec.Image, m.Sandbox, func(ctx context.Context) (env *Envelope, err error) {
 		defer func() {
 			if r := recover(); r != nil {
 				env, err = nil, errcode.New(errcode.Internal, "%s panicked: %v", j.spec.Operation, r)
 			}
 		}()
 		return j.spec.Run(ctx, j.setProgress)
-	}()
-	if err != nil && ctx.Err() != nil && errcode.Code(err) == errcode.Internal {
-		err = errcode.New(errcode.Cancelled, "%s was interrupted: %v", j.spec.Operation, err)
-	}
-	if env == nil {
-		if err == nil {
-			err = errcode.New(errcode.Internal, "%s returned no result", j.spec.Operation)
-		}
-		env = Failed(j.spec.Operation, j.spec.Image, err)
-	} else if err != nil && env.Error == nil {
-		env.Error = &errcode.Error{Code: errcode.Code(err), Message: err.Error()}
-	}
-	if env.Sandbox == "" {
-		env.Sandbox = m.Sandbox
-	}
-	if env.DurationMS == 0 {
-		env.DurationMS = time.Since(start).Milliseconds()
-	}
+	})
 	j.env, j.err = env, err
-	m.logJob(j.spec, env, err, time.Since(start))
+	m.logJob(j.spec, env)
 
 	m.mu.Lock()
 	for id, b := range m.busy {
@@ -178,7 +157,7 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 		}
 	}
 	delete(m.running, j.spec.Top)
-	m.last[j.spec.Top] = lastResult{op: j.spec.Operation, env: env, err: err}
+	m.last[j.spec.Top] = lastResult{op: j.spec.Operation, env: env}
 	m.touch(true, j.spec.Top)
 	m.mu.Unlock()
 	j.cancel()
@@ -191,20 +170,20 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 // A job running on the image goes on; its result replaces the refusal when it
 // ends.
 func (m *JobManager) Record(spec JobSpec, err error) *Envelope {
-	env := Failed(spec.Operation, spec.Image, err)
-	env.Sandbox = m.Sandbox
-	m.logJob(spec, env, err, 0)
+	refused := func(context.Context) (*Envelope, error) { return nil, err }
+	env, _ := Run(context.Background(), spec.Operation, spec.Image, m.Sandbox, refused)
+	m.logJob(spec, env)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.init()
-	m.last[spec.Top] = lastResult{op: spec.Operation, env: env, err: err}
+	m.last[spec.Top] = lastResult{op: spec.Operation, env: env}
 	m.touch(true, spec.Top)
 	return env
 }
 
 // BusyError is the CHAIN_BUSY error for a job on id, or nil when no job holds
 // id.
-func (m *JobManager) BusyError(id FileID) error {
+func (m *JobManager) BusyError(id chainmodel.FileID) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if j := m.busy[id]; j != nil {
@@ -220,7 +199,7 @@ func chainBusy(j *Job) error {
 // Status is the one-line state of an image: "idle", "running <op> <n>%",
 // "busy: <op> of <image>" (a job on another image of its chain uses it),
 // "ok <op>" or "failed <op>: <CODE>: <message>". It never waits.
-func (m *JobManager) Status(id FileID) string {
+func (m *JobManager) Status(id chainmodel.FileID) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if j := m.running[id]; j != nil {
@@ -243,7 +222,7 @@ func (m *JobManager) Status(id FileID) string {
 
 // Changed says when Status(id) and Result(id) last changed; zero times when
 // they have not changed since the manager was made.
-func (m *JobManager) Changed(id FileID) (status, result time.Time) {
+func (m *JobManager) Changed(id chainmodel.FileID) (status, result time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.changed[id]
@@ -256,7 +235,7 @@ func (m *JobManager) Changed(id FileID) (status, result time.Time) {
 }
 
 // Result is the envelope of the last finished job or refusal on id, or nil.
-func (m *JobManager) Result(id FileID) *Envelope {
+func (m *JobManager) Result(id chainmodel.FileID) *Envelope {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if last, ok := m.last[id]; ok {
@@ -266,7 +245,7 @@ func (m *JobManager) Result(id FileID) *Envelope {
 }
 
 // WaitFree waits until no job holds id, or ctx ends.
-func (m *JobManager) WaitFree(ctx context.Context, id FileID) error {
+func (m *JobManager) WaitFree(ctx context.Context, id chainmodel.FileID) error {
 	for {
 		m.mu.Lock()
 		j := m.busy[id]
@@ -292,32 +271,26 @@ func (m *JobManager) CancelAll() {
 	m.wg.Wait()
 }
 
-func (m *JobManager) logJob(spec JobSpec, env *Envelope, err error, d time.Duration) {
+func (m *JobManager) logJob(spec JobSpec, env *Envelope) {
 	log := m.Log
 	if log == nil {
 		log = logrus.StandardLogger()
 	}
 	result := "ok"
 	if env.Error != nil {
-		result = env.Error.Code
+		result = string(env.Error.Code)
 	}
 	e := log.WithFields(logrus.Fields{
 		"operation": spec.Operation,
 		"image":     spec.Image,
 		"arguments": spec.Arguments,
 		"result":    result,
-		"duration":  d.Round(time.Millisecond).String(),
-		"sandbox":   m.Sandbox,
+		"duration":  (time.Duration(env.DurationMS) * time.Millisecond).String(),
+		"sandbox":   env.Sandbox,
 	})
 	if env.Error != nil {
 		e.WithField("error", env.Error.Message).Warn("job failed")
 		return
 	}
 	e.Info("job finished")
-}
-
-// IsCancelled reports whether err is the error of an interrupted job.
-func IsCancelled(err error) bool {
-	var e *errcode.Error
-	return errors.As(err, &e) && e.Code == errcode.Cancelled
 }

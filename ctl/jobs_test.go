@@ -9,7 +9,9 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"instarfs/chainmodel"
 	"instarfs/errcode"
+	"instarfs/vmm/vmmtest"
 )
 
 // blockingJob runs until released or cancelled, reporting half progress.
@@ -20,8 +22,7 @@ func blockingJob(release <-chan struct{}) JobFunc {
 		case <-release:
 			return &Envelope{Operation: "rebase", Image: "a"}, nil
 		case <-ctx.Done():
-			err := errcode.New(errcode.Cancelled, "interrupted")
-			return Failed("rebase", "a", err), err
+			return nil, errcode.New(errcode.Cancelled, "interrupted")
 		}
 	}
 }
@@ -29,13 +30,13 @@ func blockingJob(release <-chan struct{}) JobFunc {
 func TestJobManager(t *testing.T) {
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.InfoLevel)
-	m := &JobManager{Sandbox: "jail", Log: log}
-	a, b, c := FileID{1, 1}, FileID{1, 2}, FileID{1, 3}
+	m := &JobManager{Sandbox: vmmtest.New(nil), Log: log}
+	a, b, c := chainmodel.FileID{Dev: 1, Ino: 1}, chainmodel.FileID{Dev: 1, Ino: 2}, chainmodel.FileID{Dev: 1, Ino: 3}
 	if s := m.Status(a); s != "idle" {
 		t.Fatalf("status before any job: %q", s)
 	}
 	release := make(chan struct{})
-	j, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []FileID{a, b}, Run: blockingJob(release)})
+	j, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []chainmodel.FileID{a, b}, Run: blockingJob(release)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,11 +56,11 @@ func TestJobManager(t *testing.T) {
 	}
 	before, _ := m.Changed(a)
 	// Any image of the chain is busy; another chain is not.
-	for _, top := range []FileID{a, b} {
-		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Code(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
+	for _, top := range []chainmodel.FileID{a, b} {
+		if _, err := m.Start(JobSpec{Operation: "commit", Image: "x", Top: top, Run: blockingJob(nil)}); errcode.Of(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "rebase of 'a'") {
 			t.Errorf("second job on %v: %v, want CHAIN_BUSY naming rebase of 'a'", top, err)
 		}
-		if err := m.BusyError(top); errcode.Code(err) != errcode.ChainBusy {
+		if err := m.BusyError(top); errcode.Of(err) != errcode.ChainBusy {
 			t.Errorf("BusyError(%v) = %v", top, err)
 		}
 	}
@@ -92,7 +93,7 @@ func TestJobManager(t *testing.T) {
 		t.Errorf("WaitFree: %v", err)
 	}
 	env, err := j.Wait(context.Background())
-	if err != nil || env.Sandbox != "jail" {
+	if err != nil || env.Sandbox != "vmmtest" {
 		t.Fatalf("Wait: %+v, %v", env, err)
 	}
 	if s := m.Status(a); s != "ok rebase" {
@@ -115,7 +116,7 @@ func TestJobManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	if _, err := j.Wait(ctx); !IsCancelled(err) {
+	if _, err := j.Wait(ctx); errcode.Of(err) != errcode.Cancelled {
 		t.Errorf("Wait after cancel: %v", err)
 	}
 	if s := m.Status(a); !strings.HasPrefix(s, "failed rebase: CANCELLED: interrupted") {
@@ -130,7 +131,7 @@ func TestJobManager(t *testing.T) {
 	}
 	var lines int
 	for _, e := range hook.AllEntries() {
-		if e.Data["operation"] != nil && e.Data["sandbox"] == "jail" && e.Data["result"] != nil {
+		if e.Data["operation"] != nil && e.Data["sandbox"] == "vmmtest" && e.Data["result"] != nil {
 			lines++
 		}
 	}

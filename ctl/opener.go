@@ -43,14 +43,12 @@ func (o *Opener) cache() *lru.Cache[any, any] {
 	return o.Cache
 }
 
-// probeKey identifies a file's state: a probe result is reused only while the
-// file is unchanged.
+// probeKey identifies a probe: a result is reused only while the file is
+// unchanged.
 type probeKey struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-	format       string
-	detectRaw    bool
+	state     chainmodel.FileState
+	format    string
+	detectRaw bool
 }
 
 // Probe asks a worker what f holds. format may be empty to detect it.
@@ -86,8 +84,7 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 // cached returns the description of im in the probe cache, if its file is
 // unchanged since a worker gave it.
 func (o *Opener) cached(im *chainmodel.Image, format string, detectRaw bool) (proto.Info, bool) {
-	st := &im.Stat
-	v, ok := o.cache().Get(probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw})
+	v, ok := o.cache().Get(probeKey{chainmodel.StateOf(&im.Stat), format, detectRaw})
 	if !ok {
 		return proto.Info{}, false
 	}
@@ -97,8 +94,7 @@ func (o *Opener) cached(im *chainmodel.Image, format string, detectRaw bool) (pr
 // remember keeps im's description in the probe cache, for the state of its
 // file when it was opened.
 func (o *Opener) remember(im *chainmodel.Image, format string, detectRaw bool) {
-	st := &im.Stat
-	key := probeKey{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim, format, detectRaw}
+	key := probeKey{chainmodel.StateOf(&im.Stat), format, detectRaw}
 	o.cache().Add(key, im.Info, int64(unsafe.Sizeof(key))+infoSize(im.Info))
 }
 
@@ -267,7 +263,7 @@ func (o *Opener) openBacking(ctx context.Context, im *chainmodel.Image) (*chainm
 	next, err := o.describe(ctx, f, chainmodel.FullBackingName(im.Name, name), loc, im.Info.BackingFilenameFormat, false)
 	if err != nil {
 		f.Close()
-		if errcode.Code(err) == errcode.FormatNotDetected {
+		if errcode.Of(err) == errcode.FormatNotDetected {
 			return nil, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", name, im.Name)
 		}
 		return nil, err

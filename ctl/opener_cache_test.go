@@ -1,13 +1,72 @@
 package ctl
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
+	"instarfs/chainmodel"
+	"instarfs/errcode"
 	"instarfs/proto"
+	"instarfs/vmm/vmmtest"
 )
+
+// TestProbeCache checks that a probe runs a worker once per state of the
+// file, and that a failed run is not remembered.
+func TestProbeCache(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.qcow2")
+	if err := os.WriteFile(path, make([]byte, 512), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policy, err := chainmodel.NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer policy.Close()
+	sb := vmmtest.New(map[string]vmmtest.Answer{proto.OpProbe: vmmtest.Result(`{"format":"qcow2","virtual-size":1048576,"dirty-flag":false}`)})
+	o := &Opener{Sandbox: sb, Policy: policy}
+	probe := func() error {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		_, _, err = o.Probe(context.Background(), f, path, "", false)
+		return err
+	}
+	steps := []struct {
+		what   string
+		change func()
+		code   errcode.Code // of the probe's error; "" for none
+		runs   int          // probe runs so far
+	}{
+		{"first probe", func() {}, "", 1},
+		{"unchanged", func() {}, "", 1},
+		{"unchanged, again", func() {}, "", 1},
+		{"grown", func() { os.WriteFile(path, make([]byte, 1024), 0o644) }, "", 2},
+		{"grown, again", func() {}, "", 2},
+		{"touched, the worker crashes", func() {
+			os.Chtimes(path, time.Unix(1, 0), time.Unix(1, 0))
+			sb.Set(proto.OpProbe, vmmtest.Crash.Answer())
+		}, errcode.WorkerCrashed, 3},
+		{"crash not remembered", func() {}, errcode.WorkerCrashed, 4},
+	}
+	for _, s := range steps {
+		s.change()
+		if err := probe(); err != nil && errcode.Of(err) != s.code || err == nil && s.code != "" {
+			t.Errorf("%s: %v, want code %q", s.what, err, s.code)
+		}
+		if got := sb.Runs(proto.OpProbe); got != s.runs {
+			t.Errorf("%s: %d probe runs, want %d", s.what, got, s.runs)
+		}
+	}
+}
 
 // TestInfoSize compares the estimate of a probe result's size with the heap
 // that decoding it really takes: the estimate must not be far below (the

@@ -42,13 +42,13 @@ func FuzzDecodeInfo(f *testing.F) {
 	f.Fuzz(func(t *testing.T, res []byte, asked string) {
 		var info proto.Info
 		if err := DecodeResult(res, &info); err != nil {
-			if c := errcode.Code(err); c != errcode.WorkerProtocol {
+			if c := errcode.Of(err); c != errcode.WorkerProtocol {
 				t.Fatalf("DecodeResult failed with %s, want %s: %v", c, errcode.WorkerProtocol, err)
 			}
 			return
 		}
 		if err := chainmodel.CheckInfo(info, asked, false); err != nil {
-			if c := errcode.Code(err); c != errcode.WorkerProtocol && c != errcode.UnknownFormat {
+			if c := errcode.Of(err); c != errcode.WorkerProtocol && c != errcode.UnknownFormat {
 				t.Fatalf("validateInfo failed with %s: %v", c, err)
 			}
 			return

@@ -24,21 +24,11 @@ import (
 // a vmdk image. The new
 // backing name is resolved relative to path's directory and opened under
 // o.Policy (a refused name is never opened); it is written to the header
-// verbatim. A worker does the rest. On failure the returned envelope
-// describes the error too.
+// verbatim. A worker does the rest. It returns the result envelope, or an
+// error; Run makes the envelope users see of either.
 func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
-	return timed("rebase", path, o.Sandbox, func() (*Envelope, error) {
-		return rebase(ctx, o, path, req, progress)
-	})
-}
-
-func rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
-	for _, f := range []string{req.Format, req.BackingFormat} {
-		switch f {
-		case "", "qcow2", "vmdk", "raw":
-		default:
-			return nil, errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
-		}
+	if err := req.Validate(); err != nil {
+		return nil, err
 	}
 	if req.Backing == "" {
 		// Detaching names no backing file, so no format: qemu-img ignores
@@ -199,9 +189,7 @@ func validateRebaseResult(r proto.RebaseResult, req RebaseRequest) error {
 	case req.BackingFormat != "" && r.BackingFormat != req.BackingFormat:
 		return bad("backing format " + r.BackingFormat)
 	}
-	switch r.BackingFormat {
-	case "", "qcow2", "vmdk", "raw":
-	default:
+	if r.BackingFormat != "" && !proto.Format(r.BackingFormat).Valid() {
 		return bad("backing format " + r.BackingFormat)
 	}
 	return nil
@@ -259,7 +247,7 @@ func openChainFrom(ctx context.Context, o *Opener, f *os.File, name string, loc 
 		info, st, err := o.Probe(ctx, f, name, format, false)
 		if err != nil {
 			f.Close()
-			if detect && errcode.Code(err) == errcode.FormatNotDetected {
+			if detect && errcode.Of(err) == errcode.FormatNotDetected {
 				err = errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", name)
 			}
 			return fail(err)
@@ -320,7 +308,7 @@ func lookAtNewBacking(ctx context.Context, o *Opener, c *chainmodel.Chain, req R
 	// The images below it are looked at only to find a loop; anything else
 	// wrong there is not this rebase's concern, as the data is not read.
 	nc, err := openChainFrom(ctx, o, f, chainmodel.FullBackingName(top.Name, req.Backing), loc, req.BackingFormat, false, top.ID())
-	if errcode.Code(err) == errcode.RebaseCreatesLoop {
+	if errcode.Of(err) == errcode.RebaseCreatesLoop {
 		return nil, err
 	}
 	if err == nil {

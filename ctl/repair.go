@@ -143,33 +143,31 @@ type RepairRequest struct {
 // RepairImage runs check -r on the image at path for a control file and
 // returns the result envelope: what was fixed, what the final check still
 // finds. A format without checks is REPAIR_UNSUPPORTED; a check that failed
-// is an error too. On failure the envelope reports the error.
+// is an error too. Run makes the envelope users see of the result or the
+// error.
 func RepairImage(ctx context.Context, o *Opener, path string, req RepairRequest) (*Envelope, error) {
-	mode := req.Mode
-	return timed("repair", path, o.Sandbox, func() (*Envelope, error) {
-		r, err := repair(ctx, o, path, req.Format, mode, req.Top)
-		if err != nil {
-			return nil, err
-		}
-		if err := r.Err(); err != nil {
-			return nil, err
-		}
-		if !r.Pass.Supported {
-			return nil, errcode.New(errcode.RepairUnsupported, "'%s' is a %s image, which has no repairs", path, r.Format)
-		}
-		f := r.final()
-		if f.CheckErrors > 0 {
-			return nil, errcode.New(errcode.Qcow2Corrupt, "Check failed: %d internal errors occurred during the check of '%s'", f.CheckErrors, path)
-		}
-		return &Envelope{
-			Operation:        "repair",
-			Image:            path,
-			Format:           r.Format,
-			Mode:             mode,
-			LeaksFixed:       &r.LeaksFixed,
-			CorruptionsFixed: &r.CorruptionsFixed,
-			Leaks:            &f.Leaks,
-			Corruptions:      &f.Corruptions,
-		}, nil
-	})
+	r, err := repair(ctx, o, path, req.Format, req.Mode, req.Top)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Err(); err != nil {
+		return nil, err
+	}
+	if !r.Pass.Supported {
+		return nil, errcode.New(errcode.RepairUnsupported, "'%s' is a %s image, which has no repairs", path, r.Format)
+	}
+	f := r.final()
+	if f.CheckErrors > 0 {
+		return nil, errcode.New(errcode.Qcow2Corrupt, "Check failed: %d internal errors occurred during the check of '%s'", f.CheckErrors, path)
+	}
+	return &Envelope{
+		Operation:        "repair",
+		Image:            path,
+		Format:           r.Format,
+		Mode:             req.Mode,
+		LeaksFixed:       &r.LeaksFixed,
+		CorruptionsFixed: &r.CorruptionsFixed,
+		Leaks:            &f.Leaks,
+		Corruptions:      &f.Corruptions,
+	}, nil
 }

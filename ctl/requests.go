@@ -1,6 +1,12 @@
 package ctl
 
-import "instarfs/chainmodel"
+import (
+	"slices"
+
+	"instarfs/chainmodel"
+	"instarfs/errcode"
+	"instarfs/proto"
+)
 
 // RebaseRequest is what `instarfs rebase` and a write to a mounted image's
 // rebase control file ask for; the arguments of qemu-img rebase without FILE.
@@ -23,6 +29,35 @@ type CommitRequest struct {
 	Cache  string // -t: none, writeback, writethrough, directsync, unsafe
 	// Top, when set, is the identity FILE must have (the mount's node for it).
 	Top *chainmodel.FileID
+}
+
+// Validate refuses what no rebase can do, before any file is opened: an
+// unknown format, or a new backing name that is too long or can never name an
+// image file. The command line and control files both reach it through
+// Rebase; their parsers check only their own syntax.
+func (r RebaseRequest) Validate() error {
+	for _, f := range []string{r.Format, r.BackingFormat} {
+		if f != "" && !proto.Format(f).Valid() {
+			return errcode.New(errcode.UnknownFormat, "Invalid format name: '%s'", f)
+		}
+	}
+	if len(r.Backing) > chainmodel.MaxBackingName {
+		return errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(r.Backing), chainmodel.MaxBackingName)
+	}
+	return CheckImageName("rebase", "-b", r.Backing)
+}
+
+// Validate refuses what no commit can do, before any file is opened: an
+// unknown cache mode or a negative rate. The command line and control files
+// both reach it through Commit.
+func (r CommitRequest) Validate() error {
+	if r.Cache != "" && !slices.Contains(proto.CacheModes, r.Cache) {
+		return errcode.New(errcode.BadArguments, "commit: unknown cache mode %q", r.Cache)
+	}
+	if r.Rate < 0 {
+		return errcode.New(errcode.BadArguments, "commit: negative rate limit")
+	}
+	return nil
 }
 
 // Progress receives an operation's progress in [0,1]; it may be nil.

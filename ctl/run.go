@@ -80,6 +80,11 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 	if err == nil && j.infos != nil {
 		infos, stop, err = j.infos(res)
 	}
+	if r := b.Refusal(); r != nil && (stop != nil || errcode.Of(err) == errcode.WorkerProtocol) {
+		// The worker relayed the broker's refusal, which the host reports
+		// in its own words (a worker may not send a host's code).
+		stop, err = stopOrErr(stop, err, r)
+	}
 	if err == nil && stop != nil {
 		return o.stopped(b, infos, stop, j.opts.Partial)
 	}
@@ -253,4 +258,13 @@ func (o *Opener) cachedChain(path string, opts OpenOptions) *chainmodel.Chain {
 		c := b.Chain()
 		i, im, format, detectRaw = reply.Image, c.Images[len(c.Images)-1], reply.Format, false
 	}
+}
+
+// stopOrErr puts the broker's refusal r in place of the worker's account of
+// it: the stop of a partial description, or the run's error.
+func stopOrErr(stop, err, r error) (error, error) {
+	if err == nil {
+		return r, nil
+	}
+	return stop, r
 }

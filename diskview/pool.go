@@ -45,7 +45,7 @@ type Config struct {
 	Life       time.Duration // 0 means DefaultLife
 	// Busy, when set, says why a file may not be read now (a job runs on
 	// it: CHAIN_BUSY), or nil: a chain with a busy member is not opened.
-	Busy func(ctl.FileID) error
+	Busy func(chainmodel.FileID) error
 	Log  logrus.FieldLogger
 }
 
@@ -63,7 +63,7 @@ type Pool struct {
 type entry struct {
 	key     string
 	rel     string
-	ids     []ctl.FileID
+	ids     []chainmodel.FileID
 	chain   *chainmodel.Chain
 	size    int64
 	refs    int       // open handles
@@ -113,11 +113,11 @@ func (p *Pool) Open(ctx context.Context, path, format string, want *chainmodel.F
 		return nil, err
 	}
 	var key strings.Builder
-	ids := make([]ctl.FileID, len(c.Images))
+	ids := make([]chainmodel.FileID, len(c.Images))
 	for i, im := range c.Images {
 		st := im.Stat
-		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Info.Format)
-		ids[i] = ctl.FileID{Dev: st.Dev, Ino: st.Ino}
+		fmt.Fprintf(&key, "%s:%s/", chainmodel.StateOf(&st), im.Info.Format)
+		ids[i] = chainmodel.IDOf(&st)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -381,7 +381,7 @@ func (p *Pool) Workers() int {
 // reads fail with CHAIN_CHANGED from then on. A job calls it before it opens
 // the chain to change it. It returns the paths of the images whose disk was
 // open, so their cached content can be dropped.
-func (p *Pool) Revoke(ids []ctl.FileID, why string) []string {
+func (p *Pool) Revoke(ids []chainmodel.FileID, why string) []string {
 	p.mu.Lock()
 	var gone []*entry
 	for key, e := range p.chains {
@@ -403,7 +403,7 @@ func (p *Pool) Revoke(ids []ctl.FileID, why string) []string {
 	return rels
 }
 
-func overlaps(a, b []ctl.FileID) bool {
+func overlaps(a, b []chainmodel.FileID) bool {
 	for _, x := range a {
 		for _, y := range b {
 			if x == y {

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/internal/testbin"
 )
 
@@ -542,11 +543,7 @@ func matches(got, shown string) bool {
 // and stderr) with what the block shows after it. Every command must exit 0;
 // a block shows a failure with `; echo "exit status $?"`.
 func TestExamples(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found; run `make test`, which installs qemu-utils", tool)
-		}
-	}
+	qemutest.NeedQemu(t)
 	var all []example
 	for _, path := range pages(t) {
 		all = append(all, examples(load(t, path))...)

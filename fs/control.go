@@ -130,12 +130,12 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 	spec := ctl.JobSpec{Operation: cn.op, Image: rel, Arguments: strings.TrimRight(args, "\n"), Top: id}
 	refuse := func(err error) (*ctl.Job, syscall.Errno) {
 		f.cfg.Jobs.Record(spec, err)
-		return nil, Errno(err)
+		return nil, errcode.Of(err).Errno()
 	}
 	if err := f.cfg.Jobs.BusyError(id); err != nil {
 		return refuse(err)
 	}
-	top := chainmodel.FileID(id)
+	top := id
 	c, ok := f.imageClass(ctx, rel, top)
 	if !ok {
 		return nil, syscall.ENOENT
@@ -192,7 +192,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 
 	// Reserve every file the job touches: the chain, and a new backing file.
 	members, err := f.members(ctx, rel, top, c.format, newBacking)
-	if errcode.Code(err) == errcode.ImageInUse {
+	if errcode.Of(err) == errcode.ImageInUse {
 		// A job of this mount on a file this chain shares holds its lock:
 		// say which, rather than blame another process.
 		if held, busy := f.chainBusy(ctx, rel, top); busy {
@@ -223,17 +223,14 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 // interrupted one gets ECANCELED rather than EINTR for a cancelled job, so
 // that a runtime that restarts writes on EINTR does not restart it forever.
 func (cn *controlNode) wait(ctx context.Context, job *ctl.Job, restarted bool, n int) (uint32, syscall.Errno) {
-	env, err := job.Wait(ctx)
-	if env != nil && env.Error != nil {
-		err = env.Error
-	}
+	_, err := job.Wait(ctx)
 	switch {
 	case err == nil:
 		return uint32(n), 0
-	case restarted && errcode.Code(err) == errcode.Cancelled:
+	case restarted && errcode.Of(err) == errcode.Cancelled:
 		return 0, syscall.ECANCELED
 	}
-	return 0, Errno(err)
+	return 0, errcode.Of(err).Errno()
 }
 
 // refuseLater refuses a write that follows the first on the same open, and
@@ -258,7 +255,7 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 		"a command must come in one write: write it as one line (bash's echo and printf write once per line)",
 		cn.op, line(data), line(first), what)
 	cn.fs.cfg.Jobs.Record(ctl.JobSpec{Operation: cn.op, Image: cn.imageRel(), Arguments: strings.TrimRight(string(data), "\n"), Top: id}, err)
-	return Errno(err)
+	return errcode.Of(err).Errno()
 }
 
 // members opens the chain of the image at rel (the file top), and the new
@@ -269,10 +266,10 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 // A chain that cannot be opened whole (a missing old backing file, which
 // `rebase -u` exists to repair) reserves the image alone: the operation itself
 // then says whether it needs more.
-func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]ctl.FileID, error) {
+func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]chainmodel.FileID, error) {
 	opts := ctl.OpenOptions{Format: format, Want: &top}
 	c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
-	if err != nil && errcode.Code(err) != errcode.ImageInUse && errcode.Code(err) != errcode.ImageChanged && ctx.Err() == nil {
+	if err != nil && errcode.Of(err) != errcode.ImageInUse && errcode.Of(err) != errcode.ImageChanged && ctx.Err() == nil {
 		opts.NoBacking = true
 		c, err = f.cfg.Opener.OpenChain(ctx, rel, opts)
 	}
@@ -280,20 +277,20 @@ func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, for
 		return nil, err
 	}
 	defer c.Close()
-	var ids []ctl.FileID
+	var ids []chainmodel.FileID
 	for _, im := range c.Images {
-		ids = append(ids, ctl.FileID(im.ID()))
+		ids = append(ids, im.ID())
 	}
 	if newBacking != "" {
 		nf, _, st, err := f.cfg.Opener.Policy.OpenName(c.Top().Dir(), newBacking)
-		if errcode.Code(err) == errcode.BackingNotFound {
+		if errcode.Of(err) == errcode.BackingNotFound {
 			return ids, nil // the operation says whether it needs the file (rebase -u does not)
 		}
 		if err != nil {
 			return nil, err
 		}
 		nf.Close()
-		ids = append(ids, ctl.FileID(chainmodel.IDOf(&st)))
+		ids = append(ids, chainmodel.IDOf(&st))
 	}
 	return ids, nil
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
+	"instarfs/errcode"
 )
 
 // dirNode mirrors a directory of IMAGEDIR (the root included): its
@@ -53,7 +54,7 @@ func (d *dirNode) open(access chainmodel.Access) (*os.File, syscall.Errno) {
 	id := d.id
 	f, _, err := d.fs.cfg.Opener.Policy.Open(d.fs.loc(d.rel()), chainmodel.How{Access: access, Dir: true, Want: &id})
 	if err != nil {
-		return nil, Errno(err)
+		return nil, errcode.Of(err).Errno()
 	}
 	return f, 0
 }

@@ -10,7 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
-	"instarfs/ctl"
 	"instarfs/diskview"
 )
 
@@ -60,7 +59,7 @@ func (d *diskNode) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 		out.Blksize = diskBlockSize
 		out.Blocks = min(uint64(h.h.Blocks()), (out.Size+511)/512)
 	} else {
-		d.fs.diskSize(ctx, d.imageRel(), chainmodel.FileID(id), &out.Attr, &st)
+		d.fs.diskSize(ctx, d.imageRel(), id, &out.Attr, &st)
 	}
 	return 0
 }
@@ -99,7 +98,7 @@ func (d *diskNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	fid := chainmodel.FileID(id)
+	fid := id
 	c, ok := d.fs.imageClass(ctx, rel, fid)
 	if !ok {
 		return nil, 0, syscall.ENOENT
@@ -195,7 +194,7 @@ func (dh *diskHandle) Release(ctx context.Context) syscall.Errno {
 
 // revokeDisks takes the chains holding ids away from their disk readers
 // before job changes them, and drops what the kernel cached of them.
-func (f *FS) revokeDisks(ids []ctl.FileID, job string) {
+func (f *FS) revokeDisks(ids []chainmodel.FileID, job string) {
 	for _, rel := range f.disks.pool.Revoke(ids, job) {
 		f.disks.mu.Lock()
 		d := f.disks.nodes[rel]

@@ -65,7 +65,7 @@ func (f *FS) jobTimes(a *fuse.Attr, kind int, st *unix.Stat_t) bool {
 	if kind != kindStatus && kind != kindResult {
 		return false
 	}
-	status, result := f.cfg.Jobs.Changed(ctl.FileID{Dev: st.Dev, Ino: st.Ino})
+	status, result := f.cfg.Jobs.Changed(chainmodel.IDOf(st))
 	t := status
 	if kind == kindResult {
 		t = result
@@ -108,11 +108,11 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 	}
 	rel := g.imageRel()
 	data, err := g.fs.document(ctx, g.kind, rel, id)
-	for errcode.Code(err) == errcode.ImageInUse {
+	for errcode.Of(err) == errcode.ImageInUse {
 		// A job of this mount on the chain holds its locks: answer what
 		// was made last, or wait for the job and try again. A lock another
 		// process holds is still EBUSY.
-		held, busy := g.fs.chainBusy(ctx, rel, chainmodel.FileID(id))
+		held, busy := g.fs.chainBusy(ctx, rel, id)
 		if !busy {
 			break
 		}
@@ -133,10 +133,10 @@ func (g *genNode) content(ctx context.Context) ([]byte, syscall.Errno) {
 // chainBusy returns a file of the chain of the image at rel (the file id)
 // that a job of this mount holds. It follows the backing names the probes
 // recorded (cached by identity) as far as they stay in IMAGEDIR.
-func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (ctl.FileID, bool) {
+func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (chainmodel.FileID, bool) {
 	for depth := 0; depth < maxChainWalk; depth++ {
-		if f.cfg.Jobs.BusyError(ctl.FileID(id)) != nil {
-			return ctl.FileID(id), true
+		if f.cfg.Jobs.BusyError(id) != nil {
+			return id, true
 		}
 		c, ok := f.imageClass(ctx, rel, id)
 		if !ok || c.err != nil {
@@ -156,7 +156,7 @@ func (f *FS) chainBusy(ctx context.Context, rel string, id chainmodel.FileID) (c
 		}
 		rel, id = loc.Rel, chainmodel.IDOf(&st)
 	}
-	return ctl.FileID{}, false
+	return chainmodel.FileID{}, false
 }
 
 // maxChainWalk bounds chainBusy's walk, as chains are bounded.
@@ -164,7 +164,7 @@ const maxChainWalk = 16
 
 // lastDocument is the document of kind made last for the image id, whatever
 // the state of its files now; nil when none was made.
-func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
+func (f *FS) lastDocument(kind int, id chainmodel.FileID) []byte {
 	if v, ok := f.cfg.Cache.Get(genSlot{kind, id}); ok {
 		return v.(genCacheEntry).data
 	}
@@ -173,11 +173,11 @@ func (f *FS) lastDocument(kind int, id ctl.FileID) []byte {
 
 // document makes the generated file of kind for the image at rel, whose
 // identity is id.
-func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) ([]byte, error) {
+func (f *FS) document(ctx context.Context, kind int, rel string, id chainmodel.FileID) ([]byte, error) {
 	switch kind {
 	case kindStatus:
 		s := f.cfg.Jobs.Status(id)
-		if f.cfg.Jobs.BusyError(id) == nil && f.heldByOther(rel, chainmodel.FileID(id)) {
+		if f.cfg.Jobs.BusyError(id) == nil && f.heldByOther(rel, id) {
 			s += "; in use by another process"
 		}
 		return []byte(s + "\n"), nil
@@ -187,20 +187,20 @@ func (f *FS) document(ctx context.Context, kind int, rel string, id ctl.FileID) 
 		}
 		return []byte("null\n"), nil
 	}
-	c, ok := f.imageClass(ctx, rel, chainmodel.FileID(id))
+	c, ok := f.imageClass(ctx, rel, id)
 	if !ok {
 		return nil, errcode.New(errcode.NotFound, "'%s' is no longer an image", rel)
 	}
 	if c.err != nil {
 		return nil, c.err
 	}
-	return f.generate(ctx, kind, rel, chainmodel.FileID(id), c.format)
+	return f.generate(ctx, kind, rel, id, c.format)
 }
 
 // ownJob reports whether a job of this mount holds an image of c.
 func (f *FS) ownJob(c *chainmodel.Chain) bool {
 	for _, im := range c.Images {
-		if f.cfg.Jobs.BusyError(ctl.FileID(im.ID())) != nil {
+		if f.cfg.Jobs.BusyError(im.ID()) != nil {
 			return true
 		}
 	}
@@ -232,9 +232,9 @@ func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) ui
 		target, _ := f.backingLink(ctx, rel, chainmodel.IDOf(st))
 		return uint64(len(target))
 	}
-	id := ctl.FileID{Dev: st.Dev, Ino: st.Ino}
+	id := chainmodel.IDOf(st)
 	data, err := f.document(ctx, kind, rel, id)
-	if errcode.Code(err) == errcode.ImageInUse {
+	if errcode.Of(err) == errcode.ImageInUse {
 		data = f.lastDocument(kind, id) // never wait for a job here
 	} else if err != nil {
 		return 0
@@ -245,7 +245,7 @@ func (f *FS) size(ctx context.Context, kind int, rel string, st *unix.Stat_t) ui
 // genSlot names one cached document: the last one made per image and kind.
 type genSlot struct {
 	kind int
-	id   ctl.FileID
+	id   chainmodel.FileID
 }
 
 type genCacheEntry struct {
@@ -265,7 +265,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	noBacking := kind == kindInfo || kind == kindCheck
 	opts := ctl.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
 	c, err := o.OpenChain(ctx, rel, opts)
-	if errcode.Code(err) == errcode.ImageInUse {
+	if errcode.Of(err) == errcode.ImageInUse {
 		// Another process (a running VM) holds an image of the chain: read
 		// it as qemu-img -U does, without locks; status says it is in use.
 		// Not when it is this mount's own job: that image is being changed.
@@ -276,7 +276,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 			return nil, inUse
 		}
 	}
-	if err != nil && c != nil && errcode.Code(err) != errcode.BackingNotFound {
+	if err != nil && c != nil && errcode.Of(err) != errcode.BackingNotFound {
 		c.Close() // only a missing member is shown; a refused one is an error
 		return nil, err
 	}
@@ -287,14 +287,14 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		last := c.Images[len(c.Images)-1]
 		return ctl.PartialChainJSON(ctl.Info(c, true), ctl.Unopened{
 			Filename: chainmodel.FullBackingName(last.Name, last.Info.BackingFilename),
-			Error:    &errcode.Error{Code: errcode.Code(err), Message: err.Error()},
+			Error:    errcode.From(err),
 		}), nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	key := chainKey(c)
-	slot := genSlot{kind, ctl.FileID{Dev: c.Top().Stat.Dev, Ino: c.Top().Stat.Ino}}
+	slot := genSlot{kind, c.Top().ID()}
 	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key {
 		c.Close()
 		return v.(genCacheEntry).data, v.(genCacheEntry).err
@@ -328,7 +328,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		}
 	}
 	c.Close()
-	if err != nil && errcode.Code(err) != errcode.DocumentTooLarge {
+	if err != nil && errcode.Of(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
 	e := f.remember(slot, key, rel, data, err)

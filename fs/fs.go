@@ -19,9 +19,10 @@
 //	<image>/commit       control file; reads as its usage (absent on a read-only mount)
 //	<image>/disk         the image's guest-visible content, read-only (package diskview)
 //
-// Image names are relative to IMAGEDIR, which must be the process's working
-// directory: the names in the generated files are then the ones the command
-// line prints when it is run there.
+// Image names are relative to IMAGEDIR, which is the directory the opener's
+// path policy takes relative names against (chainmodel.Policy.Dir): the names
+// in the generated files are then the ones the command line prints when it is
+// run there.
 //
 // Inode numbers derive from the host file's device and inode, so they are
 // stable across lookups and remounts; owners and modes mirror the host's
@@ -37,9 +38,7 @@ package fs
 import (
 	"context"
 	"hash/fnv"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,8 +58,8 @@ import (
 
 // Config is what the filesystem serves and how.
 type Config struct {
-	// ImageDir is the absolute image directory; it must be the working
-	// directory.
+	// ImageDir is the absolute image directory: a root of Opener's path
+	// policy, and its Dir, which relative image names are taken against.
 	ImageDir string
 	Opener   *ctl.Opener
 	Jobs     *ctl.JobManager
@@ -88,8 +87,9 @@ const DefaultMaxDocument = 32 << 20
 
 // FS is the state shared by every node of one mount.
 type FS struct {
-	// cfg.Cache holds a class per fileState (what each file is) and a
-	// genCacheEntry per genSlot (the last document made per image and kind).
+	// cfg.Cache holds a class per chainmodel.FileState (what each file
+	// is) and a genCacheEntry per genSlot (the last document made per
+	// image and kind).
 	cfg     Config
 	root    *chainmodel.Root // ImageDir, held open
 	id      chainmodel.FileID
@@ -103,14 +103,6 @@ type FS struct {
 	disks    *diskFiles
 }
 
-// fileState identifies a file's content: a cached answer about the file is
-// reused only while it is unchanged.
-type fileState struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-}
-
 // class is what a regular file of IMAGEDIR is.
 type class struct {
 	image  bool
@@ -120,7 +112,7 @@ type class struct {
 
 // size estimates the bytes a cached class keeps alive, its key included.
 func (c class) size() int64 {
-	return int64(unsafe.Sizeof(fileState{})+unsafe.Sizeof(c)) + int64(len(c.format)) + errSize(c.err)
+	return int64(unsafe.Sizeof(chainmodel.FileState{})+unsafe.Sizeof(c)) + int64(len(c.format)) + errSize(c.err)
 }
 
 // errSize estimates the bytes an error keeps alive: an *errcode.Error holds a
@@ -137,9 +129,8 @@ func New(cfg Config) (*FS, error) {
 	if !filepath.IsAbs(cfg.ImageDir) {
 		return nil, errcode.New(errcode.BadArguments, "image directory %q is not absolute", cfg.ImageDir)
 	}
-	wd, err := os.Getwd()
-	if err != nil || !sameFile(wd, cfg.ImageDir) {
-		return nil, errcode.New(errcode.BadArguments, "the working directory must be the image directory %s", cfg.ImageDir)
+	if cfg.Opener.Policy.Dir != filepath.Clean(cfg.ImageDir) {
+		return nil, errcode.New(errcode.BadArguments, "the path policy takes relative names against %q, not the image directory %s", cfg.Opener.Policy.Dir, cfg.ImageDir)
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.StandardLogger()
@@ -177,12 +168,6 @@ func (f *FS) Root() gofs.InodeEmbedder {
 	return &dirNode{node: node{fs: f}, id: f.id}
 }
 
-func sameFile(a, b string) bool {
-	sa, errA := os.Stat(a)
-	sb, errB := os.Stat(b)
-	return errA == nil && errB == nil && os.SameFile(sa, sb)
-}
-
 // hostPath is the host path of rel, a path relative to ImageDir. It is for
 // lexical resolution only: files are opened by loc.
 func (f *FS) hostPath(rel string) string {
@@ -199,7 +184,7 @@ func (f *FS) loc(rel string) chainmodel.Loc {
 func (f *FS) stat(rel string, dir bool, want chainmodel.FileID) (unix.Stat_t, syscall.Errno) {
 	st, err := f.cfg.Opener.Policy.Stat(f.loc(rel), chainmodel.How{Dir: dir, Want: &want})
 	if err != nil {
-		return st, Errno(err)
+		return st, errcode.Of(err).Errno()
 	}
 	return st, 0
 }
@@ -243,7 +228,7 @@ func inodeNumber(kind int, dev, ino uint64) uint64 {
 // classify says whether the regular file at rel is an image, asking a worker
 // (the answer is cached by the file's identity). The host reads no byte of it.
 func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
-	key := fileState{st.Dev, st.Ino, st.Size, st.Mtim, st.Ctim}
+	key := chainmodel.StateOf(st)
 	v, ok := f.cfg.Cache.Get(key)
 	c, _ := v.(class)
 	if !ok {
@@ -265,16 +250,6 @@ func (f *FS) classify(ctx context.Context, rel string, st *unix.Stat_t) class {
 // probeTries is how often a probe whose worker failed is tried.
 const probeTries = 3
 
-// transient says whether err is a failure of the worker rather than an answer
-// about the file.
-func transient(err error) bool {
-	switch errcode.Code(err) {
-	case errcode.WorkerCrashed, errcode.WorkerTimeout, errcode.WorkerProtocol, errcode.SandboxUnavailable, errcode.Internal:
-		return true
-	}
-	return false
-}
-
 // minImageSize is the size below which a file cannot be an image: no qcow2,
 // vmdk or partition table fits. Such files are hidden without a probe.
 const minImageSize = 512
@@ -292,7 +267,7 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 		return class{}, true
 	}
 	info, _, err := f.cfg.Opener.Probe(ctx, file, rel, "", true)
-	for try := 1; err != nil && transient(err) && try < probeTries && ctx.Err() == nil; try++ {
+	for try := 1; err != nil && errcode.Of(err).Transient() && try < probeTries && ctx.Err() == nil; try++ {
 		// A worker that could not start or died says nothing about the file
 		// (a loaded host, a transient resource limit): ask again rather than
 		// hide an image.
@@ -301,9 +276,8 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 		info, _, err = f.cfg.Opener.Probe(ctx, file, rel, "", true)
 	}
 	if err != nil {
-		code := errcode.Code(err)
-		switch {
-		case strings.HasPrefix(code, "QCOW2_") || strings.HasPrefix(code, "VMDK_") || code == errcode.ImageTooLarge:
+		switch code := errcode.Of(err); {
+		case code.BadImage():
 			// Recognisably an image, but one instarfs refuses: show it, and let
 			// its files say why.
 			return class{image: true, err: err}, true
@@ -326,37 +300,9 @@ func (f *FS) probe(ctx context.Context, rel string, id chainmodel.FileID) (c cla
 // errno maps an error to what a FUSE request returns, and logs what the errno
 // cannot say.
 func (f *FS) errno(what, rel string, err error) syscall.Errno {
-	e := Errno(err)
-	f.cfg.Log.WithFields(logrus.Fields{"image": rel, "file": what, "code": errcode.Code(err), "error": err.Error()}).Info("request refused")
+	e := errcode.Of(err).Errno()
+	f.cfg.Log.WithFields(logrus.Fields{"image": rel, "file": what, "code": errcode.Of(err), "error": err.Error()}).Info("request refused")
 	return e
-}
-
-// Errno is the errno a control-file write or a generated file's open returns
-// for an error with a code.
-func Errno(err error) syscall.Errno {
-	switch errcode.Code(err) {
-	case errcode.BadArguments, errcode.UnknownFormat, errcode.FormatMismatch, errcode.BackingFormatRequired,
-		errcode.RawNotInferred, errcode.FormatNotDetected, errcode.NoBackingFile, errcode.BaseNotInChain,
-		errcode.BackingNameTooLong, errcode.RebaseCreatesLoop, errcode.AmbiguousName:
-		return syscall.EINVAL
-	case errcode.NameTooLong:
-		return syscall.ENAMETOOLONG
-	case errcode.NotFound, errcode.BackingNotFound:
-		return syscall.ENOENT
-	case errcode.BackingPathOutsideRoot, errcode.BackingProtocol, errcode.NotRegularFile:
-		return syscall.EPERM
-	case errcode.RawBaseIsImage:
-		return syscall.EPERM
-	case errcode.ImageInUse, errcode.ChainBusy, errcode.ImageChanged:
-		return syscall.EBUSY
-	case errcode.Cancelled:
-		return syscall.EINTR
-	case errcode.RebaseUnsupported, errcode.CommitUnsupported, errcode.RepairUnsupported:
-		return syscall.EOPNOTSUPP
-	case errcode.DocumentTooLarge, errcode.ImageTooLarge:
-		return syscall.EFBIG
-	}
-	return syscall.EIO
 }
 
 // node is embedded by every node type: it refuses every change to the

@@ -1,9 +1,7 @@
 package fs
 
 import (
-	"errors"
 	"fmt"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -13,33 +11,6 @@ import (
 	"instarfs/errcode"
 	"instarfs/proto"
 )
-
-func TestErrno(t *testing.T) {
-	tests := []struct {
-		err  error
-		want syscall.Errno
-	}{
-		{errcode.New(errcode.BadArguments, "x"), syscall.EINVAL},
-		{errcode.New(errcode.NoBackingFile, "x"), syscall.EINVAL},
-		{errcode.New(errcode.BackingNotFound, "x"), syscall.ENOENT},
-		{errcode.New(errcode.BackingPathOutsideRoot, "x"), syscall.EPERM},
-		{errcode.New(errcode.BackingProtocol, "x"), syscall.EPERM},
-		{errcode.New(errcode.ImageInUse, "x"), syscall.EBUSY},
-		{errcode.New(errcode.ChainBusy, "x"), syscall.EBUSY},
-		{errcode.New(errcode.Cancelled, "x"), syscall.EINTR},
-		{errcode.New(errcode.DocumentTooLarge, "x"), syscall.EFBIG},
-		{errcode.New(errcode.ImageTooLarge, "x"), syscall.EFBIG},
-		{errcode.New(errcode.Qcow2Corrupt, "x"), syscall.EIO},
-		{errcode.New(errcode.RepairUnsupported, "x"), syscall.EOPNOTSUPP},
-		{errcode.New(errcode.RepairNeedsRebuild, "x"), syscall.EIO},
-		{errors.New("plain"), syscall.EIO},
-	}
-	for _, tt := range tests {
-		if got := Errno(tt.err); got != tt.want {
-			t.Errorf("Errno(%s) = %v, want %v", errcode.Code(tt.err), got, tt.want)
-		}
-	}
-}
 
 func TestInodeNumber(t *testing.T) {
 	seen := map[uint64]bool{}
@@ -151,5 +122,39 @@ func TestTerminatingPending(t *testing.T) {
 	}
 	if terminating(uint32(unix.Gettid())) {
 		t.Errorf("this test has a terminating signal pending")
+	}
+}
+
+// TestNewDirectory checks that New takes the image directory from the path
+// policy, never from the working directory: the policy must take relative
+// names against the image directory, which must be one of its roots.
+func TestNewDirectory(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	policy, err := chainmodel.NewPolicy(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer policy.Close()
+	tests := []struct {
+		imageDir, policyDir string
+		ok                  bool
+	}{
+		{dir, dir, true},
+		{dir + "/", dir, true},
+		{dir, "", false},    // relative names would be taken against the working directory
+		{dir, other, false}, // against another directory
+		{other, other, false},
+		{"images", "images", false},
+	}
+	for _, tt := range tests {
+		p := policy
+		p.Dir = tt.policyDir
+		f, err := New(Config{ImageDir: tt.imageDir, Opener: &ctl.Opener{Policy: p}})
+		if (err == nil) != tt.ok || err != nil && errcode.Of(err) != errcode.BadArguments {
+			t.Errorf("image directory %q, policy's %q: %v", tt.imageDir, tt.policyDir, err)
+		}
+		if f != nil {
+			f.Close()
+		}
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/chainmodel"
-	"instarfs/ctl"
 	"instarfs/proto"
 )
 
@@ -181,13 +180,13 @@ func (n *node) image() *imageNode {
 
 // imageID is the identity of the image whose directory holds n, as the mount
 // showed it, and the image's attributes now.
-func (n *node) imageID() (ctl.FileID, unix.Stat_t, syscall.Errno) {
+func (n *node) imageID() (chainmodel.FileID, unix.Stat_t, syscall.Errno) {
 	im := n.image()
 	if im == nil {
-		return ctl.FileID{}, unix.Stat_t{}, syscall.ENOENT
+		return chainmodel.FileID{}, unix.Stat_t{}, syscall.ENOENT
 	}
 	st, errno := im.stat()
-	return ctl.FileID(im.id), st, errno
+	return im.id, st, errno
 }
 
 // imageClass classifies the image at rel, which must be the file id, again
@@ -251,7 +250,7 @@ func (b *backingNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	target, ok := b.fs.backingLink(ctx, b.imageRel(), chainmodel.FileID(id))
+	target, ok := b.fs.backingLink(ctx, b.imageRel(), id)
 	if !ok {
 		return nil, syscall.ENOENT
 	}

@@ -41,20 +41,20 @@ func TestHostName(t *testing.T) {
 		{"sub/top.qcow2", "/mnt/images/base.qcow2", "../base.qcow2"},
 		{"sub/top.qcow2", "../only.qcow2", "only.qcow2"},    // mount meaning only
 		{"sub/top.qcow2", "../base.qcow2", "../base.qcow2"}, // host meaning only
-		{"sub/top.qcow2", "../disk.raw", errcode.AmbiguousName},
-		{"sub/top.qcow2", "../later.qcow2", errcode.AmbiguousName},
+		{"sub/top.qcow2", "../disk.raw", string(errcode.AmbiguousName)},
+		{"sub/top.qcow2", "../later.qcow2", string(errcode.AmbiguousName)},
 		{"sub/top.qcow2", "disk.raw", "disk.raw"},
-		{"ov.qcow2", "base.qcow2/", errcode.BadArguments},
-		{"ov.qcow2", "/mnt/images/base.qcow2/", errcode.BadArguments},
-		{"ov.qcow2", "sub/..", errcode.BadArguments},
-		{"ov.qcow2", ".", errcode.BadArguments},
-		{"ov.qcow2", strings.Repeat("n", 256), errcode.NameTooLong},
+		{"ov.qcow2", "base.qcow2/", string(errcode.BadArguments)},
+		{"ov.qcow2", "/mnt/images/base.qcow2/", string(errcode.BadArguments)},
+		{"ov.qcow2", "sub/..", string(errcode.BadArguments)},
+		{"ov.qcow2", ".", string(errcode.BadArguments)},
+		{"ov.qcow2", strings.Repeat("n", 256), string(errcode.NameTooLong)},
 		{"ov.qcow2", "", ""},
 	}
 	for _, tt := range tests {
 		got, err := f.hostName("rebase", "-b", tt.image, tt.name)
 		if err != nil {
-			got = errcode.Code(err)
+			got = string(errcode.Of(err))
 		}
 		if got != tt.want {
 			t.Errorf("%s: %q -> %q (%v), want %q", tt.image, tt.name, got, err, tt.want)

@@ -21,7 +21,7 @@ import (
 func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, bool, error) {
 	o := f.cfg.Opener
 	opts := ctl.OpenOptions{Format: format, Want: &id}
-	slot := genSlot{kind, ctl.FileID(id)}
+	slot := genSlot{kind, id}
 	if c := o.KnownChain(rel, opts); c != nil {
 		key := chainKey(c)
 		c.Close()
@@ -84,8 +84,7 @@ func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.F
 func chainKey(c *chainmodel.Chain) string {
 	var key strings.Builder
 	for _, im := range c.Images {
-		st := im.Stat
-		fmt.Fprintf(&key, "%d:%d:%d:%d.%d:%d.%d:%s/", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, im.Name)
+		fmt.Fprintf(&key, "%s:%s/", chainmodel.StateOf(&im.Stat), im.Name)
 	}
 	return key.String()
 }

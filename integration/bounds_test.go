@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"context"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"instarfs/internal/qemutest"
 )
 
 // Costs that must follow an image's allocated data and metadata, not its
@@ -78,8 +81,7 @@ func TestBoundsHugeVirtualSize(t *testing.T) {
 // the log.
 func timeQemu(t *testing.T, dir string, args ...string) time.Duration {
 	t.Helper()
-	cmd := exec.Command("qemu-img", args...)
-	cmd.Dir = dir
+	cmd := qemutest.System.Command(context.Background(), t, dir, "qemu-img", args...)
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Logf("qemu-img %v: %v\n%.500s", args, err, out)

@@ -1,16 +1,16 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // A commitCase builds a chain with qemu-img and qemu-io in a directory, then
@@ -34,7 +34,7 @@ type commitCase struct {
 	crash    bool // run the crash sweep
 }
 
-func (c commitCase) baseFormat() string { return formatOf(c.base) }
+func (c commitCase) baseFormat() string { return qemutest.FormatOf(c.base) }
 
 var commitCases = []commitCase{
 	{
@@ -293,11 +293,6 @@ func commitOurs(t *testing.T, dir string, env []string, args ...string) result {
 	return runOp(t, dir, env, "commit", args...)
 }
 
-func commitQemu(t *testing.T, dir string, args ...string) result {
-	t.Helper()
-	return execIn(t, dir, "qemu-img", args...)
-}
-
 // commitCluster is one row of the normalised map: qemu-img map expanded to
 // fixed-size units, host offsets ignored.
 type commitCluster struct {
@@ -310,18 +305,7 @@ type commitCluster struct {
 // (host offsets ignored).
 func commitMap(t *testing.T, dir, file string, unit int64) []commitCluster {
 	t.Helper()
-	r := commitQemu(t, dir, "map", "--output=json", "-f", formatOf(file), file)
-	if r.code != 0 {
-		t.Fatalf("qemu-img map %s: %s", file, r.stderr)
-	}
-	var rows []struct {
-		Start, Length       int64
-		Depth               int
-		Zero, Data, Present bool
-	}
-	if err := json.Unmarshal(r.stdout, &rows); err != nil {
-		t.Fatal(err)
-	}
+	rows := qemutest.Map(t, filepath.Join(dir, file), qemutest.FormatOf(file))
 	// Cut every row at unit boundaries: one entry per unit, and one more
 	// wherever the status changes inside a unit, so that two maps compare
 	// equal exactly when they say the same for every byte.
@@ -370,7 +354,7 @@ func TestCommitMatchesQemu(t *testing.T) {
 			copyDir(t, pristine, theirs)
 
 			args := append(append([]string{}, c.args...), c.top)
-			q := commitQemu(t, theirs, append([]string{"commit", "-f", formatOf(c.top)}, args...)...)
+			q := qemuImg(t, theirs, append([]string{"commit", "-f", qemutest.FormatOf(c.top)}, args...)...)
 			if q.code != 0 {
 				t.Fatalf("qemu-img commit: exit %d: %s", q.code, q.stderr)
 			}
@@ -428,7 +412,7 @@ func commitSnapshotUnchanged(t *testing.T, c commitCase, pristine, dir string) {
 	for _, d := range []string{pristine, dir} {
 		shellIn(t, d, "qemu-img convert -O raw -l snapshot.name="+c.snapshot+" "+c.base+" snap.raw")
 	}
-	rbSame(t, filepath.Join(dir, "snap.raw"), filepath.Join(pristine, "snap.raw"))
+	qemutest.SameBytes(t, filepath.Join(dir, "snap.raw"), filepath.Join(pristine, "snap.raw"))
 	os.Remove(filepath.Join(dir, "snap.raw"))
 }
 
@@ -468,7 +452,7 @@ func TestCommitCrashSweep(t *testing.T) {
 			}
 			copyDir(t, pristine, theirs)
 			args := append(append([]string{"-q"}, c.args...), c.top)
-			if q := commitQemu(t, theirs, append([]string{"commit", "-q", "-f", formatOf(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
+			if q := qemuImg(t, theirs, append([]string{"commit", "-q", "-f", qemutest.FormatOf(c.top)}, append(c.args, c.top)...)...); q.code != 0 {
 				t.Fatalf("qemu-img commit: %s", q.stderr)
 			}
 			for n := 1; ; n++ {
@@ -550,116 +534,4 @@ func TestCommitErrors(t *testing.T) {
 	if r.code != 0 || string(r.stdout) != "Image committed.\n" {
 		t.Errorf("commit: exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
 	}
-}
-
-// TestRebaseVmdk covers vmdk rebase, which qemu-img cannot do: the result must
-// read (through qemu) exactly as before, check clean, and name the new parent
-// with its CID. It lives here with the vmdk write side it exercises.
-func TestRebaseVmdk(t *testing.T) {
-	build := []string{
-		"qemu-img create -q -f vmdk old.vmdk 4M",
-		"qemu-io -f vmdk -c 'write -P 0x11 0 2M' old.vmdk",
-		"qemu-img create -q -f vmdk new.vmdk 4M",
-		"qemu-io -f vmdk -c 'write -P 0x11 0 1M' -c 'write -P 0x44 3M 64k' new.vmdk",
-		"cp old.vmdk same.vmdk",
-		"qemu-img create -q -f vmdk -b old.vmdk -F vmdk top.vmdk",
-		"qemu-io -f vmdk -c 'write -P 0x22 64k 4k' -c 'write -P 0x23 1M 64k' top.vmdk",
-		"qemu-img create -q -f vmdk fresh.vmdk 4M",
-	}
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		parent  string // "" when detached
-		copied  bool   // grains must have been copied
-		errCode string
-	}{
-		{name: "safe", args: []string{"-b", "new.vmdk", "-F", "vmdk"}, parent: "new.vmdk", copied: true},
-		{name: "safe, format detected", args: []string{"-b", "new.vmdk"}, parent: "new.vmdk", copied: true},
-		{name: "unsafe onto an identical copy", args: []string{"-u", "-b", "same.vmdk", "-F", "vmdk"}, parent: "same.vmdk"},
-		{name: "safe detach", args: []string{"-b", ""}, copied: true},
-		{name: "not a vmdk parent", args: []string{"-u", "-b", "new.vmdk", "-F", "qcow2"}, errCode: "VMDK_PARENT_NOT_VMDK"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			for _, cmd := range build {
-				shellIn(t, dir, cmd)
-			}
-			shellIn(t, dir, "cp top.vmdk pristine.vmdk")
-			cmd := exec.Command(binary, append(append([]string{"--allow-dir", dir, "rebase", "--output=json"}, tc.args...), "top.vmdk")...)
-			cmd.Dir = dir
-			out, err := cmd.Output()
-			if tc.errCode != "" {
-				if err == nil || !strings.Contains(string(out), tc.errCode) {
-					t.Fatalf("rebase succeeded or failed with the wrong error: %v %s", err, out)
-				}
-				if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
-					t.Errorf("refused rebase changed the image: %s", r.stdout)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("rebase: %v: %s", err, out)
-			}
-			var env struct {
-				ClustersCopied int64 `json:"clusters_copied"`
-			}
-			if err := json.Unmarshal(out, &env); err != nil {
-				t.Fatal(err)
-			}
-			if (env.ClustersCopied > 0) != tc.copied {
-				t.Errorf("copied %d grains, want copies: %v", env.ClustersCopied, tc.copied)
-			}
-			// pristine.vmdk still reads through old.vmdk.
-			if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
-				t.Errorf("content changed: %s%s", r.stdout, r.stderr)
-			}
-			checkClean(t, filepath.Join(dir, "top.vmdk"), false)
-			var info struct {
-				Backing string `json:"backing-filename"`
-				Spec    struct {
-					Data struct {
-						ParentCID uint32 `json:"parent-cid"`
-					}
-				} `json:"format-specific"`
-			}
-			r := commitQemu(t, dir, "info", "--output=json", "top.vmdk")
-			if err := json.Unmarshal(r.stdout, &info); err != nil {
-				t.Fatal(err)
-			}
-			if info.Backing != tc.parent {
-				t.Errorf("backing file %q, want %q", info.Backing, tc.parent)
-			}
-			want := uint32(0xffffffff)
-			if tc.parent != "" {
-				var p struct {
-					Spec struct{ Data struct{ CID uint32 } } `json:"format-specific"`
-				}
-				json.Unmarshal(commitQemu(t, dir, "info", "--output=json", tc.parent).stdout, &p)
-				want = p.Spec.Data.CID
-			}
-			if info.Spec.Data.ParentCID != want {
-				t.Errorf("parent CID %x, want %x", info.Spec.Data.ParentCID, want)
-			}
-			if tc.parent == "" {
-				// qemu's template for an image without a parent.
-				if d := commitDescriptor(t, filepath.Join(dir, "top.vmdk")); !strings.Contains(d, "parentCID=ffffffff\ncreateType=\"monolithicSparse\"\n\n# Extent description\n") {
-					t.Errorf("detached descriptor does not follow qemu's template:\n%s", d)
-				}
-			}
-		})
-	}
-}
-
-// commitDescriptor returns the embedded descriptor text of a vmdk.
-func commitDescriptor(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) < 512 {
-		t.Fatalf("reading %s: %v", path, err)
-	}
-	d := b[512:min(len(b), 512+10240)]
-	if i := bytes.IndexByte(d, 0); i >= 0 {
-		d = d[:i]
-	}
-	return string(d)
 }

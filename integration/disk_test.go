@@ -24,7 +24,7 @@ import (
 func convertRaw(t *testing.T, dir, img string) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "flat.raw")
-	if r := execIn(t, dir, "qemu-img", "convert", "-U", "-O", "raw", img, out); r.code != 0 {
+	if r := qemuImg(t, dir, "convert", "-U", "-O", "raw", img, out); r.code != 0 {
 		t.Fatalf("qemu-img convert %s: %s", img, r.stderr)
 	}
 	return out
@@ -132,7 +132,7 @@ func TestDiskMatchesConvert(t *testing.T) {
 // mapDataRanges is where `qemu-img map` says img (in dir) has data.
 func mapDataRanges(t *testing.T, dir, img string) [][2]int64 {
 	t.Helper()
-	r := execIn(t, dir, "qemu-img", "map", "-U", "--output=json", img)
+	r := qemuImg(t, dir, "map", "-U", "--output=json", img)
 	if r.code != 0 {
 		t.Fatalf("qemu-img map: %s", r.stderr)
 	}

@@ -16,7 +16,7 @@ qemu-img create -q -f qcow2 -b zero.raw -F raw over.qcow2 0`)
 		for _, output := range []string{"human", "json"} {
 			a := append([]string{"--output=" + output}, args...)
 			ours := runOp(t, dir, nil, "map", a...)
-			theirs := execIn(t, dir, "qemu-img", append([]string{"map"}, a...)...)
+			theirs := qemuImg(t, dir, append([]string{"map"}, a...)...)
 			if ours.code != theirs.code || !bytes.Equal(ours.stdout, theirs.stdout) {
 				t.Errorf("map %v: exit %d, %q%s; qemu-img exit %d, %q", a, ours.code, ours.stdout, ours.stderr, theirs.code, theirs.stdout)
 			}
@@ -24,7 +24,7 @@ qemu-img create -q -f qcow2 -b zero.raw -F raw over.qcow2 0`)
 	}
 	m := mount(t, dir, nil)
 	for _, image := range []string{"zero.qcow2", "over.qcow2"} {
-		want := execIn(t, dir, "qemu-img", "map", "--output=json", image)
+		want := qemuImg(t, dir, "map", "--output=json", image)
 		if got := m.read(t, image, "map.json"); got != string(want.stdout) {
 			t.Errorf("%s/map.json %q, qemu-img map %q", image, got, want.stdout)
 		}

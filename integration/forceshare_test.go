@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bytes"
-	"os/exec"
+	"context"
 	"strings"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // TestForceShare: while qemu-io holds an image read-write (as a running VM
@@ -17,8 +19,7 @@ qemu-img create -q -f qcow2 base.qcow2 16M
 qemu-io -c 'write -P 0x11 0 2M' base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 qemu-io -c 'write -P 0x5a 1M 2M' top.qcow2 >/dev/null`)
-	q := exec.Command("qemu-io", "-c", "sleep 60000", "top.qcow2")
-	q.Dir = dir
+	q := qemutest.System.Command(context.Background(), t, dir, "qemu-io", "-c", "sleep 60000", "top.qcow2")
 	var qout bytes.Buffer
 	q.Stdout, q.Stderr = &qout, &qout
 	if err := q.Start(); err != nil {
@@ -36,7 +37,7 @@ qemu-io -c 'write -P 0x5a 1M 2M' top.qcow2 >/dev/null`)
 		if r := execIn(t, dir, binary, append(args, "top.qcow2")...); r.code != 1 || !bytes.Contains(r.stderr, []byte("IMAGE_IN_USE")) {
 			t.Errorf("%s without -U: exit %d, %s", name, r.code, r.stderr)
 		}
-		want := execIn(t, dir, "qemu-img", append(args, "-U", "top.qcow2")...)
+		want := qemuImg(t, dir, append(args, "-U", "top.qcow2")...)
 		for _, flag := range []string{"-U", "--force-share"} {
 			got := execIn(t, dir, binary, append(append(args, flag), "top.qcow2")...)
 			if got.code != want.code || !bytes.Equal(got.stdout, want.stdout) {

@@ -24,7 +24,7 @@ func TestHardLinkOutsideRootsFollowed(t *testing.T) {
 	shellIn(t, dir, "qemu-img create -q -f qcow2 -u -b hard.qcow2 -F qcow2 viahard.qcow2 1M && qemu-img create -q -f qcow2 -u -b soft.qcow2 -F qcow2 viasoft.qcow2 1M")
 
 	r := runOp(t, dir, nil, "map", "--output=json", "viahard.qcow2")
-	want := execIn(t, dir, "qemu-img", "map", "--output=json", "viahard.qcow2")
+	want := qemuImg(t, dir, "map", "--output=json", "viahard.qcow2")
 	if r.code != 0 || !bytes.Equal(r.stdout, want.stdout) {
 		t.Errorf("map through a hard link: exit %d, %s%s; qemu-img %s", r.code, r.stdout, r.stderr, want.stdout)
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/internal/testbin"
 )
 
@@ -33,8 +34,8 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		fmt.Println("integration: qemu-img not found; run `make test`, which installs qemu-utils")
+	if err := qemutest.Installed(); err != nil {
+		fmt.Println("integration:", err)
 		return 1
 	}
 	tmp, err := os.MkdirTemp("", "instarfs-integration-")
@@ -145,9 +146,20 @@ func instarfs(t *testing.T, e manifestEntry, args ...string) result {
 	return execIn(t, imagesDir, binary, args...)
 }
 
-func qemuImg(t *testing.T, args ...string) result {
+// qemuImg runs the system's qemu-img with args in dir (qemutest.Run).
+func qemuImg(t testing.TB, dir string, args ...string) result {
 	t.Helper()
-	return execIn(t, imagesDir, "qemu-img", args...)
+	return qemuResult(qemutest.Run(t, dir, args...))
+}
+
+// qemuIO runs the system's qemu-io with args in dir (qemutest.RunIO).
+func qemuIO(t testing.TB, dir string, args ...string) result {
+	t.Helper()
+	return qemuResult(qemutest.RunIO(t, dir, args...))
+}
+
+func qemuResult(r qemutest.Result) result {
+	return result{stdout: r.Stdout, stderr: r.Stderr, code: r.Code}
 }
 
 // decodeJSON decodes a command's JSON output into a generic value.
@@ -158,17 +170,6 @@ func decodeJSON(t *testing.T, what string, r result) any {
 		t.Fatalf("%s: exit %d, output is not JSON: %v\nstdout: %s\nstderr: %s", what, r.code, err, r.stdout, r.stderr)
 	}
 	return v
-}
-
-// formatOf names an image's format by its file name, as the tests name them.
-func formatOf(name string) string {
-	switch filepath.Ext(name) {
-	case ".vmdk":
-		return "vmdk"
-	case ".raw", ".img":
-		return "raw"
-	}
-	return "qcow2"
 }
 
 // shellIn runs a bash script in dir and fails the test when it fails.
@@ -204,17 +205,18 @@ func runOp(t *testing.T, dir string, env []string, op string, args ...string) re
 // backing chain.
 func compareImages(t *testing.T, a, b string) result {
 	t.Helper()
-	return execIn(t, "/", "qemu-img", "compare", "-f", formatOf(a), "-F", formatOf(b), a, b)
+	return qemuResult(qemutest.Compare(t, a, b))
 }
 
 // checkClean fails unless qemu-img check finds no errors in the image at path
 // (leaked clusters allowed when leaksOK). Raw images have nothing to check.
 func checkClean(t *testing.T, path string, leaksOK bool) {
 	t.Helper()
-	if formatOf(path) == "raw" {
+	format := qemutest.FormatOf(path)
+	if format == "raw" {
 		return
 	}
-	r := execIn(t, "/", "qemu-img", "check", "-f", formatOf(path), path)
+	r := qemuResult(qemutest.Check(t, path, format))
 	if r.code == 0 || leaksOK && r.code == 3 {
 		return
 	}

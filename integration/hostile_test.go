@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"instarfs/internal/qemutest"
 )
 
 // This file runs every read command on crafted images: qcow2 and vmdk files
@@ -610,7 +612,7 @@ func TestHostileChangingImages(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			image := hostileBases[c.base].image
-			format := formatOf(image)
+			format := qemutest.FormatOf(image)
 			prepared := map[hostileSetup]string{}
 			for _, ch := range hostileChanges {
 				if _, ok := prepared[ch.setup]; !ok {
@@ -668,7 +670,7 @@ func craftChanging(t *testing.T, c hostileCase, base, good string, setup hostile
 	copyDir(t, base, dir)
 	copyDir(t, good, dir)
 	image := hostileBases[c.base].image
-	format := formatOf(image)
+	format := qemutest.FormatOf(image)
 	switch setup {
 	case over:
 		if c.base != "qcow2-chain" {
@@ -798,20 +800,20 @@ func isImageName(name string) bool {
 // qemuCheck returns the exit status of qemu-img check on the image at path,
 // or -1 when it did not answer in time.
 func qemuCheck(t *testing.T, path string) int {
-	return qemuBounded(t, "check", "-f", formatOf(path), path)
+	return qemuBounded(t, "check", "-f", qemutest.FormatOf(path), path)
 }
 
 // qemuCompare returns the exit status of qemu-img compare of two images (0
 // same content, 1 different, 2 error), or -1 when it did not answer in time.
 func qemuCompare(t *testing.T, a, b string) int {
-	return qemuBounded(t, "compare", "-f", formatOf(a), "-F", formatOf(b), a, b)
+	return qemuBounded(t, "compare", "-f", qemutest.FormatOf(a), "-F", qemutest.FormatOf(b), a, b)
 }
 
 func qemuBounded(t *testing.T, args ...string) int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), hostileQemuTimeout)
 	defer cancel()
-	err := exec.CommandContext(ctx, "qemu-img", args...).Run()
+	err := qemutest.System.Command(ctx, t, "", "qemu-img", args...).Run()
 	var ee *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
@@ -1261,7 +1263,7 @@ func TestHostileMount(t *testing.T) {
 				}
 
 				image := hostileBases[c.base].image
-				format := formatOf(image)
+				format := qemutest.FormatOf(image)
 				if _, err := os.Stat(m.path(name, image)); err != nil {
 					t.Logf("%s is not shown (%v): no control files", image, err)
 					return

@@ -15,7 +15,7 @@ qemu-io -f vmdk -c 'write -P 1 0 64k' sparse.vmdk >/dev/null
 qemu-img convert -O vmdk -o subformat=streamOptimized sparse.vmdk stream.vmdk`)
 	for _, name := range []string{"sparse.vmdk", "stream.vmdk"} {
 		r := runOp(t, dir, nil, "info", "--output=json", name)
-		q := execIn(t, dir, "qemu-img", "info", "--output=json", name)
+		q := qemuImg(t, dir, "info", "--output=json", name)
 		if r.code != 0 || q.code != 0 || string(r.stdout) != string(q.stdout) {
 			t.Errorf("%s: instarfs (exit %d):\n%s\nqemu-img (exit %d):\n%s", filepath.Base(name), r.code, r.stdout, q.code, q.stdout)
 		}

@@ -87,3 +87,25 @@ func TestMicrovmSameAnswers(t *testing.T) {
 	sameFiles("commit", "top.qcow2", "new.qcow2")
 	checkClean(t, filepath.Join(guest, "new.qcow2"), false)
 }
+
+// TestMicrovmMount mounts a small chain with --sandbox=microvm under TCG and
+// reads what a user reads first: an image's info.json (as the jail's command
+// line prints it) and its disk file, through a guest's session (as qemu-img
+// convert flattens the chain).
+func TestMicrovmMount(t *testing.T) {
+	vm := microvmArgs(t)
+	dir := t.TempDir()
+	shellIn(t, dir, mvFixture)
+	m := mount(t, dir, vm, "--read-only")
+	want := inDir(t, dir, "info", "--output=json", "top.qcow2")
+	if got := m.read(t, "top.qcow2", "info.json"); want.code != 0 || got != string(want.stdout) {
+		t.Errorf("info.json through the microvm:\n%s\nthe jail's command line (exit %d):\n%s%s\nmount log:\n%s", got, want.code, want.stdout, want.stderr, m.stderr)
+	}
+	got, err := os.ReadFile(m.path("top.qcow2", "disk"))
+	if err != nil {
+		t.Fatalf("reading disk: %v\nmount log:\n%s", err, m.stderr)
+	}
+	if !bytes.Equal(got, qemuContent(t, dir, "top.qcow2")) {
+		t.Errorf("disk through the microvm differs from qemu-img convert (%d bytes)", len(got))
+	}
+}

@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -16,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"instarfs/internal/fusetest"
+	"instarfs/internal/qemutest"
 )
 
 // mounted is a running `instarfs mount`.
@@ -32,16 +36,7 @@ type mounted struct {
 // leaves a mount behind.
 func mount(t testing.TB, dir string, global []string, opts ...string) *mounted {
 	t.Helper()
-	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
-		t.Skipf("no usable /dev/fuse (%v): mount tests need FUSE", err)
-	} else {
-		f.Close()
-	}
-	if os.Geteuid() != 0 {
-		if _, err := exec.LookPath("fusermount3"); err != nil {
-			t.Skip("not root and no fusermount3: cannot mount")
-		}
-	}
+	fusetest.Need(t)
 	m := &mounted{dir: dir, mnt: t.TempDir(), stderr: &logBuffer{}}
 	args := append(append([]string{}, global...), "--log-level=info", "mount")
 	args = append(append(args, opts...), dir, m.mnt)
@@ -158,7 +153,7 @@ func TestMountTree(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "zeros.bin"), make([]byte, 1<<20), 0o644)
 	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
 	os.WriteFile(filepath.Join(dir, "sub", "disk.raw"), make([]byte, 1<<20), 0o644)
-	if r := execIn(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "disk.raw", "-F", "raw", "sub/top.qcow2", "1M"); r.code != 0 {
+	if r := qemuImg(t, dir, "create", "-q", "-f", "qcow2", "-b", "disk.raw", "-F", "raw", "sub/top.qcow2", "1M"); r.code != 0 {
 		t.Fatalf("qemu-img create: %s", r.stderr)
 	}
 	m := mount(t, dir, nil)
@@ -347,7 +342,7 @@ func TestMountControlErrors(t *testing.T) {
 		})
 	}
 	// rebase -u repairs an image whose backing file is gone.
-	if r := execIn(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "-u", "orphan.qcow2", "4M"); r.code != 0 {
+	if r := qemuImg(t, dir, "create", "-q", "-f", "qcow2", "-b", "gone.qcow2", "-F", "qcow2", "-u", "orphan.qcow2", "4M"); r.code != 0 {
 		t.Fatalf("qemu-img create: %s", r.stderr)
 	}
 	if r := m.shell(t, "echo -u -F qcow2 base.qcow2 > orphan.qcow2/rebase"); r.code != 0 {
@@ -437,7 +432,7 @@ func TestMountJobs(t *testing.T) {
 		t.Errorf("guest content of overlay.qcow2 changed by commit")
 	}
 	for _, img := range []string{"overlay.qcow2", "base.qcow2", "new-base.qcow2"} {
-		if r := execIn(t, dir, "qemu-img", "check", "-q", img); r.code != 0 {
+		if r := qemuImg(t, dir, "check", "-q", img); r.code != 0 {
 			t.Errorf("qemu-img check %s: exit %d, %s", img, r.code, r.stderr)
 		}
 	}
@@ -447,7 +442,7 @@ func TestMountJobs(t *testing.T) {
 func qemuContent(t *testing.T, dir, img string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "flat.raw")
-	if r := execIn(t, dir, "qemu-img", "convert", "-U", "-O", "raw", img, out); r.code != 0 {
+	if r := qemuImg(t, dir, "convert", "-U", "-O", "raw", img, out); r.code != 0 {
 		t.Fatalf("qemu-img convert %s: %s", img, r.stderr)
 	}
 	b, err := os.ReadFile(out)
@@ -463,20 +458,13 @@ func qemuContent(t *testing.T, dir, img string) []byte {
 // interrupted write cancels its job at a safe point.
 func TestMountLocks(t *testing.T) {
 	dir := t.TempDir()
-	for _, c := range [][]string{
-		{"qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "16M"},
-		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "16M"},
-		{"qemu-io", "-c", "write -P 0x5a 0 6M", "top.qcow2"},
-	} {
-		if r := execIn(t, dir, c[0], c[1:]...); r.code != 0 {
-			t.Fatalf("%v: %s", c, r.stderr)
-		}
-	}
+	qemutest.Create(t, filepath.Join(dir, "base.qcow2"), "qcow2", "16M")
+	qemutest.Create(t, filepath.Join(dir, "top.qcow2"), "qcow2", "16M", "backing_file=base.qcow2", "backing_fmt=qcow2")
+	qemutest.IO(t, filepath.Join(dir, "top.qcow2"), "", "write -P 0x5a 0 6M")
 	m := mount(t, dir, nil)
 
 	// qemu-io holds top.qcow2 read-write, as a running VM would.
-	q := exec.Command("qemu-io", "-c", "sleep 60000", "top.qcow2")
-	q.Dir = dir
+	q := qemutest.System.Command(context.Background(), t, dir, "qemu-io", "-c", "sleep 60000", "top.qcow2")
 	var qout bytes.Buffer
 	q.Stdout, q.Stderr = &qout, &qout
 	if err := q.Start(); err != nil {
@@ -497,7 +485,7 @@ func TestMountLocks(t *testing.T) {
 		"map.json":   {"map", "--output=json"},
 		"check.json": {"check", "--output=json"},
 	} {
-		want := execIn(t, dir, "qemu-img", append(append(args, "-U"), "top.qcow2")...)
+		want := qemuImg(t, dir, append(append(args, "-U"), "top.qcow2")...)
 		if got, err := os.ReadFile(m.path("top.qcow2", file)); err != nil || string(got) != string(want.stdout) {
 			t.Errorf("%s while qemu-io holds the image: %v\n%s\nqemu-img -U:\n%s", file, err, got, want.stdout)
 		}
@@ -526,7 +514,7 @@ func TestMountLocks(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, args := range [][]string{{"-c", "read 0 512", "top.qcow2"}, {"-c", "read 0 512", "base.qcow2"}, {"-r", "-c", "read 0 512", "base.qcow2"}} {
-		if r := execIn(t, dir, "qemu-io", args...); r.code == 0 || !bytes.Contains(r.stderr, []byte("lock")) {
+		if r := qemuIO(t, dir, args...); r.code == 0 || !bytes.Contains(r.stderr, []byte("lock")) {
 			t.Errorf("qemu-io %v during the commit: exit %d, %s%s", args, r.code, r.stdout, r.stderr)
 		}
 	}
@@ -546,12 +534,12 @@ func TestMountLocks(t *testing.T) {
 	if r := <-done; r.code != 0 {
 		t.Fatalf("slow commit: exit %d, %s", r.code, r.stderr)
 	}
-	if r := execIn(t, dir, "qemu-io", "-c", "read -P 0x5a 0 6M", "base.qcow2"); r.code != 0 {
+	if r := qemuIO(t, dir, "-c", "read -P 0x5a 0 6M", "base.qcow2"); r.code != 0 {
 		t.Errorf("qemu-io after the commit: %s%s", r.stdout, r.stderr)
 	}
 
 	// Interrupting the writer cancels the job; the images stay consistent.
-	if r := execIn(t, dir, "qemu-io", "-c", "write -P 0x6b 0 2M", "top.qcow2"); r.code != 0 {
+	if r := qemuIO(t, dir, "-c", "write -P 0x6b 0 2M", "top.qcow2"); r.code != 0 {
 		t.Fatal(string(r.stderr))
 	}
 	execIn(t, m.mnt, "timeout", "-s", "INT", "0.5", "bash", "-c", "echo -r 1M > top.qcow2/commit")
@@ -566,7 +554,7 @@ func TestMountLocks(t *testing.T) {
 		t.Errorf("result.json after an interrupted commit: %s", s)
 	}
 	for _, img := range []string{"top.qcow2", "base.qcow2"} {
-		if r := execIn(t, dir, "qemu-img", "check", "-q", img); r.code != 0 {
+		if r := qemuImg(t, dir, "check", "-q", img); r.code != 0 {
 			t.Errorf("qemu-img check %s after the interrupted commit: exit %d, %s", img, r.code, r.stderr)
 		}
 	}

@@ -13,7 +13,7 @@ import (
 // (the header only: the backing file may not exist).
 func backingOf(t *testing.T, dir, img string) string {
 	t.Helper()
-	r := execIn(t, dir, "qemu-img", "info", "--output=json", "-U", img)
+	r := qemuImg(t, dir, "info", "--output=json", "-U", img)
 	var v struct {
 		Backing string `json:"backing-filename"`
 	}
@@ -37,7 +37,7 @@ func TestMountShellNames(t *testing.T) {
 		{"create", "-q", "-f", "qcow2", "-b", "sub/disk.raw", "-F", "raw", "named.qcow2", "1M"}, // shows disk.raw, sub/disk.raw
 		{"create", "-q", "-f", "qcow2", "-b", "../disk.raw", "-F", "raw", "sub/up.qcow2", "1M"},
 	} {
-		if r := execIn(t, dir, "qemu-img", c...); r.code != 0 {
+		if r := qemuImg(t, dir, c...); r.code != 0 {
 			t.Fatalf("qemu-img %v: %s", c, r.stderr)
 		}
 	}
@@ -115,7 +115,7 @@ qemu-img create -q -f qcow2 base.qcow2 1M
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2
 qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2
 mv base.qcow2 gone.qcow2`)
-	if r := execIn(t, dir, "qemu-img", "info", "--backing-chain", "top.qcow2"); r.code == 0 {
+	if r := qemuImg(t, dir, "info", "--backing-chain", "top.qcow2"); r.code == 0 {
 		t.Fatalf("qemu-img info --backing-chain answered for a missing member; the premise changed")
 	}
 	m := mount(t, dir, nil)

@@ -67,7 +67,7 @@ func TestCommitRawBaseIsImage(t *testing.T) {
 
 				// Reading the chain is harmless and allowed, as in qemu-img.
 				ours := runOp(t, dir, nil, "map", "--output=json", "top.qcow2")
-				theirs := execIn(t, dir, "qemu-img", "map", "--output=json", "top.qcow2")
+				theirs := qemuImg(t, dir, "map", "--output=json", "top.qcow2")
 				if ours.code != 0 || theirs.code != 0 || !bytes.Equal(ours.stdout, theirs.stdout) {
 					t.Errorf("map: exit %d, %s%s; qemu-img exit %d, %s", ours.code, ours.stdout, ours.stderr, theirs.code, theirs.stdout)
 				}
@@ -78,7 +78,7 @@ func TestCommitRawBaseIsImage(t *testing.T) {
 				}
 				qdir := t.TempDir()
 				copyDir(t, dir, qdir)
-				if r := execIn(t, qdir, "qemu-img", append([]string{"commit", "-q"}, args...)...); r.code != 0 {
+				if r := qemuImg(t, qdir, append([]string{"commit", "-q"}, args...)...); r.code != 0 {
 					t.Fatalf("qemu-img commit: exit %d, %s", r.code, r.stderr)
 				}
 				head, err := os.ReadFile(filepath.Join(qdir, golden))

@@ -19,7 +19,7 @@ func TestInfoMatchesQemu(t *testing.T) {
 			}
 			args = append(args, e.Name)
 			t.Run(strings.Join(args[1:], " "), func(t *testing.T) {
-				want := decodeJSON(t, "qemu-img", qemuImg(t, args...))
+				want := decodeJSON(t, "qemu-img", qemuImg(t, imagesDir, args...))
 				got := decodeJSON(t, "instarfs", instarfs(t, e, args...))
 				if !reflect.DeepEqual(normaliseInfo(got), normaliseInfo(want)) {
 					t.Errorf("info differs\n got: %s\nwant: %s", js(got), js(want))
@@ -39,12 +39,12 @@ func normaliseInfo(v any) any { return v }
 func TestMapMatchesQemu(t *testing.T) {
 	for _, e := range entries("good") {
 		t.Run(e.Name, func(t *testing.T) {
-			want := qemuImg(t, "map", "--output=json", e.Name)
+			want := qemuImg(t, imagesDir, "map", "--output=json", e.Name)
 			got := instarfs(t, e, "map", "--output=json", e.Name)
 			if got.code != 0 || !bytes.Equal(got.stdout, want.stdout) {
 				t.Errorf("map --output=json differs (exit %d, stderr %s)\n got: %s\nwant: %s", got.code, got.stderr, got.stdout, want.stdout)
 			}
-			wantH := qemuImg(t, "map", e.Name)
+			wantH := qemuImg(t, imagesDir, "map", e.Name)
 			gotH := instarfs(t, e, "map", e.Name)
 			if (wantH.code == 0) != (gotH.code == 0) || wantH.code == 0 && !bytes.Equal(gotH.stdout, wantH.stdout) {
 				t.Errorf("map differs (exit %d vs %d)\n got: %s\nwant: %s", gotH.code, wantH.code, gotH.stdout, wantH.stdout)
@@ -59,7 +59,7 @@ func TestCheckMatchesQemu(t *testing.T) {
 	for _, kind := range []string{"good", "damaged"} {
 		for _, e := range entries(kind) {
 			t.Run(e.Name, func(t *testing.T) {
-				want := qemuImg(t, "check", "--output=json", e.Name)
+				want := qemuImg(t, imagesDir, "check", "--output=json", e.Name)
 				got := instarfs(t, e, "check", "--output=json", e.Name)
 				if got.code != want.code {
 					t.Errorf("exit status %d, qemu-img %d\nstderr: %s", got.code, want.code, got.stderr)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -151,28 +152,6 @@ func rbOurs(t *testing.T, dir string, env []string, args ...string) result {
 	return runOp(t, dir, env, "rebase", args...)
 }
 
-// rbSame fails unless the files at a and b are byte-identical.
-func rbSame(t *testing.T, a, b string) {
-	t.Helper()
-	x, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(x, y) {
-		return
-	}
-	for i := 0; i < min(len(x), len(y)); i++ {
-		if x[i] != y[i] {
-			t.Fatalf("%s and %s differ first at byte %#x (%d and %d bytes long)", a, b, i, len(x), len(y))
-		}
-	}
-	t.Fatalf("%s is %d bytes, %s is %d bytes", a, len(x), b, len(y))
-}
-
 // rbSameContent fails unless the two images read the same through their own
 // backing chains.
 func rbSameContent(t *testing.T, a, b string) {
@@ -187,8 +166,7 @@ func rbSameContent(t *testing.T, a, b string) {
 // oracles` builds) and requires byte-identical overlays, a clean check, and
 // (safe mode) unchanged guest content.
 func TestRebaseMatchesQemu(t *testing.T) {
-	oracles := qemutest.Oracles(t)
-	for _, o := range oracles {
+	for _, o := range qemutest.Oracles(t) {
 		t.Logf("oracle %s: qemu-img %s", o.Name, o.Version)
 	}
 	for _, c := range rbCases {
@@ -223,29 +201,20 @@ func TestRebaseMatchesQemu(t *testing.T) {
 			if !c.unsafe {
 				rbSameContent(t, filepath.Join(pristine, c.file), filepath.Join(ours, c.file))
 			}
-			for _, o := range oracles {
+			qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
 				theirs := filepath.Join(root, "qemu-"+o.Name)
 				copyDir(t, pristine, theirs)
-				q := execIn(t, theirs, o.Img, append([]string{"rebase"}, args...)...)
-				if q.code != 0 {
-					t.Fatalf("qemu-img %s rebase: exit %d\n%s", o.Version, q.code, q.stderr)
-				}
+				o.Img(t, theirs, append([]string{"rebase"}, args...)...)
 				switch {
 				case c.qemuDiffers:
 				case c.newerDiffers && o.Major() >= 8:
 					rbSameContent(t, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
 				default:
-					rbSameBytes(t, o.Version, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
+					qemutest.SameBytes(t, filepath.Join(theirs, c.file), filepath.Join(ours, c.file))
 				}
-			}
+			})
 		})
 	}
-}
-
-// rbSameBytes is rbSame, naming the qemu-img version compared with.
-func rbSameBytes(t *testing.T, version, theirs, ours string) {
-	t.Helper()
-	t.Run("qemu-img-"+version, func(t *testing.T) { rbSame(t, theirs, ours) })
 }
 
 // TestRebaseCrashSweep kills the worker before each of its writes in turn and
@@ -302,7 +271,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 		copyDir(t, pristine, dir)
 		r := rbOurs(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, args...)
 		if r.code == 0 {
-			rbSame(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
+			qemutest.SameBytes(t, filepath.Join(clean, c.file), filepath.Join(dir, c.file))
 			t.Logf("%d crash points checked", n-1)
 			return
 		}
@@ -312,7 +281,7 @@ func rbCrashSweep(t *testing.T, c rbCase) {
 		if r := rbOurs(t, dir, nil, args...); r.code != 0 {
 			t.Fatalf("re-run after a crash at write %d: exit %d\n%s", n, r.code, r.stderr)
 		}
-		rbSame(t, filepath.Join(clean, c.file), ov)
+		qemutest.SameBytes(t, filepath.Join(clean, c.file), ov)
 		checkClean(t, ov, false)
 		os.RemoveAll(dir)
 	}
@@ -403,9 +372,109 @@ func TestRebaseDetectsFormat(t *testing.T) {
 		if r := rbOurs(t, root, nil, append(args, "ov.qcow2")...); r.code != 0 || string(r.stdout) != "Image rebased.\n" {
 			t.Fatalf("%v: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
 		}
-		if q := execIn(t, theirs, "qemu-img", append(append([]string{"rebase"}, args...), "-F", "qcow2", "ov.qcow2")...); q.code != 0 {
+		if q := qemuImg(t, theirs, append(append([]string{"rebase"}, args...), "-F", "qcow2", "ov.qcow2")...); q.code != 0 {
 			t.Fatalf("qemu-img: %s", q.stderr)
 		}
-		rbSame(t, filepath.Join(theirs, "ov.qcow2"), filepath.Join(root, "ov.qcow2"))
+		qemutest.SameBytes(t, filepath.Join(theirs, "ov.qcow2"), filepath.Join(root, "ov.qcow2"))
 	}
+}
+
+// TestRebaseVmdk covers vmdk rebase, which qemu-img cannot do: the result must
+// read (through qemu) exactly as before, check clean, and name the new parent
+// with its CID.
+func TestRebaseVmdk(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		parent  string // "" when detached
+		copied  bool   // grains must have been copied
+		errCode string
+	}{
+		{name: "safe", args: []string{"-b", "new.vmdk", "-F", "vmdk"}, parent: "new.vmdk", copied: true},
+		{name: "safe, format detected", args: []string{"-b", "new.vmdk"}, parent: "new.vmdk", copied: true},
+		{name: "unsafe onto an identical copy", args: []string{"-u", "-b", "same.vmdk", "-F", "vmdk"}, parent: "same.vmdk"},
+		{name: "safe detach", args: []string{"-b", ""}, copied: true},
+		{name: "not a vmdk parent", args: []string{"-u", "-b", "new.vmdk", "-F", "qcow2"}, errCode: "VMDK_PARENT_NOT_VMDK"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rbSh(t, dir, rbVmdkChain)
+			shellIn(t, dir, "cp top.vmdk pristine.vmdk")
+			cmd := exec.Command(binary, append(append([]string{"--allow-dir", dir, "rebase", "--output=json"}, tc.args...), "top.vmdk")...)
+			cmd.Dir = dir
+			out, err := cmd.Output()
+			if tc.errCode != "" {
+				if err == nil || !strings.Contains(string(out), tc.errCode) {
+					t.Fatalf("rebase succeeded or failed with the wrong error: %v %s", err, out)
+				}
+				if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+					t.Errorf("refused rebase changed the image: %s", r.stdout)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("rebase: %v: %s", err, out)
+			}
+			var env struct {
+				ClustersCopied int64 `json:"clusters_copied"`
+			}
+			if err := json.Unmarshal(out, &env); err != nil {
+				t.Fatal(err)
+			}
+			if (env.ClustersCopied > 0) != tc.copied {
+				t.Errorf("copied %d grains, want copies: %v", env.ClustersCopied, tc.copied)
+			}
+			// pristine.vmdk still reads through old.vmdk.
+			if r := compareImages(t, filepath.Join(dir, "pristine.vmdk"), filepath.Join(dir, "top.vmdk")); r.code != 0 {
+				t.Errorf("content changed: %s%s", r.stdout, r.stderr)
+			}
+			checkClean(t, filepath.Join(dir, "top.vmdk"), false)
+			var info struct {
+				Backing string `json:"backing-filename"`
+				Spec    struct {
+					Data struct {
+						ParentCID uint32 `json:"parent-cid"`
+					}
+				} `json:"format-specific"`
+			}
+			r := qemuImg(t, dir, "info", "--output=json", "top.vmdk")
+			if err := json.Unmarshal(r.stdout, &info); err != nil {
+				t.Fatal(err)
+			}
+			if info.Backing != tc.parent {
+				t.Errorf("backing file %q, want %q", info.Backing, tc.parent)
+			}
+			want := uint32(0xffffffff)
+			if tc.parent != "" {
+				var p struct {
+					Spec struct{ Data struct{ CID uint32 } } `json:"format-specific"`
+				}
+				json.Unmarshal(qemuImg(t, dir, "info", "--output=json", tc.parent).stdout, &p)
+				want = p.Spec.Data.CID
+			}
+			if info.Spec.Data.ParentCID != want {
+				t.Errorf("parent CID %x, want %x", info.Spec.Data.ParentCID, want)
+			}
+			if tc.parent == "" {
+				// qemu's template for an image without a parent.
+				if d := vmdkDescriptor(t, filepath.Join(dir, "top.vmdk")); !strings.Contains(d, "parentCID=ffffffff\ncreateType=\"monolithicSparse\"\n\n# Extent description\n") {
+					t.Errorf("detached descriptor does not follow qemu's template:\n%s", d)
+				}
+			}
+		})
+	}
+}
+
+// vmdkDescriptor returns the embedded descriptor text of a vmdk.
+func vmdkDescriptor(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) < 512 {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	d := b[512:min(len(b), 512+10240)]
+	if i := bytes.IndexByte(d, 0); i >= 0 {
+		d = d[:i]
+	}
+	return string(d)
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // The check -r tests repair copies of damaged images with instarfs and with
@@ -160,11 +162,11 @@ func rpCompare(t *testing.T, pristine, file string, flags ...string) result {
 	copyDir(t, pristine, theirs)
 	args := append(append([]string{"-f", "qcow2"}, flags...), file)
 	r := runOp(t, ours, nil, "check", args...)
-	q := execIn(t, theirs, "qemu-img", append([]string{"check"}, args...)...)
+	q := qemuImg(t, theirs, append([]string{"check"}, args...)...)
 	if r.code != q.code || string(r.stdout) != string(q.stdout) || rpStderr(r.stderr) != rpStderr(q.stderr) {
 		t.Fatalf("check %v:\ninstarfs: exit %d\n%s%s\nqemu-img: exit %d\n%s%s", flags, r.code, r.stdout, r.stderr, q.code, q.stdout, q.stderr)
 	}
-	rbSame(t, filepath.Join(theirs, file), filepath.Join(ours, file))
+	qemutest.SameBytes(t, filepath.Join(theirs, file), filepath.Join(ours, file))
 	return r
 }
 
@@ -216,7 +218,7 @@ func TestRepairInterruptedOps(t *testing.T) {
 				if r := runOp(t, dir, []string{fmt.Sprintf("INSTARFS_FAULT_AFTER_WRITES=%d", n)}, o.op, o.args...); r.code == 0 {
 					break
 				}
-				if q := execIn(t, dir, "qemu-img", "check", o.file); q.code == 3 {
+				if q := qemuImg(t, dir, "check", o.file); q.code == 3 {
 					leaky++
 					rpCompare(t, dir, o.file, "-r", "leaks")
 					rpCompare(t, dir, o.file, "-r", "all")
@@ -305,8 +307,8 @@ func TestMountRepair(t *testing.T) {
 		if s := m.read(t, tt.image+".qcow2", "status"); s != "ok repair\n" {
 			t.Errorf("%s: status %q", tt.image, s)
 		}
-		execIn(t, filepath.Join(dir, "qemu-"+tt.qemu), "qemu-img", "check", "-q", "-r", tt.mode, "img.qcow2")
-		rbSame(t, filepath.Join(dir, "qemu-"+tt.qemu, "img.qcow2"), filepath.Join(images, tt.image+".qcow2"))
+		qemuImg(t, filepath.Join(dir, "qemu-"+tt.qemu), "check", "-q", "-r", tt.mode, "img.qcow2")
+		qemutest.SameBytes(t, filepath.Join(dir, "qemu-"+tt.qemu, "img.qcow2"), filepath.Join(images, tt.image+".qcow2"))
 	}
 
 	refused := []struct{ image, line, message, code string }{

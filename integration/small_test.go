@@ -17,7 +17,7 @@ import (
 func TestMountSmallThings(t *testing.T) {
 	dir := demoCopy(t)
 	os.WriteFile(filepath.Join(dir, "disk.raw"), make([]byte, 1<<20), 0o644)
-	if r := execIn(t, dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "disk.raw", "-F", "raw", "top.qcow2", "1M"); r.code != 0 {
+	if r := qemuImg(t, dir, "create", "-q", "-f", "qcow2", "-b", "disk.raw", "-F", "raw", "top.qcow2", "1M"); r.code != 0 {
 		t.Fatal(string(r.stderr))
 	}
 	m := mount(t, dir, nil)

@@ -14,7 +14,7 @@ func TestPlanRebase(t *testing.T) {
 		name string
 		in   RebaseInput
 		want []RebaseStep
-		code string
+		code errcode.Code
 	}{
 		{
 			name: "whole overlay unallocated, chunked at 2M",
@@ -87,7 +87,7 @@ func TestPlanRebase(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := PlanRebase(tc.in)
 			if tc.code != "" {
-				if errcode.Code(err) != tc.code {
+				if errcode.Of(err) != tc.code {
 					t.Fatalf("error %v, want %s", err, tc.code)
 				}
 				return

@@ -64,7 +64,7 @@ func TestBroker(t *testing.T) {
 				Broker:  b,
 			})
 			if tc.want == "" {
-				if errcode.Code(err) != errcode.WorkerProtocol {
+				if errcode.Of(err) != errcode.WorkerProtocol {
 					t.Fatalf("result %s, error %v; want WORKER_PROTOCOL", res, err)
 				}
 				return

@@ -102,7 +102,7 @@ func TestLimitWaitHonoursContext(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		ctx  func() (context.Context, context.CancelFunc)
-		want string
+		want errcode.Code
 	}{
 		{"cancelled", func() (context.Context, context.CancelFunc) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -126,7 +126,7 @@ func TestLimitWaitHonoursContext(t *testing.T) {
 			defer cancel()
 			start := time.Now()
 			_, err := sb.Run(ctx, Job{})
-			if errcode.Code(err) != tc.want {
+			if errcode.Of(err) != tc.want {
 				t.Errorf("a run waiting for a slot ended with %v, want %s", err, tc.want)
 			}
 			if d := time.Since(start); d > 5*time.Second {

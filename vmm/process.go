@@ -49,6 +49,16 @@ type Process struct {
 	// Exited, when set, is called once the worker has exited and been
 	// waited for, or could not be started.
 	Exited func()
+	// Inherit, when set, is what the process inherits from fd 3 on, in
+	// place of the job's image descriptors: the emulator of a virtual
+	// machine receives its drives and boot files, and its guest finds the
+	// images as drives.
+	Inherit []*os.File
+	// Ended, when set, says how the worker ended when the process is not
+	// the worker itself (the emulator of a virtual machine whose pid 1 is the
+	// worker): given the process's wait status and standard error, it
+	// returns the worker's, which the guest's console shows.
+	Ended func(ws syscall.WaitStatus, stderr []byte) (syscall.WaitStatus, []byte)
 }
 
 // StartError reports that a worker process could not be started at all. Its
@@ -101,7 +111,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 	defer pp.closeHost()
 
-	files := job.Files
+	files := p.inherited(job)
 	var bc *brokerConn
 	if job.Broker != nil {
 		if bc, err = newBrokerConn(job.Broker); err != nil {
@@ -185,12 +195,20 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		out.err = bc.violation()
 	}
 
-	res, err := outcomeError(cmd.ProcessState, stop, timeout, p.CPULimit, &out, stderr)
+	res, err := outcomeError(cmd.ProcessState, p.Ended, stop, timeout, p.CPULimit, &out, stderr)
 	logEnd(log, job.Request.Op, cmd.ProcessState)
 	if b := stderr.Bytes(); err != nil && len(b) > 0 {
 		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
 	}
 	return res, err
+}
+
+// inherited is what the process inherits from fd 3 on.
+func (p *Process) inherited(job Job) []*os.File {
+	if p.Inherit != nil {
+		return p.Inherit
+	}
+	return job.Files
 }
 
 func (p *Process) exited() {
@@ -262,8 +280,13 @@ func (p *Process) start(pp *pipes, files []*os.File) (*exec.Cmd, error) {
 }
 
 // outcomeError maps how the worker ended to the result of Run.
-func outcomeError(state *os.ProcessState, stop stopReason, timeout, cpuLimit time.Duration, out *outcome, stderr *headBuffer) (json.RawMessage, error) {
+func outcomeError(state *os.ProcessState, ended func(syscall.WaitStatus, []byte) (syscall.WaitStatus, []byte),
+	stop stopReason, timeout, cpuLimit time.Duration, out *outcome, stderr *headBuffer) (json.RawMessage, error) {
 	ws, _ := state.Sys().(syscall.WaitStatus)
+	errText := stderr.Bytes()
+	if ended != nil {
+		ws, errText = ended(ws, errText)
+	}
 	if ws.Signaled() && ws.Signal() == syscall.SIGSYS {
 		return nil, errcode.New(errcode.SandboxViolation,
 			"the worker made a system call that the sandbox forbids and was killed (SIGSYS)")
@@ -295,7 +318,7 @@ func outcomeError(state *os.ProcessState, stop stopReason, timeout, cpuLimit tim
 	} else {
 		msg += " without a result"
 	}
-	if s := stderrSummary(stderr.Bytes()); s != "" {
+	if s := StderrSummary(errText); s != "" {
 		msg += "; stderr: " + s
 	}
 	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
@@ -476,26 +499,11 @@ func decodeMessage(line []byte) (*proto.Message, error) {
 		if len(line) > proto.MaxErrorLineBytes {
 			return nil, fmt.Errorf("error line longer than %d bytes", proto.MaxErrorLineBytes)
 		}
-		if !validCode(m.Error.Code) {
-			return nil, fmt.Errorf("error code %q is not an upper-case name", sanitize(truncate(m.Error.Code, 80)))
+		if !m.Error.Code.FromWorker() {
+			return nil, fmt.Errorf("error code %q is not one a worker may send", sanitize(truncate(string(m.Error.Code), 80)))
 		}
 	}
 	return &m, nil
-}
-
-// validCode reports whether s looks like an errcode: [A-Z][A-Z0-9_]*, at most
-// 64 bytes.
-func validCode(s string) bool {
-	if s == "" || len(s) > 64 || s[0] < 'A' || s[0] > 'Z' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // headBuffer keeps the first max bytes written to it and drops the rest. It is
@@ -522,10 +530,10 @@ func (b *headBuffer) Bytes() []byte {
 	return bytes.Clone(b.buf)
 }
 
-// stderrSummary picks the informative part of a worker's standard error for an
+// StderrSummary picks the informative part of a worker's standard error for an
 // error message: a Go panic or fatal error line when there is one, otherwise
 // the last few hundred bytes.
-func stderrSummary(b []byte) string {
+func StderrSummary(b []byte) string {
 	s := strings.TrimSpace(string(b))
 	if s == "" {
 		return ""
@@ -561,6 +569,17 @@ func sanitize(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// HasFinalLine reports whether a worker's complete output has a result or
+// error line, whatever else is wrong with it.
+func HasFinalLine(out []byte) bool {
+	for _, l := range bytes.Split(out, []byte("\n")) {
+		if m, err := decodeMessage(append(l, '\n')); err == nil && (m.Result != nil || m.Error != nil) {
+			return true
+		}
+	}
+	return false
 }
 
 // DecodeOutput reads a worker's complete output from r, as Run reads a local

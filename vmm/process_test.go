@@ -126,7 +126,7 @@ func TestProcessOutcomes(t *testing.T) {
 	tests := []struct {
 		op      string
 		timeout time.Duration
-		code    string
+		code    errcode.Code
 		message string
 	}{
 		{op: proto.OpNoop},
@@ -146,8 +146,8 @@ func TestProcessOutcomes(t *testing.T) {
 				}
 				return
 			}
-			if errcode.Code(err) != tt.code || !strings.Contains(fmt.Sprint(err), tt.message) {
-				t.Fatalf("error %s %q, want %s containing %q", errcode.Code(err), err, tt.code, tt.message)
+			if errcode.Of(err) != tt.code || !strings.Contains(fmt.Sprint(err), tt.message) {
+				t.Fatalf("error %s %q, want %s containing %q", errcode.Of(err), err, tt.code, tt.message)
 			}
 		})
 	}
@@ -189,7 +189,7 @@ func TestProcessPassesImages(t *testing.T) {
 		t.Errorf("worker read %s", res)
 	}
 	_, err = plainProcess().Run(context.Background(), Job{Request: proto.Request{Op: "read-image", Images: []proto.ImageRef{{Name: "img"}}}})
-	if errcode.Code(err) != errcode.Internal {
+	if errcode.Of(err) != errcode.Internal {
 		t.Errorf("images without descriptors: %v, want INTERNAL", err)
 	}
 }
@@ -198,14 +198,14 @@ func TestProcessContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := plainProcess().Run(ctx, Job{Request: proto.Request{Op: "sleep"}})
-	if errcode.Code(err) != errcode.WorkerTimeout || !strings.Contains(err.Error(), "deadline") {
+	if errcode.Of(err) != errcode.WorkerTimeout || !strings.Contains(err.Error(), "deadline") {
 		t.Errorf("deadline: %v, want WORKER_TIMEOUT", err)
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	time.AfterFunc(100*time.Millisecond, cancel)
 	start := time.Now()
 	_, err = plainProcess().Run(ctx, Job{Request: proto.Request{Op: "sleep"}})
-	if errcode.Code(err) != errcode.Cancelled {
+	if errcode.Of(err) != errcode.Cancelled {
 		t.Errorf("cancel: %v, want CANCELLED", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
@@ -217,7 +217,7 @@ func TestProcessStartError(t *testing.T) {
 	p := &Process{Path: "/nonexistent/instarfs", Env: []string{}}
 	_, err := p.Run(context.Background(), Job{Request: proto.Request{Op: proto.OpNoop}})
 	var se *StartError
-	if !errors.As(err, &se) || errcode.Code(err) != errcode.SandboxUnavailable || !errors.Is(err, syscall.ENOENT) {
+	if !errors.As(err, &se) || errcode.Of(err) != errcode.SandboxUnavailable || !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("error %v (%T), want a SANDBOX_UNAVAILABLE StartError wrapping ENOENT", err, err)
 	}
 }
@@ -228,8 +228,8 @@ func TestReadMessages(t *testing.T) {
 		in       string
 		final    bool
 		result   string
-		code     string // of the worker's error line
-		err      string // protocol violation, substring
+		code     errcode.Code // of the worker's error line
+		err      string       // protocol violation, substring
 		progress []float64
 		warnings []string
 	}{
@@ -256,8 +256,13 @@ func TestReadMessages(t *testing.T) {
 		{name: "progress negative", in: "{\"progress\":-0.1}\n", err: "outside [0,1]"},
 		{name: "long warning", in: "{\"warning\":\"" + strings.Repeat("w", proto.MaxProgressLineBytes) + "\"}\n", err: "longer than"},
 		{name: "too many warnings", in: strings.Repeat("{\"warning\":\"w\"}\n", proto.MaxWarnings+1), err: "warning lines"},
-		{name: "bad code", in: "{\"error\":{\"Code\":\"not upper\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
-		{name: "empty code", in: "{\"error\":{\"Code\":\"\",\"Message\":\"m\"}}\n", err: "not an upper-case name"},
+		{name: "bad code", in: "{\"error\":{\"Code\":\"not upper\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "empty code", in: "{\"error\":{\"Code\":\"\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "unknown code", in: "{\"error\":{\"Code\":\"QCOW2_FINE\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "policy code", in: "{\"error\":{\"Code\":\"BACKING_PATH_OUTSIDE_ROOT\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "lock code", in: "{\"error\":{\"Code\":\"IMAGE_IN_USE\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "outcome code", in: "{\"error\":{\"Code\":\"SANDBOX_VIOLATION\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
+		{name: "confinement failed", in: "{\"error\":{\"Code\":\"SANDBOX_UNAVAILABLE\",\"Message\":\"m\"}}\n", final: true, code: errcode.SandboxUnavailable},
 		{name: "long error", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"" + strings.Repeat("m", proto.MaxErrorLineBytes) + "\"}}\n", err: "longer than"},
 	}
 	for _, tt := range tests {
@@ -327,8 +332,8 @@ func TestStderrSummary(t *testing.T) {
 		{"bell\a here", "bell? here"},
 	}
 	for _, tt := range tests {
-		if got := stderrSummary([]byte(tt.in)); got != tt.want {
-			t.Errorf("stderrSummary(%.40q) = %q, want %q", tt.in, got, tt.want)
+		if got := StderrSummary([]byte(tt.in)); got != tt.want {
+			t.Errorf("StderrSummary(%.40q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
@@ -347,10 +352,10 @@ func TestHeadBuffer(t *testing.T) {
 
 func TestRegistry(t *testing.T) {
 	Register("test-backend", func() (Sandbox, error) { return nil, errcode.New(errcode.SandboxUnavailable, "not here") })
-	if _, err := New("test-backend"); errcode.Code(err) != errcode.SandboxUnavailable {
+	if _, err := New("test-backend"); errcode.Of(err) != errcode.SandboxUnavailable {
 		t.Errorf("New(test-backend): %v", err)
 	}
-	if _, err := New("no-such-sandbox"); errcode.Code(err) != errcode.BadArguments || !strings.Contains(err.Error(), "test-backend") {
+	if _, err := New("no-such-sandbox"); errcode.Of(err) != errcode.BadArguments || !strings.Contains(err.Error(), "test-backend") {
 		t.Errorf("New(no-such-sandbox): %v, want BAD_ARGUMENTS listing the backends", err)
 	}
 	defer func() {

@@ -47,7 +47,8 @@ const MaxStderrBytes = 64 << 10
 // carrying an errcode (the worker's own, or WORKER_CRASHED, WORKER_TIMEOUT,
 // WORKER_PROTOCOL, SANDBOX_VIOLATION, CANCELLED). Start starts a worker that
 // stays up as a Session (see session.go) under the same confinement; the
-// job's Timeout is then the session's whole life.
+// job's Timeout is then the session's whole life, counted from its ready
+// document.
 type Sandbox interface {
 	Name() string
 	Run(ctx context.Context, job Job) (json.RawMessage, error)

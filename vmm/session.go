@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -38,9 +39,9 @@ import (
 //
 // The host treats the replies as hostile, as Run treats a worker's output: a
 // reply longer than the caller allows, an error frame over MaxErrorLineBytes
-// or not a strict errcode.Error, an unknown status, a ready line over
-// MaxErrorLineBytes, or no reply within CallTimeout kills the worker, and the
-// session fails from then on.
+// or not a strict errcode.Error with a code a worker may send, an unknown
+// status, a ready line over MaxErrorLineBytes, or no reply within CallTimeout
+// kills the worker, and the session fails from then on.
 
 // Bounds of a session.
 const (
@@ -72,6 +73,7 @@ type Session struct {
 	life    *time.Timer
 	timeout time.Duration
 	cpu     time.Duration
+	ended   func(syscall.WaitStatus, []byte) (syscall.WaitStatus, []byte)
 	log     logrus.FieldLogger
 
 	stop atomic.Int32 // a stopReason: why the host killed the worker
@@ -83,8 +85,8 @@ type Session struct {
 }
 
 // Start starts a worker for a session: it runs job.Request like Run, then
-// keeps the worker up until Close, job.Timeout (its whole life) or a failure.
-// ctx bounds the start only. The caller keeps job.Files open while the
+// keeps the worker up until Close, job.Timeout (its whole life, counted from
+// the ready document) or a failure. ctx bounds the start only. The caller keeps job.Files open while the
 // session lives.
 func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	if err := ctx.Err(); err != nil {
@@ -101,9 +103,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		return nil, err
 	}
 	log, warn := p.loggers()
-	files := job.Files
+	files := p.inherited(job)
 	var shared []byte
-	if job.Shared > 0 {
+	if job.Shared > 0 && p.Inherit == nil { // a guest makes its own
 		f, m, err := sharedMemory(job.Shared)
 		if err != nil {
 			return nil, &StartError{Err: err}
@@ -131,7 +133,7 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	s := &Session{
 		cmd: cmd, pp: pp, shared: shared, br: bufio.NewReaderSize(pp.stdoutR, 64<<10),
 		stderr: &headBuffer{max: MaxStderrBytes}, exited: make(chan struct{}),
-		timeout: timeout, cpu: p.CPULimit, log: log,
+		timeout: timeout, cpu: p.CPULimit, ended: p.Ended, log: log,
 	}
 	stderrDone := make(chan struct{})
 	go func() {
@@ -149,7 +151,10 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		}
 		close(s.exited)
 	}()
-	s.life = time.AfterFunc(timeout, func() { s.kill(stopTimeout) })
+	// Armed at the ready document; until then readyTimeout and ctx bound
+	// the start.
+	s.life = time.AfterFunc(time.Hour, func() { s.kill(stopTimeout) })
+	s.life.Stop()
 
 	stop := context.AfterFunc(ctx, func() { s.kill(stopCancelled) })
 	defer stop()
@@ -178,6 +183,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 			return nil, m.Error
 		case m.Result != nil:
 			s.Ready = m.Result
+			// The life counts from here: a virtual machine's boot is not
+			// the session's time.
+			s.life.Reset(timeout)
 			return s, nil
 		}
 	}
@@ -264,7 +272,7 @@ func (s *Session) Call(ctx context.Context, req, reply []byte) (int, error) {
 			return 0, s.fail(err)
 		}
 		var e errcode.Error
-		if err := proto.Decode(body, &e); err != nil || !validCode(e.Code) {
+		if err := proto.Decode(body, &e); err != nil || !e.Code.FromWorker() {
 			return 0, s.fail(violation("an error frame that is not an error: %.80q", body))
 		}
 		e.Message = sanitize(e.Message)
@@ -366,7 +374,7 @@ func (s *Session) fail(cause error) error {
 		// write did.
 		select {
 		case <-s.exited:
-			_, s.failed = outcomeError(s.cmd.ProcessState, stop, s.timeout, s.cpu, &outcome{}, s.stderr)
+			_, s.failed = outcomeError(s.cmd.ProcessState, s.ended, stop, s.timeout, s.cpu, &outcome{}, s.stderr)
 		case <-time.After(2 * time.Second):
 			s.failed = errcode.New(errcode.WorkerCrashed, "the worker failed: %v", cause)
 		}

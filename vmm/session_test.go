@@ -47,6 +47,8 @@ func sessionWorker(in io.Reader, shared []byte) {
 			out(proto.FrameError, b)
 		case "err-bad":
 			out(proto.FrameError, []byte(`{"code":"lower","message":"x"}`))
+		case "err-host":
+			out(proto.FrameError, []byte(`{"code":"IMAGE_IN_USE","message":"x"}`))
 		case "err-long":
 			out(proto.FrameError, bytes.Repeat([]byte("e"), proto.MaxErrorLineBytes+1))
 		case "status":
@@ -90,7 +92,7 @@ func TestSessionCalls(t *testing.T) {
 		t.Fatalf("shared reply: %d, %v", n, err)
 	}
 	_, err = s.Call(context.Background(), []byte("err"), buf)
-	if errcode.Code(err) != errcode.ReadFailed || strings.ContainsRune(err.Error(), 0x1b) {
+	if errcode.Of(err) != errcode.ReadFailed || strings.ContainsRune(err.Error(), 0x1b) {
 		t.Fatalf("error frame: %v", err)
 	}
 	if n, err := s.Call(context.Background(), []byte("ok 1"), buf); err != nil || n != 1 {
@@ -98,10 +100,10 @@ func TestSessionCalls(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Call(ctx, []byte("ok 1"), buf); errcode.Code(err) != errcode.Cancelled {
+	if _, err := s.Call(ctx, []byte("ok 1"), buf); errcode.Of(err) != errcode.Cancelled {
 		t.Fatalf("cancelled call: %v", err)
 	}
-	if _, err := s.Call(context.Background(), make([]byte, proto.MaxFrameRequest+1), buf); errcode.Code(err) != errcode.Internal {
+	if _, err := s.Call(context.Background(), make([]byte, proto.MaxFrameRequest+1), buf); errcode.Of(err) != errcode.Internal {
 		t.Fatalf("oversized request: %v", err)
 	}
 	pid := s.Pid()
@@ -120,11 +122,12 @@ func TestSessionHostileReplies(t *testing.T) {
 	defer func() { callTimeout = old }()
 	for _, tc := range []struct {
 		req  string
-		code string
+		code errcode.Code
 	}{
 		{"ok 65", errcode.WorkerProtocol},     // longer than asked
 		{"shared 65", errcode.WorkerProtocol}, // longer than asked and shared
 		{"err-bad", errcode.WorkerProtocol},
+		{"err-host", errcode.WorkerProtocol}, // a code only the host may give
 		{"err-long", errcode.WorkerProtocol},
 		{"status", errcode.WorkerProtocol},
 		{"short", errcode.WorkerCrashed},
@@ -137,11 +140,11 @@ func TestSessionHostileReplies(t *testing.T) {
 				t.Fatal(err)
 			}
 			buf := make([]byte, 64)
-			if _, err := s.Call(context.Background(), []byte(tc.req), buf); errcode.Code(err) != tc.code {
+			if _, err := s.Call(context.Background(), []byte(tc.req), buf); errcode.Of(err) != tc.code {
 				t.Fatalf("got %v, want %s", err, tc.code)
 			}
 			// The session is over: the next call fails the same way.
-			if _, err := s.Call(context.Background(), []byte("ok 1"), buf); errcode.Code(err) != tc.code {
+			if _, err := s.Call(context.Background(), []byte("ok 1"), buf); errcode.Of(err) != tc.code {
 				t.Fatalf("next call: %v, want %s", err, tc.code)
 			}
 		})
@@ -151,14 +154,14 @@ func TestSessionHostileReplies(t *testing.T) {
 func TestSessionStartFailures(t *testing.T) {
 	for _, tc := range []struct {
 		op   string
-		code string
+		code errcode.Code
 	}{
 		{"session-error", errcode.ReadFailed},
 		{"session-garbage", errcode.WorkerProtocol},
 		{"die-at-once", errcode.WorkerCrashed}, // exits without a ready line
 	} {
 		t.Run(tc.op, func(t *testing.T) {
-			if _, err := startSession(t, tc.op); errcode.Code(err) != tc.code {
+			if _, err := startSession(t, tc.op); errcode.Of(err) != tc.code {
 				t.Fatalf("got %v, want %s", err, tc.code)
 			}
 		})

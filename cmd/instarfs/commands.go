@@ -14,6 +14,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 func (a *app) infoCommand() {
@@ -27,7 +28,7 @@ func (a *app) infoCommand() {
 	c := a.Command("info", "Show what an image is (qemu-img info).")
 	c.Flag("backing-chain", "Describe every image of the backing chain.").BoolVar(&backingChain)
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted; raw only with a partition table).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Arg("file", "The image.").Required().StringVar(&file)
 	a.actions[c.FullCommand()] = func() int {
@@ -51,7 +52,7 @@ func (a *app) mapCommand() {
 	var forceShare bool
 	c := a.Command("map", "Show where an image's data lives, through its backing chain (qemu-img map).")
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human, json, or svg (a picture of the chain).").Default("human").EnumVar(&output, "human", "json", "svg")
 	c.Flag("start-offset", "Map from this guest offset (suffixes K, M, G...).").StringVar(&startOffset)
 	c.Flag("max-length", "Map at most this many bytes (suffixes K, M, G...).").StringVar(&maxLength)
@@ -108,7 +109,7 @@ func (a *app) checkCommand() {
 	var quiet, forceShare bool
 	c := a.Command("check", "Check an image's metadata for consistency (qemu-img check); with -r, repair it. Exit status: 0 clean, 1 the check failed, 2 corrupt, 3 leaks only, 63 no checks for this format.")
 	forceShareFlag(c, &forceShare)
-	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("output", "human or json.").Default("human").EnumVar(&output, "human", "json")
 	c.Flag("repair", "Repair the image: leaks frees leaked clusters, all also fixes refcount errors and the corruptions qemu-img repairs.").Short('r').EnumVar(&repair, "leaks", "all")
 	c.Flag("quiet", "Print no report on stdout (the problems are still listed on stderr).").Short('q').BoolVar(&quiet)
@@ -211,10 +212,10 @@ func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string,
 // cancelGrace is how long a cancelled command may take to stop.
 const cancelGrace = 500 * time.Millisecond
 
-// runOperation runs a changing operation (rebase, commit) on file and prints
-// its outcome as qemu-img does: progress on stdout with -p (on stderr with
-// --output=json, which stdout carries), the envelope with --output=json, done
-// on success unless -q.
+// runOperation runs a changing operation (name: rebase, commit) on file and
+// prints its outcome as qemu-img does: progress on stdout with -p (on stderr
+// with --output=json, which stdout carries), the envelope with --output=json,
+// done on success unless -q.
 func (a *app) runOperation(name, file, output string, quiet, progress bool, done string,
 	op func(context.Context, *ctl.Opener, ctl.Progress) (*ctl.Envelope, error)) int {
 	return a.withOpener(func(ctx context.Context, o *ctl.Opener) int {
@@ -227,7 +228,9 @@ func (a *app) runOperation(name, file, output string, quiet, progress bool, done
 			show = func(f float64) { fmt.Fprintf(out, "    (%.2f/100%%)\r", f*100) }
 			show(0)
 		}
-		env, err := op(ctx, o, show)
+		env, err := ctl.Run(ctx, name, file, o.Sandbox, func(ctx context.Context) (*ctl.Envelope, error) {
+			return op(ctx, o, show)
+		})
 		if show != nil {
 			if err == nil {
 				show(1)
@@ -262,6 +265,6 @@ func refuse(op, file, output string, err error) int {
 
 // fail prints err as qemu-img prints errors and returns exit status 1.
 func fail(err error) int {
-	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Code(err), err)
+	fmt.Fprintf(os.Stderr, "instarfs: %s: %v\n", errcode.Of(err), err)
 	return 1
 }

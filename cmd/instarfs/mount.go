@@ -71,17 +71,15 @@ func (a *app) mountCommand() {
 		if err != nil {
 			return fail(err)
 		}
+		// Image names are relative to the image directory, as when the
+		// command line runs there.
+		policy.Dir = dir
 		mnt, err := filepath.Abs(mountpoint)
 		if err != nil {
 			return fail(errcode.New(errcode.BadArguments, "mountpoint %q: %v", mountpoint, err))
 		}
-		// Image names are relative to the image directory, as when the
-		// command line runs there.
-		if err := os.Chdir(dir); err != nil {
-			return fail(errcode.New(errcode.NotFound, "image directory %s: %v", dir, err))
-		}
 		log := logrus.StandardLogger()
-		jobs := &ctl.JobManager{Sandbox: sb.Name(), Log: log}
+		jobs := &ctl.JobManager{Sandbox: sb, Log: log}
 		fsys, err := fs.New(fs.Config{
 			ImageDir:    dir,
 			Opener:      &ctl.Opener{Sandbox: sb, Policy: policy, Cache: cache},

@@ -5,6 +5,7 @@ import (
 
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/proto"
 )
 
 func (a *app) rebaseCommand() {
@@ -13,9 +14,9 @@ func (a *app) rebaseCommand() {
 		unsafe, progress, quiet, backingSet          bool
 	)
 	c := a.Command("rebase", "Change the backing file of an image (qemu-img rebase). Safe mode first copies whatever would read differently; -u changes only the header.")
-	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, "qcow2", "vmdk", "raw")
+	c.Flag("format", "The image's format (detected when omitted).").Short('f').EnumVar(&format, proto.FormatNames()...)
 	c.Flag("backing", "The new backing file, stored verbatim and resolved relative to the image's directory; \"\" detaches.").Short('b').IsSetByUser(&backingSet).StringVar(&backing)
-	c.Flag("backing-format", "The new backing file's format (detected from its magic when omitted; raw is never inferred).").Short('F').EnumVar(&backingFormat, "qcow2", "vmdk", "raw")
+	c.Flag("backing-format", "The new backing file's format (detected from its magic when omitted; raw is never inferred).").Short('F').EnumVar(&backingFormat, proto.FormatNames()...)
 	c.Flag("unsafe", "Change only the backing file name and format in the header, copying nothing.").Short('u').BoolVar(&unsafe)
 	c.Flag("progress", "Show progress on stdout, as qemu-img does (on stderr with --output=json).").Short('p').BoolVar(&progress)
 	c.Flag("quiet", "Print nothing on success.").Short('q').BoolVar(&quiet)

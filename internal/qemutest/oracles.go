@@ -1,16 +1,26 @@
-// Package qemutest finds the qemu-img builds that tests compare instarfs
-// with. The system's qemu-img (Debian 12's 7.2) is always one; `make oracles`
-// adds more, each a directory under build/oracles with bin/qemu-img and
-// bin/qemu-io (testdata/mkoracles.sh builds Debian 13's 10.0 there without
-// touching the system's packages).
+// Package qemutest runs qemu-img and qemu-io, the oracles tests compare
+// instarfs with.
+//
+// The system's qemu-img (Debian 12's 7.2) is always one: the package-level
+// functions run it. `make oracles` adds more, each a directory under
+// build/oracles with bin/qemu-img and bin/qemu-io (testdata/mkoracles.sh
+// builds Debian 13's 10.0 there without touching the system's packages);
+// Oracles lists them all and Each runs a differential subtest against each.
+//
+// Every run is guarded: qemu follows the backing names (and vmdk extents and
+// qcow2 data files) of the images it opens, and writes through them, so a
+// run whose images name a file outside their test's scratch directory fails
+// the test before qemu starts.
 package qemutest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"sync"
 	"testing"
 )
 
@@ -18,8 +28,12 @@ import (
 type Oracle struct {
 	Name    string // "system", or the directory's name under build/oracles
 	Version string // as `qemu-img --version` prints it, e.g. "7.2.22"
-	Img, IO string // the qemu-img and qemu-io commands
+	ImgBin  string // the qemu-img command
+	IOBin   string // the qemu-io command
 }
+
+// System is the system's qemu-img and qemu-io, found on PATH.
+var System = Oracle{Name: "system", ImgBin: "qemu-img", IOBin: "qemu-io"}
 
 // Major is the oracle's major version number, 0 when unknown.
 func (o Oracle) Major() int {
@@ -69,23 +83,60 @@ func version(img string) (string, bool) {
 	return string(m[1]), true
 }
 
-// Oracles returns every qemu-img build present, the system's first. It fails
-// the test when the system has none: `make test` installs it.
-func Oracles(t testing.TB) []Oracle {
-	t.Helper()
-	sys, ok := version("qemu-img")
-	if !ok {
-		t.Fatal("qemu-img not found; run `make test`, which installs qemu-utils")
-	}
-	all := []Oracle{{Name: "system", Version: sys, Img: "qemu-img", IO: "qemu-io"}}
-	dir := OraclesDir()
-	ents, _ := os.ReadDir(dir)
-	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
-	for _, e := range ents {
-		img := filepath.Join(dir, e.Name(), "bin", "qemu-img")
-		if v, ok := version(img); ok {
-			all = append(all, Oracle{Name: e.Name(), Version: v, Img: img, IO: filepath.Join(dir, e.Name(), "bin", "qemu-io")})
+// Installed returns an error unless the system's qemu-img and qemu-io are
+// installed, for a TestMain; tests call NeedQemu.
+func Installed() error {
+	for _, tool := range []string{System.ImgBin, System.IOBin} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found; run `make test`, which installs qemu-utils", tool)
 		}
 	}
-	return all
+	return nil
+}
+
+// NeedQemu fails the test unless the system's qemu-img and qemu-io are
+// installed: `make test` installs them.
+func NeedQemu(t testing.TB) {
+	t.Helper()
+	if err := Installed(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var found struct {
+	sync.Once
+	all []Oracle
+}
+
+// Oracles returns every qemu-img build present, the system's first. It fails
+// the test when the system has none.
+func Oracles(t testing.TB) []Oracle {
+	t.Helper()
+	NeedQemu(t)
+	found.Do(func() {
+		sys := System
+		sys.Version, _ = version(sys.ImgBin)
+		found.all = []Oracle{sys}
+		dir := OraclesDir()
+		ents, _ := os.ReadDir(dir)
+		sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
+		for _, e := range ents {
+			bin := filepath.Join(dir, e.Name(), "bin")
+			if v, ok := version(filepath.Join(bin, "qemu-img")); ok {
+				found.all = append(found.all, Oracle{Name: e.Name(), Version: v,
+					ImgBin: filepath.Join(bin, "qemu-img"), IOBin: filepath.Join(bin, "qemu-io")})
+			}
+		}
+	})
+	return found.all
+}
+
+// Each runs f as a subtest "qemu-img-VERSION" for every oracle present: a
+// differential test states its comparison once and runs it against 7.2 and
+// every build of `make oracles`.
+func Each(t *testing.T, f func(t *testing.T, o Oracle)) {
+	t.Helper()
+	for _, o := range Oracles(t) {
+		t.Run("qemu-img-"+o.Version, func(t *testing.T) { f(t, o) })
+	}
 }

@@ -134,6 +134,8 @@ type Report struct {
 	// StartMedian is the median time from starting a worker to its result
 	// (noop operation).
 	StartMedian time.Duration `json:"start_median_ns"`
+	// StartRuns is how many noop runs were timed.
+	StartRuns int `json:"start_runs"`
 	// Worker is the probe run's report; nil when the worker did not answer.
 	Worker      *ProbeReport `json:"worker,omitempty"`
 	WorkerError string       `json:"worker_error,omitempty"`
@@ -145,8 +147,12 @@ type Report struct {
 	OK          bool     `json:"ok"`
 }
 
-// Number of noop runs timed by SandboxCheck.
-const checkRuns = 5
+// Noop runs timed by SandboxCheck: checkRuns, or as many as fit in
+// checkTime after the first (a virtual machine's boot takes seconds).
+const (
+	checkRuns = 5
+	checkTime = time.Second
+)
 
 // SandboxCheck reports on the host and runs probe workers through sb: noop runs
 // (timed), one proto.OpSandboxProbe run on two scratch images (one read-only, one
@@ -170,21 +176,22 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 			f.Close()
 		}
 	}()
-	const timeout = 30 * time.Second
+	// Generous: a virtual machine emulated on a loaded host boots slowly.
+	const timeout = 2 * time.Minute
 
 	var times []time.Duration
-	for i := 0; i < checkRuns; i++ {
+	for begin := time.Now(); len(times) < checkRuns && (len(times) == 0 || time.Since(begin) < checkTime); {
 		start := time.Now()
 		_, err := sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpNoop}, Timeout: timeout})
 		if err != nil {
-			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+			r.WorkerError = fmt.Sprintf("%s: %v", errcode.Of(err), err)
 			r.finish(sb)
 			return r, nil
 		}
 		times = append(times, time.Since(start))
 	}
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	r.StartMedian = times[len(times)/2]
+	r.StartMedian, r.StartRuns = times[len(times)/2], len(times)
 
 	probe := vmm.Job{
 		Request: proto.Request{Op: proto.OpSandboxProbe, Images: []proto.ImageRef{
@@ -201,7 +208,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	}
 	res, err := sb.Run(ctx, probe)
 	if err != nil {
-		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Code(err), err)
+		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Of(err), err)
 	} else {
 		var pr ProbeReport
 		dec := json.NewDecoder(bytes.NewReader(res))
@@ -214,7 +221,7 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	}
 
 	_, err = sb.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}, Timeout: timeout})
-	switch code := errcode.Code(err); {
+	switch code := errcode.Of(err); {
 	case err == nil:
 		r.Violation = "the forbidden call was not refused"
 	case code == errcode.SandboxViolation:
@@ -297,7 +304,7 @@ func (r *Report) String() string {
 	}
 	if r.StartMedian > 0 {
 		fmt.Fprintf(&b, "  start to result      %.1f ms (median of %d noop runs)\n",
-			float64(r.StartMedian)/float64(time.Millisecond), checkRuns)
+			float64(r.StartMedian)/float64(time.Millisecond), r.StartRuns)
 	}
 	if r.Worker != nil {
 		c := r.Worker.Confinement

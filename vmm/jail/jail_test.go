@@ -74,7 +74,7 @@ func TestInheritedDescriptorsClosed(t *testing.T) {
 			}
 		}
 	}
-	if _, err := sb.Run(ctx, job); errcode.Code(err) != errcode.Cancelled {
+	if _, err := sb.Run(ctx, job); errcode.Of(err) != errcode.Cancelled {
 		t.Fatalf("error %v, want CANCELLED after the inspection", err)
 	}
 }
@@ -103,7 +103,7 @@ func TestWorkerInspection(t *testing.T) {
 		defer cancel()
 		inspect(t, <-pids, job.Files[0])
 	}
-	if _, err := sb.Run(ctx, job); errcode.Code(err) != errcode.Cancelled {
+	if _, err := sb.Run(ctx, job); errcode.Of(err) != errcode.Cancelled {
 		t.Fatalf("error %v, want CANCELLED after the inspection", err)
 	}
 }
@@ -250,7 +250,7 @@ func TestWorkerUIDs(t *testing.T) {
 			}
 			cancel()
 			for range 2 {
-				if err := <-done; errcode.Code(err) != errcode.Cancelled {
+				if err := <-done; errcode.Of(err) != errcode.Cancelled {
 					t.Errorf("worker ended with %v, want CANCELLED", err)
 				}
 			}
@@ -318,7 +318,7 @@ func TestPlainIsNotConfined(t *testing.T) {
 func TestWorkerRefusesWithoutSandboxMode(t *testing.T) {
 	p := &vmm.Process{Env: []string{}}
 	_, err := p.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpNoop}})
-	if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), jail.EnvSandbox) {
+	if errcode.Of(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), jail.EnvSandbox) {
 		t.Fatalf("error %v, want SANDBOX_UNAVAILABLE naming %s", err, jail.EnvSandbox)
 	}
 }
@@ -333,7 +333,7 @@ func TestRegistry(t *testing.T) {
 			t.Errorf("vmm.New(%q) = %T %s, want the jail", name, sb, sb.Name())
 		}
 	}
-	if _, err := vmm.New("plain"); errcode.Code(err) != errcode.BadArguments {
+	if _, err := vmm.New("plain"); errcode.Of(err) != errcode.BadArguments {
 		t.Errorf("vmm.New(plain): %v, want BAD_ARGUMENTS", err)
 	}
 }

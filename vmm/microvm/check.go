@@ -59,7 +59,7 @@ func Check(ctx context.Context, s *Sandbox) *Report {
 	}
 	if r.OK {
 		_, err := s.Run(ctx, vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}})
-		r.ViolationOK = errcode.Code(err) == errcode.SandboxViolation
+		r.ViolationOK = errcode.Of(err) == errcode.SandboxViolation
 		r.Violation = "openat(/) in the guest: "
 		if err != nil {
 			r.Violation += err.Error()

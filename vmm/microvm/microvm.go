@@ -31,6 +31,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,13 +41,14 @@ import (
 	"instarfs/errcode"
 	"instarfs/proto"
 	"instarfs/vmm"
+	"instarfs/vmm/jail"
 	"instarfs/vmm/microvm/guest"
 	"instarfs/vmm/microvm/initramfs"
 )
 
 // Files of the guest directory that `make guest` writes.
 const (
-	KernelFile    = "vmlinuz"
+	KernelFile    = "kernel" // the ELF vmlinux, booted by its PVH entry; else the bzImage
 	InitramfsFile = "initramfs.cpio"
 )
 
@@ -96,9 +98,13 @@ type Sandbox struct {
 	warnMu sync.Mutex
 	warned map[string]bool
 
+	noNamespaces atomic.Bool // the kernel refused them to QEMU
+
 	// init, when set, replaces the guest's /init for the conformance tests,
 	// whose test binary is their worker.
 	init string
+	// deadline, when set, replaces the boot deadline, for tests.
+	deadline time.Duration
 }
 
 func init() {
@@ -168,23 +174,32 @@ func (s *Sandbox) Available() (qemu, dir string, err error) {
 	return qemu, dir, nil
 }
 
-// Run boots a guest for job and returns the worker's result.
-func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+// admit refuses a job before anything boots: ctx already done, or
+// descriptors that do not match the request's images.
+func admit(ctx context.Context, job vmm.Job) error {
 	if err := ctx.Err(); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
+			return errcode.New(errcode.WorkerTimeout, "the deadline passed before the worker started")
 		}
-		return nil, errcode.New(errcode.Cancelled, "operation cancelled")
+		return errcode.New(errcode.Cancelled, "operation cancelled")
 	}
 	if len(job.Files) != len(job.Request.Images) {
-		return nil, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+		return errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
 			len(job.Files), len(job.Request.Images))
+	}
+	return nil
+}
+
+// Run boots a guest for job and returns the worker's result.
+func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {
+	if err := admit(ctx, job); err != nil {
+		return nil, err
 	}
 	qemu, dir, err := s.Available()
 	if err != nil {
 		return nil, err
 	}
-	vm, err := s.prepare(dir, job)
+	vm, err := s.prepare(dir, job, false)
 	if err != nil {
 		return nil, err
 	}
@@ -192,20 +207,163 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	return s.boot(ctx, qemu, vm, job)
 }
 
-// Start would start a long-lived worker session (the mount's disk file). A
-// guest cannot yet serve one: SANDBOX_UNAVAILABLE.
-func (s *Sandbox) Start(context.Context, vmm.Job) (*vmm.Session, error) {
-	return nil, unavailable("worker sessions (the mount's disk file) do not run in a microvm yet; use --sandbox=jail")
+// Start boots a guest for a long-lived worker session (the mount's disk
+// file). The session speaks over a virtio-serial port that QEMU connects to
+// its standard input and output, so the host side is vmm.Process's, with
+// QEMU as the process; the console goes to QEMU's standard error, where the
+// host finds how the worker ended. The guest keeps the session's shared
+// memory to itself and sends shared replies inline. Sessions take no
+// writable images: a guest cannot grow a file.
+func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) {
+	if err := admit(ctx, job); err != nil {
+		return nil, err
+	}
+	for _, im := range job.Request.Images {
+		if im.Writable {
+			return nil, errcode.New(errcode.Internal, "a microvm session cannot write an image (%s)", im.Name)
+		}
+	}
+	qemu, dir, err := s.Available()
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.prepare(dir, job, true)
+	if err != nil {
+		return nil, err
+	}
+	defer m.close() // QEMU has its own copies
+	job.Request = m.request
+	console := &tailBuffer{max: consoleTail}
+	consoleDone, booted := make(chan struct{}), make(chan struct{})
+	go func() {
+		io.Copy(&readyWatch{w: console, ready: booted}, m.console)
+		m.console.Close()
+		close(consoleDone)
+	}()
+	// A guest that has not said it runs by the boot deadline is stopped, as
+	// in Run: a /dev/kvm that does not boot stock kernels fails fast.
+	var bootFailed atomic.Bool
+	watchBoot := func(pid int) {
+		select {
+		case <-booted:
+		case <-consoleDone:
+		case <-time.After(s.bootDeadline()):
+			bootFailed.Store(true)
+			syscall.Kill(pid, syscall.SIGKILL) // not yet waited for: Start is reading its ready line
+		}
+	}
+	ended := func(ws syscall.WaitStatus, qemuStderr []byte) (syscall.WaitStatus, []byte) {
+		select {
+		case <-consoleDone:
+		case <-time.After(time.Second):
+		}
+		ws, stderr := guestEnded(ws, console.Bytes())
+		return ws, append(qemuStderr, stderr...)
+	}
+	var sess *vmm.Session
+	err = s.contained(func(attr *syscall.SysProcAttr, release func()) error {
+		p := &vmm.Process{
+			Path:        qemu,
+			Args:        append([]string{QEMU}, m.args...),
+			Log:         s.Log,
+			Warn:        s.warnOnce,
+			Inherit:     m.files,
+			Ended:       ended,
+			SysProcAttr: attr,
+			Exited:      release,
+			Started: func(pid int) {
+				m.consoleW.Close() // QEMU has its own
+				go watchBoot(pid)
+			},
+		}
+		var err error
+		sess, err = p.Start(ctx, job)
+		return err
+	})
+	if err != nil && bootFailed.Load() {
+		return nil, s.bootError()
+	}
+	return sess, err
+}
+
+// bootDeadline is how long a guest may take to say it runs.
+func (s *Sandbox) bootDeadline() time.Duration {
+	if s.deadline > 0 {
+		return s.deadline
+	}
+	if s.Accelerator() == TCG {
+		return BootDeadlineTCG
+	}
+	return BootDeadlineKVM
+}
+
+// bootError says that a guest did not start within the boot deadline.
+func (s *Sandbox) bootError() error {
+	if s.Accelerator() == KVM {
+		return unavailable("/dev/kvm opens, but the guest did not start within %v: this KVM does not boot a stock kernel (a nested hypervisor such as PVM?)", BootDeadlineKVM)
+	}
+	return unavailable("the guest did not start within %v under %s", s.bootDeadline(), s.Accelerator())
+}
+
+// readyWatch passes the console on to w and closes ready once the guest's
+// /init has said it runs.
+type readyWatch struct {
+	w     io.Writer
+	ready chan struct{}
+	seen  []byte // the console so far, until ready
+}
+
+func (r *readyWatch) Write(p []byte) (int, error) {
+	if r.ready != nil {
+		r.seen = append(r.seen, p...)
+		if bytes.Contains(r.seen, []byte(guest.ConsolePrefix+guest.Ready)) {
+			close(r.ready)
+			r.ready, r.seen = nil, nil
+		} else if len(r.seen) > maxConsoleLine {
+			r.seen = r.seen[len(r.seen)-len(guest.ConsolePrefix+guest.Ready):]
+		}
+	}
+	return r.w.Write(p)
+}
+
+// contained calls start with the attributes that start QEMU as the jail
+// starts its worker (jail.Contained): unprivileged, in fresh namespaces, or
+// without them once the kernel has refused them. release gives QEMU's uid
+// back after it has exited; start calls it when QEMU does not start.
+func (s *Sandbox) contained(start func(attr *syscall.SysProcAttr, release func()) error) error {
+	for {
+		namespaces := !s.noNamespaces.Load()
+		attr, _, release := jail.Contained(namespaces)
+		err := start(attr, release)
+		if err == nil || !namespaces || !jail.NamespacesRefused(err) {
+			return err
+		}
+		s.noNamespaces.Store(true)
+		s.warnOnce(fmt.Sprintf("the kernel refused namespaces for QEMU (%v); it runs without them", err))
+	}
+}
+
+// guestEnded finds in the console how the guest's pid 1, the worker, ended:
+// the kernel's panic names its wait status. Without it, QEMU's own status
+// stands.
+func guestEnded(ws syscall.WaitStatus, console []byte) (syscall.WaitStatus, []byte) {
+	if status, ok := initExit(console); ok {
+		ws = syscall.WaitStatus(status)
+	}
+	return ws, WorkerStderr(console)
 }
 
 // machine is one run's QEMU command line and the descriptors it inherits.
 type machine struct {
-	args   []string
-	files  []*os.File // inherited, from fd 3 on
-	owned  []*os.File // opened here, closed after the run
-	result *os.File
-	sizes  []int64 // of the writable images before the run; -1 for the others
-	room   []int64 // the writable images' lengths with their room: the drives' sizes
+	request proto.Request // with the images' sizes
+	args    []string
+	files   []*os.File // inherited, from fd 3 on
+	owned   []*os.File // opened here, closed after the run
+	result  *os.File
+	// A session's console: QEMU writes consoleW, the host reads console.
+	console, consoleW *os.File
+	sizes             []int64 // of the writable images before the run; -1 for the others
+	room              []int64 // the writable images' lengths with their room: the drives' sizes
 }
 
 // Room past a writable image's end: a block device cannot grow, so the host
@@ -326,7 +484,10 @@ func (m *machine) drive(f *os.File, writable bool) error {
 	return nil
 }
 
-func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
+// prepare makes the QEMU command line of job and the descriptors it needs.
+// A session's guest gets no result drive and no request in its initramfs: it
+// speaks over a virtio-serial port on QEMU's standard input and output.
+func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, error) {
 	m := &machine{}
 	req := job.Request
 	req.Images = append([]proto.ImageRef(nil), req.Images...)
@@ -350,17 +511,24 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 		m.close()
 		return nil, err
 	}
-	result, err := memfd("instarfs-result", resultDriveSize)
-	if err != nil {
-		m.close()
-		return nil, err
+	m.request = req
+	if !session {
+		result, err := memfd("instarfs-result", resultDriveSize)
+		if err != nil {
+			m.close()
+			return nil, err
+		}
+		m.owned, m.result = append(m.owned, result), result
+		if err := m.drive(result, true); err != nil {
+			m.close()
+			return nil, err
+		}
 	}
-	m.owned, m.result = append(m.owned, result), result
-	if err := m.drive(result, true); err != nil {
-		m.close()
-		return nil, err
+	var request *proto.Request
+	if !session {
+		request = &req
 	}
-	initrd, err := s.initrd(dir, req)
+	initrd, err := s.initrd(dir, request)
 	if err != nil {
 		m.close()
 		return nil, err
@@ -375,7 +543,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 	cmdline := "console=ttyS0 quiet loglevel=1 panic=-1 reboot=t rdinit=/init"
 	m.args = append([]string{
 		"-M", "microvm", "-accel", accel, "-m", memory, "-smp", "1",
-		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none", "-serial", "stdio",
+		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", filepath.Join(dir, KernelFile),
 		"-initrd", fmt.Sprintf("/proc/self/fd/%d", initrdFD),
@@ -387,19 +555,36 @@ func (s *Sandbox) prepare(dir string, job vmm.Job) (*machine, error) {
 		// the calibration races and boots hang without this.
 		cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 	}
+	if session {
+		// The console goes to a pipe of its own: QEMU cannot open its
+		// standard error by name (a pipe of the host's uid), and an
+		// fdset cannot hold a standard stream.
+		r, w, err := os.Pipe()
+		if err != nil {
+			m.close()
+			return nil, unavailable("%v", err)
+		}
+		m.owned = append(m.owned, w) // r is closed by its reader, at EOF
+		m.console, m.consoleW = r, w
+		set := len(m.files) + 1
+		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", m.inherit(w), set),
+			"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on" /* not truncated: a pipe */, set), "-serial", "chardev:console",
+			"-device", "virtio-serial-device",
+			"-chardev", "stdio,id=session,signal=off",
+			"-device", "virtserialport,chardev=session,name="+guest.SessionPort)
+	} else {
+		m.args = append(m.args, "-serial", "stdio")
+	}
 	m.args = append(m.args, "-append", cmdline)
 	return m, nil
 }
 
-// initrd is the guest's initramfs with the request appended.
-func (s *Sandbox) initrd(dir string, req proto.Request) (*os.File, error) {
+// initrd is the guest's initramfs with the request, when there is one,
+// appended.
+func (s *Sandbox) initrd(dir string, req *proto.Request) (*os.File, error) {
 	base, err := os.ReadFile(filepath.Join(dir, InitramfsFile))
 	if err != nil {
 		return nil, unavailable("reading the guest: %v", err)
-	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
 	}
 	var buf bytes.Buffer
 	buf.Write(base)
@@ -414,7 +599,13 @@ func (s *Sandbox) initrd(dir string, req proto.Request) (*os.File, error) {
 		}
 		w.File("/init", 0o755, bin) // a later archive's file replaces an earlier one's
 	}
-	w.File(guest.RequestPath, 0o644, body)
+	if req != nil {
+		body, err := json.Marshal(req)
+		if err != nil {
+			return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+		}
+		w.File(guest.RequestPath, 0o644, body)
+	}
 	if err := w.Close(); err != nil {
 		return nil, errcode.New(errcode.Internal, "writing the request archive: %v", err)
 	}
@@ -466,28 +657,34 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	if timeout <= 0 {
 		timeout = vmm.DefaultTimeout
 	}
-	bootDeadline := BootDeadlineKVM
-	if s.Accelerator() == TCG {
-		bootDeadline = BootDeadlineTCG
-	}
+	bootDeadline := s.bootDeadline()
 	stdout, stdoutW, err := os.Pipe()
 	if err != nil {
 		return nil, unavailable("%v", err)
 	}
 	defer stdout.Close()
 	var stderr bytes.Buffer
-	cmd := &exec.Cmd{
-		Path:        qemu,
-		Args:        append([]string{QEMU}, m.args...),
-		Env:         []string{},
-		Dir:         "/",
-		Stdout:      stdoutW,
-		Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
-		ExtraFiles:  m.files,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL},
-	}
+	var cmd *exec.Cmd
+	var releaseUID func()
 	start := time.Now()
-	err = cmd.Start()
+	err = s.contained(func(attr *syscall.SysProcAttr, release func()) error {
+		cmd = &exec.Cmd{
+			Path:        qemu,
+			Args:        append([]string{QEMU}, m.args...),
+			Env:         []string{},
+			Dir:         "/",
+			Stdout:      stdoutW,
+			Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
+			ExtraFiles:  m.files,
+			SysProcAttr: attr,
+		}
+		err := cmd.Start()
+		if err != nil {
+			release()
+		}
+		releaseUID = release
+		return err
+	})
 	stdoutW.Close()
 	if err != nil {
 		return nil, unavailable("starting %s: %v", QEMU, err)
@@ -501,7 +698,11 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 		lines = readConsole(stdout, ready, finished, tail, job.Progress)
 	}()
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		releaseUID()
+		exited <- err
+	}()
 
 	bootTimer := time.NewTimer(bootDeadline)
 	defer bootTimer.Stop()
@@ -527,10 +728,7 @@ loop:
 			runTimer.Reset(stopGrace)
 		case <-bootTimer.C:
 			if !booted {
-				stop = unavailable("the guest did not start within %v under %s", bootDeadline, s.Accelerator())
-				if s.Accelerator() == KVM {
-					stop = unavailable("/dev/kvm opens, but the guest did not start within %v: this KVM does not boot a stock kernel (a nested hypervisor such as PVM?)", bootDeadline)
-				}
+				stop = s.bootError()
 				cmd.Process.Kill()
 			}
 		case <-runTimer.C:
@@ -555,26 +753,34 @@ loop:
 	if stop != nil {
 		return nil, stop
 	}
-	warn := s.warnOnce
 	status, initEnded := initExit(tail.buf)
-	outcome := func(out []byte) (json.RawMessage, error) {
-		// Progress came over the console as it happened.
-		res, err := vmm.DecodeOutput(bytes.NewReader(out), nil, warn)
-		if err != nil || !initEnded || status == 0 {
-			return res, err
-		}
-		return nil, errcode.New(errcode.WorkerCrashed, "the worker %s after writing its result", describeStatus(status))
-	}
-	if out, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
+	var out []byte
+	written := false
+	if o, lengths, ok := readResultDrive(m.result, len(job.Files)); ok {
 		if err := m.settle(job, lengths); err != nil {
 			return nil, err
 		}
-		return outcome(out)
+		if o == nil {
+			return nil, errcode.New(errcode.WorkerProtocol, "invalid worker output: more than %d bytes of output", proto.MaxResultBytes)
+		}
+		out, written = o, true
+	} else if len(lines) > 0 {
+		out, written = bytes.Join(lines, nil), true
 	}
-	if len(lines) > 0 {
-		return outcome(bytes.Join(lines, nil))
-	}
-	if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
+	if written {
+		// Progress came over the console as it happened.
+		res, err := vmm.DecodeOutput(bytes.NewReader(out), nil, s.warnOnce)
+		var final *errcode.Error
+		noResult := errors.As(err, &final) && final.Code == errcode.WorkerCrashed && !vmm.HasFinalLine(out)
+		switch {
+		case noResult:
+			// Say how the worker ended, below.
+		case err != nil || !initEnded || status == 0:
+			return res, err
+		default:
+			return nil, errcode.New(errcode.WorkerCrashed, "the worker %s after writing its result", describeStatus(status))
+		}
+	} else if booted && slices.ContainsFunc(m.sizes, func(n int64) bool { return n >= 0 }) {
 		s.logger().Warn("sandbox microvm: the guest stopped without reporting the images' lengths; writable images keep zeros past their end")
 	}
 	msg := "the guest stopped without a result"
@@ -589,12 +795,8 @@ loop:
 	if e := strings.TrimSpace(stderr.String()); e != "" {
 		msg += "; QEMU's stderr: " + e
 	}
-	if i := bytes.LastIndex(tail.buf, []byte("\npanic: ")); i >= 0 {
-		line, _, _ := bytes.Cut(tail.buf[i+1:], []byte("\n"))
-		msg += "; " + strings.TrimSpace(string(line))
-	}
-	if c := strings.TrimSpace(string(tail.buf[max(0, len(tail.buf)-quotedTail):])); c != "" {
-		msg += "; stderr (the console): ..." + c
+	if e := vmm.StderrSummary(WorkerStderr(tail.buf)); e != "" {
+		msg += "; stderr: " + e
 	}
 	msg = strings.Map(printable, msg)
 	switch {
@@ -610,14 +812,40 @@ loop:
 	return nil, errcode.New(errcode.WorkerCrashed, "%s", msg)
 }
 
-// readResultDrive returns the output the guest wrote and the lengths of the
-// images, if it wrote them.
+// WorkerStderr is what the worker wrote to its standard error, out of the
+// console: the console up to the kernel's panic at the end of pid 1, without
+// the guest's own marked lines.
+func WorkerStderr(console []byte) []byte {
+	if i := bytes.LastIndex(console, []byte(kernelPanic)); i >= 0 {
+		console = console[:bytes.LastIndexByte(console[:i], '\n')+1]
+	}
+	var b []byte
+	for _, l := range bytes.SplitAfter(console, []byte("\n")) {
+		switch strings.TrimSpace(string(l)) {
+		case strings.TrimSpace(guest.ConsolePrefix + guest.Ready), strings.TrimSpace(guest.ConsolePrefix + guest.Done):
+		default:
+			b = append(b, l...)
+		}
+	}
+	return b
+}
+
+// kernelPanic starts the kernel's message when pid 1 ends.
+const kernelPanic = "Kernel panic - not syncing"
+
+// readResultDrive returns the output the guest wrote (nil when the worker
+// wrote too much: guest.ResultOverflow) and the lengths of the images, if it
+// wrote them.
 func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	var hdr [8]byte
 	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guest.ResultMagic {
 		return nil, nil, false
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[4:]))
+	overflow := n == guest.ResultOverflow
+	if overflow {
+		n = 0
+	}
 	if n > resultDriveSize-8-4-8*int64(images) {
 		return nil, nil, false
 	}
@@ -633,7 +861,10 @@ func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	for i := range lengths {
 		lengths[i] = int64(binary.LittleEndian.Uint64(trailer[4+8*i:]))
 	}
-	return out[:n], lengths, true
+	if overflow {
+		return nil, lengths, true
+	}
+	return append([]byte{}, out[:n]...), lengths, true
 }
 
 // readConsole reads the serial console until EOF. It closes ready when the
@@ -739,21 +970,27 @@ func describeStatus(status int) string {
 // worker, pid 1 of the guest (exit code: signal 31).
 const killedBySIGSYS = "Attempted to kill init! exitcode=0x0000001f"
 
-// consoleTail is how much of the console's end the host keeps to find how
-// pid 1 ended (the panic's stack trace follows that line); an error message
-// quotes the last quotedTail bytes.
-const quotedTail = 2 << 10
-
 // consoleTail is how much of the console's end the host keeps.
 const consoleTail = 16 << 10
 
-// tailBuffer keeps the last max bytes written to it.
+// tailBuffer keeps the last max bytes written to it. It is safe for one
+// writer and concurrent readers (Bytes).
 type tailBuffer struct {
+	mu  sync.Mutex
 	buf []byte
 	max int
 }
 
+// Bytes returns a copy of what is kept.
+func (b *tailBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf)
+}
+
 func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.buf = append(b.buf, p...)
 	if len(b.buf) > b.max {
 		b.buf = append([]byte(nil), b.buf[len(b.buf)-b.max:]...)

@@ -3,8 +3,10 @@ package microvm
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm/guest"
+	"instarfs/vmm/sandboxtest/testworker"
 )
 
 // tcg returns a TCG sandbox on the guest `make guest` built, or skips when
@@ -30,27 +33,6 @@ func tcg(t *testing.T) *Sandbox {
 	return s
 }
 
-func TestNoop(t *testing.T) {
-	s := tcg(t)
-	start := time.Now()
-	res, err := s.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpNoop}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(res) != "{}" {
-		t.Fatalf("noop result %s", res)
-	}
-	t.Logf("noop under TCG in %v", time.Since(start))
-}
-
-func TestViolation(t *testing.T) {
-	s := tcg(t)
-	_, err := s.Run(context.Background(), vmm.Job{Request: proto.Request{Op: proto.OpSandboxViolate}})
-	if errcode.Code(err) != errcode.SandboxViolation {
-		t.Fatalf("a forbidden call in the guest: %v, want SANDBOX_VIOLATION", err)
-	}
-}
-
 func TestAccelerators(t *testing.T) {
 	for _, tc := range []struct {
 		accel, want string
@@ -64,12 +46,12 @@ func TestAccelerators(t *testing.T) {
 		}
 	}
 	_, _, err := (&Sandbox{Accel: "hvf"}).Available()
-	if errcode.Code(err) != errcode.BadArguments {
+	if errcode.Of(err) != errcode.BadArguments {
 		t.Errorf("unknown accelerator: %v, want BAD_ARGUMENTS", err)
 	}
 	if _, err := os.Stat("/dev/kvm"); os.IsNotExist(err) {
 		_, _, err := (&Sandbox{}).Available()
-		if errcode.Code(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "/dev/kvm") {
+		if errcode.Of(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "/dev/kvm") {
 			t.Errorf("kvm without /dev/kvm: %v, want SANDBOX_UNAVAILABLE naming /dev/kvm", err)
 		}
 	}
@@ -94,6 +76,10 @@ func TestResultDrive(t *testing.T) {
 	}
 	if _, _, ok := readResultDrive(f, 3); ok {
 		t.Error("a drive with 2 lengths read as one with 3")
+	}
+	f.WriteAt(guest.EncodeOverflow([]int64{-1, 4096}), 0)
+	if got, lengths, ok := readResultDrive(f, 2); !ok || got != nil || lengths[1] != 4096 {
+		t.Errorf("overflow read back as %q %v %v", got, lengths, ok)
 	}
 	f.WriteAt([]byte("XXXX"), 0)
 	if _, _, ok := readResultDrive(f, 2); ok {
@@ -142,7 +128,7 @@ func TestSettle(t *testing.T) {
 		name     string
 		reported int64
 		want     int64
-		code     string
+		code     errcode.Code
 	}{
 		{"grown", 5 << 20, 5 << 20, ""},
 		{"shrunk", 4096, 4096, ""},
@@ -166,12 +152,98 @@ func TestSettle(t *testing.T) {
 				t.Fatalf("room: file %d bytes, drive %d", st.Size(), m.room[0])
 			}
 			err = m.settle(job, []int64{tc.reported})
-			if errcode.Code(err) != tc.code && !(tc.code == "" && err == nil) {
+			if errcode.Of(err) != tc.code && !(tc.code == "" && err == nil) {
 				t.Fatalf("settle: %v, want %q", err, tc.code)
 			}
 			if st, _ := f.Stat(); st.Size() != tc.want {
 				t.Fatalf("length %d, want %d", st.Size(), tc.want)
 			}
 		})
+	}
+}
+
+// TestQEMUConfined checks QEMU from the host while a session's guest runs:
+// it is not root (as root, it runs as a uid of the jail's worker range), it
+// has no capabilities, its seccomp sandbox is on, and its namespaces are not
+// the host's.
+func TestQEMUConfined(t *testing.T) {
+	s := tcg(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.init = exe
+	sess, err := s.Start(context.Background(), vmm.Job{Request: proto.Request{Op: testworker.OpSession}, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	pid := sess.Pid()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string]string{}
+	for _, l := range strings.Split(string(status), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			fields[k] = strings.TrimSpace(v)
+		}
+	}
+	uid := strings.Fields(fields["Uid"])
+	if len(uid) == 0 || uid[0] == "0" {
+		t.Errorf("QEMU runs as uid %q", fields["Uid"])
+	}
+	if os.Geteuid() == 0 {
+		if n, _ := strconv.Atoi(uid[0]); n < 0x70000000 || n >= 0x7ffe0000 {
+			t.Errorf("QEMU of a root host runs as uid %d, outside the workers' range", n)
+		}
+	}
+	for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"} {
+		if k != "CapBnd" && fields[k] != "0000000000000000" {
+			t.Errorf("QEMU's %s is %s", k, fields[k])
+		}
+	}
+	if fields["Seccomp"] != "2" || fields["NoNewPrivs"] != "1" {
+		t.Errorf("QEMU has Seccomp %q, NoNewPrivs %q; want 2 and 1 (-sandbox on)", fields["Seccomp"], fields["NoNewPrivs"])
+	}
+	for _, ns := range []string{"user", "mnt", "pid", "net", "ipc", "uts", "cgroup"} {
+		mine, err1 := os.Readlink("/proc/self/ns/" + ns)
+		its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		if err1 != nil || err2 != nil || mine == its {
+			t.Errorf("QEMU's %s namespace %q, the host's %q (%v, %v)", ns, its, mine, err1, err2)
+		}
+	}
+	// The session still works.
+	reply := make([]byte, 16)
+	if n, err := sess.Call(context.Background(), []byte(testworker.FrameEcho+"hi"), reply); err != nil || string(reply[:n]) != "hi" {
+		t.Errorf("call: %q, %v", reply[:n], err)
+	}
+}
+
+// TestBootDeadline checks that a guest that does not say it runs by the boot
+// deadline is stopped and reported as SANDBOX_UNAVAILABLE, by Run and by
+// Start: how a /dev/kvm that does not boot stock kernels fails fast.
+func TestBootDeadline(t *testing.T) {
+	s := tcg(t)
+	s.deadline = 50 * time.Millisecond
+	job := vmm.Job{Request: proto.Request{Op: proto.OpNoop}, Timeout: time.Minute}
+	for name, run := range map[string]func() error{
+		"Run": func() error { _, err := s.Run(context.Background(), job); return err },
+		"Start": func() error {
+			sess, err := s.Start(context.Background(), job)
+			if err == nil {
+				sess.Close()
+			}
+			return err
+		},
+	} {
+		start := time.Now()
+		err := run()
+		if errcode.Of(err) != errcode.SandboxUnavailable || !strings.Contains(err.Error(), "did not start within 50ms") {
+			t.Errorf("%s: %v, want SANDBOX_UNAVAILABLE saying the guest did not start", name, err)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%s took %v", name, d)
+		}
 	}
 }

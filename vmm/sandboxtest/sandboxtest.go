@@ -50,32 +50,57 @@ type Options struct {
 	// worker (a missing executable or guest kernel); Run checks that it fails
 	// with SANDBOX_UNAVAILABLE. Nil skips that check.
 	Unstartable vmm.Sandbox
+	// Parallel runs the independent checks side by side (as many as go
+	// test's -parallel allows), for a backend whose every run boots a
+	// virtual machine.
+	Parallel bool
+	// Boot is how much longer than a process the backend may take to start
+	// a worker (a virtual machine's boot, emulated on a loaded host): it is
+	// added to the job timeouts and to the bounds on how long a run takes.
+	Boot time.Duration
 }
 
-// timeout is the job timeout of runs that are not about timeouts.
-const timeout = 60 * time.Second
+// Bounds of the suite, before Options.Boot is added: the job timeout of runs
+// that are not about timeouts, and how long a run that the host must end
+// early may take at most.
+const (
+	baseTimeout = 60 * time.Second
+	baseSlow    = 20 * time.Second
+)
 
-// slow is how long a run that the host must end early may take at most.
-const slow = 20 * time.Second
+// The bounds of the running suite (Run is not run concurrently).
+var timeout, slow time.Duration
 
 // Run runs the conformance suite against sb as subtests of t.
 func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
-	t.Run("Outcomes", func(t *testing.T) { testOutcomes(t, sb, opt) })
-	t.Run("Cancel", func(t *testing.T) { testCancel(t, sb) })
-	t.Run("Deadline", func(t *testing.T) { testDeadline(t, sb) })
-	t.Run("Progress", func(t *testing.T) { testProgress(t, sb) })
-	t.Run("Unstartable", func(t *testing.T) {
+	timeout, slow = baseTimeout+opt.Boot, baseSlow+opt.Boot
+	parallel := func(t *testing.T) {
+		if opt.Parallel {
+			t.Parallel()
+		}
+	}
+	run := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			parallel(t)
+			f(t)
+		})
+	}
+	run("Outcomes", func(t *testing.T) { testOutcomes(t, sb, opt, parallel) })
+	run("Cancel", func(t *testing.T) { testCancel(t, sb) })
+	run("Deadline", func(t *testing.T) { testDeadline(t, sb) })
+	run("Progress", func(t *testing.T) { testProgress(t, sb) })
+	run("Unstartable", func(t *testing.T) {
 		if opt.Unstartable == nil {
 			t.Skip("no unstartable sandbox given")
 		}
 		_, err := opt.Unstartable.Run(context.Background(), job(testworker.OpEcho))
-		if errcode.Code(err) != errcode.SandboxUnavailable {
+		if errcode.Of(err) != errcode.SandboxUnavailable {
 			t.Fatalf("error %v, want SANDBOX_UNAVAILABLE", err)
 		}
 	})
-	t.Run("Images", func(t *testing.T) { testImages(t, sb) })
-	t.Run("Concurrent", func(t *testing.T) { testConcurrent(t, sb) })
-	t.Run("Stress", func(t *testing.T) {
+	run("Images", func(t *testing.T) { testImages(t, sb) })
+	run("Concurrent", func(t *testing.T) { testConcurrent(t, sb) })
+	run("Stress", func(t *testing.T) {
 		j := job(testworker.OpStress)
 		j.Request.Images = []proto.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
 		j.Files = Scratch(t, j.Request.Images)
@@ -83,8 +108,8 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 			t.Fatal(err)
 		}
 	})
-	t.Run("Session", func(t *testing.T) { testSession(t, sb, opt) })
-	t.Run("Confined", func(t *testing.T) {
+	run("Session", func(t *testing.T) { testSession(t, sb, opt, parallel) })
+	run("Confined", func(t *testing.T) {
 		if opt.Unconfined {
 			t.Skip("the sandbox does not confine its worker")
 		}
@@ -97,16 +122,17 @@ func job(op string) vmm.Job {
 }
 
 // testOutcomes runs each way a worker can end and checks the error it maps to.
-func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options) {
+func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testing.T)) {
 	tests := []struct {
 		op       string
 		timeout  time.Duration
-		confined bool     // only a confining sandbox gives this outcome
-		code     string   // "" for a result
-		messages []string // substrings of the error message
+		confined bool         // only a confining sandbox gives this outcome
+		code     errcode.Code // "" for a result
+		messages []string     // substrings of the error message
+		own      bool         // the error is the worker's own, as it sent it
 	}{
 		{op: proto.OpNoop},
-		{op: testworker.OpError, code: errcode.Qcow2Corrupt, messages: []string{testworker.ErrorMessage}},
+		{op: testworker.OpError, code: errcode.Qcow2Corrupt, own: true},
 		{op: testworker.OpCrash, code: errcode.WorkerCrashed, messages: []string{"without a result", "panic: " + testworker.CrashMessage}},
 		{op: testworker.OpExit, code: errcode.WorkerCrashed, messages: []string{"exited with status 3 without a result", testworker.ExitMessage}},
 		{op: testworker.OpResultThenExit, code: errcode.WorkerCrashed, messages: []string{"exited with status 2 after writing its result"}},
@@ -121,6 +147,7 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.op, func(t *testing.T) {
+			parallel(t)
 			if tt.confined && opt.Unconfined {
 				t.Skip("the sandbox does not confine its worker")
 			}
@@ -145,7 +172,7 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options) {
 			if err == nil {
 				t.Fatalf("Run succeeded with %s, want %s", res, tt.code)
 			}
-			if got := errcode.Code(err); got != tt.code {
+			if got := errcode.Of(err); got != tt.code {
 				t.Fatalf("error %s: %v; want %s", got, err, tt.code)
 			}
 			for _, m := range tt.messages {
@@ -153,15 +180,12 @@ func testOutcomes(t *testing.T, sb vmm.Sandbox, opt Options) {
 					t.Errorf("error %q does not say %q", err, m)
 				}
 			}
+			var e *errcode.Error
+			if tt.own && (!errors.As(err, &e) || e.Message != testworker.ErrorMessage) {
+				t.Errorf("error %#v, want the worker's own error", err)
+			}
 		})
 	}
-	t.Run("error line", func(t *testing.T) {
-		_, err := sb.Run(context.Background(), job(testworker.OpError))
-		var e *errcode.Error
-		if !errors.As(err, &e) || e.Code != errcode.Qcow2Corrupt || e.Message != testworker.ErrorMessage {
-			t.Fatalf("error %#v, want the worker's own error", err)
-		}
-	})
 }
 
 // testCancel cancels a running worker, and runs one with a cancelled context.
@@ -175,7 +199,7 @@ func testCancel(t *testing.T, sb vmm.Sandbox) {
 		cancel()
 	}
 	_, err := sb.Run(ctx, j)
-	if errcode.Code(err) != errcode.Cancelled {
+	if errcode.Of(err) != errcode.Cancelled {
 		t.Fatalf("error %v, want CANCELLED", err)
 	}
 	if started.IsZero() {
@@ -184,7 +208,7 @@ func testCancel(t *testing.T, sb vmm.Sandbox) {
 	if d := time.Since(started); d > 5*time.Second {
 		t.Errorf("the run ended %v after its context was cancelled", d)
 	}
-	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.Cancelled {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Of(err) != errcode.Cancelled {
 		t.Errorf("run with a cancelled context: %v, want CANCELLED", err)
 	}
 }
@@ -196,13 +220,13 @@ func testDeadline(t *testing.T, sb vmm.Sandbox) {
 	defer cancel()
 	start := time.Now()
 	_, err := sb.Run(ctx, job(testworker.OpSleep))
-	if errcode.Code(err) != errcode.WorkerTimeout {
+	if errcode.Of(err) != errcode.WorkerTimeout {
 		t.Fatalf("error %v, want WORKER_TIMEOUT", err)
 	}
 	if d := time.Since(start); d > slow {
 		t.Errorf("the run took %v", d)
 	}
-	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Code(err) != errcode.WorkerTimeout {
+	if _, err := sb.Run(ctx, job(proto.OpNoop)); errcode.Of(err) != errcode.WorkerTimeout {
 		t.Errorf("run after the deadline: %v, want WORKER_TIMEOUT", err)
 	}
 }
@@ -247,6 +271,14 @@ func testImages(t *testing.T, sb vmm.Sandbox) {
 	}
 	var args bytes.Buffer
 	json.Compact(&args, j.Request.Args)
+	// A backend may tell the worker each image's length (ImageRef.Size; the
+	// microvm's drives are block devices of whole sectors): the true one.
+	for i, im := range echo.Request.Images {
+		if im.Size != 0 && im.Size != scratchSize {
+			t.Errorf("the worker was told image %d is %d bytes long, want %d", i, im.Size, scratchSize)
+		}
+		echo.Request.Images[i].Size = 0
+	}
 	if echo.Request.Op != j.Request.Op || !slices.Equal(echo.Request.Images, j.Request.Images) ||
 		!bytes.Equal(echo.Request.Args, args.Bytes()) {
 		t.Errorf("the worker received %+v (args %s), want %+v (args %s)",
@@ -311,7 +343,7 @@ func testConcurrent(t *testing.T, sb vmm.Sandbox) {
 // testSession starts sessions (Sandbox.Start) and checks their calls, the
 // worker's error frames, and how a session ends: the worker's exit, its
 // life's end, a forbidden call, a cancelled start, a failed start.
-func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
+func testSession(t *testing.T, sb vmm.Sandbox, opt Options, parallel func(*testing.T)) {
 	start := func(t *testing.T, life time.Duration) *vmm.Session {
 		t.Helper()
 		j := job(testworker.OpSession)
@@ -332,6 +364,7 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
 		return string(reply[:n]), err
 	}
 	t.Run("Calls", func(t *testing.T) {
+		parallel(t)
 		s := start(t, timeout)
 		for _, tt := range []struct{ req, want string }{
 			{testworker.FrameEcho + "one", "one"},
@@ -355,20 +388,22 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
 		}
 	})
 	t.Run("Crash", func(t *testing.T) {
+		parallel(t)
 		s := start(t, timeout)
 		_, err := call(s, testworker.FrameExit)
-		if errcode.Code(err) != errcode.WorkerCrashed || !strings.Contains(err.Error(), "exited with status 3") ||
+		if errcode.Of(err) != errcode.WorkerCrashed || !strings.Contains(err.Error(), "exited with status 3") ||
 			!strings.Contains(err.Error(), testworker.ExitMessage) {
 			t.Fatalf("error %v, want WORKER_CRASHED with the exit status and stderr", err)
 		}
-		if errcode.Code(s.Err()) != errcode.WorkerCrashed {
+		if errcode.Of(s.Err()) != errcode.WorkerCrashed {
 			t.Errorf("the session after its worker died: %v", s.Err())
 		}
 	})
 	t.Run("Life", func(t *testing.T) {
+		parallel(t)
 		s := start(t, 2*time.Second)
 		startCall := time.Now()
-		if _, err := call(s, testworker.FrameSleep); errcode.Code(err) != errcode.WorkerTimeout {
+		if _, err := call(s, testworker.FrameSleep); errcode.Of(err) != errcode.WorkerTimeout {
 			t.Fatalf("error %v, want WORKER_TIMEOUT", err)
 		}
 		if d := time.Since(startCall); d > slow {
@@ -376,18 +411,19 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
 		}
 	})
 	t.Run("Forbidden", func(t *testing.T) {
+		parallel(t)
 		if opt.Unconfined {
 			t.Skip("the sandbox does not confine its worker")
 		}
 		s := start(t, timeout)
-		if got, err := call(s, testworker.FrameForbidden); errcode.Code(err) != errcode.SandboxViolation {
+		if got, err := call(s, testworker.FrameForbidden); errcode.Of(err) != errcode.SandboxViolation {
 			t.Fatalf("forbidden call: %q, %v; want SANDBOX_VIOLATION", got, err)
 		}
 	})
 	t.Run("Cancelled", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		if s, err := sb.Start(ctx, job(testworker.OpSession)); errcode.Code(err) != errcode.Cancelled {
+		if s, err := sb.Start(ctx, job(testworker.OpSession)); errcode.Of(err) != errcode.Cancelled {
 			if s != nil {
 				s.Close()
 			}
@@ -398,7 +434,7 @@ func testSession(t *testing.T, sb vmm.Sandbox, opt Options) {
 		if opt.Unstartable == nil {
 			t.Skip("no unstartable sandbox given")
 		}
-		if s, err := opt.Unstartable.Start(context.Background(), job(testworker.OpSession)); errcode.Code(err) != errcode.SandboxUnavailable {
+		if s, err := opt.Unstartable.Start(context.Background(), job(testworker.OpSession)); errcode.Of(err) != errcode.SandboxUnavailable {
 			if s != nil {
 				s.Close()
 			}
@@ -480,6 +516,9 @@ func LeakDescriptors(t *testing.T) {
 	}
 }
 
+// scratchSize is the length of each file Scratch creates.
+const scratchSize = 64 << 10
+
 // Scratch creates one 64 KiB file per image, each with its own content, opened
 // read-only or writable as the image says and closed at the end of the test.
 func Scratch(t *testing.T, refs []proto.ImageRef) []*os.File {
@@ -489,7 +528,7 @@ func Scratch(t *testing.T, refs []proto.ImageRef) []*os.File {
 	for i, ref := range refs {
 		path := filepath.Join(dir, fmt.Sprintf("%d.img", i))
 		data := bytes.Repeat([]byte(fmt.Sprintf("image %d %-8s", i, ref.Name)), 4096)
-		if err := os.WriteFile(path, data[:64<<10], 0o600); err != nil {
+		if err := os.WriteFile(path, data[:scratchSize], 0o600); err != nil {
 			t.Fatal(err)
 		}
 		flag := os.O_RDONLY

@@ -12,7 +12,7 @@ import (
 // the image's own file, where the file has holes.
 type member struct {
 	img   layer.Image
-	raw   bool       // raw images report the host file's own data/hole status
+	raw   bool       // a raw image's extents are its file's data and holes
 	holes holeFinder // nil: the file has no holes worth reporting
 }
 
@@ -23,92 +23,54 @@ type holeFinder interface {
 	Status(off, n int64) (data bool, length int64, err error)
 }
 
-// status is qemu's block-status result for one layer: BDRV_BLOCK_DATA, _ZERO,
-// _ALLOCATED and _OFFSET_VALID.
-type status struct {
-	data, zero, allocated bool
-	hasOffset             bool
-	offset                int64
-	length                int64
+// blockChain is a chain as qemu's block status sees it: the images stacked,
+// and each image's own file.
+type blockChain struct {
+	stack   layer.Stack
+	members []member
 }
 
-// layerStatus is the block status of chain[i] alone at off, for at most n bytes,
-// the way qemu's bdrv_co_block_status computes it with want_zero set: an
-// unallocated range reads zero when the layer has no backing or lies past the
-// backing's end; data that sits in a hole of the image file reads zero too.
-func layerStatus(chain []member, i int, off, n int64) (status, error) {
-	m := chain[i]
-	if size := m.img.VirtualSize(); off+n > size {
-		n = size - off
+func newBlockChain(members []member) blockChain {
+	c := blockChain{stack: make(layer.Stack, len(members)), members: members}
+	for i, m := range members {
+		c.stack[i] = m.img
 	}
-	if m.raw {
-		return fileStatus(m, status{allocated: true, hasOffset: true, offset: off}, n)
-	}
-	e, err := m.img.Extent(off)
+	return c
+}
+
+// mapEntry is qemu-img map's get_block_status at off, for at most n bytes:
+// the first image of the chain that says data or zero (qemu's
+// bdrv_co_block_status with want_zero set). An unallocated range reads zero
+// where the chain ends or its backing image does; a raw image reports its
+// file's data and holes; data of a qcow2 image with preallocated metadata
+// that sits in a hole of its file reads zero too.
+func (c blockChain) mapEntry(off, n int64) (proto.MapEntry, error) {
+	depth, e, err := c.stack.Lookup(off, off+n)
 	if err != nil {
-		return status{}, err
+		return proto.MapEntry{}, err
 	}
-	st := status{length: min(n, e.End()-off)}
-	if e.HostOffset >= 0 {
-		st.hasOffset = true
-		st.offset = e.HostOffset + (off - e.Start)
-	}
+	me := proto.MapEntry{Start: off, Length: e.Length, Depth: depth}
 	switch e.Kind {
 	case layer.Data:
-		st.data, st.allocated = true, true
-		if st.hasOffset {
-			return fileStatus(m, st, st.length)
-		}
+		me.Data, me.Present = true, true
 	case layer.Zero:
-		st.zero, st.allocated = true, true
-	case layer.Unallocated:
-		if i == len(chain)-1 || off >= chain[i+1].img.VirtualSize() {
-			st.zero = true
-		}
+		me.Zero, me.Present = true, true
+	default:
+		me.Zero = true
 	}
-	return st, nil
-}
-
-// fileStatus refines st with the status of the host file at st.offset: a hole
-// reads as zero, and the run ends where the file's data/hole run ends.
-func fileStatus(m member, st status, n int64) (status, error) {
-	st.length = n
-	if m.holes == nil {
-		st.data = true
-		return st, nil
-	}
-	data, l, err := m.holes.Status(st.offset, n)
-	if err != nil {
-		return status{}, err
-	}
-	st.length = l
-	if m.raw {
-		st.data, st.zero = data, !data
-	} else if !data {
-		st.zero = true
-	}
-	return st, nil
-}
-
-// mapEntry is qemu-img map's get_block_status: walk down the chain until a layer
-// says data or zero.
-func mapEntry(chain []member, off, n int64) (proto.MapEntry, error) {
-	for depth := range chain {
-		st, err := layerStatus(chain, depth, off, n)
-		if err != nil {
-			return proto.MapEntry{}, err
-		}
-		n = st.length
-		if st.data || st.zero || depth == len(chain)-1 {
-			e := proto.MapEntry{Start: off, Length: n, Depth: depth, Present: st.allocated, Zero: st.zero, Data: st.data}
-			if st.hasOffset {
-				o := st.offset
-				e.Offset = &o
+	if e.HostOffset >= 0 {
+		o := e.HostOffset
+		me.Offset = &o
+		if m := c.members[depth]; e.Kind == layer.Data && !m.raw && m.holes != nil {
+			data, l, err := m.holes.Status(o, e.Length)
+			if err != nil {
+				return proto.MapEntry{}, err
 			}
-			return e, nil
+			me.Length = l
+			me.Zero = !data
 		}
 	}
-	panic("unreachable: empty chain")
+	return me, nil
 }
 
 // maxMapBytes bounds the JSON encoding of a map's rows, so that a map too
@@ -128,11 +90,12 @@ func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]proto.M
 	if maxBytes > 0 && maxBytes < limit {
 		limit, code, what = maxBytes, errcode.DocumentTooLarge, "more than the "+strconv.FormatInt(maxBytes, 10)+" bytes asked for"
 	}
-	size := chain[0].img.VirtualSize()
+	c := newBlockChain(chain)
+	size := c.stack.VirtualSize()
 	rows := []proto.MapEntry{}
 	var encoded int64 // JSON bytes of the rows before the last one
 	for off := int64(0); off < size; {
-		e, err := mapEntry(chain, off, size-off)
+		e, err := c.mapEntry(off, size-off)
 		if err != nil {
 			return nil, err
 		}

@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,8 +15,6 @@ import (
 	"instarfs/vmm/worker/internal/qcow2"
 	"instarfs/vmm/worker/internal/vmdk"
 )
-
-func init() { register(proto.OpCommit, opCommit) }
 
 // opCommit is qemu-img commit: every range that a layer above the base
 // defines is written into the base, read through the top's view of the chain;
@@ -50,9 +48,7 @@ func opCommit(_ context.Context, s *session) (any, error) {
 	if args.Base < 1 || args.Base >= len(s.req.Images) {
 		return nil, errcode.New(errcode.WorkerProtocol, "commit: base index %d outside the chain of %d images", args.Base, len(s.req.Images))
 	}
-	switch args.Cache {
-	case "", "writeback", "none", "writethrough", "directsync", "unsafe":
-	default:
+	if args.Cache != "" && !slices.Contains(proto.CacheModes, args.Cache) {
 		return nil, errcode.New(errcode.BadArguments, "invalid cache mode %q", args.Cache)
 	}
 	if !s.req.Images[args.Base].Writable || !args.Drop && !s.req.Images[0].Writable ||
@@ -93,11 +89,10 @@ func (c *committer) run() (any, error) {
 		}
 	}
 	chain := make([]member, len(c.imgs))
-	layers := make(commitView, len(c.imgs))
 	for i, o := range c.imgs {
 		chain[i] = o.member()
-		layers[i] = o.img
 	}
+	stack := stackOf(c.imgs)
 	if err := readableAbove(c.imgs[:c.args.Base]); err != nil {
 		return nil, err
 	}
@@ -119,11 +114,11 @@ func (c *committer) run() (any, error) {
 		return nil, errInternal("%v", err)
 	}
 	if c.args.Base >= 2 {
-		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, layers, t); err != nil {
+		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, stack, t); err != nil {
 			return nil, err
 		}
 	}
-	if err := c.apply(t, steps, layers, in); err != nil {
+	if err := c.apply(t, steps, stack, in); err != nil {
 		return nil, err
 	}
 	if err := t.finish(c.args.Cache == "unsafe"); err != nil {
@@ -164,7 +159,7 @@ func readableAbove(imgs []*opened) error {
 }
 
 // apply carries out the steps on the base.
-func (c *committer) apply(t commitTarget, steps []planners.Step, layers commitView, in planners.CommitInput) error {
+func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Stack, in planners.CommitInput) error {
 	var total, done int64
 	for _, st := range steps {
 		if st.Kind != planners.StepGrow {
@@ -185,7 +180,7 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, layers commitVi
 		case planners.StepGrow:
 			err = t.grow(st.Length)
 		case planners.StepCopy:
-			buf, err = c.copy(t, st, layers, buf)
+			buf, err = c.copy(t, st, stack, buf)
 			if c.unflushed += st.Length; err == nil && c.unflushed >= writebackEvery {
 				startWriteback(c.base.file)
 				c.unflushed = 0
@@ -238,23 +233,22 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, layers commitVi
 // Reading a range of the base that an earlier step already wrote is safe
 // although the base's reader does not see the new metadata: earlier steps
 // wrote, outside the dirty ranges, exactly what the reader still returns.
-func (c *committer) copy(t commitTarget, st planners.Step, layers commitView, buf []byte) ([]byte, error) {
+func (c *committer) copy(t commitTarget, st planners.Step, stack layer.Stack, buf []byte) ([]byte, error) {
 	start, end := t.widen(st.Start, st.End())
 	if need := int(end - start); cap(buf) < need {
 		buf = make([]byte, need)
 	}
 	p := buf[:end-start]
-	topSize := layers[0].VirtualSize()
-	split := min(max(topSize, start), end)
-	if err := layers.readAt(p[:split-start], start); err != nil {
+	split := min(max(stack.VirtualSize(), start), end)
+	if err := stack.Fill(p[:split-start], start); err != nil {
 		return buf, err
 	}
 	if split < end {
-		if err := layers[c.args.Base:].readAt(p[split-start:], split); err != nil {
+		if err := stack[c.args.Base:].Fill(p[split-start:], split); err != nil {
 			return buf, err
 		}
 	}
-	return buf, t.write(p, start)
+	return buf, t.write(start, p)
 }
 
 // commitTarget is the base, written by its format's rules.
@@ -263,7 +257,7 @@ type commitTarget interface {
 	// clipped to the base's size.
 	widen(start, end int64) (int64, int64)
 	grow(size int64) error
-	write(p []byte, off int64) error
+	write(off int64, p []byte) error
 	// zero makes a range aligned to the base's clusters read as zero, freeing
 	// what the base stored there (write-zeroes with MAY_UNMAP).
 	zero(off, n int64) error
@@ -345,7 +339,7 @@ func (t *qcow2Target) widen(start, end int64) (int64, int64) {
 
 func (t *qcow2Target) grow(size int64) error { return t.w.Resize(size) }
 
-func (t *qcow2Target) write(p []byte, off int64) error { return t.w.WriteData(off, p) }
+func (t *qcow2Target) write(off int64, p []byte) error { return t.w.WriteData(off, p) }
 
 // zero follows qcow2_co_pwrite_zeroes with MAY_UNMAP: zero clusters (their
 // old host clusters freed) in version 3; in version 2, a discard when the base
@@ -354,14 +348,14 @@ func (t *qcow2Target) zero(off, n int64) error {
 	if t.w.Header().Version < 3 && !t.hasBacking {
 		return t.w.Unmap(off, n)
 	}
-	return t.w.WriteZeroes(off, n, qcow2.ZeroMayUnmap)
+	return t.w.WriteZeroes(off, n, layer.MayUnmap)
 }
 
 func (t *qcow2Target) discard(off, n int64) error {
 	if !t.hasBacking {
 		return t.w.Unmap(off, n)
 	}
-	return t.w.WriteZeroes(off, n, qcow2.ZeroMayUnmap)
+	return t.w.WriteZeroes(off, n, layer.MayUnmap)
 }
 
 func (t *qcow2Target) flush() error { return t.w.Flush() }
@@ -383,15 +377,11 @@ func (t *vmdkTarget) grow(size int64) error {
 	return errcode.New(errcode.CommitUnsupported, "the vmdk base (%d bytes) is smaller than the image committed into it (%d bytes), and vmdk images cannot grow", t.v.VirtualSize(), size)
 }
 
-func (t *vmdkTarget) write(p []byte, off int64) error {
-	_, err := t.w.WriteAt(p, off)
-	return err
-}
-
-func (t *vmdkTarget) zero(off, n int64) error    { return t.w.WriteZeroes(off, n) }
-func (t *vmdkTarget) discard(off, n int64) error { return t.w.WriteZeroes(off, n) }
-func (t *vmdkTarget) flush() error               { return t.w.Flush() }
-func (t *vmdkTarget) finish(bool) error          { return t.w.Flush() }
+func (t *vmdkTarget) write(off int64, p []byte) error { return t.w.WriteData(off, p) }
+func (t *vmdkTarget) zero(off, n int64) error         { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
+func (t *vmdkTarget) discard(off, n int64) error      { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
+func (t *vmdkTarget) flush() error                    { return t.w.Flush() }
+func (t *vmdkTarget) finish(bool) error               { return t.w.Finish() }
 
 // rawTarget writes a raw base: guest offset is file offset.
 type rawTarget struct {
@@ -409,7 +399,7 @@ func (t *rawTarget) grow(size int64) error {
 	return nil
 }
 
-func (t *rawTarget) write(p []byte, off int64) error {
+func (t *rawTarget) write(off int64, p []byte) error {
 	if _, err := t.f.WriteAt(p, off); err != nil {
 		return errcode.New(errcode.WriteFailed, "writing the raw base at %d: %v", off, err)
 	}
@@ -429,7 +419,7 @@ func (t *rawTarget) zero(off, n int64) error {
 	zero := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		m := min(n, int64(len(zero)))
-		if err := t.write(zero[:m], off); err != nil {
+		if err := t.write(off, zero[:m]); err != nil {
 			return err
 		}
 		off += m
@@ -522,14 +512,10 @@ func (c *committer) topEmptier() (func() error, error) {
 //
 // Its own writes are made durable before the base is touched, so a crash
 // leaves it showing what it showed before either way.
-func (c *committer) preserveIntermediate(steps []planners.Step, layers commitView, t commitTarget) (int64, error) {
+func (c *committer) preserveIntermediate(steps []planners.Step, stack layer.Stack, t commitTarget) (int64, error) {
 	mid := c.imgs[c.args.Base-1]
 	f := ImageFile{mid.file}
-	var (
-		write  func(p []byte, off int64) error
-		finish func() error
-		unit   int64
-	)
+	diff := &differ{img: mid.img, old: stack[c.args.Base:]}
 	switch mid.format {
 	case "qcow2":
 		if _, err := checkWritable(mid, "a commit writes into it"); err != nil {
@@ -539,68 +525,38 @@ func (c *committer) preserveIntermediate(steps []planners.Step, layers commitVie
 		if err != nil {
 			return 0, err
 		}
-		unit = w.Header().SubclusterSize()
-		write = func(p []byte, off int64) error {
-			if n := int64(len(p)); n < unit {
-				// The last unit, cut by the virtual size: written whole.
-				p = append(p[:n:n], make([]byte, unit-n)...)
-			}
-			return w.WriteData(off, p)
-		}
-		finish = w.Finish
+		diff.w, diff.unit, diff.whole = w, w.Header().SubclusterSize(), true
 	case "vmdk":
 		w, err := vmdk.NewWriter(mid.v, f)
 		if err != nil {
 			return 0, err
 		}
-		unit = mid.v.GrainSize()
-		write = func(p []byte, off int64) error { _, err := w.WriteAt(p, off); return err }
-		finish = w.Flush
+		diff.w, diff.unit = w, mid.v.GrainSize()
 	default:
 		return 0, errcode.New(errcode.CommitUnsupported, "cannot keep the %s image '%s' valid", mid.format, mid.ref.Name)
 	}
 	midSize := mid.img.VirtualSize()
-	old := layers[c.args.Base:]
-	oldBuf, newBuf := make([]byte, unit), make([]byte, unit)
-	var copied int64
 	next := int64(0) // units below next are done
 	for _, st := range steps {
 		if st.Kind == planners.StepGrow {
 			continue
 		}
+		// What the image reads through afterwards: the committed data
+		// where the step copies, zeros where it zeroes or discards.
 		start, end := st.Start, st.End()
+		var after layer.Stack
 		if st.Kind == planners.StepCopy {
 			start, end = t.widen(start, end)
+			after = stack
 		}
-		for u := max(start/unit*unit, next); u < min(end, midSize); u += unit {
-			next = u + unit
-			e, err := mid.img.Extent(u)
-			if err != nil {
-				return 0, err
-			}
-			if e.Kind != layer.Unallocated {
-				continue
-			}
-			n := min(unit, midSize-u)
-			if err := old.readAt(oldBuf[:n], u); err != nil {
-				return 0, err
-			}
-			if st.Kind == planners.StepCopy {
-				err = layers.readAt(newBuf[:n], u)
-			} else {
-				clear(newBuf[:n])
-			}
-			if err != nil {
-				return 0, err
-			}
-			if bytes.Equal(oldBuf[:n], newBuf[:n]) {
-				continue
-			}
-			if err := write(oldBuf[:n], u); err != nil {
-				return 0, err
-			}
-			copied++
+		start, end = max(start/diff.unit*diff.unit, next), min(end, midSize)
+		if start >= end {
+			continue
 		}
+		if err := diff.copy(start, end, after); err != nil {
+			return 0, err
+		}
+		next = roundUp(end, diff.unit)
 	}
-	return copied, finish()
+	return diff.units, diff.w.Finish()
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 	"instarfs/proto"
 )
 
@@ -43,7 +44,7 @@ func runCommit(t *testing.T, dir string, names, formats []string, args string) (
 // TestCommitHostile commits chains whose metadata was damaged at random: the
 // worker must fail with a named error or succeed, never panic.
 func TestCommitHostile(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	tmpl := t.TempDir()
 	sh(t, tmpl, `
 qemu-img create -q -f qcow2 -o cluster_size=4k base.qcow2 1M
@@ -63,7 +64,7 @@ qemu-io -f vmdk -c 'write -P 0x22 64k 64k' vtop.vmdk >/dev/null
 		{[]string{"vtop.vmdk", "vbase.vmdk"}, []string{"vmdk", "vmdk"}},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	outcomes := map[string]int{}
+	outcomes := map[errcode.Code]int{}
 	defer func() { t.Logf("outcomes: %v", outcomes) }()
 	for i := range 300 {
 		c := chains[i%len(chains)]
@@ -86,8 +87,8 @@ qemu-io -f vmdk -c 'write -P 0x22 64k 64k' vtop.vmdk >/dev/null
 		case err == nil:
 			outcomes["ok"]++
 		default:
-			outcomes[errcode.Code(err)]++
-			if errcode.Code(err) == errcode.Internal {
+			outcomes[errcode.Of(err)]++
+			if errcode.Of(err) == errcode.Internal {
 				t.Logf("iteration %d: internal error: %v", i, err)
 			}
 		}
@@ -97,7 +98,7 @@ qemu-io -f vmdk -c 'write -P 0x22 64k 64k' vtop.vmdk >/dev/null
 // TestCommitInProcess commits a small chain in this process and checks the
 // result with qemu-img.
 func TestCommitInProcess(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	sh(t, dir, `
 qemu-img create -q -f qcow2 base.qcow2 4M
@@ -114,5 +115,12 @@ cp top.qcow2 pristine.qcow2
 	if r.ClustersCommitted != 2 || r.BytesCommitted != 128<<10 || r.OverlayClustersCleared != 2 {
 		t.Errorf("result %+v", r)
 	}
-	sh(t, dir, "qemu-img check base.qcow2 && qemu-img check top.qcow2 && qemu-img compare pristine.qcow2 top.qcow2")
+	for _, img := range []string{"base.qcow2", "top.qcow2"} {
+		if r := qemutest.Check(t, filepath.Join(dir, img), "qcow2"); r.Code != 0 {
+			t.Errorf("qemu-img check %s: exit %d\n%s%s", img, r.Code, r.Stdout, r.Stderr)
+		}
+	}
+	if r := qemutest.Compare(t, filepath.Join(dir, "pristine.qcow2"), filepath.Join(dir, "top.qcow2")); r.Code != 0 {
+		t.Errorf("qemu-img compare: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
 }

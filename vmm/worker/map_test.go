@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/proto"
 )
 
@@ -25,13 +26,6 @@ func sh(t *testing.T, dir, script string) string {
 	return string(out)
 }
 
-func needQemu(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
-}
-
 // openChainFiles opens the chain of top the way the host would hand it over:
 // names and formats taken from qemu-img info --backing-chain.
 func openChainFiles(t *testing.T, dir, top string) []member {
@@ -40,7 +34,7 @@ func openChainFiles(t *testing.T, dir, top string) []member {
 		Filename string `json:"filename"`
 		Format   string `json:"format"`
 	}
-	if err := json.Unmarshal([]byte(sh(t, dir, "qemu-img info --backing-chain --output=json "+top)), &infos); err != nil {
+	if err := json.Unmarshal(qemutest.Img(t, dir, "info", "--backing-chain", "--output=json", top), &infos); err != nil {
 		t.Fatal(err)
 	}
 	var chain []member
@@ -60,7 +54,7 @@ func openChainFiles(t *testing.T, dir, top string) []member {
 }
 
 func TestChainMapMatchesQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	tests := []struct {
 		name   string
 		script string
@@ -92,7 +86,7 @@ func TestChainMapMatchesQemu(t *testing.T) {
 			dir := t.TempDir()
 			sh(t, dir, tt.script)
 			var want []proto.MapEntry
-			if err := json.Unmarshal([]byte(sh(t, dir, "qemu-img map --output=json "+tt.top)), &want); err != nil {
+			if err := json.Unmarshal(qemutest.Img(t, dir, "map", "--output=json", tt.top), &want); err != nil {
 				t.Fatal(err)
 			}
 			got, err := chainMap(openChainFiles(t, dir, tt.top), 0, nil)
@@ -118,9 +112,9 @@ func mapString(es []proto.MapEntry) string {
 // TestChainMapEmptyImage: an image of virtual size 0 has no rows, and the
 // worker's answer must still be a result ("[]"), not null.
 func TestChainMapEmptyImage(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
-	sh(t, dir, `qemu-img create -q -f qcow2 a.qcow2 0`)
+	qemutest.Create(t, filepath.Join(dir, "a.qcow2"), "qcow2", "0")
 	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), 0, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -40,7 +40,7 @@ func TestMapRowsBounded(t *testing.T) {
 		name     string
 		img      stripes
 		maxBytes int64
-		wantErr  string
+		wantErr  errcode.Code
 		wantRows int
 	}{
 		{name: "small", img: stripes{size: 1 << 20, unit: 512}, wantRows: 2048},
@@ -60,7 +60,7 @@ func TestMapRowsBounded(t *testing.T) {
 				t.Errorf("took %v", d)
 			}
 			if tt.wantErr != "" {
-				if errcode.Code(err) != tt.wantErr {
+				if errcode.Of(err) != tt.wantErr {
 					t.Fatalf("got %d rows, error %v; want %s", len(rows), err, tt.wantErr)
 				}
 				return

@@ -191,3 +191,12 @@ func (o *opened) member() member {
 	}
 	return m
 }
+
+// stackOf stacks the images of c, top first.
+func stackOf(c []*opened) layer.Stack {
+	s := make(layer.Stack, len(c))
+	for i, o := range c {
+		s[i] = o.img
+	}
+	return s
+}

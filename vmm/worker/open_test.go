@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/proto"
 )
 
@@ -12,7 +13,7 @@ import (
 // with a NUL byte ends at the NUL, as qemu reads them, instead of reaching the
 // host (which refuses names with NUL bytes as a protocol violation).
 func TestBackingNameIsCString(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	tests := []struct {
 		name       string
 		backing    string // written at the backing file offset

@@ -20,7 +20,7 @@ func TestOutputResultBounded(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		v        any
-		wantCode string
+		wantCode errcode.Code
 	}{
 		{"within the bound", fits, ""},
 		{"one character more", fits + "\x01", errcode.ImageTooLarge},

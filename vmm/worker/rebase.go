@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"context"
-	"io"
 
 	"instarfs/errcode"
 	"instarfs/planners"
@@ -11,12 +10,6 @@ import (
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/qcow2"
 )
-
-func init() { register(proto.OpRebase, opRebase) }
-
-// rebaseVmdk, when set, rebases a vmdk overlay; imgs are the opened images
-// of the request in order. The vmdk write side installs it.
-var rebaseVmdk func(ctx context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error)
 
 // sectorSize is the unit qemu-img 7.2 compares buffers in.
 const sectorSize = 512
@@ -58,9 +51,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 		if format == "" {
 			return nil, errcode.New(errcode.BackingFormatRequired, "the format of the new backing file '%s' must be given (-F) when it cannot be opened", args.Backing)
 		}
-		switch format {
-		case "qcow2", "vmdk", "raw":
-		default:
+		if !proto.Format(format).Valid() {
 			return nil, errcode.New(errcode.UnknownFormat, "unknown backing format '%s'", format)
 		}
 	}
@@ -68,10 +59,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	switch top.format {
 	case "qcow2":
 	case "vmdk":
-		if rebaseVmdk == nil {
-			return nil, errcode.New(errcode.RebaseUnsupported, "rebasing vmdk images is not supported by this build")
-		}
-		return rebaseVmdk(ctx, s, args, imgs)
+		return rebaseVmdk(s, args, imgs)
 	default:
 		return nil, errcode.New(errcode.RebaseUnsupported, "'%s' is a %s image, which has no backing file to change", top.ref.Name, top.format)
 	}
@@ -93,7 +81,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 		}
 		r := &rebaser{
 			ctx: ctx, s: s, w: w, top: top.q,
-			old: layers(oldChain), new: layers(newChain),
+			old: stackOf(oldChain), new: stackOf(newChain),
 			v3: top.q.Header().Version >= 3,
 		}
 		if args.NewInOld >= 0 {
@@ -140,22 +128,14 @@ func checkWritable(o *opened, before string) (*qcow2.CheckReport, error) {
 	return rep, nil
 }
 
-func layers(c []*opened) []layer.Image {
-	out := make([]layer.Image, len(c))
-	for i, o := range c {
-		out[i] = o.img
-	}
-	return out
-}
-
 // rebaser runs the safe mode of one rebase.
 type rebaser struct {
 	ctx      context.Context
 	s        *session
 	w        *qcow2.Writer
 	top      *qcow2.Image
-	old, new []layer.Image
-	above    []layer.Image // old chain layers above the new backing (in-chain case)
+	old, new layer.Stack
+	above    layer.Stack // old chain layers above the new backing (in-chain case)
 	v3       bool
 
 	size, unit, oldSize int64
@@ -167,12 +147,7 @@ func (r *rebaser) run() error {
 	r.size = r.top.VirtualSize()
 	r.unit = r.top.SubclusterSize()
 	in := planners.RebaseInput{Size: r.size, Unit: r.unit}
-	if len(r.old) > 0 {
-		in.OldSize = r.old[0].VirtualSize()
-	}
-	if len(r.new) > 0 {
-		in.NewSize = r.new[0].VirtualSize()
-	}
+	in.OldSize, in.NewSize = r.old.VirtualSize(), r.new.VirtualSize()
 	r.oldSize = in.OldSize
 	var err error
 	if in.Unallocated, err = r.unallocated(); err != nil {
@@ -207,15 +182,9 @@ type chunk struct {
 	aStart         int64
 	oldBuf, newBuf []byte
 	skip           []planners.Span
-	filled         int // skip[:filled] are already cleared in oldBuf
+	filled         int           // skip[:filled] are already cleared in oldBuf
+	pieces         []layer.Piece // the step's pieces (kept for their memory)
 	err            error
-}
-
-// piece is a range of a step and whether each side is known to read as zero
-// there.
-type piece struct {
-	off, n           int64
-	oldZero, newZero bool
 }
 
 // execute runs the steps in order. Reading runs one step ahead of comparing
@@ -290,44 +259,19 @@ func (r *rebaser) unallocated() ([]planners.Span, error) {
 	return out, nil
 }
 
-// chainExtent reports whether the chain reads as zero from off without
-// reading data, and for how many bytes (at most n).
-func chainExtent(chain []layer.Image, off, n int64) (zero bool, length int64, err error) {
-	for _, l := range chain {
-		if off >= l.VirtualSize() {
-			return true, n, nil
-		}
-		e, err := l.Extent(off)
-		if err != nil {
-			return false, 0, err
-		}
-		n = min(n, e.End()-off)
-		switch e.Kind {
-		case layer.Data:
-			return false, n, nil
-		case layer.Zero:
-			return true, n, nil
-		}
-	}
-	return true, n, nil
-}
-
 // zeroSpans lists the ranges of [0, size) where chain reads as zero by its
 // metadata alone.
-func zeroSpans(chain []layer.Image, size int64) ([]planners.Span, error) {
+func zeroSpans(chain layer.Stack, size int64) ([]planners.Span, error) {
 	var out []planners.Span
 	for off := int64(0); off < size; {
-		zero, n, err := chainExtent(chain, off, size-off)
+		e, err := chain.ExtentBefore(off, size)
 		if err != nil {
 			return nil, err
 		}
-		if n <= 0 {
-			return nil, errInternal("block status made no progress at offset %d", off)
+		if e.Kind == layer.Zero {
+			out = appendSpan(out, off, e.Length)
 		}
-		if zero {
-			out = appendSpan(out, off, n)
-		}
-		off += n
+		off = e.End()
 	}
 	return out, nil
 }
@@ -344,79 +288,19 @@ func appendSpan(spans []planners.Span, off, n int64) []planners.Span {
 
 // unchangedSpans lists the ranges of [0, size) that no layer of above
 // allocates: there the old chain reads through to the new backing.
-func unchangedSpans(above []layer.Image, size int64) ([]planners.Span, error) {
+func unchangedSpans(above layer.Stack, size int64) ([]planners.Span, error) {
 	var out []planners.Span
 	for off := int64(0); off < size; {
-		n := size - off
-		free := true
-		for _, l := range above {
-			if off >= l.VirtualSize() {
-				free = false
-				n = min(n, size-off)
-				break
-			}
-			e, err := l.Extent(off)
-			if err != nil {
-				return nil, err
-			}
-			n = min(n, e.End()-off)
-			if e.Kind != layer.Unallocated {
-				free = false
-				break
-			}
+		allocated, n, err := above.Allocated(off, size)
+		if err != nil {
+			return nil, err
 		}
-		if n <= 0 {
-			return nil, errInternal("block status made no progress at offset %d", off)
-		}
-		if free {
+		if !allocated {
 			out = appendSpan(out, off, n)
 		}
 		off += n
 	}
 	return out, nil
-}
-
-// readChain reads guest bytes of chain (top first) at off: each byte from the
-// first layer that defines it; past a layer's end, zeros.
-func readChain(chain []layer.Image, p []byte, off int64) error {
-	if len(chain) == 0 {
-		clear(p)
-		return nil
-	}
-	l := chain[0]
-	size := l.VirtualSize()
-	for len(p) > 0 {
-		if off >= size {
-			clear(p)
-			return nil
-		}
-		e, err := l.Extent(off)
-		if err != nil {
-			return err
-		}
-		n := min(int64(len(p)), e.End()-off)
-		switch e.Kind {
-		case layer.Data:
-			if m, err := l.ReadAt(p[:n], off); int64(m) != n {
-				if err == nil || err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				if _, ok := err.(*errcode.Error); ok {
-					return err
-				}
-				return errcode.New(errcode.ReadFailed, "reading guest offset %d: %v", off, err)
-			}
-		case layer.Zero:
-			clear(p[:n])
-		default:
-			if err := readChain(chain[1:], p[:n], off); err != nil {
-				return err
-			}
-		}
-		p = p[n:]
-		off += n
-	}
-	return nil
 }
 
 // grow returns b resized to n bytes, reallocating when it is too small;
@@ -433,53 +317,13 @@ func grow(b []byte, n int64) []byte {
 func (r *rebaser) readOld(st planners.RebaseStep, oldBuf []byte, aStart int64) error {
 	end := st.Off + st.Len
 	if st.ReadOld {
-		return readChain(r.old, oldBuf, aStart)
+		return r.old.Fill(oldBuf, aStart)
 	}
 	clear(oldBuf)
-	if err := readChain(r.old, oldBuf[:st.Off-aStart], aStart); err != nil {
+	if err := r.old.Fill(oldBuf[:st.Off-aStart], aStart); err != nil {
 		return err
 	}
-	return readChain(r.old, oldBuf[end-aStart:], end)
-}
-
-// pieces splits [off, end) where either chain's block status changes. A side
-// that is not read (read false) counts as zero throughout.
-func pieces(old, new []layer.Image, readOld, readNew bool, off, end int64, out []piece) ([]piece, error) {
-	out = out[:0]
-	var oldLeft, newLeft int64 // bytes left of the current extent of each side
-	oldZero, newZero := !readOld, !readNew
-	if !readOld {
-		oldLeft = end - off
-	}
-	if !readNew {
-		newLeft = end - off
-	}
-	for off < end {
-		var err error
-		if oldLeft == 0 {
-			if oldZero, oldLeft, err = chainExtent(old, off, end-off); err != nil {
-				return nil, err
-			}
-		}
-		if newLeft == 0 {
-			if newZero, newLeft, err = chainExtent(new, off, end-off); err != nil {
-				return nil, err
-			}
-		}
-		if oldLeft <= 0 || newLeft <= 0 {
-			return nil, errInternal("block status made no progress at offset %d", off)
-		}
-		n := min(oldLeft, newLeft)
-		if k := len(out) - 1; k >= 0 && out[k].oldZero == oldZero && out[k].newZero == newZero {
-			out[k].n += n
-		} else {
-			out = append(out, piece{off: off, n: n, oldZero: oldZero, newZero: newZero})
-		}
-		off += n
-		oldLeft -= n
-		newLeft -= n
-	}
-	return out, nil
+	return r.old.Fill(oldBuf[end-aStart:], end)
 }
 
 // read fills c with the data of step st, reading the old and the new chain at
@@ -496,7 +340,16 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 		c.err = r.readWhole(c, st)
 		return
 	}
-	ps, err := pieces(r.old, r.new, st.ReadOld, st.ReadNew, st.Off, end, nil)
+	// A side that is not read counts as zero throughout.
+	old, new := r.old, r.new
+	if !st.ReadOld {
+		old = nil
+	}
+	if !st.ReadNew {
+		new = nil
+	}
+	ps, err := layer.Compare(old, new, st.Off, end, c.pieces)
+	c.pieces = ps
 	if err != nil {
 		c.err = err
 		return
@@ -505,17 +358,17 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	// not be): otherwise both sides are cleared and compared.
 	aligned := st.Off%sectorSize == 0
 	for _, p := range ps {
-		if p.oldZero && p.newZero {
-			if p.off%sectorSize != 0 || (p.off+p.n)%sectorSize != 0 && p.off+p.n != end {
+		if p.OldZero && p.NewZero {
+			if p.Start%sectorSize != 0 || p.End()%sectorSize != 0 && p.End() != end {
 				aligned = false
 			}
-			c.skip = append(c.skip, planners.Span{Start: p.off, Length: p.n})
+			c.skip = append(c.skip, planners.Span{Start: p.Start, Length: p.Length})
 		}
 	}
 	if !aligned {
 		for i := range ps {
-			if ps[i].oldZero && ps[i].newZero {
-				ps[i].newZero = false // read (as zeros) and compared as usual
+			if ps[i].OldZero && ps[i].NewZero {
+				ps[i].NewZero = false // read (as zeros) and compared as usual
 			}
 		}
 		c.skip = c.skip[:0]
@@ -525,13 +378,13 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	go func() {
 		defer close(done)
 		for _, p := range ps {
-			b := c.newBuf[p.off-st.Off : p.off-st.Off+p.n]
+			b := c.newBuf[p.Start-st.Off : p.End()-st.Off]
 			switch {
-			case p.oldZero && p.newZero:
-			case p.newZero:
+			case p.OldZero && p.NewZero:
+			case p.NewZero:
 				clear(b)
 			default:
-				if newErr = readChain(r.new, b, p.off); newErr != nil {
+				if newErr = r.new.Fill(b, p.Start); newErr != nil {
 					return
 				}
 			}
@@ -547,23 +400,23 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 
 // readOldPieces reads the old chain into c.oldBuf: the units' parts outside
 // the step, and the step's pieces that are not skipped.
-func (r *rebaser) readOldPieces(c *chunk, ps []piece) error {
+func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece) error {
 	st, aStart := c.st, c.aStart
 	end := st.Off + st.Len
-	if err := readChain(r.old, c.oldBuf[:st.Off-aStart], aStart); err != nil {
+	if err := r.old.Fill(c.oldBuf[:st.Off-aStart], aStart); err != nil {
 		return err
 	}
-	if err := readChain(r.old, c.oldBuf[end-aStart:], end); err != nil {
+	if err := r.old.Fill(c.oldBuf[end-aStart:], end); err != nil {
 		return err
 	}
 	for _, p := range ps {
-		b := c.oldBuf[p.off-aStart : p.off-aStart+p.n]
+		b := c.oldBuf[p.Start-aStart : p.End()-aStart]
 		switch {
-		case p.oldZero && p.newZero:
-		case p.oldZero:
+		case p.OldZero && p.NewZero:
+		case p.OldZero:
 			clear(b)
 		default:
-			if err := readChain(r.old, b, p.off); err != nil {
+			if err := r.old.Fill(b, p.Start); err != nil {
 				return err
 			}
 		}
@@ -580,7 +433,7 @@ func (r *rebaser) readWhole(c *chunk, st planners.RebaseStep) error {
 	go func() {
 		defer close(done)
 		if st.ReadNew {
-			newErr = readChain(r.new, c.newBuf, st.Off)
+			newErr = r.new.Fill(c.newBuf, st.Off)
 		} else {
 			clear(c.newBuf)
 		}

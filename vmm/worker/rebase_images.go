@@ -59,7 +59,7 @@ func (s *session) rebaseImages(args *proto.RebaseArgs) ([]*opened, error) {
 // else found there matters, as no data is read.
 func (s *session) unsafeNewBacking(imgs []*opened, nb backing, err error, args *proto.RebaseArgs) ([]*opened, error) {
 	switch {
-	case errcode.Code(err) == errcode.BackingNotFound:
+	case errcode.Of(err) == errcode.BackingNotFound:
 		return imgs, nil
 	case err != nil && s.hostRefused(err):
 		return nil, err
@@ -71,7 +71,7 @@ func (s *session) unsafeNewBacking(imgs []*opened, nb backing, err error, args *
 	imgs = append(imgs, nb.img)
 	for i, cur := len(imgs)-1, nb.img; cur.info.BackingFilename != ""; {
 		next, err := s.openBacking(i, cur, proto.OpenBacking)
-		if errcode.Code(err) == errcode.RebaseCreatesLoop {
+		if errcode.Of(err) == errcode.RebaseCreatesLoop {
 			return nil, err
 		}
 		if err != nil {

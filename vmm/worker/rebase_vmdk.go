@@ -1,16 +1,13 @@
 package worker
 
 import (
-	"bytes"
-	"context"
-
 	"instarfs/errcode"
 	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/vmdk"
 )
 
-// vmdkRebase says what rebaseVmdk does. qemu-img cannot rebase vmdk images
+// vmdkRebase says what rebaseVmdkImages does. qemu-img cannot rebase vmdk images
 // (it has no way to change a vmdk's parent); instarfs defines it:
 //
 //   - unsafe: the descriptor's parentFileNameHint becomes Name and parentCID
@@ -26,39 +23,31 @@ import (
 // what it read before.
 type vmdkRebase struct {
 	Top *opened // the vmdk overlay, opened writable
-	// Old is the top's current chain below it, its backing file first; nil
-	// when it has none. Unused in unsafe mode.
-	Old []layer.Image
+	// Old is the top's current chain below it, its backing file first;
+	// empty when it has none. Unused in unsafe mode.
+	Old layer.Stack
 	// New is the new parent (a vmdk, top of its own chain), nil to detach;
 	// NewChain is its chain, New first. NewChain is unused in unsafe mode.
 	New      *opened
-	NewChain []layer.Image
+	NewChain layer.Stack
 	Name     string // the parentFileNameHint to write; ignored when detaching
 	Unsafe   bool
 	Progress func(float64)
 }
 
-// vmdkRebaseResult counts what a safe rebase copied.
-type vmdkRebaseResult struct {
-	GrainsCopied int64
-	BytesCopied  int64
-}
-
-func init() { rebaseVmdk = opRebaseVmdk }
-
-// opRebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
+// rebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
 // opened in order (the overlay, the old chain, the new chain; see
 // proto.RebaseArgs). A vmdk's parent is always read as vmdk, so a new backing
 // of another format is refused, and the new parent must be among the images
 // even in unsafe mode: its CID becomes the overlay's parentCID.
-func opRebaseVmdk(_ context.Context, s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
+func rebaseVmdk(s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
 	top := imgs[0]
 	old := imgs[1 : 1+args.OldCount]
 	newChain := imgs[1+args.OldCount:]
 	if args.NewInOld >= 0 {
 		newChain = old[args.NewInOld:]
 	}
-	r := vmdkRebase{Top: top, Old: layers(old), Name: args.Backing, Unsafe: args.Unsafe, Progress: s.out.progress}
+	r := vmdkRebase{Top: top, Old: stackOf(old), Name: args.Backing, Unsafe: args.Unsafe, Progress: s.out.progress}
 	res := &proto.RebaseResult{Mode: "safe"}
 	if args.Unsafe {
 		res.Mode = "unsafe"
@@ -70,34 +59,32 @@ func opRebaseVmdk(_ context.Context, s *session, args proto.RebaseArgs, imgs []*
 		if len(newChain) == 0 {
 			return nil, errcode.New(errcode.BackingNotFound, "the new parent '%s' of a vmdk image must exist and be readable: its CID is recorded in the image", args.Backing)
 		}
-		r.New, r.NewChain = newChain[0], layers(newChain)
+		r.New, r.NewChain = newChain[0], stackOf(newChain)
 		res.BackingFormat = "vmdk"
 	}
-	out, err := rebaseVmdkImages(r)
-	if err != nil {
+	if err := rebaseVmdkImages(r, res); err != nil {
 		return nil, err
 	}
-	res.ClustersCopied, res.BytesCopied = out.GrainsCopied, out.BytesCopied
 	s.out.progress(1)
 	return res, nil
 }
 
-// rebaseVmdkImages rebases a vmdk overlay; see vmdkRebase.
-func rebaseVmdkImages(r vmdkRebase) (vmdkRebaseResult, error) {
-	var res vmdkRebaseResult
+// rebaseVmdkImages rebases a vmdk overlay (see vmdkRebase) and counts in res
+// what it copied.
+func rebaseVmdkImages(r vmdkRebase, res *proto.RebaseResult) error {
 	if r.Top == nil || r.Top.v == nil {
-		return res, errcode.New(errcode.Internal, "rebaseVmdk: the top is not a vmdk image")
+		return errcode.New(errcode.Internal, "rebaseVmdk: the top is not a vmdk image")
 	}
 	parentCID := uint32(vmdk.NoParentCID)
 	if r.New != nil {
 		if r.New.v == nil {
-			return res, errcode.New(errcode.VmdkParentNotVmdk, "the parent of a vmdk image must be a vmdk image, not %s (qemu reads a vmdk's parent as vmdk)", r.New.format)
+			return errcode.New(errcode.VmdkParentNotVmdk, "the parent of a vmdk image must be a vmdk image, not %s (qemu reads a vmdk's parent as vmdk)", r.New.format)
 		}
 		parentCID = r.New.v.CID()
 	}
 	w, err := vmdk.NewWriter(r.Top.v, ImageFile{r.Top.file})
 	if err != nil {
-		return res, err
+		return err
 	}
 	// Check the new descriptor before writing anything.
 	update := func(d *vmdk.Descriptor) error {
@@ -108,59 +95,23 @@ func rebaseVmdkImages(r vmdkRebase) (vmdkRebaseResult, error) {
 	}
 	d := r.Top.v.Descriptor()
 	if err := update(d); err != nil {
-		return res, err
+		return err
 	}
 	if _, err := d.EncodeEmbedded(r.Top.v.DescriptorAreaSize()); err != nil {
-		return res, err
+		return err
 	}
 	if !r.Unsafe {
-		if res, err = copyVmdkDifferences(w, r); err != nil {
-			return res, err
+		diff := &differ{img: r.Top.v, w: w, old: r.Old, unit: r.Top.v.GrainSize(), progress: r.Progress}
+		if err := diff.copy(0, r.Top.v.VirtualSize(), r.NewChain); err != nil {
+			return err
 		}
+		res.ClustersCopied, res.BytesCopied = diff.units, diff.bytes
 		if err := w.Flush(); err != nil {
-			return res, err
+			return err
 		}
 	}
 	if err := w.UpdateDescriptor(update); err != nil {
-		return res, err
+		return err
 	}
-	return res, w.Flush()
-}
-
-// copyVmdkDifferences writes into the top, grain by grain, the old chain's
-// bytes wherever the top defines nothing and the new chain reads differently.
-func copyVmdkDifferences(w *vmdk.Writer, r vmdkRebase) (vmdkRebaseResult, error) {
-	var res vmdkRebaseResult
-	v := r.Top.v
-	size, gb := v.VirtualSize(), v.GrainSize()
-	oldView, newView := commitView(r.Old), commitView(r.NewChain)
-	oldBuf, newBuf := make([]byte, gb), make([]byte, gb)
-	for off := int64(0); off < size; off += gb {
-		k, err := w.Kind(uint64(off / gb))
-		if err != nil {
-			return res, err
-		}
-		if k != layer.Unallocated {
-			continue
-		}
-		n := min(gb, size-off)
-		if err := oldView.readAt(oldBuf[:n], off); err != nil {
-			return res, err
-		}
-		if err := newView.readAt(newBuf[:n], off); err != nil {
-			return res, err
-		}
-		if bytes.Equal(oldBuf[:n], newBuf[:n]) {
-			continue
-		}
-		if _, err := w.WriteAt(oldBuf[:n], off); err != nil {
-			return res, err
-		}
-		res.GrainsCopied++
-		res.BytesCopied += n
-		if r.Progress != nil {
-			r.Progress(float64(off+n) / float64(size))
-		}
-	}
-	return res, nil
+	return w.Flush()
 }

@@ -8,8 +8,6 @@ import (
 	"instarfs/vmm/worker/internal/qcow2"
 )
 
-func init() { register(proto.OpRepair, opRepair) }
-
 // opRepair is qemu-img check -r on image 0. Only qcow2 has repairs; qemu-img
 // says "This image format does not support checks" for the others (vmdk
 // too: its check refuses a fix mode), and so does the result here.

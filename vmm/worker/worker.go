@@ -30,33 +30,29 @@ const maxRequestBytes = 1 << 20
 // descriptor numbers.
 var files []*os.File
 
-// op runs one operation and returns its result document.
-type op func(ctx context.Context, w *session) (any, error)
-
-var ops = map[string]op{
-	proto.OpNoop:   func(context.Context, *session) (any, error) { return struct{}{}, nil },
-	proto.OpProbe:  opProbe,
-	proto.OpMap:    opMap,
-	proto.OpCheck:  opCheck,
-	proto.OpSurvey: opSurvey,
-
-	proto.OpSandboxProbe:   func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil },
-	proto.OpSandboxViolate: func(context.Context, *session) (any, error) { return nil, jail.Violate() },
+// An operation is what the worker does for one op name: run answers one
+// request with one result document; serve, for an operation that serves a
+// session (vmm.Session), writes the ready line itself and then answers the
+// frames read from in.
+type operation struct {
+	run   func(ctx context.Context, s *session) (any, error)
+	serve func(s *session, in io.Reader) error
 }
 
-// sessionOps are the operations that serve a session (vmm.Session): they
-// write the ready line themselves and then answer frames read from in.
-var sessionOps = map[string]func(s *session, in io.Reader) error{
-	proto.OpDisk: serveDisk,
-}
+// ops are the worker's operations.
+var ops = map[string]operation{
+	proto.OpNoop:   {run: func(context.Context, *session) (any, error) { return struct{}{}, nil }},
+	proto.OpProbe:  {run: opProbe},
+	proto.OpMap:    {run: opMap},
+	proto.OpCheck:  {run: opCheck},
+	proto.OpRepair: {run: opRepair},
+	proto.OpRebase: {run: opRebase},
+	proto.OpCommit: {run: opCommit},
+	proto.OpSurvey: {run: opSurvey},
+	proto.OpDisk:   {serve: serveDisk},
 
-// register adds an operation; the files implementing rebase and commit call it
-// from init.
-func register(name string, fn op) {
-	if _, dup := ops[name]; dup {
-		panic("worker: operation " + name + " registered twice")
-	}
-	ops[name] = fn
+	proto.OpSandboxProbe:   {run: func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil }},
+	proto.OpSandboxViolate: {run: func(context.Context, *session) (any, error) { return nil, jail.Violate() }},
 }
 
 // session is one request being served.
@@ -114,11 +110,16 @@ func serve(stdin io.Reader, out *output) (code int) {
 	for i, ref := range req.Images {
 		files = append(files, os.NewFile(uintptr(proto.FirstImageFD+i), ref.Name))
 	}
-	if serveSession, ok := sessionOps[req.Op]; ok {
+	op, ok := ops[req.Op]
+	if !ok {
+		out.fail(errcode.New(errcode.WorkerProtocol, "unknown operation %q", req.Op))
+		return 1
+	}
+	if op.serve != nil {
 		s := &session{req: req, files: files, out: out}
 		in, err := proto.SessionInput(dec, stdin)
 		if err == nil {
-			err = serveSession(s, in)
+			err = op.serve(s, in)
 		}
 		if err != nil {
 			if !s.began {
@@ -128,16 +129,11 @@ func serve(stdin io.Reader, out *output) (code int) {
 		}
 		return 0
 	}
-	run, ok := ops[req.Op]
-	if !ok {
-		out.fail(errcode.New(errcode.WorkerProtocol, "unknown operation %q", req.Op))
-		return 1
-	}
 	broker := -1
 	if req.Broker {
 		broker = req.BrokerFD()
 	}
-	res, err := run(context.Background(), &session{req: req, files: files, out: out, broker: broker})
+	res, err := op.run(context.Background(), &session{req: req, files: files, out: out, broker: broker})
 	if err != nil {
 		out.fail(err)
 		return 1

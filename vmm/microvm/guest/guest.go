@@ -9,6 +9,7 @@
 package guest
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -34,11 +35,22 @@ const (
 	RequestPath  = "/instarfs/request.json" // the proto.Request, appended per run
 )
 
+// SessionPort names the virtio-serial port of a session's guest, which has no
+// RequestPath: the request line and then the session's frames come over it,
+// and the worker's lines and frames go back over it.
+const SessionPort = "instarfs"
+
 // ResultMagic starts the result drive: magic, a little-endian uint32 length,
 // the worker's protocol lines, then a uint32 count and that many int64
 // lengths: for each image, the length the worker left a writable image at
 // (worker.DeviceLengths), or -1.
 const ResultMagic = "INSR"
+
+// ResultOverflow in place of the length says that the worker wrote more
+// than proto.MaxResultBytes, which the host refuses: no lines follow, only
+// the lengths. (Copying the lines out through an emulated guest would take
+// longer than the run.)
+const ResultOverflow = 0xffffffff
 
 // ConsolePrefix marks the guest's own lines on the console, where the kernel
 // may write too. The line after the prefix is a protocol line, or Ready.
@@ -78,11 +90,14 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	if err := setup(); err != nil {
 		fail(err)
 	}
+	if _, err := os.Stat(RequestPath); os.IsNotExist(err) {
+		runSession(serve, fail)
+	}
 	req, raw, err := readRequest()
 	if err != nil {
 		fail(err)
 	}
-	result, err := openDrives(req)
+	result, err := openDrives(req, true)
 	if err != nil {
 		fail(err)
 	}
@@ -106,12 +121,12 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	out := &headBuffer{max: proto.MaxResultBytes + 1} // the host refuses more
 	out.full = func() {
 		// As the jail's host kills a worker that writes too much.
-		writeResult(result, out.buf, reported())
+		writeResult(result, EncodeOverflow(reported()))
 		say(Done)
 		os.Exit(1)
 	}
 	code := serve(bytes.NewReader(raw), io.MultiWriter(out, &consoleLines{w: console}))
-	if err := writeResult(result, out.buf, reported()); err != nil {
+	if err := writeResult(result, EncodeResult(out.buf, reported())); err != nil {
 		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
 	}
 	say(Done)
@@ -140,7 +155,7 @@ func reserveDescriptors() {
 	}
 }
 
-// setup mounts devtmpfs (the drives) and proc, and loads the modules.
+// setup mounts devtmpfs (the drives), proc and sysfs, and loads the modules.
 func setup() error {
 	if err := unix.Mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil && err != unix.EBUSY {
 		return fmt.Errorf("mounting devtmpfs: %w", err)
@@ -148,6 +163,11 @@ func setup() error {
 	// The confinement lists /proc/self/fd to close stray descriptors.
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err != nil && err != unix.EBUSY {
 		return fmt.Errorf("mounting proc: %w", err)
+	}
+	// A session finds its port by name there.
+	os.Mkdir("/sys", 0o555)
+	if err := unix.Mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mounting sysfs: %w", err)
 	}
 	order, err := os.ReadFile(ModulesOrder)
 	if err != nil {
@@ -189,10 +209,207 @@ func readRequest() (*proto.Request, []byte, error) {
 	return &req, raw, nil
 }
 
-// openDrives opens the image drives at proto.FirstImageFD.. and returns the
-// result drive, which follows them.
-func openDrives(req *proto.Request) (int, error) {
-	n := len(req.Images) + 1
+// runSession serves a session (see SessionPort): the images at
+// proto.FirstImageFD.., the session's shared memory after them (the guest's
+// own: the host cannot see it, so shared replies go inline), the port after
+// that. It never returns.
+func runSession(serve func(io.Reader, io.Writer) int, fail func(error)) {
+	port, err := openPort()
+	if err != nil {
+		fail(err)
+	}
+	pr := &portReader{fd: port}
+	r := bufio.NewReaderSize(pr, 64<<10)
+	line, err := r.ReadSlice('\n')
+	if err != nil {
+		fail(fmt.Errorf("reading the session's request: %w", err))
+	}
+	line = bytes.Clone(line)
+	var req proto.Request
+	if err := json.Unmarshal(line, &req); err != nil {
+		fail(fmt.Errorf("decoding the session's request: %w", err))
+	}
+	if _, err := openDrives(&req, false); err != nil {
+		fail(err)
+	}
+	sharedFD := proto.FirstImageFD + len(req.Images)
+	shared, err := sharedMemory(sharedFD, req.Shared)
+	if err != nil {
+		fail(err)
+	}
+	portFD := sharedFD + 1
+	if err := unix.Dup3(port, portFD, unix.O_CLOEXEC); err != nil {
+		fail(fmt.Errorf("placing the port at descriptor %d: %w", portFD, err))
+	}
+	unix.Close(port)
+	pr.fd = portFD
+	if _, err := jail.ConfineGuest(len(req.Images)+2, jail.SeccompKill); err != nil {
+		fail(err)
+	}
+	out := &sessionOutput{w: fdWriter(portFD), shared: shared}
+	code := serve(io.MultiReader(bytes.NewReader(line), r), out)
+	os.Exit(code)
+}
+
+// openPort opens the virtio-serial port named SessionPort.
+func openPort() (int, error) {
+	deadline := time.Now().Add(driveWait)
+	for {
+		ports, _ := os.ReadDir("/sys/class/virtio-ports")
+		for _, p := range ports {
+			name, err := os.ReadFile(path.Join("/sys/class/virtio-ports", p.Name(), "name"))
+			if err == nil && strings.TrimSpace(string(name)) == SessionPort {
+				fd, err := unix.Open(path.Join("/dev", p.Name()), unix.O_RDWR|unix.O_CLOEXEC, 0)
+				if err != nil {
+					return -1, fmt.Errorf("opening the session port: %w", err)
+				}
+				return fd, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return -1, fmt.Errorf("the session port did not appear within %v", driveWait)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// sharedMemory makes the session's shared memory at descriptor fd (where
+// proto.WorkerShared finds it) and maps it; size 0 makes none.
+func sharedMemory(fd, size int) ([]byte, error) {
+	if size <= 0 {
+		return nil, nil
+	}
+	m, err := unix.MemfdCreate("instarfs-session", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(m, int64(size)); err != nil {
+		return nil, fmt.Errorf("sizing the shared memory: %w", err)
+	}
+	if m != fd {
+		if err := unix.Dup3(m, fd, unix.O_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("placing the shared memory at descriptor %d: %w", fd, err)
+		}
+		unix.Close(m)
+	}
+	return unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+}
+
+// portReader reads the session's port. QEMU never tells the guest that its
+// end of a serial port is connected to a character device that was open
+// before the port existed (standard input), and a port whose host end is
+// not connected reads as empty rather than blocking: an empty read means
+// "nothing yet", and the reader waits a little and tries again. The host
+// ends a session by stopping the machine.
+type portReader struct{ fd int }
+
+// portPoll is how long portReader waits after an empty read.
+const portPoll = time.Millisecond
+
+func (r *portReader) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(r.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0 && len(p) > 0:
+			time.Sleep(portPoll)
+			continue
+		}
+		return n, nil
+	}
+}
+
+// fdWriter writes a descriptor with plain blocking system calls.
+
+type fdWriter int
+
+func (w fdWriter) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n, err := unix.Write(int(w), p[done:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+// sessionOutput passes a session worker's output to the port: protocol lines
+// up to the final one, then reply frames, each FrameShared reply turned into
+// a FrameOK one that carries the shared memory's bytes.
+type sessionOutput struct {
+	w       io.Writer
+	shared  []byte
+	frames  bool   // past the final line
+	pending []byte // an incomplete line or frame header
+	body    int    // bytes of the current frame's body still to pass on
+}
+
+func (o *sessionOutput) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if o.body > 0 {
+			k := min(o.body, len(p))
+			if _, err := o.w.Write(p[:k]); err != nil {
+				return 0, err
+			}
+			o.body -= k
+			p = p[k:]
+			continue
+		}
+		if !o.frames {
+			i := bytes.IndexByte(p, '\n')
+			if i < 0 {
+				o.pending = append(o.pending, p...)
+				break
+			}
+			line := append(o.pending, p[:i+1]...)
+			o.pending, p = nil, p[i+1:]
+			var m proto.Message
+			if json.Unmarshal(line, &m) == nil && (m.Result != nil || m.Error != nil) {
+				o.frames = true
+			}
+			if _, err := o.w.Write(line); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		k := min(5-len(o.pending), len(p))
+		o.pending, p = append(o.pending, p[:k]...), p[k:]
+		if len(o.pending) < 5 {
+			break
+		}
+		hdr := o.pending
+		o.pending = nil
+		size := int(binary.BigEndian.Uint32(hdr[1:]))
+		frame := hdr
+		if hdr[0] == proto.FrameShared && size <= len(o.shared) {
+			frame = append([]byte{proto.FrameOK}, hdr[1:]...)
+			frame = append(frame, o.shared[:size]...)
+		} else if hdr[0] != proto.FrameShared {
+			o.body = size
+		}
+		if _, err := o.w.Write(frame); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// openDrives opens the image drives at proto.FirstImageFD.. and, when
+// result is set, returns the result drive, which follows them.
+func openDrives(req *proto.Request, result bool) (int, error) {
+	n := len(req.Images)
+	if result {
+		n++
+	}
 	if n > maxDrives {
 		return -1, fmt.Errorf("%d images, more than the guest takes (%d)", len(req.Images), maxDrives-1)
 	}
@@ -231,8 +448,10 @@ func openDrives(req *proto.Request) (int, error) {
 		}
 	}
 	// The result drive is the guest's own, not an image handed to the worker.
-	if _, err := unix.FcntlInt(uintptr(proto.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-		return -1, err
+	if result {
+		if _, err := unix.FcntlInt(uintptr(proto.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return -1, err
+		}
 	}
 	for fd := proto.FirstImageFD + n; fd < proto.FirstImageFD+maxDrives; fd++ {
 		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
@@ -242,10 +461,9 @@ func openDrives(req *proto.Request) (int, error) {
 	return proto.FirstImageFD + len(req.Images), nil
 }
 
-// writeResult writes the output and the lengths to the result drive and
-// flushes it.
-func writeResult(fd int, out []byte, lengths []int64) error {
-	if _, err := unix.Pwrite(fd, EncodeResult(out, lengths), 0); err != nil {
+// writeResult writes a result drive's layout and flushes it.
+func writeResult(fd int, layout []byte) error {
+	if _, err := unix.Pwrite(fd, layout, 0); err != nil {
 		return fmt.Errorf("writing the result drive: %w", err)
 	}
 	return unix.Fsync(fd)
@@ -253,9 +471,19 @@ func writeResult(fd int, out []byte, lengths []int64) error {
 
 // EncodeResult lays out the result drive (see ResultMagic).
 func EncodeResult(out []byte, lengths []int64) []byte {
+	return encodeResult(uint32(len(out)), out, lengths)
+}
+
+// EncodeOverflow lays out the result drive of a worker that wrote too much
+// (see ResultOverflow).
+func EncodeOverflow(lengths []int64) []byte {
+	return encodeResult(ResultOverflow, nil, lengths)
+}
+
+func encodeResult(n uint32, out []byte, lengths []int64) []byte {
 	b := make([]byte, 8, 8+len(out)+4+8*len(lengths))
 	copy(b, ResultMagic)
-	binary.LittleEndian.PutUint32(b[4:], uint32(len(out)))
+	binary.LittleEndian.PutUint32(b[4:], n)
 	b = append(b, out...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(lengths)))
 	for _, n := range lengths {

@@ -1,7 +1,8 @@
 // Command mkguest assembles the microvm guest for `make guest`: from a Debian
-// kernel package unpacked with dpkg-deb -x, it copies the kernel and writes
-// the initramfs holding /init, the virtio modules and their dependencies, in
-// load order.
+// kernel package unpacked with dpkg-deb -x, it writes the kernel (the ELF
+// vmlinux decompressed from the bzImage, which QEMU boots by its PVH entry,
+// or the bzImage itself when that fails) and the initramfs holding /init, the
+// virtio modules and their dependencies, in load order.
 //
 //	mkguest -root DIR -init FILE -out DIR
 package main
@@ -81,13 +82,20 @@ func run(root, initPath, out string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
+	boot := "PVH vmlinux"
+	if elf, err := vmlinux(kernel); err == nil {
+		kernel = elf
+	} else {
+		boot = fmt.Sprintf("bzImage (%v)", err)
+	}
 	if err := os.WriteFile(filepath.Join(out, microvm.KernelFile), kernel, 0o644); err != nil {
 		return err
 	}
+	os.Remove(filepath.Join(out, "vmlinuz")) // the name of earlier builds
 	if err := os.WriteFile(filepath.Join(out, microvm.InitramfsFile), buf.Bytes(), 0o644); err != nil {
 		return err
 	}
-	fmt.Printf("guest: kernel %s, modules %s, initramfs %d bytes\n", release, strings.Join(order, " "), buf.Len())
+	fmt.Printf("guest: kernel %s as %s, modules %s, initramfs %d bytes\n", release, boot, strings.Join(order, " "), buf.Len())
 	return nil
 }
 

@@ -1,9 +1,19 @@
-// Package layer is the worker's view of one image in a backing chain: which guest
-// bytes the image itself defines, and their contents.
+// Package layer is the worker's view of the images of a backing chain, and
+// the shape their writers share.
 //
-// The format packages (qcow2, vmdk, raw) implement Image; the worker stacks Images
-// into a Stack to read a whole chain, compute block status (map) and find the
-// ranges rebase and commit must copy. Nothing here does I/O of its own.
+//   - Image is one image as its format reads it: which guest bytes it defines
+//     itself (Extent: data, zero or unallocated) and their contents. The
+//     format packages (qcow2, vmdk, raw) implement it.
+//   - Stack is a whole chain, top first, flattened: ReadAt and Fill read what
+//     the guest sees, Lookup says which image answers at an offset (the walk
+//     of qemu-img map), Extent the flattened data/zero runs (the disk view),
+//     Allocated whether the images of a part of the chain define a range
+//     (commit, rebase within the chain), and Compare where two chains read as
+//     zero by their metadata (rebase).
+//   - Writer is what the qcow2 and vmdk writers have in common: guest data,
+//     zeroes, flush and finish, in guest offsets.
+//
+// Nothing here does I/O of its own.
 package layer
 
 import "io"
@@ -60,4 +70,27 @@ type Image interface {
 	io.ReaderAt
 	VirtualSize() int64
 	Extent(off int64) (Extent, error)
+}
+
+// ZeroFlags modify Writer.WriteZeroes.
+type ZeroFlags uint8
+
+const (
+	// MayUnmap lets WriteZeroes free the space of what it zeroes, where the
+	// format can (qemu's BDRV_REQ_MAY_UNMAP).
+	MayUnmap ZeroFlags = 1 << iota
+)
+
+// Writer changes one image in place, in guest offsets. Which offsets and
+// lengths it accepts (whole clusters, grains) is its format's rule.
+type Writer interface {
+	// WriteData writes p at guest offset off.
+	WriteData(off int64, p []byte) error
+	// WriteZeroes makes [off, off+n) read as zero.
+	WriteZeroes(off, n int64, flags ZeroFlags) error
+	// Flush makes everything written so far durable and referenced.
+	Flush() error
+	// Finish flushes and completes what the format writes last (a qcow2
+	// header).
+	Finish() error
 }

@@ -4,12 +4,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // BenchmarkReadAt reads a 256 MiB image (all data, or one cluster in two
 // written) sequentially in 1 MiB reads.
 func BenchmarkReadAt(b *testing.B) {
-	needQemu(b)
+	qemutest.NeedQemu(b)
 	for _, bc := range []struct {
 		name string
 		opts []string
@@ -21,8 +23,8 @@ func BenchmarkReadAt(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			p := filepath.Join(b.TempDir(), "img.qcow2")
-			create(b, p, "256M", bc.opts...)
-			qio(b, p, "qcow2", bc.io...)
+			qemutest.Create(b, p, "qcow2", "256M", bc.opts...)
+			qemutest.IO(b, p, "qcow2", bc.io...)
 			img := openPath(b, p)
 			buf := make([]byte, 1<<20)
 			b.SetBytes(img.VirtualSize())
@@ -40,19 +42,19 @@ func BenchmarkReadAt(b *testing.B) {
 
 // BenchmarkExtents walks the extents of a 2 GiB image with scattered data.
 func BenchmarkExtents(b *testing.B) {
-	needQemu(b)
+	qemutest.NeedQemu(b)
 	for _, bc := range []struct {
 		name string
 		opts []string
 	}{{"64k", nil}, {"extl2", []string{"extended_l2=on"}}} {
 		b.Run(bc.name, func(b *testing.B) {
 			p := filepath.Join(b.TempDir(), "img.qcow2")
-			create(b, p, "2G", bc.opts...)
+			qemutest.Create(b, p, "qcow2", "2G", bc.opts...)
 			var cmds []string
 			for off := 0; off < 2048; off += 3 {
 				cmds = append(cmds, "write -P 1 "+strconv.Itoa(off)+"M 64k")
 			}
-			qio(b, p, "qcow2", cmds...)
+			qemutest.IO(b, p, "qcow2", cmds...)
 			img := openPath(b, p)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

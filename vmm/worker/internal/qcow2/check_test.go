@@ -4,61 +4,19 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // The check tests compare Check with `qemu-img check` (the oracle) on images
 // made at test time: clean images of every kind qemu creates, then images
 // damaged by patching bytes at offsets computed from their headers.
-
-func ckNeedQemu(t testing.TB) {
-	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not on PATH", tool)
-		}
-	}
-}
-
-func ckRun(t testing.TB, name string, args ...string) {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-// ckCreate makes a qcow2 image of 64 MiB with the -o options and runs the
-// qemu-io commands on it.
-func ckCreate(t testing.TB, path string, opts []string, cmds ...string) {
-	t.Helper()
-	args := []string{"create", "-q", "-f", "qcow2"}
-	if len(opts) > 0 {
-		args = append(args, "-o", strings.Join(opts, ","))
-	}
-	ckRun(t, "qemu-img", append(args, path, "64M")...)
-	ckIO(t, path, cmds...)
-}
-
-func ckIO(t testing.TB, path string, cmds ...string) {
-	t.Helper()
-	if len(cmds) == 0 {
-		return
-	}
-	args := []string{"-f", "qcow2"}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	ckRun(t, "qemu-io", append(args, path)...)
-}
 
 // qemuCheck is what `qemu-img check --output=json` says about an image.
 type qemuCheck struct {
@@ -67,37 +25,19 @@ type qemuCheck struct {
 	messages []string       // stderr lines, without qemu-img's own "qemu-img: " lines
 }
 
-// runQemu runs qemu-img with args and returns its output and exit status.
-func runQemu(t testing.TB, args ...string) (stdout, stderr *bytes.Buffer, exit int) {
+func runQemuCheck(t testing.TB, o qemutest.Oracle, path string) qemuCheck {
 	t.Helper()
-	cmd := exec.Command("qemu-img", args...)
-	stdout, stderr = &bytes.Buffer{}, &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		exit = ee.ExitCode()
-	default:
-		t.Fatalf("qemu-img %s: %v", strings.Join(args, " "), err)
-	}
-	return stdout, stderr, exit
-}
-
-func runQemuCheck(t testing.TB, path string) qemuCheck {
-	t.Helper()
-	stdout, stderr, exit := runQemu(t, "check", "--output=json", "-f", "qcow2", path)
-	q := qemuCheck{exit: exit}
-	if stdout.Len() > 0 {
-		if err := json.Unmarshal(stdout.Bytes(), &q.json); err != nil {
-			t.Fatalf("qemu-img check output: %v\n%s", err, stdout.Bytes())
+	r := o.Check(t, path, "qcow2", "--output=json")
+	q := qemuCheck{exit: r.Code}
+	if len(r.Stdout) > 0 {
+		if err := json.Unmarshal(r.Stdout, &q.json); err != nil {
+			t.Fatalf("qemu-img check output: %v\n%s", err, r.Stdout)
 		}
 		delete(q.json, "filename")
 		delete(q.json, "format")
 	}
 	// qemu prints its "Some clusters may be leaked" notice without a newline.
-	errs := strings.ReplaceAll(stderr.String(), "on the image file to fix.", "on the image file to fix.\n")
+	errs := strings.ReplaceAll(string(r.Stderr), "on the image file to fix.", "on the image file to fix.\n")
 	for _, l := range strings.Split(strings.TrimSuffix(errs, "\n"), "\n") {
 		switch {
 		case strings.HasPrefix(l, "qemu-img: warning: "):
@@ -151,35 +91,37 @@ func checkPath(t testing.TB, path string) (*CheckReport, error) {
 	return Check(f, n)
 }
 
-// compareCheck runs both checks on path and reports any difference in the
-// counters, the exit status or the messages.
-func compareCheck(t *testing.T, path string) *CheckReport {
+// compareCheck runs Check and the check of every qemu-img oracle on path,
+// and reports any difference in the counters, the exit status or the
+// messages.
+func compareCheck(t *testing.T, path string) {
 	t.Helper()
-	q := runQemuCheck(t, path)
 	rep, err := checkPath(t, path)
-	if q.json == nil {
-		if err == nil {
-			t.Errorf("qemu-img check failed (exit %d, %q) but Check reported %+v", q.exit, q.messages, ckJSON(rep))
+	qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
+		q := runQemuCheck(t, o, path)
+		if q.json == nil {
+			if err == nil {
+				t.Errorf("qemu-img check failed (exit %d, %q) but Check reported %+v", q.exit, q.messages, ckJSON(rep))
+			}
+			return
 		}
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("Check: %v; qemu-img check: exit %d %v", err, q.exit, q.json)
-	}
-	if got := ckJSON(rep); !reflect.DeepEqual(got, q.json) {
-		t.Errorf("report differs:\n got %v\nwant %v", got, q.json)
-	}
-	if got := rep.ExitCode(); got != q.exit {
-		t.Errorf("exit code %d, qemu-img check exits %d", got, q.exit)
-	}
-	var got []string
-	for _, m := range rep.Messages {
-		got = append(got, m.Text)
-	}
-	if !reflect.DeepEqual(got, q.messages) {
-		t.Errorf("messages differ:\n got %q\nwant %q", got, q.messages)
-	}
-	return rep
+		if err != nil {
+			t.Fatalf("Check: %v; qemu-img check: exit %d %v", err, q.exit, q.json)
+		}
+		if got := ckJSON(rep); !reflect.DeepEqual(got, q.json) {
+			t.Errorf("report differs:\n got %v\nwant %v", got, q.json)
+		}
+		if got := rep.ExitCode(); got != q.exit {
+			t.Errorf("exit code %d, qemu-img check exits %d", got, q.exit)
+		}
+		var got []string
+		for _, m := range rep.Messages {
+			got = append(got, m.Text)
+		}
+		if !reflect.DeepEqual(got, q.messages) {
+			t.Errorf("messages differ:\n got %q\nwant %q", got, q.messages)
+		}
+	})
 }
 
 // Writes used by most images: data, a zeroed range, a small write, data far
@@ -193,7 +135,7 @@ var ckWrites = []string{
 }
 
 func TestCheckCleanImages(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	tests := []struct {
 		name string
 		opts []string
@@ -223,51 +165,52 @@ func TestCheckCleanImages(t *testing.T) {
 		{
 			name: "snapshots", cmds: ckWrites,
 			post: func(t *testing.T, path string) {
-				ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-				ckIO(t, path, "write -P 7 0 128k")
-				ckRun(t, "qemu-img", "snapshot", "-c", "s2", path)
-				ckIO(t, path, "write -P 8 64k 128k", "write -c -P 9 50M 64k")
+				qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+				qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
+				qemutest.Img(t, "", "snapshot", "-c", "s2", path)
+				qemutest.IO(t, path, "qcow2", "write -P 8 64k 128k", "write -c -P 9 50M 64k")
 			},
 		},
 		{
 			name: "snapshot-v2", opts: []string{"compat=0.10"}, cmds: ckWrites,
 			post: func(t *testing.T, path string) {
-				ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-				ckIO(t, path, "write -P 7 0 128k")
+				qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+				qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
 			},
 		},
 		{
 			name: "snapshot-deleted", cmds: ckWrites,
 			post: func(t *testing.T, path string) {
-				ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-				ckIO(t, path, "write -P 7 0 128k")
-				ckRun(t, "qemu-img", "snapshot", "-d", "s1", path)
+				qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+				qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
+				qemutest.Img(t, "", "snapshot", "-d", "s1", path)
 			},
 		},
 		{
 			name: "bitmaps", cmds: ckWrites,
 			post: func(t *testing.T, path string) {
-				ckRun(t, "qemu-img", "bitmap", "--add", path, "b1")
-				ckRun(t, "qemu-img", "bitmap", "--add", "-g", "512k", path, "b2")
-				ckRun(t, "qemu-img", "bitmap", "--disable", path, "b2")
+				qemutest.Img(t, "", "bitmap", "--add", path, "b1")
+				qemutest.Img(t, "", "bitmap", "--add", "-g", "512k", path, "b2")
+				qemutest.Img(t, "", "bitmap", "--disable", path, "b2")
 			},
 		},
 		{
 			name: "dirty-lazy", opts: []string{"lazy_refcounts=on"}, exit: 2,
 			post: func(t *testing.T, path string) {
 				// abort leaves the dirty bit set and the refcounts not written.
-				exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "abort", path).Run()
+				qemutest.RunIO(t, "", "-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "abort", path)
 			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), tt.name+".qcow2")
-			ckCreate(t, path, tt.opts, tt.cmds...)
+			qemutest.Create(t, path, "qcow2", "64M", tt.opts...)
+			qemutest.IO(t, path, "qcow2", tt.cmds...)
 			if tt.post != nil {
 				tt.post(t, path)
 			}
-			if q := runQemuCheck(t, path); q.exit != tt.exit {
+			if q := runQemuCheck(t, qemutest.System, path); q.exit != tt.exit {
 				t.Fatalf("qemu-img check exits %d, want %d", q.exit, tt.exit)
 			}
 			compareCheck(t, path)
@@ -443,12 +386,13 @@ func (tt ckCase) make(t *testing.T, path string) {
 	if cmds == nil {
 		cmds = ckWrites
 	}
-	ckCreate(t, path, tt.opts, cmds...)
+	qemutest.Create(t, path, "qcow2", "64M", tt.opts...)
+	qemutest.IO(t, path, "qcow2", cmds...)
 	if tt.post != nil {
 		tt.post(t, path)
 	}
 	tt.damage(ckLoad(t, path))
-	if q := runQemuCheck(t, path); q.exit != tt.exit {
+	if q := runQemuCheck(t, qemutest.System, path); q.exit != tt.exit {
 		t.Fatalf("qemu-img check exits %d, want %d: the damage is not what the case expects", q.exit, tt.exit)
 	}
 }
@@ -457,14 +401,14 @@ func (tt ckCase) make(t *testing.T, path string) {
 func ckDamagedCases() []ckCase {
 	const cs = 65536
 	withSnapshots := func(t *testing.T, path string) {
-		ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-		ckIO(t, path, "write -P 7 0 128k")
-		ckRun(t, "qemu-img", "snapshot", "-c", "s2", path)
-		ckIO(t, path, "write -P 8 64k 128k")
+		qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+		qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
+		qemutest.Img(t, "", "snapshot", "-c", "s2", path)
+		qemutest.IO(t, path, "qcow2", "write -P 8 64k 128k")
 	}
 	withBitmap := func(t *testing.T, path string) {
-		ckRun(t, "qemu-img", "bitmap", "--add", path, "b1")
-		ckIO(t, path, "write -P 9 0 64k", "write -P 9 40M 64k")
+		qemutest.Img(t, "", "bitmap", "--add", path, "b1")
+		qemutest.IO(t, path, "qcow2", "write -P 9 0 64k", "write -P 9 40M 64k")
 	}
 	return []ckCase{
 		{
@@ -696,7 +640,7 @@ func ckDamagedCases() []ckCase {
 }
 
 func TestCheckDamagedImages(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	for _, tt := range ckDamagedCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), tt.name+".qcow2")
@@ -707,12 +651,13 @@ func TestCheckDamagedImages(t *testing.T) {
 }
 
 func TestCheckErrors(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.qcow2")
-	ckCreate(t, path, nil, "write -P 1 0 64k")
+	qemutest.Create(t, path, "qcow2", "64M")
+	qemutest.IO(t, path, "qcow2", "write -P 1 0 64k")
 
-	if _, err := Check(bytes.NewReader([]byte("not a qcow2 image at all, but long enough for a header......................")), 80); errcode.Code(err) != errcode.Qcow2BadHeader {
+	if _, err := Check(bytes.NewReader([]byte("not a qcow2 image at all, but long enough for a header......................")), 80); errcode.Of(err) != errcode.Qcow2BadHeader {
 		t.Errorf("Check(garbage) = %v, want %s", err, errcode.Qcow2BadHeader)
 	}
 
@@ -723,7 +668,7 @@ func TestCheckErrors(t *testing.T) {
 	old := MaxCheckWork
 	MaxCheckWork = 100
 	defer func() { MaxCheckWork = old }()
-	if _, err := Check(bytes.NewReader(data), int64(len(data))); errcode.Code(err) != errcode.ImageTooLarge {
+	if _, err := Check(bytes.NewReader(data), int64(len(data))); errcode.Of(err) != errcode.ImageTooLarge {
 		t.Errorf("Check with a tiny work budget = %v, want %s", err, errcode.ImageTooLarge)
 	}
 }

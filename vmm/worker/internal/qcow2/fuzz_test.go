@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // FuzzOpen opens arbitrary bytes as a qcow2 image and exercises the reader:
@@ -19,7 +20,7 @@ import (
 func FuzzOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		named := func(what string, err error) {
-			if err != nil && errcode.Code(err) == errcode.Internal {
+			if err != nil && errcode.Of(err) == errcode.Internal {
 				t.Fatalf("%s: error without a code: %v", what, err)
 			}
 		}
@@ -93,7 +94,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	if os.Getenv("QCOW2_WRITE_FUZZ_SEEDS") == "" {
 		t.Skip("set QCOW2_WRITE_FUZZ_SEEDS=1 to regenerate the seed corpus")
 	}
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	out := filepath.Join("testdata", "fuzz", "FuzzOpen")
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
@@ -110,17 +111,17 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		{"extl2-16k", []string{"cluster_size=16k", "extended_l2=on"}, []string{"write -P 1 0 1k", "write -z 2k 512"}, nil},
 		{"refcount1-512", []string{"cluster_size=512", "refcount_bits=1"}, []string{"write -P 1 0 1k"}, nil},
 		{"snapshot-512", []string{"cluster_size=512"}, []string{"write -P 1 0 1k"}, func(t *testing.T, p string) {
-			qimg(t, "snapshot", "-c", "s1", p)
+			qemutest.Img(t, "", "snapshot", "-c", "s1", p)
 		}},
 		{"backing-512", []string{"cluster_size=512", "backing_file=base.qcow2", "backing_fmt=qcow2"}, []string{"write -P 1 0 1k"}, nil},
 	}
 	for _, s := range seeds {
 		dir := t.TempDir()
 		base := filepath.Join(dir, "base.qcow2")
-		create(t, base, "64k", "cluster_size=512")
+		qemutest.Create(t, base, "qcow2", "64k", "cluster_size=512")
 		p := filepath.Join(dir, "img.qcow2")
-		create(t, p, "64k", s.opts...)
-		qio(t, p, "qcow2", s.io...)
+		qemutest.Create(t, p, "qcow2", "64k", s.opts...)
+		qemutest.IO(t, p, "qcow2", s.io...)
 		if s.post != nil {
 			s.post(t, p)
 		}

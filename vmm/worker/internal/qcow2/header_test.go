@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 func readHeaderFile(t *testing.T, path string) (*Header, int64) {
@@ -32,7 +34,7 @@ var qemuFeatureTable = []FeatureName{
 // TestHeaderLayouts checks decoded headers against the hexdumps of the
 // reference notes (§1.4).
 func TestHeaderLayouts(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	type want struct {
 		h        Header // compared field by field, extensions separately
 		fileSize int64
@@ -68,13 +70,13 @@ func TestHeaderLayouts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			base := filepath.Join(dir, "base.qcow2")
-			create(t, base, "64M")
+			qemutest.Create(t, base, "qcow2", "64M")
 			ov := filepath.Join(dir, "ov.qcow2")
 			args := []string{"create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"}
 			for _, o := range tc.opts {
 				args = append(args, "-o", o)
 			}
-			qimg(t, append(args, ov)...)
+			qemutest.Img(t, "", append(args, ov)...)
 			h, size := readHeaderFile(t, ov)
 			if size != tc.want.fileSize {
 				t.Errorf("file size %#x, want %#x", size, tc.want.fileSize)
@@ -114,9 +116,9 @@ func TestHeaderLayouts(t *testing.T) {
 // TestHeaderCrafted covers header_length 104 (no compression_type), unknown
 // header fields and unknown extensions, as in the crafted example of §1.4.
 func TestHeaderCrafted(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	p := filepath.Join(t.TempDir(), "img.qcow2")
-	create(t, p, "64M")
+	qemutest.Create(t, p, "qcow2", "64M")
 	orig, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)

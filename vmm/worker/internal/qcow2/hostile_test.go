@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // exercise opens b and, when that works, walks every extent and reads every
@@ -80,8 +81,8 @@ func chain(fs ...func([]byte) []byte) func([]byte) []byte {
 func hostileBase(t *testing.T, opts ...string) ([]byte, int) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "base.qcow2")
-	create(t, p, "4M", opts...)
-	qio(t, p, "qcow2", "write -P 1 0 64k", "write -c -P 2 1M 64k", "write -P 3 2M 64k")
+	qemutest.Create(t, p, "qcow2", "4M", opts...)
+	qemutest.IO(t, p, "qcow2", "write -P 1 0 64k", "write -c -P 2 1M 64k", "write -P 3 2M 64k")
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +96,7 @@ func hostileBase(t *testing.T, opts ...string) ([]byte, int) {
 }
 
 func TestHostileHeaders(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, l2 := hostileBase(t)
 	l1 := int(binary.BigEndian.Uint64(base[40:]))
 	compressed := int(binary.BigEndian.Uint64(base[l2+16*8:]) & (1<<54 - 1))
@@ -103,7 +104,7 @@ func TestHostileHeaders(t *testing.T) {
 	cases := []struct {
 		name  string
 		patch func([]byte) []byte
-		code  string
+		code  errcode.Code
 	}{
 		{"magic", put32(0, 0x514649fa), errcode.Qcow2BadHeader},
 		{"version 1", put32(4, 1), errcode.Qcow2BadHeader},
@@ -186,7 +187,7 @@ func TestHostileHeaders(t *testing.T) {
 			if err == nil {
 				t.Fatalf("no error, want %s", tc.code)
 			}
-			if got := errcode.Code(err); got != tc.code {
+			if got := errcode.Of(err); got != tc.code {
 				t.Fatalf("error %q has code %s, want %s", err, got, tc.code)
 			}
 		})
@@ -194,12 +195,12 @@ func TestHostileHeaders(t *testing.T) {
 }
 
 func TestHostileExtendedL2(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, l2 := hostileBase(t, "extended_l2=on")
 	cases := []struct {
 		name  string
 		patch func([]byte) []byte
-		code  string
+		code  errcode.Code
 	}{
 		{"alloc and zero", put64(l2+8, 0x0000000100000001), errcode.Qcow2Corrupt},
 		{"alloc bits without a cluster", chain(put64(l2+16*5, 0), put64(l2+16*5+8, 1)), errcode.Qcow2Corrupt},
@@ -208,7 +209,7 @@ func TestHostileExtendedL2(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			err := exercise(tc.patch(bytes.Clone(base)))
-			if got := errcode.Code(err); err == nil || got != tc.code {
+			if got := errcode.Of(err); err == nil || got != tc.code {
 				t.Fatalf("error %v (code %s), want %s", err, got, tc.code)
 			}
 		})
@@ -216,7 +217,7 @@ func TestHostileExtendedL2(t *testing.T) {
 }
 
 func TestUnknownFeatureNamed(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	base, _ := hostileBase(t)
 	// Rename qemu's feature table entry for incompatible bit 4 to bit 9.
 	b := bytes.Clone(base)
@@ -228,7 +229,7 @@ func TestUnknownFeatureNamed(t *testing.T) {
 	}
 	b = or64(72, 1<<9)(b)
 	_, err := Open(bytes.NewReader(b), int64(len(b)))
-	if errcode.Code(err) != errcode.Qcow2UnknownFeature || !bytes.Contains([]byte(err.Error()), []byte(`"future thing" (bit 9)`)) {
+	if errcode.Of(err) != errcode.Qcow2UnknownFeature || !bytes.Contains([]byte(err.Error()), []byte(`"future thing" (bit 9)`)) {
 		t.Fatalf("error %v", err)
 	}
 }

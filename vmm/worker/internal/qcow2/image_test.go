@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -14,8 +15,8 @@ import (
 func rawSource(t testing.TB, dir, size string, cmds ...string) string {
 	t.Helper()
 	p := filepath.Join(dir, "src.raw")
-	qimg(t, "create", "-q", "-f", "raw", p, size)
-	qio(t, p, "raw", cmds...)
+	qemutest.Img(t, "", "create", "-q", "-f", "raw", p, size)
+	qemutest.IO(t, p, "raw", cmds...)
 	return p
 }
 
@@ -118,49 +119,49 @@ var imageCases = []imageCase{
 	{name: "zlib-convert", build: func(t *testing.T, dir string) string {
 		src := rawSource(t, dir, "4M", patternWrites...)
 		p := filepath.Join(dir, "img.qcow2")
-		qimg(t, "convert", "-c", "-O", "qcow2", src, p)
+		qemutest.Img(t, "", "convert", "-c", "-O", "qcow2", src, p)
 		return p
 	}},
 	{name: "zstd-convert", build: func(t *testing.T, dir string) string {
 		src := rawSource(t, dir, "4M", patternWrites...)
 		p := filepath.Join(dir, "img.qcow2")
-		qimg(t, "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", src, p)
+		qemutest.Img(t, "", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", src, p)
 		return p
 	}, expect: []string{"compressed"}},
 	{name: "zlib-convert-512", build: func(t *testing.T, dir string) string {
 		src := rawSource(t, dir, "4M", patternWrites...)
 		p := filepath.Join(dir, "img.qcow2")
-		qimg(t, "convert", "-c", "-O", "qcow2", "-o", "cluster_size=512", src, p)
+		qemutest.Img(t, "", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=512", src, p)
 		return p
 	}},
 	{name: "zstd-convert-2M", build: func(t *testing.T, dir string) string {
 		src := rawSource(t, dir, "8M", patternWrites...)
 		p := filepath.Join(dir, "img.qcow2")
-		qimg(t, "convert", "-c", "-O", "qcow2", "-o", "cluster_size=2M,compression_type=zstd", src, p)
+		qemutest.Img(t, "", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=2M,compression_type=zstd", src, p)
 		return p
 	}},
 	{name: "zlib-extl2", build: func(t *testing.T, dir string) string {
 		src := rawSource(t, dir, "4M", patternWrites...)
 		p := filepath.Join(dir, "img.qcow2")
-		qimg(t, "convert", "-c", "-O", "qcow2", "-o", "extended_l2=on", src, p)
-		qio(t, p, "qcow2", "write -P 9 300k 4k", "write -z 1M 2k", "write -P 10 3900k 4k")
+		qemutest.Img(t, "", "convert", "-c", "-O", "qcow2", "-o", "extended_l2=on", src, p)
+		qemutest.IO(t, p, "qcow2", "write -P 9 300k 4k", "write -z 1M 2k", "write -P 10 3900k 4k")
 		return p
 	}, expect: []string{"compressed", "data-sub"}},
 	{name: "size-not-sector-aligned", build: func(t *testing.T, dir string) string {
 		p := filepath.Join(dir, "img.qcow2")
-		create(t, p, "1M")
-		qio(t, p, "qcow2", "write -P 1 960k 64k")
+		qemutest.Create(t, p, "qcow2", "1M")
+		qemutest.IO(t, p, "qcow2", "write -P 1 960k 64k")
 		patchFile(t, p, 24, binary.BigEndian.AppendUint64(nil, 1000000+300))
 		return p
 	}},
 	{name: "snapshot", size: "8M", io: []string{"write -P 1 0 1M"}, build: nil, checks: checkSnapshots},
 	{name: "backing", build: func(t *testing.T, dir string) string {
 		base := filepath.Join(dir, "base.qcow2")
-		create(t, base, "8M")
-		qio(t, base, "qcow2", "write -P 0x55 0 8M")
+		qemutest.Create(t, base, "qcow2", "8M")
+		qemutest.IO(t, base, "qcow2", "write -P 0x55 0 8M")
 		ov := filepath.Join(dir, "ov.qcow2")
-		qimg(t, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", ov)
-		qio(t, ov, "qcow2", "write -P 9 64k 64k", "write -z 256k 64k", "write -P 10 1M 1k")
+		qemutest.Img(t, "", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", ov)
+		qemutest.IO(t, ov, "qcow2", "write -P 9 64k 64k", "write -z 256k 64k", "write -P 10 1M 1k")
 		return ov
 	}, checks: func(t *testing.T, img *Image, path string) {
 		h := img.Header()
@@ -174,7 +175,7 @@ var imageCases = []imageCase{
 }
 
 func TestImagesAgainstQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	for _, tc := range imageCases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -184,13 +185,13 @@ func TestImagesAgainstQemu(t *testing.T) {
 				path = tc.build(t, dir)
 			} else {
 				path = filepath.Join(dir, "img.qcow2")
-				create(t, path, tc.size, tc.opts...)
-				qio(t, path, "qcow2", tc.io...)
+				qemutest.Create(t, path, "qcow2", tc.size, tc.opts...)
+				qemutest.IO(t, path, "qcow2", tc.io...)
 				if tc.name == "snapshot" {
-					qimg(t, "snapshot", "-c", "s1", path)
-					qio(t, path, "qcow2", "write -P 2 512k 1M", "write -z 0 64k")
-					qimg(t, "snapshot", "-c", "second", path)
-					qio(t, path, "qcow2", "write -P 3 4M 64k")
+					qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+					qemutest.IO(t, path, "qcow2", "write -P 2 512k 1M", "write -z 0 64k")
+					qemutest.Img(t, "", "snapshot", "-c", "second", path)
+					qemutest.IO(t, path, "qcow2", "write -P 3 4M 64k")
 				}
 			}
 			img := openPath(t, path)

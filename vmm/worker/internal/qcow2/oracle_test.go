@@ -6,72 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
+	"instarfs/internal/qemutest"
 	"instarfs/vmm/worker/internal/layer"
 )
-
-// Helpers that run qemu-img and qemu-io, the test oracle.
-
-func needQemu(t testing.TB) {
-	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not on PATH", tool)
-		}
-	}
-}
-
-func run(t testing.TB, name string, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, stderr.Bytes())
-	}
-	return out
-}
-
-func qimg(t testing.TB, args ...string) []byte { t.Helper(); return run(t, "qemu-img", args...) }
-
-// qio runs qemu-io commands on path (format fmt).
-func qio(t testing.TB, path, format string, cmds ...string) {
-	t.Helper()
-	if len(cmds) == 0 {
-		return
-	}
-	args := []string{"-f", format}
-	for _, c := range cmds {
-		args = append(args, "-c", c)
-	}
-	run(t, "qemu-io", append(args, path)...)
-}
-
-// create makes a qcow2 image with the given -o options.
-func create(t testing.TB, path, size string, opts ...string) {
-	t.Helper()
-	args := []string{"create", "-q", "-f", "qcow2"}
-	if len(opts) > 0 {
-		args = append(args, "-o", strings.Join(opts, ","))
-	}
-	qimg(t, append(args, path, size)...)
-}
-
-// alone is the json: filename that opens a qcow2 image without its backing.
-func alone(path string) string {
-	b, _ := json.Marshal(map[string]any{
-		"driver":  "qcow2",
-		"backing": nil,
-		"file":    map[string]any{"driver": "file", "filename": path},
-	})
-	return "json:" + string(b)
-}
 
 func openPath(t testing.TB, path string) *Image {
 	t.Helper()
@@ -89,25 +30,6 @@ func openPath(t testing.TB, path string) *Image {
 		t.Fatalf("Open(%s): %v", filepath.Base(path), err)
 	}
 	return img
-}
-
-type qmapEntry struct {
-	Start   int64  `json:"start"`
-	Length  int64  `json:"length"`
-	Depth   int    `json:"depth"`
-	Present bool   `json:"present"`
-	Zero    bool   `json:"zero"`
-	Data    bool   `json:"data"`
-	Offset  *int64 `json:"offset"`
-}
-
-func qemuMap(t testing.TB, path string) []qmapEntry {
-	t.Helper()
-	var m []qmapEntry
-	if err := json.Unmarshal(qimg(t, "map", "--output=json", alone(path)), &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 type qinfo struct {
@@ -140,7 +62,7 @@ type qinfo struct {
 func qemuInfo(t testing.TB, path string) qinfo {
 	t.Helper()
 	var in qinfo
-	if err := json.Unmarshal(qimg(t, "info", "--output=json", "-f", "qcow2", path), &in); err != nil {
+	if err := json.Unmarshal(qemutest.Img(t, "", "info", "--output=json", "-f", "qcow2", path), &in); err != nil {
 		t.Fatal(err)
 	}
 	return in
@@ -175,7 +97,7 @@ func extents(t testing.TB, img *Image) []layer.Extent {
 // qemu-img map of the image opened alone.
 func compareMap(t testing.TB, img *Image, path string) {
 	t.Helper()
-	qm := qemuMap(t, path)
+	qm := qemutest.Map(t, qemutest.Alone("qcow2", path), "")
 	ex := extents(t, img)
 	i := 0
 	for _, q := range qm {
@@ -236,7 +158,7 @@ func compareMap(t testing.TB, img *Image, path string) {
 func compareContent(t testing.TB, img *Image, path string) {
 	t.Helper()
 	raw := filepath.Join(t.TempDir(), "content.raw")
-	qimg(t, "convert", alone(path), "-O", "raw", raw)
+	qemutest.Img(t, "", "convert", qemutest.Alone("qcow2", path), "-O", "raw", raw)
 	rf, err := os.Open(raw)
 	if err != nil {
 		t.Fatal(err)

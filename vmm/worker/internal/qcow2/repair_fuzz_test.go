@@ -44,7 +44,7 @@ func FuzzRepair(f *testing.F) {
 		m := &memRepairFile{memFile{b: bytes.Clone(data)}}
 		rep, err := Repair(m, int64(len(m.b)), RepairAll)
 		if err != nil {
-			if errcode.Code(err) == errcode.Internal || errcode.Code(err) == "" {
+			if errcode.Of(err) == errcode.Internal || errcode.Of(err) == "" {
 				t.Fatalf("unnamed error: %v", err)
 			}
 			return

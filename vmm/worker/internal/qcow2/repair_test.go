@@ -1,10 +1,10 @@
 package qcow2
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // The repair tests run `qemu-img check -r` (the oracle) and Repair on two
@@ -37,9 +38,9 @@ type qemuRepair struct {
 
 func runQemuRepair(t *testing.T, path, mode string) qemuRepair {
 	t.Helper()
-	stdout, stderr, exit := runQemu(t, "check", "-r", mode, "-f", "qcow2", path)
-	q := qemuRepair{stdout: stdout.String(), exit: exit}
-	for _, l := range strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n") {
+	r := qemutest.Check(t, path, "qcow2", "-r", mode)
+	q := qemuRepair{stdout: string(r.Stdout), exit: r.Code}
+	for _, l := range strings.Split(strings.TrimSuffix(string(r.Stderr), "\n"), "\n") {
 		switch {
 		case strings.HasPrefix(l, "qemu-img: Check failed"):
 			q.failed = true
@@ -66,7 +67,7 @@ func repairHead(rep *RepairReport) string {
 }
 
 func TestRepairMatchesQemu(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	modes := []struct {
 		name string
 		mode RepairMode
@@ -83,8 +84,11 @@ func TestRepairMatchesQemu(t *testing.T) {
 				t.Run(m.name, func(t *testing.T) {
 					theirs := filepath.Join(dir, m.name+"-qemu.qcow2")
 					ours := filepath.Join(dir, m.name+"-ours.qcow2")
-					ckRun(t, "cp", "--sparse=always", orig, theirs)
-					ckRun(t, "cp", "--sparse=always", orig, ours)
+					for _, dst := range []string{theirs, ours} {
+						if out, err := exec.Command("cp", "--sparse=always", orig, dst).CombinedOutput(); err != nil {
+							t.Fatalf("cp: %v\n%s", err, out)
+						}
+					}
 					compareRepair(t, orig, theirs, ours, m.name, m.mode)
 				})
 			}
@@ -96,21 +100,21 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 	q := runQemuRepair(t, theirs, modeName)
 	rep, err := repairPath(t, ours, mode)
 	if err != nil {
-		if errcode.Code(err) == errcode.RepairUnsupported {
+		if errcode.Of(err) == errcode.RepairUnsupported {
 			t.Logf("refused: %v", err)
-			requireSameBytes(t, orig, ours)
+			qemutest.SameBytes(t, orig, ours)
 			return
 		}
 		if why, ok := repairDiverges[filepath.Base(filepath.Dir(orig))]; ok {
 			t.Logf("refused (%v): %s", err, why)
-			requireSameBytes(t, orig, ours)
+			qemutest.SameBytes(t, orig, ours)
 			return
 		}
 		if !q.failed && q.exit != 1 {
 			t.Fatalf("Repair: %v; qemu-img check -r exits %d:\n%s", err, q.exit, q.stdout)
 		}
 		t.Logf("both fail: %v", err)
-		requireSameBytes(t, orig, ours)
+		qemutest.SameBytes(t, orig, ours)
 		return
 	}
 	var got []string
@@ -129,7 +133,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 		if !q.failed {
 			t.Errorf("Repair needs a rebuild, qemu-img check -r did not fail")
 		}
-		requireSameBytes(t, theirs, ours)
+		qemutest.SameBytes(t, theirs, ours)
 		return
 	}
 	if q.failed {
@@ -146,31 +150,7 @@ func compareRepair(t *testing.T, orig, theirs, ours, modeName string, mode Repai
 	if got := final.ExitCode(); got != q.exit {
 		t.Errorf("exit %d, qemu-img exits %d", got, q.exit)
 	}
-	requireSameBytes(t, theirs, ours)
-}
-
-// requireSameBytes fails unless files a and b hold the same bytes.
-func requireSameBytes(t *testing.T, a, b string) {
-	t.Helper()
-	da, err := os.ReadFile(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(da, db) {
-		return
-	}
-	if len(da) != len(db) {
-		t.Fatalf("%s is %d bytes, %s is %d", filepath.Base(a), len(da), filepath.Base(b), len(db))
-	}
-	for i := range da {
-		if da[i] != db[i] {
-			t.Fatalf("%s and %s differ first at byte %#x", filepath.Base(a), filepath.Base(b), i)
-		}
-	}
+	qemutest.SameBytes(t, theirs, ours)
 }
 
 // repairDiverges are the shared damaged cases whose repair qemu does and
@@ -183,8 +163,8 @@ var repairDiverges = map[string]string{
 func repairCases() []ckCase {
 	const cs = 65536
 	withSnapshots := func(t *testing.T, path string) {
-		ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
-		ckIO(t, path, "write -P 7 0 128k")
+		qemutest.Img(t, "", "snapshot", "-c", "s1", path)
+		qemutest.IO(t, path, "qcow2", "write -P 7 0 128k")
 	}
 	leakData := func(c *ckImage) {
 		n := int64(len(c.data)) / cs
@@ -274,10 +254,11 @@ func repairCases() []ckCase {
 // TestRepairOverlapCheck checks the refusal of table writes that land on
 // other metadata, which qemu's overlap check stops.
 func TestRepairOverlapCheck(t *testing.T) {
-	ckNeedQemu(t)
+	qemutest.NeedQemu(t)
 	path := filepath.Join(t.TempDir(), "a.qcow2")
-	ckCreate(t, path, nil, ckWrites...)
-	ckRun(t, "qemu-img", "snapshot", "-c", "s1", path)
+	qemutest.Create(t, path, "qcow2", "64M")
+	qemutest.IO(t, path, "qcow2", ckWrites...)
+	qemutest.Img(t, "", "snapshot", "-c", "s1", path)
 	f, n := openSized(t, path, os.O_RDONLY)
 	c, err := newRefChecker(f, n)
 	if err != nil {
@@ -305,7 +286,7 @@ func TestRepairOverlapCheck(t *testing.T) {
 	}
 	for _, tt := range tests {
 		err := c.overlapCheck(tt.off, uint64(c.cs), tt.activeL1)
-		if got := errcode.Code(err) == errcode.RepairUnsupported; got != tt.refused {
+		if got := errcode.Of(err) == errcode.RepairUnsupported; got != tt.refused {
 			t.Errorf("%s (%#x): %v, refused %v", tt.name, tt.off, err, tt.refused)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"instarfs/internal/qemutest"
 )
 
 // TestSharedL2Runs walks an image whose L1 entries all name one L2 table, the
@@ -12,7 +14,7 @@ import (
 // every extent must still be what a fresh Image, with nothing remembered,
 // says.
 func TestSharedL2Runs(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	for _, opts := range [][]string{nil, {"extended_l2=on"}} {
 		t.Run(fmtOpts(opts), func(t *testing.T) {
 			base, l2 := hostileBase(t, opts...)

@@ -74,7 +74,10 @@ import (
 	"slices"
 
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/layer"
 )
+
+var _ layer.Writer = (*Writer)(nil)
 
 // File is the image file a Writer changes.
 type File interface {
@@ -83,16 +86,6 @@ type File interface {
 	// Datasync makes written data durable (fdatasync).
 	Datasync() error
 }
-
-// ZeroFlags modify WriteZeroes.
-type ZeroFlags uint8
-
-const (
-	// ZeroMayUnmap lets WriteZeroes free the host clusters of whole clusters
-	// it zeroes (qemu's BDRV_REQ_MAY_UNMAP); without it they are kept as
-	// "zero, allocated".
-	ZeroMayUnmap ZeroFlags = 1 << iota
-)
 
 // WriterStats counts what a Writer did.
 type WriterStats struct {
@@ -576,11 +569,11 @@ func (w *Writer) freeCompressed(e L2Entry) error {
 // cover whole clusters (the end may be the virtual size).
 //
 // Version 3: whole clusters get the zero flag (standard L2) or all zero bits
-// (extended L2); with ZeroMayUnmap, or for compressed clusters, their host
-// clusters are freed. Partial clusters with extended L2 get zero bits for
+// (extended L2); with layer.MayUnmap, or for compressed clusters, their host
+// clusters are freed (otherwise they are kept as "zero, allocated"). Partial clusters with extended L2 get zero bits for
 // their subclusters. Version 2, which has no zero flag: explicit zero data
 // is written (allocating), as qemu falls back to.
-func (w *Writer) WriteZeroes(goff, n int64, flags ZeroFlags) error {
+func (w *Writer) WriteZeroes(goff, n int64, flags layer.ZeroFlags) error {
 	if err := w.checkRange("write zeroes", goff, n); err != nil {
 		return err
 	}
@@ -612,7 +605,7 @@ func (w *Writer) WriteZeroes(goff, n int64, flags ZeroFlags) error {
 		e := w.entry(t, i)
 		if whole {
 			unmap := e.Type == ClusterCompressed ||
-				flags&ZeroMayUnmap != 0 && (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc)
+				flags&layer.MayUnmap != 0 && (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc)
 			raw, bm := e.Raw, e.Bitmap
 			if unmap {
 				raw = 0

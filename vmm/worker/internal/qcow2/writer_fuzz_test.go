@@ -68,7 +68,7 @@ func FuzzWriter(f *testing.F) {
 	fuzzSeeds(f, "FuzzOpen")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		named := func(what string, err error) bool {
-			if err != nil && errcode.Code(err) == errcode.Internal {
+			if err != nil && errcode.Of(err) == errcode.Internal {
 				t.Fatalf("%s: error without a code: %v", what, err)
 			}
 			return err == nil

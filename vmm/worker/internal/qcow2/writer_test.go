@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
+	"instarfs/vmm/worker/internal/layer"
 )
 
 // osFile adapts *os.File to File.
@@ -28,28 +30,6 @@ func copyFile(t testing.TB, src, dst string) {
 	if err := os.WriteFile(dst, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func sameFiles(t testing.TB, want, got string) {
-	t.Helper()
-	a, err := os.ReadFile(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Equal(a, b) {
-		return
-	}
-	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
-		if a[i] != b[i] {
-			t.Fatalf("%s and %s differ first at byte %#x (qemu %#02x, ours %#02x); sizes %d and %d", want, got, i, a[i], b[i], len(a), len(b))
-		}
-	}
-	t.Fatalf("%s is %d bytes, %s is %d bytes", want, len(a), got, len(b))
 }
 
 // unsafeRebase rewrites cluster 0 of path with our header encoder.
@@ -72,10 +52,10 @@ func unsafeRebase(t testing.TB, path, name, format string) error {
 }
 
 func TestEncodeCluster0MatchesQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
-	create(t, base, "64M")
+	qemutest.Create(t, base, "qcow2", "64M")
 	long := func(n int) string { return strings.Repeat("n", n-len(".qcow2")) + ".qcow2" }
 	tests := []struct {
 		name    string
@@ -83,7 +63,7 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 		backed  bool // created with base.qcow2 as backing
 		newName string
 		newFmt  string
-		code    string // expected error
+		code    errcode.Code // expected error
 	}{
 		{name: "v3-64k-change", backed: true, newName: "new-base.qcow2", newFmt: "qcow2"},
 		{name: "v3-64k-add", newName: "base.qcow2", newFmt: "qcow2"},
@@ -119,14 +99,14 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 			if tc.backed {
 				opts = append(opts, "backing_file=base.qcow2", "backing_fmt=qcow2")
 			}
-			create(t, q, "64M", opts...)
+			qemutest.Create(t, q, "qcow2", "64M", opts...)
 			copyFile(t, q, ours)
 			err := unsafeRebase(t, ours, tc.newName, tc.newFmt)
 			if tc.code != "" {
-				if errcode.Code(err) != tc.code {
+				if errcode.Of(err) != tc.code {
 					t.Fatalf("error %v, want %s", err, tc.code)
 				}
-				sameFiles(t, q, ours) // untouched
+				qemutest.SameBytes(t, q, ours) // untouched
 				return
 			}
 			if err != nil {
@@ -136,8 +116,12 @@ func TestEncodeCluster0MatchesQemu(t *testing.T) {
 			if tc.newFmt != "" {
 				args = append(args, "-F", tc.newFmt)
 			}
-			qimg(t, append(args, q)...)
-			sameFiles(t, q, ours)
+			qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
+				theirs := filepath.Join(t.TempDir(), filepath.Base(q))
+				copyFile(t, q, theirs)
+				o.Img(t, "", append(args, theirs)...)
+				qemutest.SameBytes(t, theirs, ours)
+			})
 		})
 	}
 }
@@ -183,15 +167,15 @@ func craft(t testing.TB, path string, hl int, name string) {
 }
 
 func TestEncodeCluster0CraftedMatchesQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
-	create(t, filepath.Join(dir, "hbase.qcow2"), "16M")
+	qemutest.Create(t, filepath.Join(dir, "hbase.qcow2"), "qcow2", "16M")
 	for _, hl := range []int{104, 112, 128} {
 		for _, fmtName := range []string{"raw", "qcow2", ""} {
 			t.Run(fmt.Sprintf("hl%d-%s", hl, fmtName), func(t *testing.T) {
 				q := filepath.Join(dir, fmt.Sprintf("c%d%s-qemu.qcow2", hl, fmtName))
 				ours := filepath.Join(dir, fmt.Sprintf("c%d%s-ours.qcow2", hl, fmtName))
-				create(t, q, "16M", "backing_file=hbase.qcow2", "backing_fmt=qcow2")
+				qemutest.Create(t, q, "qcow2", "16M", "backing_file=hbase.qcow2", "backing_fmt=qcow2")
 				craft(t, q, hl, "hbase.qcow2")
 				copyFile(t, q, ours)
 				name := "hbase.qcow2"
@@ -200,17 +184,23 @@ func TestEncodeCluster0CraftedMatchesQemu(t *testing.T) {
 					name = ""
 					args = []string{"rebase", "-u", "-b", ""}
 				}
+				once := filepath.Join(dir, fmt.Sprintf("c%d%s-ours1.qcow2", hl, fmtName))
 				if err := unsafeRebase(t, ours, name, fmtName); err != nil {
 					t.Fatal(err)
 				}
-				qimg(t, append(args, q)...)
-				sameFiles(t, q, ours)
+				copyFile(t, ours, once)
 				// A second rewrite flips the unknown extensions again.
 				if err := unsafeRebase(t, ours, name, fmtName); err != nil {
 					t.Fatal(err)
 				}
-				qimg(t, append(args, q)...)
-				sameFiles(t, q, ours)
+				qemutest.Each(t, func(t *testing.T, o qemutest.Oracle) {
+					theirs := filepath.Join(t.TempDir(), filepath.Base(q))
+					copyFile(t, q, theirs)
+					o.Img(t, "", append(args, theirs)...)
+					qemutest.SameBytes(t, theirs, once)
+					o.Img(t, "", append(args, theirs)...)
+					qemutest.SameBytes(t, theirs, ours)
+				})
 			})
 		}
 	}
@@ -263,7 +253,7 @@ func applyOurs(t testing.TB, path string, ops []wop, resize int64) {
 }
 
 func TestWriterAllocationMatchesQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	const k, m = 1024, 1024 * 1024
 	seq := func(cs int64, offs ...int64) []wop {
@@ -299,23 +289,23 @@ func TestWriterAllocationMatchesQemu(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			q := filepath.Join(dir, tc.name+"-qemu.qcow2")
 			ours := filepath.Join(dir, tc.name+"-ours.qcow2")
-			create(t, q, tc.size, tc.opts...)
-			qio(t, q, "qcow2", tc.pre...)
+			qemutest.Create(t, q, "qcow2", tc.size, tc.opts...)
+			qemutest.IO(t, q, "qcow2", tc.pre...)
 			if tc.snapshot {
-				qimg(t, "snapshot", "-c", "s1", q)
+				qemutest.Img(t, "", "snapshot", "-c", "s1", q)
 			}
 			copyFile(t, q, ours)
 			if tc.resize > 0 {
-				qimg(t, "resize", "-q", q, fmt.Sprint(tc.resize))
+				qemutest.Img(t, "", "resize", "-q", q, fmt.Sprint(tc.resize))
 			}
 			var cmds []string
 			for _, o := range tc.ops {
 				cmds = append(cmds, o.qemuIO())
 			}
-			qio(t, q, "qcow2", cmds...)
+			qemutest.IO(t, q, "qcow2", cmds...)
 			applyOurs(t, ours, tc.ops, tc.resize)
-			sameFiles(t, q, ours)
-			out := qimg(t, "check", ours)
+			qemutest.SameBytes(t, q, ours)
+			out := qemutest.Img(t, "", "check", ours)
 			if !bytes.Contains(out, []byte("No errors were found")) {
 				t.Fatalf("check: %s", out)
 			}
@@ -344,7 +334,7 @@ func (l *logFile) WriteAt(p []byte, off int64) (int, error) {
 // refcount errors: leaks are fine, references to unallocated or wrongly
 // refcounted clusters are not.
 func TestWriterCrashOrdering(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	const k, m = 1024, 1024 * 1024
 	tests := []struct {
@@ -361,7 +351,7 @@ func TestWriterCrashOrdering(t *testing.T) {
 			for _, err := range []error{
 				w.WriteData(64*k, buf),
 				w.Unmap(8*m, 128*k),
-				w.WriteZeroes(0, 64*k, ZeroMayUnmap),
+				w.WriteZeroes(0, 64*k, layer.MayUnmap),
 				w.Flush(),
 				w.WriteData(20*m, buf),
 				w.WriteData(21*m, buf),
@@ -410,10 +400,10 @@ func TestWriterCrashOrdering(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(dir, tc.name+".qcow2")
-			create(t, path, "64M", tc.opts...)
-			qio(t, path, "qcow2", tc.pre...)
+			qemutest.Create(t, path, "qcow2", "64M", tc.opts...)
+			qemutest.IO(t, path, "qcow2", tc.pre...)
 			if tc.snap {
-				qimg(t, "snapshot", "-c", "s1", path)
+				qemutest.Img(t, "", "snapshot", "-c", "s1", path)
 			}
 			orig, err := os.ReadFile(path)
 			if err != nil {

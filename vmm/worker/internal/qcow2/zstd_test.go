@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // TestZstdFramesAgainstQemu replaces a zstd-compressed cluster with crafted
@@ -18,7 +18,7 @@ import (
 // both must read the same bytes. A frame that decompresses past its cluster
 // is the case qemu fails with EIO and instarfs used to cut short silently.
 func TestZstdFramesAgainstQemu(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	const cs = 64 << 10
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 	if err != nil {
@@ -47,8 +47,8 @@ func TestZstdFramesAgainstQemu(t *testing.T) {
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(dir, "z"+string(rune('a'+i))+".qcow2")
-			create(t, path, "1M", "compression_type=zstd")
-			qio(t, path, "qcow2", "write -c -P 0x11 0 64k")
+			qemutest.Create(t, path, "qcow2", "1M", "compression_type=zstd")
+			qemutest.IO(t, path, "qcow2", "write -c -P 0x11 0 64k")
 			// qemu-io leaves the file ending where the compressed data ends;
 			// pad it so that the descriptor's sectors lie inside the file.
 			if fi, err := os.Stat(path); err != nil {
@@ -72,22 +72,22 @@ func TestZstdFramesAgainstQemu(t *testing.T) {
 			patchFile(t, path, e.HostOffset, append(tt.data, make([]byte, area-int64(len(tt.data)))...))
 
 			out := filepath.Join(dir, "out.raw")
-			cmd := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, out)
-			qout, qerr := cmd.CombinedOutput()
+			q := qemutest.Run(t, "", "convert", "-f", "qcow2", "-O", "raw", path, out)
+			qout := append(q.Stdout, q.Stderr...)
 			got := make([]byte, cs)
 			_, err = openPath(t, path).ReadAt(got, 0)
 
 			if tt.want == nil {
-				if qerr == nil {
+				if q.Code == 0 {
 					t.Errorf("qemu-img read the cluster; the test expects it to fail")
 				}
-				if errcode.Code(err) != errcode.Qcow2BadCompressed {
+				if errcode.Of(err) != errcode.Qcow2BadCompressed {
 					t.Errorf("ReadAt: %v, want %s (qemu-img: %s)", err, errcode.Qcow2BadCompressed, bytes.TrimSpace(qout))
 				}
 				return
 			}
-			if qerr != nil {
-				t.Fatalf("qemu-img convert: %v\n%s", qerr, qout)
+			if q.Code != 0 {
+				t.Fatalf("qemu-img convert: exit %d\n%s", q.Code, qout)
 			}
 			theirs, err2 := os.ReadFile(out)
 			if err2 != nil {

@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"instarfs/internal/qemutest"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
@@ -196,21 +198,10 @@ func (h seekHoles) Status(off, n int64) (bool, int64, error) {
 	return true, min(n, hole-off), nil
 }
 
-type mapEntry struct {
-	Start   int64  `json:"start"`
-	Length  int64  `json:"length"`
-	Present bool   `json:"present"`
-	Zero    bool   `json:"zero"`
-	Data    bool   `json:"data"`
-	Offset  *int64 `json:"offset"`
-}
-
 // TestHolesOracle: with a HoleFinder, Extent matches qemu-img map of sparse raw
 // files, and content matches the file.
 func TestHolesOracle(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	qemutest.NeedQemu(t)
 	rng := rand.New(rand.NewSource(1))
 	type write struct{ off, n int64 }
 	for _, tc := range []struct {
@@ -246,23 +237,16 @@ func TestHolesOracle(t *testing.T) {
 			if err := f.Sync(); err != nil {
 				t.Fatal(err)
 			}
-			out, err := exec.Command("qemu-img", "map", "--output=json", "-f", "raw", path).Output()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []mapEntry
-			if err := json.Unmarshal(out, &want); err != nil {
-				t.Fatal(err)
-			}
+			want := qemutest.Map(t, path, "raw")
 			img := OpenWithHoles(f, tc.size, seekHoles{f})
-			var got []mapEntry
+			var got []proto.MapEntry
 			for off := int64(0); off < img.VirtualSize(); {
 				e, err := img.Extent(off)
 				if err != nil {
 					t.Fatal(err)
 				}
 				o := e.HostOffset
-				me := mapEntry{Start: e.Start, Length: e.Length, Present: true, Zero: e.Kind == layer.Zero, Data: e.Kind == layer.Data, Offset: &o}
+				me := proto.MapEntry{Start: e.Start, Length: e.Length, Present: true, Zero: e.Kind == layer.Zero, Data: e.Kind == layer.Data, Offset: &o}
 				if n := len(got); n > 0 && got[n-1].Zero == me.Zero && *got[n-1].Offset+got[n-1].Length == o {
 					got[n-1].Length += e.Length
 				} else {
@@ -283,7 +267,7 @@ func TestHolesOracle(t *testing.T) {
 	}
 }
 
-func dump(m []mapEntry) string {
+func dump(m []proto.MapEntry) string {
 	b, _ := json.Marshal(m)
 	return string(b)
 }

@@ -109,7 +109,7 @@ func TestDescriptorErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseDescriptor([]byte(tc.text))
-			if errcode.Code(err) != errcode.VmdkBadDescriptor {
+			if errcode.Of(err) != errcode.VmdkBadDescriptor {
 				t.Errorf("err %v", err)
 			}
 		})
@@ -157,7 +157,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 	if err != nil || got != h {
 		t.Errorf("%+v, %v", got, err)
 	}
-	if _, err := ParseHeader(b[:HeaderSize-1]); errcode.Code(err) != errcode.VmdkBadHeader {
+	if _, err := ParseHeader(b[:HeaderSize-1]); errcode.Of(err) != errcode.VmdkBadHeader {
 		t.Errorf("short header: %v", err)
 	}
 }

@@ -19,7 +19,7 @@ func FuzzOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img, err := Open(bytes.NewReader(data), int64(len(data)))
 		if err != nil {
-			if errcode.Code(err) == errcode.Internal {
+			if errcode.Of(err) == errcode.Internal {
 				t.Fatalf("unnamed error: %v", err)
 			}
 			return
@@ -37,7 +37,7 @@ func checkImage(t *testing.T, img *Image) {
 	for i := 0; i < 200 && off < size; i++ {
 		e, err := img.Extent(off)
 		if err != nil {
-			if errcode.Code(err) == errcode.Internal {
+			if errcode.Of(err) == errcode.Internal {
 				t.Fatalf("Extent(%d): unnamed error: %v", off, err)
 			}
 			return
@@ -50,7 +50,7 @@ func checkImage(t *testing.T, img *Image) {
 		}
 		p := make([]byte, min(e.Length, 1<<16))
 		n, err := img.ReadAt(p, off)
-		if err != nil && errcode.Code(err) == errcode.Internal {
+		if err != nil && errcode.Of(err) == errcode.Internal {
 			t.Fatalf("ReadAt(%d): unnamed error: %v", off, err)
 		}
 		if err == nil && n != len(p) {
@@ -72,7 +72,7 @@ func FuzzDescriptor(f *testing.F) {
 	f.Fuzz(func(t *testing.T, text []byte) {
 		d, err := ParseDescriptor(text)
 		if err != nil {
-			if errcode.Code(err) != errcode.VmdkBadDescriptor {
+			if errcode.Of(err) != errcode.VmdkBadDescriptor {
 				t.Fatalf("unnamed error: %v", err)
 			}
 			return

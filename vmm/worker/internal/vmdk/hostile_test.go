@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"instarfs/errcode"
+	"instarfs/internal/qemutest"
 )
 
 // base is a small valid image with data, zeroed and unallocated grains.
@@ -56,7 +56,7 @@ func TestHostileOpen(t *testing.T) {
 	cases := []struct {
 		name string
 		b    []byte
-		code string
+		code errcode.Code
 	}{
 		{"empty", nil, errcode.VmdkBadHeader},
 		{"tiny", []byte("KDMV"), errcode.VmdkBadHeader},
@@ -120,7 +120,7 @@ func TestHostileOpen(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Open succeeded: %+v", img.Header())
 			}
-			if got := errcode.Code(err); got != tc.code {
+			if got := errcode.Of(err); got != tc.code {
 				t.Errorf("code %s (%v), want %s", got, err, tc.code)
 			}
 			if testing.Verbose() {
@@ -183,11 +183,11 @@ func TestHostileRead(t *testing.T) {
 			if testing.Verbose() {
 				t.Log(rerr, "; ", eerr)
 			}
-			if got := errcode.Code(rerr); got != errcode.VmdkCorrupt {
+			if got := errcode.Of(rerr); got != errcode.VmdkCorrupt {
 				t.Errorf("code %s (%v)", got, rerr)
 			}
 			if !img.Compressed() {
-				if got := errcode.Code(eerr); got != errcode.VmdkCorrupt {
+				if got := errcode.Of(eerr); got != errcode.VmdkCorrupt {
 					t.Errorf("Extent: code %s (%v)", got, eerr)
 				}
 			}
@@ -209,7 +209,7 @@ func TestGrainOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := img.ReadAt(make([]byte, 512), 0); errcode.Code(err) != errcode.VmdkCorrupt || !strings.Contains(err.Error(), "more than a grain") {
+	if _, err := img.ReadAt(make([]byte, 512), 0); errcode.Of(err) != errcode.VmdkCorrupt || !strings.Contains(err.Error(), "more than a grain") {
 		t.Errorf("ReadAt: %v", err)
 	}
 }
@@ -238,17 +238,15 @@ func TestDescriptorFileOracle(t *testing.T) {
 	}
 	defer f.Close()
 	_, err = Open(f, int64(len(desc)))
-	if errcode.Code(err) != errcode.VmdkExternalExtent {
+	if errcode.Of(err) != errcode.VmdkExternalExtent {
 		t.Fatalf("Open: %v", err)
 	}
 	if strings.Contains(err.Error(), "TOPSECRET") {
 		t.Fatal("the extent was read")
 	}
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
-	}
+	qemutest.NeedQemu(t)
 	// qemu probes it as vmdk (no -f) and would follow the extent.
-	out := run(t, dir, "qemu-img", "info", "--output=json", "d.vmdk")
+	out := qemutest.Img(t, dir, "info", "--output=json", "d.vmdk")
 	if !bytes.Contains(out, []byte(`"format": "vmdk"`)) {
 		t.Errorf("qemu did not probe vmdk:\n%s", out)
 	}
@@ -256,7 +254,7 @@ func TestDescriptorFileOracle(t *testing.T) {
 
 // TestProbeOracle compares Detect with qemu's format probe on small files.
 func TestProbeOracle(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	for i, text := range []string{
 		"# Disk DescriptorFile\nversion=1\nCID=1\n",
@@ -276,7 +274,8 @@ func TestProbeOracle(t *testing.T) {
 		if err := os.WriteFile(name, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out, _ := exec.Command("qemu-img", "info", "--output=json", name).CombinedOutput()
+		r := qemutest.Run(t, "", "info", "--output=json", name)
+		out := append(r.Stdout, r.Stderr...)
 		qemuRaw := bytes.Contains(out, []byte(`"format": "raw"`))
 		if got := Probe([]byte(text)); got == qemuRaw {
 			t.Errorf("%q: Probe = %v, qemu:\n%s", text, got, out)

@@ -4,61 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"instarfs/internal/qemutest"
+	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 )
 
-// needQemu skips the test when the oracle is not installed.
-func needQemu(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-}
-
-func run(t *testing.T, dir, name string, args ...string) []byte {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
-	}
-	return out
-}
-
-type mapEntry struct {
-	Start   int64  `json:"start"`
-	Length  int64  `json:"length"`
-	Depth   int    `json:"depth"`
-	Present bool   `json:"present"`
-	Zero    bool   `json:"zero"`
-	Data    bool   `json:"data"`
-	Offset  *int64 `json:"offset"`
-}
-
-// qemuMap returns `qemu-img map --output=json` of the image alone (its backing
-// file, if any, is not opened).
-func qemuMap(t *testing.T, dir, file string) []mapEntry {
-	t.Helper()
-	spec := `json:{"driver":"vmdk","backing":null,"file":{"driver":"file","filename":"` + file + `"}}`
-	var m []mapEntry
-	if err := json.Unmarshal(run(t, dir, "qemu-img", "map", "--output=json", spec), &m); err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // ourMap renders img's extents the way qemu-img map does for an image without a
 // backing file, merging like qemu (equal flags, contiguous offsets).
-func ourMap(t *testing.T, img layer.Image) []mapEntry {
+func ourMap(t *testing.T, img layer.Image) []proto.MapEntry {
 	t.Helper()
-	var m []mapEntry
+	var m []proto.MapEntry
 	for off := int64(0); off < img.VirtualSize(); {
 		e, err := img.Extent(off)
 		if err != nil {
@@ -67,7 +25,7 @@ func ourMap(t *testing.T, img layer.Image) []mapEntry {
 		if e.Start != off || e.Length <= 0 || e.End() > img.VirtualSize() {
 			t.Fatalf("Extent(%d) = %+v", off, e)
 		}
-		me := mapEntry{Start: e.Start, Length: e.Length}
+		me := proto.MapEntry{Start: e.Start, Length: e.Length}
 		switch e.Kind {
 		case layer.Unallocated:
 			me.Zero = true
@@ -95,7 +53,7 @@ func ourMap(t *testing.T, img layer.Image) []mapEntry {
 	return m
 }
 
-func mapString(m []mapEntry) string {
+func mapString(m []proto.MapEntry) string {
 	var b bytes.Buffer
 	for _, e := range m {
 		off := "-"
@@ -141,7 +99,7 @@ type qemuInfo struct {
 func info(t *testing.T, dir, file string) qemuInfo {
 	t.Helper()
 	var i qemuInfo
-	if err := json.Unmarshal(run(t, dir, "qemu-img", "info", "--output=json", "-f", "vmdk", file), &i); err != nil {
+	if err := json.Unmarshal(qemutest.Img(t, dir, "info", "--output=json", "-f", "vmdk", file), &i); err != nil {
 		t.Fatal(err)
 	}
 	return i
@@ -184,7 +142,7 @@ func readAll(t *testing.T, img layer.Image) []byte {
 func rawOf(t *testing.T, dir, file string) []byte {
 	t.Helper()
 	raw := filepath.Join(t.TempDir(), "out.raw")
-	run(t, dir, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", file, raw)
+	qemutest.Img(t, dir, "convert", "-f", "vmdk", "-O", "raw", file, raw)
 	b, err := os.ReadFile(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +159,7 @@ func checkAgainstQemu(t *testing.T, dir, file string, parentless bool) *Image {
 			t.Errorf("%s: content differs from qemu-img convert", file)
 		}
 	}
-	if want, got := mapString(qemuMap(t, dir, file)), mapString(ourMap(t, img)); got != want {
+	if want, got := mapString(qemutest.Map(t, qemutest.Alone("vmdk", filepath.Join(dir, file)), "")), mapString(ourMap(t, img)); got != want {
 		t.Errorf("%s: map differs\nqemu:\n%sours:\n%s", file, want, got)
 	}
 	qi := info(t, dir, file)
@@ -224,16 +182,10 @@ func checkAgainstQemu(t *testing.T, dir, file string, parentless bool) *Image {
 }
 
 func TestQemuImages(t *testing.T) {
-	needQemu(t)
+	qemutest.NeedQemu(t)
 	dir := t.TempDir()
-	img := func(args ...string) { run(t, dir, "qemu-img", args...) }
-	io := func(file string, cmds ...string) {
-		args := []string{"-f", "vmdk"}
-		for _, c := range cmds {
-			args = append(args, "-c", c)
-		}
-		run(t, dir, "qemu-io", append(args, file)...)
-	}
+	img := func(args ...string) { qemutest.Img(t, dir, args...) }
+	io := func(file string, cmds ...string) { qemutest.IO(t, filepath.Join(dir, file), "vmdk", cmds...) }
 
 	img("create", "-q", "-f", "vmdk", "empty.vmdk", "8M")
 
@@ -384,9 +336,7 @@ func TestBuiltImages(t *testing.T) {
 			if got := readAll(t, img); !bytes.Equal(got, want) {
 				t.Errorf("content differs")
 			}
-			if _, err := exec.LookPath("qemu-img"); err != nil {
-				return
-			}
+			qemutest.NeedQemu(t)
 			dir := t.TempDir()
 			if err := os.WriteFile(filepath.Join(dir, "t.vmdk"), b, 0o644); err != nil {
 				t.Fatal(err)

@@ -21,6 +21,8 @@ type File interface {
 	Datasync() error
 }
 
+var _ layer.Writer = (*Writer)(nil)
+
 // Writer changes a monolithicSparse vmdk in place: guest writes (grains
 // allocated at the end of the file, grain tables allocated as needed),
 // zeroed grains, emptying, and descriptor updates.
@@ -285,26 +287,25 @@ func (w *Writer) grainRange(off, n int64) error {
 	return nil
 }
 
-// WriteAt writes guest bytes. Allocated grains are overwritten in place; a new
-// grain is appended to the file, its uncovered parts filled from the backing
-// image (or zeros); zeroed grains are filled with zeros.
-func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
+// WriteData writes p at guest offset off. Allocated grains are overwritten
+// in place; a new grain is appended to the file, its uncovered parts filled
+// from the backing image (or zeros); zeroed grains are filled with zeros.
+func (w *Writer) WriteData(off int64, p []byte) error {
 	if err := w.grainRange(off, int64(len(p))); err != nil {
-		return 0, err
+		return err
 	}
 	gb := w.img.grainBytes
-	done := 0
-	for done < len(p) {
-		pos := off + int64(done)
-		g := uint64(pos / gb)
-		in := pos - int64(g)*gb
-		n := int(min(int64(len(p)-done), gb-in))
-		if err := w.writeGrain(g, in, p[done:done+n]); err != nil {
-			return done, err
+	for len(p) > 0 {
+		g := uint64(off / gb)
+		in := off - int64(g)*gb
+		n := min(int64(len(p)), gb-in)
+		if err := w.writeGrain(g, in, p[:n]); err != nil {
+			return err
 		}
-		done += n
+		off += n
+		p = p[n:]
 	}
-	return done, w.maybeFlush()
+	return w.maybeFlush()
 }
 
 func (w *Writer) writeGrain(g uint64, in int64, p []byte) error {
@@ -346,8 +347,9 @@ func (w *Writer) writeGrain(g uint64, in int64, p []byte) error {
 
 // WriteZeroes makes [off, off+n) read as zeros. With zeroed grains (the
 // header flag) whole grains become zeroed grains; everything else is written
-// as zero data, as qemu does.
-func (w *Writer) WriteZeroes(off, n int64) error {
+// as zero data, as qemu does. The flags change nothing: a grain's space is
+// never given back.
+func (w *Writer) WriteZeroes(off, n int64, _ layer.ZeroFlags) error {
 	if err := w.grainRange(off, n); err != nil {
 		return err
 	}
@@ -479,6 +481,9 @@ func (w *Writer) Flush() error {
 	return w.sync()
 }
 
+// Finish is Flush: a vmdk has nothing to complete last.
+func (w *Writer) Finish() error { return w.Flush() }
+
 func (w *Writer) writeDir(dir []uint32, sector uint64) error {
 	buf := make([]byte, len(dir)*4)
 	for i, e := range dir {
@@ -496,20 +501,6 @@ func (w *Writer) sync() error {
 
 func sortedSectors(m map[uint32]bool) []uint32 {
 	return slices.Sorted(maps.Keys(m))
-}
-
-// Kind reports what the Writer's current tables say about grain g.
-func (w *Writer) Kind(g uint64) (layer.Kind, error) {
-	e, err := w.entry(g)
-	switch {
-	case err != nil:
-		return 0, err
-	case e == 0:
-		return layer.Unallocated, nil
-	case e == 1 && w.img.h.ZeroedGrains():
-		return layer.Zero, nil
-	}
-	return layer.Data, nil
 }
 
 // Empty makes every grain unallocated (grain table entries 0, grain tables

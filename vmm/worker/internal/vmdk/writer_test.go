@@ -117,7 +117,7 @@ func TestDescriptorRefusals(t *testing.T) {
 			t.Errorf("name %q accepted", name)
 		}
 	}
-	if _, err := d.EncodeEmbedded(int64(len(qemuDesc))); errcode.Code(err) != errcode.VmdkDescriptorTooLarge {
+	if _, err := d.EncodeEmbedded(int64(len(qemuDesc))); errcode.Of(err) != errcode.VmdkDescriptorTooLarge {
 		t.Errorf("descriptor without room for its NUL: %v", err)
 	}
 	noCID, _ := ParseDescriptor([]byte("# Disk DescriptorFile\nversion=1\n"))
@@ -141,11 +141,10 @@ func TestWriter(t *testing.T) {
 			name: "overwrite in place and allocate",
 			spec: base,
 			ops: func(w *Writer) error {
-				if _, err := w.WriteAt(fill(9, 100), int64(gb)+10); err != nil {
+				if err := w.WriteData(int64(gb)+10, fill(9, 100)); err != nil {
 					return err
 				}
-				_, err := w.WriteAt(fill(7, 3*gb), 5*int64(gb))
-				return err
+				return w.WriteData(5*int64(gb), fill(7, 3*gb))
 			},
 			want: func(b []byte) { copy(b[gb+10:], fill(9, 100)); copy(b[5*gb:], fill(7, 3*gb)) },
 		},
@@ -153,26 +152,23 @@ func TestWriter(t *testing.T) {
 			name:   "grain table allocated in both directories",
 			spec:   base,
 			dropGD: true,
-			ops: func(w *Writer) error {
-				_, err := w.WriteAt(fill(5, 10), 17*int64(gb)+1)
-				return err
-			},
-			want: func(b []byte) { clear(b[16*gb : 32*gb]); copy(b[17*gb+1:], fill(5, 10)) },
+			ops:    func(w *Writer) error { return w.WriteData(17*int64(gb)+1, fill(5, 10)) },
+			want:   func(b []byte) { clear(b[16*gb : 32*gb]); copy(b[17*gb+1:], fill(5, 10)) },
 		},
 		{
 			name: "zeroes without the zeroed-grain flag write data",
 			spec: base,
-			ops:  func(w *Writer) error { return w.WriteZeroes(int64(gb), int64(gb)) },
+			ops:  func(w *Writer) error { return w.WriteZeroes(int64(gb), int64(gb), 0) },
 			want: func(b []byte) { clear(b[gb : 2*gb]) },
 		},
 		{
 			name: "zeroed grains",
 			spec: spec{capacity: 64 * grain, grain: grain, gtes: 16, zeroed: true, grains: base.grains},
 			ops: func(w *Writer) error {
-				if err := w.WriteZeroes(int64(gb), 2*int64(gb)); err != nil {
+				if err := w.WriteZeroes(int64(gb), 2*int64(gb), 0); err != nil {
 					return err
 				}
-				return w.WriteZeroes(20*int64(gb)+512, 512)
+				return w.WriteZeroes(20*int64(gb)+512, 512, 0)
 			},
 			want: func(b []byte) { clear(b[gb : 3*gb]); clear(b[20*gb+512 : 20*gb+1024]) },
 		},
@@ -235,7 +231,7 @@ func readGT(t *testing.T, b []byte, sector uint32, n int) []uint32 {
 
 func TestWriterRefusesStreamOptimized(t *testing.T) {
 	m := &memFile{b: build(spec{capacity: 64, grain: 8, gtes: 16, compressed: true, grains: map[uint64][]byte{0: fill(1, 100)}})}
-	if _, err := NewWriter(openMem(t, m), m); errcode.Code(err) != errcode.VmdkReadOnly {
+	if _, err := NewWriter(openMem(t, m), m); errcode.Of(err) != errcode.VmdkReadOnly {
 		t.Errorf("NewWriter on a streamOptimized image: %v", err)
 	}
 }
@@ -275,8 +271,8 @@ func FuzzWriter(f *testing.F) {
 		size := img.VirtualSize()
 		off := int64(a) * 512 % max(size, 1)
 		ln := min(int64(n), size-off)
-		w.WriteAt(make([]byte, ln), off)
-		w.WriteZeroes(off, ln)
+		w.WriteData(off, make([]byte, ln))
+		w.WriteZeroes(off, ln, 0)
 		w.Discard(0, size)
 		w.UpdateDescriptor(func(d *Descriptor) error { return d.SetParentFileNameHint("p.vmdk", true) })
 		w.Flush()
