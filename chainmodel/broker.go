@@ -80,6 +80,23 @@ func (b *Broker) Answer(req proto.BrokerRequest) (proto.BrokerReply, []*os.File)
 	return reply, files
 }
 
+// RawNotInferred is the error of a worker that could not detect the format
+// of a backing file opened without one (FORMAT_NOT_DETECTED): raw is never
+// inferred. It returns nil when no such file is waiting to be described.
+func (b *Broker) RawNotInferred() error {
+	for _, m := range b.members[1:] {
+		if m.reported || m.format != "" || m.detectRaw {
+			continue
+		}
+		if m.referrer < 0 {
+			return errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", m.im.Name)
+		}
+		r := b.members[m.referrer].im
+		return errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", r.Info.BackingFilename, r.Name)
+	}
+	return nil
+}
+
 // Refusal returns the first question the broker refused, or nil. A worker
 // may not report a host's code (a path-policy refusal) as its own: the host
 // reports the refusal itself.

@@ -85,6 +85,11 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		// in its own words (a worker may not send a host's code).
 		stop, err = stopOrErr(stop, err, r)
 	}
+	if errcode.Of(err) == errcode.FormatNotDetected || errcode.Of(stop) == errcode.FormatNotDetected {
+		if r := b.RawNotInferred(); r != nil {
+			stop, err = stopOrErr(stop, err, r)
+		}
+	}
 	if err == nil && stop != nil {
 		return o.stopped(b, infos, stop, j.opts.Partial)
 	}

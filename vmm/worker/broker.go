@@ -159,13 +159,8 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 	s.req.Images = append(s.req.Images, ref)
 	s.files = append(s.files, files[0])
 	img, err := openImage(files[0], ref, false)
-	switch {
-	case errcode.Of(err) == errcode.FormatNotDetected && what == proto.OpenBacking:
-		return backing{}, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", cur.info.BackingFilename, cur.ref.Name)
-	case errcode.Of(err) == errcode.FormatNotDetected:
-		return backing{}, errcode.New(errcode.RawNotInferred, "'%s' is not qcow2 or vmdk; raw is never inferred, name it with -F raw", reply.Name)
-	case err != nil:
-		return backing{}, err
+	if err != nil {
+		return backing{}, err // FORMAT_NOT_DETECTED: the host says RAW_NOT_INFERRED
 	}
 	return backing{index: reply.Image, img: img}, nil
 }
