@@ -348,3 +348,22 @@ func (h How) openError(err error) error {
 	}
 	return errcode.New(errcode.NotFound, "could not open '%s': %v", h.Name, err)
 }
+
+// ReopenWritable replaces the read-only descriptor of im (a backing image) by
+// a read-write one, opened where it was opened, checked to be the same file
+// and locked as qemu locks an image it writes.
+func (p Policy) ReopenWritable(im *Image) error {
+	UnlockImage(im.File)
+	id := im.ID()
+	f, _, err := p.Open(im.Loc, How{Access: ReadWrite, Want: &id, Backing: true, Name: im.Name})
+	if err != nil {
+		return err
+	}
+	if err := LockImage(f, im.Name, true); err != nil {
+		f.Close()
+		return err
+	}
+	im.File.Close()
+	im.File = f
+	return nil
+}

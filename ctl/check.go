@@ -3,6 +3,7 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"instarfs/chainmodel"
@@ -21,12 +22,15 @@ type CheckReport struct {
 // Check opens path alone (without locks with forceShare, as -U) and asks a
 // worker to check it.
 func Check(ctx context.Context, o *Opener, path, format string, forceShare bool) (*CheckReport, error) {
-	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, NoBacking: true, ForceShare: forceShare})
+	c, res, err := o.runChain(ctx, path, chainJob{
+		op:   proto.OpCheck,
+		opts: OpenOptions{Format: format, NoBacking: true, ForceShare: forceShare},
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	return CheckChain(ctx, o.Sandbox, c)
+	return decodeCheck(c, res)
 }
 
 // CheckChain asks a worker to check the top of an open chain.
@@ -38,10 +42,21 @@ func CheckChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain) (*Chec
 	if err != nil {
 		return nil, err
 	}
-	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
-	if err := DecodeResult(res, &r.CheckResult); err != nil {
+	return decodeCheck(c, res)
+}
+
+// decodeCheck decodes and checks a worker's check of c's top.
+func decodeCheck(c *chainmodel.Chain, res json.RawMessage) (*CheckReport, error) {
+	var cr proto.CheckResult
+	if err := DecodeResult(res, &cr); err != nil {
 		return nil, err
 	}
+	return checkOf(c, cr)
+}
+
+// checkOf checks a worker's check of c's top.
+func checkOf(c *chainmodel.Chain, cr proto.CheckResult) (*CheckReport, error) {
+	r := &CheckReport{Filename: c.Top().Name, Format: c.Top().Info.Format, CheckResult: cr}
 	if !validCounts(r.CheckResult) {
 		return nil, errcode.New(errcode.WorkerProtocol, "worker reported a negative check count")
 	}

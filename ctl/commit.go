@@ -2,12 +2,10 @@ package ctl
 
 import (
 	"context"
-	"encoding/json"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/proto"
-	"instarfs/vmm"
 )
 
 // Commit commits the image at path into its backing file (req.Base empty) or
@@ -25,42 +23,49 @@ func Commit(ctx context.Context, o *Opener, path string, req CommitRequest, prog
 		return nil, err
 	}
 	drop := req.Drop || req.Base != ""
-	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top})
+	base := 1
+	j := chainJob{
+		op:   proto.OpCommit,
+		args: proto.CommitArgs{Drop: drop, Rate: req.Rate, Cache: req.Cache},
+		opts: OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top},
+		reopen: func(c *chainmodel.Chain) ([]int, error) {
+			if len(c.Images) < 2 {
+				return nil, errcode.New(errcode.NoBackingFile, "Image does not have a backing file")
+			}
+			if req.Base != "" {
+				var err error
+				if base, err = findBase(o.Policy, c, req.Base); err != nil {
+					return nil, errcode.New(errcode.BaseNotInChain, "Did not find '%s' in the backing chain of '%s'", req.Base, path)
+				}
+			}
+			if base >= 2 {
+				// The image above the base is kept valid (docs/commit.md).
+				return []int{base, base - 1}, nil
+			}
+			return []int{base}, nil
+		},
+		progress: progress,
+	}
+	if kc := o.KnownChain(path, j.opts); kc != nil {
+		// The chain is known: take the locks for writing now, before the
+		// worker starts, as qemu-img does.
+		idx, err := j.reopen(kc)
+		for _, i := range idx {
+			if err == nil {
+				err = o.Policy.ReopenWritable(kc.Images[i])
+			}
+		}
+		if err != nil {
+			kc.Close()
+			return nil, err
+		}
+		j.known, j.knownWritable = kc, idx
+	}
+	c, res, err := o.runChain(ctx, path, j)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	if len(c.Images) < 2 {
-		return nil, errcode.New(errcode.NoBackingFile, "Image does not have a backing file")
-	}
-	base := 1
-	if req.Base != "" {
-		if base, err = findBase(o.Policy, c, req.Base); err != nil {
-			return nil, errcode.New(errcode.BaseNotInChain, "Did not find '%s' in the backing chain of '%s'", req.Base, path)
-		}
-	}
-	if err := reopenWritable(o, c, base); err != nil {
-		return nil, err
-	}
-	if base >= 2 {
-		// The image above the base is kept valid (docs/commit.md).
-		if err := reopenWritable(o, c, base-1); err != nil {
-			return nil, err
-		}
-	}
-	refs := c.Refs()
-	refs[base].Writable = true
-	refs[base-1].Writable = base >= 2 || !drop
-	refs[0].Writable = !drop
-	args, _ := json.Marshal(proto.CommitArgs{Base: base, Drop: drop, Rate: req.Rate, Cache: req.Cache})
-	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request:  proto.Request{Op: proto.OpCommit, Images: refs, Args: args},
-		Files:    c.Files(),
-		Progress: progress,
-	})
-	if err != nil {
-		return nil, err
-	}
 	var r proto.CommitResult
 	if err := DecodeResult(res, &r); err != nil {
 		return nil, err
@@ -98,24 +103,4 @@ func findBase(p chainmodel.Policy, c *chainmodel.Chain, base string) (int, error
 		}
 	}
 	return 0, errcode.New(errcode.BaseNotInChain, "%s is not in the chain", base)
-}
-
-// reopenWritable replaces the read-only descriptor of image i of c (a backing
-// image) by a read-write one, opened where it was opened, checked to be the
-// same file and locked as qemu locks an image it writes.
-func reopenWritable(o *Opener, c *chainmodel.Chain, i int) error {
-	im := c.Images[i]
-	chainmodel.UnlockImage(im.File)
-	id := im.ID()
-	f, _, err := o.Policy.Open(im.Loc, chainmodel.How{Access: chainmodel.ReadWrite, Want: &id, Backing: true, Name: im.Name})
-	if err != nil {
-		return err
-	}
-	if err := chainmodel.LockImage(f, im.Name, true); err != nil {
-		f.Close()
-		return err
-	}
-	im.File.Close()
-	im.File = f
-	return nil
 }

@@ -26,12 +26,16 @@ type MapResult struct {
 // Map opens path's chain (without locks with forceShare, as -U) and asks a
 // worker for its map.
 func Map(ctx context.Context, o *Opener, path, format string, forceShare bool) (*MapResult, error) {
-	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, ForceShare: forceShare})
+	c, res, err := o.runChain(ctx, path, chainJob{
+		op:   proto.OpMap,
+		args: proto.MapArgs{},
+		opts: OpenOptions{Format: format, ForceShare: forceShare},
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	return MapChain(ctx, o.Sandbox, c, 0)
+	return decodeMap(c, res)
 }
 
 // MapChain asks a worker for the map of an open chain. maxBytes, when
@@ -47,10 +51,21 @@ func MapChain(ctx context.Context, sb vmm.Sandbox, c *chainmodel.Chain, maxBytes
 	if err != nil {
 		return nil, err
 	}
-	m := &MapResult{Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
-	if err := DecodeResult(res, &m.Entries); err != nil {
+	return decodeMap(c, res)
+}
+
+// decodeMap decodes and checks a worker's map of c.
+func decodeMap(c *chainmodel.Chain, res json.RawMessage) (*MapResult, error) {
+	var rows []proto.MapEntry
+	if err := DecodeResult(res, &rows); err != nil {
 		return nil, err
 	}
+	return mapOf(c, rows)
+}
+
+// mapOf checks a worker's map rows of c.
+func mapOf(c *chainmodel.Chain, rows []proto.MapEntry) (*MapResult, error) {
+	m := &MapResult{Entries: rows, Format: c.Top().Info.Format, VirtualSize: c.Top().Info.VirtualSize}
 	for _, im := range c.Images {
 		m.Names = append(m.Names, im.Name)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"unsafe"
 
@@ -58,10 +57,9 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return proto.Info{}, st, errcode.New(errcode.ReadFailed, "stat %s: %v", name, err)
 	}
-	key := probeKey{chainmodel.StateOf(&st), format, detectRaw}
-	cache := o.cache()
-	if v, ok := cache.Get(key); ok {
-		return v.(proto.Info), st, nil
+	im := &chainmodel.Image{Name: name, File: f, Stat: st}
+	if info, ok := o.cached(im, format, detectRaw); ok {
+		return info, st, nil
 	}
 	var info proto.Info
 	args, _ := json.Marshal(proto.ProbeArgs{DetectRaw: detectRaw})
@@ -75,11 +73,29 @@ func (o *Opener) Probe(ctx context.Context, f *os.File, name, format string, det
 	if err := DecodeResult(res, &info); err != nil {
 		return proto.Info{}, st, err
 	}
-	if err := validateInfo(info, format); err != nil {
+	if err := chainmodel.CheckInfo(info, format, detectRaw); err != nil {
 		return proto.Info{}, st, err
 	}
-	cache.Add(key, info, int64(unsafe.Sizeof(key))+infoSize(info))
+	im.Info = info
+	o.remember(im, format, detectRaw)
 	return info, st, nil
+}
+
+// cached returns the description of im in the probe cache, if its file is
+// unchanged since a worker gave it.
+func (o *Opener) cached(im *chainmodel.Image, format string, detectRaw bool) (proto.Info, bool) {
+	v, ok := o.cache().Get(probeKey{chainmodel.StateOf(&im.Stat), format, detectRaw})
+	if !ok {
+		return proto.Info{}, false
+	}
+	return v.(proto.Info), true
+}
+
+// remember keeps im's description in the probe cache, for the state of its
+// file when it was opened.
+func (o *Opener) remember(im *chainmodel.Image, format string, detectRaw bool) {
+	key := probeKey{chainmodel.StateOf(&im.Stat), format, detectRaw}
+	o.cache().Add(key, im.Info, int64(unsafe.Sizeof(key))+infoSize(im.Info))
 }
 
 // infoSize estimates the bytes info keeps alive: its own fields, its strings,
@@ -107,37 +123,6 @@ func infoSize(info proto.Info) int64 {
 		}
 	}
 	return n
-}
-
-// validateInfo re-checks what an untrusted worker reported.
-func validateInfo(info proto.Info, asked string) error {
-	if !proto.Format(info.Format).Valid() {
-		return errcode.New(errcode.WorkerProtocol, "worker reported unknown format %q", info.Format)
-	}
-	if asked != "" && asked != info.Format {
-		return errcode.New(errcode.WorkerProtocol, "worker reported format %q for an image opened as %q", info.Format, asked)
-	}
-	if info.VirtualSize < 0 || info.ClusterSize < 0 || len(info.BackingFilename) > chainmodel.MaxBackingName || strings.IndexByte(info.BackingFilename, 0) >= 0 {
-		return errcode.New(errcode.WorkerProtocol, "worker reported an invalid size or backing name")
-	}
-	for _, s := range info.Snapshots {
-		if s.VMStateSize < 0 || s.DateSec < 0 || s.DateNsec < 0 || s.ClockSec < 0 || s.ClockNsec < 0 {
-			return errcode.New(errcode.WorkerProtocol, "worker reported an invalid snapshot %q", s.ID)
-		}
-	}
-	if fs := info.FormatSpecific; fs != nil {
-		if d, ok := fs.Data.(*proto.VmdkSpecific); ok {
-			for _, e := range d.Extents {
-				if e.VirtualSize < 0 || e.ClusterSize < 0 {
-					return errcode.New(errcode.WorkerProtocol, "worker reported an invalid vmdk extent")
-				}
-			}
-		}
-	}
-	if f := info.BackingFilenameFormat; f != "" && !proto.Format(f).Valid() {
-		return errcode.New(errcode.UnknownFormat, "backing format %q is not supported", f)
-	}
-	return nil
 }
 
 // DecodeResult decodes a worker's result document strictly into v.
@@ -169,8 +154,37 @@ type OpenOptions struct {
 
 // OpenChain opens the image at path (beneath an allowed root) and, unless
 // opts.NoBacking, every backing image below it, each checked by the policy
-// before it is opened.
+// before it is opened, and describes them: from the probe cache when every
+// member is unchanged since a worker described it, else through one worker
+// that asks for each backing file (a sandbox that brokers), else through one
+// probe worker per member.
 func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (*chainmodel.Chain, error) {
+	if !vmm.Brokers(o.Sandbox) {
+		return o.probeChain(ctx, path, opts)
+	}
+	if c := o.cachedChain(path, opts); c != nil {
+		return c, nil
+	}
+	c, _, err := o.runChain(ctx, path, chainJob{
+		op:   proto.OpProbe,
+		args: proto.ProbeArgs{DetectRaw: opts.Format == "", Chain: !opts.NoBacking},
+		opts: opts,
+		infos: func(res json.RawMessage) ([]proto.Info, error, error) {
+			var ci proto.ChainInfo
+			if err := DecodeResult(res, &ci); err != nil {
+				return nil, nil, err
+			}
+			if ci.Error != nil {
+				return ci.Images, ci.Error, nil
+			}
+			return ci.Images, nil, nil
+		},
+	})
+	return c, err
+}
+
+// probeChain is OpenChain through a worker per member.
+func (o *Opener) probeChain(ctx context.Context, path string, opts OpenOptions) (*chainmodel.Chain, error) {
 	loc, ok := o.Policy.Place(path)
 	if !ok {
 		return nil, errcode.New(errcode.BackingPathOutsideRoot, "'%s' is outside the allowed directories", path)

@@ -13,7 +13,7 @@ import (
 var probeFormats = []string{"", "qcow2", "vmdk", "raw"}
 
 // FuzzDecodeInfo feeds arbitrary worker results to the host's decoding of a
-// probe: DecodeResult into proto.Info, then validateInfo. Neither may panic,
+// probe: DecodeResult into proto.Info, then chainmodel.CheckInfo. Neither may panic,
 // every refusal carries a named code, and whatever is accepted satisfies what
 // the rest of the host relies on.
 func FuzzDecodeInfo(f *testing.F) {
@@ -47,7 +47,7 @@ func FuzzDecodeInfo(f *testing.F) {
 			}
 			return
 		}
-		if err := validateInfo(info, asked); err != nil {
+		if err := chainmodel.CheckInfo(info, asked, false); err != nil {
 			if c := errcode.Of(err); c != errcode.WorkerProtocol && c != errcode.UnknownFormat {
 				t.Fatalf("validateInfo failed with %s: %v", c, err)
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -34,6 +35,44 @@ func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, prog
 		// -F then, and so does instarfs.
 		req.BackingFormat = ""
 	}
+	if len(req.Backing) > chainmodel.MaxBackingName {
+		return nil, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes, longer than %d", len(req.Backing), chainmodel.MaxBackingName)
+	}
+	if err := CheckImageName("rebase", "-b", req.Backing); err != nil {
+		return nil, err
+	}
+	if !vmm.Brokers(o.Sandbox) {
+		return rebaseOpened(ctx, o, path, req, progress)
+	}
+	var warnings []string
+	if loc, ok := o.Policy.Place(path); ok && req.Backing != "" {
+		// Never write a name the policy would refuse to open.
+		dir := filepath.Dir(loc.Path())
+		if err := o.Policy.Admit(dir, req.Backing); err != nil {
+			return nil, err
+		}
+		if req.Unsafe && missing(o.Policy, dir, req.Backing) {
+			warnings = append(warnings, missingWarning(req.Backing))
+		}
+	}
+	c, res, err := o.runChain(ctx, path, chainJob{
+		op:         proto.OpRebase,
+		args:       proto.RebaseArgs{Unsafe: req.Unsafe, Backing: req.Backing, BackingFormat: req.BackingFormat},
+		opts:       OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top},
+		newBacking: req.Backing,
+		newFormat:  req.BackingFormat,
+		progress:   progress,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return rebaseEnvelope(path, c.Top(), req, res, warnings)
+}
+
+// rebaseOpened is rebase for a sandbox that does not broker: the host opens
+// both chains first, probing each member, and hands them to the worker.
+func rebaseOpened(ctx context.Context, o *Opener, path string, req RebaseRequest, progress Progress) (*Envelope, error) {
 	c, err := o.OpenChain(ctx, path, OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top})
 	if err != nil {
 		return nil, err
@@ -107,6 +146,11 @@ func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, prog
 	if err != nil {
 		return nil, err
 	}
+	return rebaseEnvelope(path, top, req, res, warnings)
+}
+
+// rebaseEnvelope checks a worker's rebase result and makes the envelope.
+func rebaseEnvelope(path string, top *chainmodel.Image, req RebaseRequest, res json.RawMessage, warnings []string) (*Envelope, error) {
 	var r proto.RebaseResult
 	if err := DecodeResult(res, &r); err != nil {
 		return nil, err

@@ -3,14 +3,12 @@ package ctl
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/proto"
-	"instarfs/vmm"
 )
 
 // RepairReport is the outcome of `check -r` on one image.
@@ -32,21 +30,15 @@ func repair(ctx context.Context, o *Opener, path, format, mode string, want *cha
 	if mode != "leaks" && mode != "all" {
 		return nil, errcode.New(errcode.BadArguments, "check: -r: unknown mode %q (leaks or all)", mode)
 	}
-	c, err := o.OpenChain(ctx, path, OpenOptions{Format: format, NoBacking: true, Writable: true, Want: want})
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	refs := c.Refs()
-	refs[0].Writable = true
-	args, _ := json.Marshal(proto.RepairArgs{Mode: mode})
-	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request: proto.Request{Op: proto.OpRepair, Images: refs, Args: args},
-		Files:   c.Files(),
+	c, res, err := o.runChain(ctx, path, chainJob{
+		op:   proto.OpRepair,
+		args: proto.RepairArgs{Mode: mode},
+		opts: OpenOptions{Format: format, NoBacking: true, Writable: true, Want: want},
 	})
 	if err != nil {
 		return nil, err
 	}
+	defer c.Close()
 	r := &RepairReport{Filename: c.Top().Name, Format: c.Top().Info.Format}
 	if err := DecodeResult(res, &r.RepairResult); err != nil {
 		return nil, err

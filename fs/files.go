@@ -3,9 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -260,6 +258,9 @@ type genCacheEntry struct {
 // at rel, exactly as the command line prints them, through a worker. Each is
 // cached by the identity of the files it depends on.
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
+	if data, ok, err := f.surveyed(ctx, kind, rel, id, format); ok {
+		return data, err
+	}
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
 	opts := ctl.OpenOptions{Format: format, NoBacking: noBacking, Want: &id, Partial: kind == kindChain}
@@ -292,13 +293,9 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	if err != nil {
 		return nil, err
 	}
-	var key strings.Builder
-	for _, im := range c.Images {
-		st := im.Stat
-		fmt.Fprintf(&key, "%s:%s/", chainmodel.StateOf(&st), im.Name)
-	}
+	key := chainKey(c)
 	slot := genSlot{kind, c.Top().ID()}
-	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key.String() {
+	if v, ok := f.cfg.Cache.Get(slot); ok && v.(genCacheEntry).key == key {
 		c.Close()
 		return v.(genCacheEntry).data, v.(genCacheEntry).err
 	}
@@ -322,7 +319,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 			forms := map[int][]byte{kindMap: m.JSON(), kindMapSVG: m.SVG()}
 			data = forms[kind]
 			other := kindMap + kindMapSVG - kind
-			f.remember(genSlot{other, slot.id}, key.String(), rel, forms[other], nil)
+			f.remember(genSlot{other, slot.id}, key, rel, forms[other], nil)
 		}
 	case kindCheck:
 		var r *ctl.CheckReport
@@ -334,7 +331,7 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 	if err != nil && errcode.Of(err) != errcode.DocumentTooLarge {
 		return nil, err
 	}
-	e := f.remember(slot, key.String(), rel, data, err)
+	e := f.remember(slot, key, rel, data, err)
 	return e.data, e.err
 }
 

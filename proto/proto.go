@@ -50,14 +50,26 @@ type Request struct {
 	// Shared is the size of the memory a session shares with its worker
 	// (Job.Shared), passed as the descriptor after the images; 0 for none.
 	Shared int `json:"shared,omitempty"`
+	// Broker says the worker may ask the host for further images on the
+	// broker socket (see BrokerRequest), at descriptor BrokerFD.
+	Broker bool `json:"broker,omitempty"`
+}
+
+// BrokerFD is the worker's descriptor of the broker socket: the one after
+// the images and the shared memory.
+func (r Request) BrokerFD() int {
+	return FirstImageFD + len(r.Images) + min(r.Shared, 1)
 }
 
 // ImageRef describes one image descriptor handed to the worker. Name is used in
 // messages only; the worker never opens anything by name.
 type ImageRef struct {
 	Name     string `json:"name"`
-	Format   string `json:"format,omitempty"` // empty: detect (never raw)
+	Format   string `json:"format,omitempty"` // empty: detect (never raw, unless DetectRaw)
 	Writable bool   `json:"writable,omitempty"`
+	// DetectRaw lets a detected format be raw when the file carries a
+	// partition table (the image the user named without -f).
+	DetectRaw bool `json:"detect_raw,omitempty"`
 	// Size is the image file's length. Only the microvm backend sets it: its
 	// guest sees the image as a block device of whole sectors.
 	Size int64 `json:"size,omitempty"`

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"instarfs/errcode"
 )
 
 // ProbeArgs are the arguments of OpProbe.
@@ -13,6 +15,17 @@ type ProbeArgs struct {
 	// DetectRaw lets the worker report raw for a file that carries a partition
 	// table; otherwise a file that is neither qcow2 nor vmdk is refused.
 	DetectRaw bool `json:"detect_raw,omitempty"`
+	// Chain, with a broker, describes the image's whole backing chain to
+	// the host, asking for each backing file in turn.
+	Chain bool `json:"chain,omitempty"`
+}
+
+// ChainInfo is the result of OpProbe with a broker: every member the worker
+// described, top first, with its snapshots, and when the chain could not be
+// opened whole, the error that stopped it below the last of them.
+type ChainInfo struct {
+	Images []Info         `json:"images"`
+	Error  *errcode.Error `json:"error,omitempty"`
 }
 
 // MapArgs are the arguments of OpMap.
@@ -169,6 +182,10 @@ func Decode(b []byte, v any) error {
 // chain, top first; Base indexes the image committed into (1 for the top's
 // backing file). The base is writable, so is the top unless Drop, and so is
 // the image just above the base when Base >= 2.
+//
+// With a broker the worker is handed the top alone, and Base is 0: the host
+// reopens the members the commit writes once the chain is known, and the
+// base is the deepest of them.
 type CommitArgs struct {
 	Base int  `json:"base"`
 	Drop bool `json:"drop,omitempty"` // -d (and -b): leave the top unchanged
@@ -221,4 +238,28 @@ type RebaseResult struct {
 	BytesCopied    int64  `json:"bytes_copied"`
 	// BackingFormat is the format written to the header ("" when detached).
 	BackingFormat string `json:"backing_format,omitempty"`
+}
+
+// OpSurvey describes an image's chain to the broker and answers, in one run,
+// everything the mount shows about it: the map of the chain and the check of
+// the top. Its arguments are SurveyArgs, its result a SurveyResult. It needs
+// a broker.
+const OpSurvey = "survey"
+
+// SurveyArgs are the arguments of OpSurvey.
+type SurveyArgs struct {
+	// MapMaxBytes bounds the map as MapArgs.MaxBytes does.
+	MapMaxBytes int64 `json:"map_max_bytes,omitempty"`
+}
+
+// SurveyResult is the result of OpSurvey: each part is either a result or
+// the error that part ended with.
+type SurveyResult struct {
+	// Images describes every member of the chain, top first, with its
+	// snapshots.
+	Images     []Info         `json:"images"`
+	Map        []MapEntry     `json:"map,omitempty"`
+	MapError   *errcode.Error `json:"map_error,omitempty"`
+	Check      *CheckResult   `json:"check,omitempty"`
+	CheckError *errcode.Error `json:"check_error,omitempty"`
 }

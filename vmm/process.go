@@ -98,6 +98,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
+	job.Request.Broker = job.Broker != nil
 	request, timeout, err := encodeJob(job)
 	if err != nil {
 		return nil, err
@@ -110,9 +111,31 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 	defer pp.closeHost()
 
-	cmd, err := p.start(pp, p.inherited(job))
+	files := p.inherited(job)
+	var bc *brokerConn
+	if job.Broker != nil {
+		if bc, err = newBrokerConn(job.Broker); err != nil {
+			pp.closeChild()
+			return nil, &StartError{Err: err}
+		}
+		defer bc.closeHost()
+		files = append(files[:len(files):len(files)], bc.child)
+	}
+	cmd, err := p.start(pp, files)
+	if bc != nil {
+		bc.closeChild()
+	}
 	if err != nil {
 		return nil, err
+	}
+	brokerDone := make(chan struct{})
+	if bc != nil {
+		go func() {
+			defer close(brokerDone)
+			bc.serve(func() { cmd.Process.Kill() })
+		}()
+	} else {
+		close(brokerDone)
 	}
 
 	go func() {
@@ -167,8 +190,13 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	case <-time.After(time.Second):
 		// Something still holds the worker's stderr; stop waiting for it.
 	}
+	<-brokerDone // the worker's end closed when it exited
+	if bc != nil && out.err == nil {
+		out.err = bc.violation()
+	}
 
 	res, err := outcomeError(cmd.ProcessState, p.Ended, stop, timeout, p.CPULimit, &out, stderr)
+	logEnd(log, job.Request.Op, cmd.ProcessState)
 	if b := stderr.Bytes(); err != nil && len(b) > 0 {
 		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
 	}
@@ -588,4 +616,17 @@ func DecodeOutput(r io.Reader, progress func(float64), warn func(string)) (json.
 		return out.result, nil
 	}
 	return nil, errcode.New(errcode.WorkerCrashed, "the worker stopped without a result")
+}
+
+// logEnd logs, at debug level, what a worker cost: `make bench` reads these
+// lines to count workers and report their peak memory.
+func logEnd(log logrus.FieldLogger, op string, state *os.ProcessState) {
+	if state == nil {
+		return
+	}
+	f := logrus.Fields{"op": op, "cpu": state.UserTime() + state.SystemTime()}
+	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
+		f["maxrss_kib"] = ru.Maxrss
+	}
+	log.WithFields(f).Debug("sandbox worker ended")
 }

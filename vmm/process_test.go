@@ -92,6 +92,33 @@ func testWorker() {
 			b[i] = 1
 		}
 		result(len(b))
+	case "broker":
+		// Sends each string of the arguments as one datagram on the broker
+		// socket and answers what came back: each reply and the first
+		// bytes of the file that came with it.
+		var questions []string
+		json.Unmarshal(req.Args, &questions)
+		fd := req.BrokerFD()
+		var answers []string
+		for _, q := range questions {
+			if _, err := syscall.Write(fd, []byte(q)); err != nil {
+				os.Exit(4)
+			}
+			buf, oob := make([]byte, 1<<16), make([]byte, 64)
+			n, oobn, _, _, err := syscall.Recvmsg(fd, buf, oob, 0)
+			if err != nil || n == 0 {
+				os.Exit(3)
+			}
+			a := string(buf[:n])
+			if msgs, _ := syscall.ParseSocketControlMessage(oob[:oobn]); len(msgs) == 1 {
+				fds, _ := syscall.ParseUnixRights(&msgs[0])
+				b := make([]byte, 16)
+				k, _ := syscall.Pread(fds[0], b, 0)
+				a += " file:" + string(b[:k])
+			}
+			answers = append(answers, a)
+		}
+		result(answers)
 	case "stderr-flood":
 		chunk := bytes.Repeat([]byte("e"), 1<<20)
 		for i := 0; i < 8; i++ {

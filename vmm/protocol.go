@@ -30,6 +30,10 @@ type Job struct {
 	// Shared, for a session, is how many bytes of memory the host shares
 	// with the worker for replies (FrameShared); 0 for none.
 	Shared int
+	// Broker, when set, answers the worker's questions for further images
+	// (a backend that Brokers; Run only). The worker may then be handed the
+	// top image alone.
+	Broker Broker
 }
 
 // DefaultTimeout bounds a worker run when the job does not set one.

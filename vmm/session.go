@@ -92,6 +92,9 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
+	if job.Broker != nil {
+		return nil, errcode.New(errcode.Internal, "a session's worker is given its images up front, not through a broker")
+	}
 	if job.Shared > 0 {
 		job.Request.Shared = job.Shared
 	}

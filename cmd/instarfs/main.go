@@ -41,6 +41,9 @@ type globalFlags struct {
 	// qemu-img flags that are refused (see refuseQemuOnly).
 	imageOpts bool
 	objects   []string
+
+	// wrapSandbox, a test hook, wraps the sandbox every command uses.
+	wrapSandbox func(vmm.Sandbox) vmm.Sandbox
 }
 
 func newApp() *app {
@@ -80,6 +83,9 @@ func (a *app) newSandbox() (vmm.Sandbox, error) {
 			return nil, errcode.New(errcode.BadArguments, "--accel applies to --sandbox=microvm, not to %s", sb.Name())
 		}
 		m.Accel = a.global.accel
+	}
+	if a.global.wrapSandbox != nil {
+		sb = a.global.wrapSandbox(sb)
 	}
 	return sb, nil
 }

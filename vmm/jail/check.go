@@ -193,14 +193,20 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	r.StartMedian, r.StartRuns = times[len(times)/2], len(times)
 
-	res, err := sb.Run(ctx, vmm.Job{
+	probe := vmm.Job{
 		Request: proto.Request{Op: proto.OpSandboxProbe, Images: []proto.ImageRef{
 			{Name: "probe-ro.img", Format: "raw"},
 			{Name: "probe-rw.img", Format: "raw", Writable: true},
 		}},
 		Files:   files,
 		Timeout: timeout,
-	})
+	}
+	if vmm.Brokers(sb) {
+		// The probes run with a broker socket, so that its seccomp rule is
+		// in the filter they test.
+		probe.Broker = refuseAll{}
+	}
+	res, err := sb.Run(ctx, probe)
 	if err != nil {
 		r.WorkerError = fmt.Sprintf("%s: %v", errcode.Of(err), err)
 	} else {
@@ -345,4 +351,11 @@ func (r *Report) String() string {
 	}
 	fmt.Fprintf(&b, "result: %s\n", yes(r.OK, "OK", "FAILED"))
 	return b.String()
+}
+
+// refuseAll is the broker of the probe run: it opens nothing.
+type refuseAll struct{}
+
+func (refuseAll) Answer(proto.BrokerRequest) (proto.BrokerReply, []*os.File) {
+	return proto.BrokerReply{Error: errcode.New(errcode.WorkerProtocol, "the probe run opens no file")}, nil
 }

@@ -42,6 +42,9 @@ type Status struct {
 	// Seccomp is the filter's mode (SeccompKill or SeccompErrno), empty when
 	// no filter is loaded.
 	Seccomp string `json:"seccomp"`
+	// Broker is the descriptor of the broker socket, the only one recvmsg
+	// may read, or -1 when the worker has none.
+	Broker int `json:"broker"`
 	// Warnings name the layers this kernel does not offer.
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -107,6 +110,16 @@ func confine() error {
 	if status.ClosedFDs, err = closeStrayFDs(proto.FirstImageFD + images); err != nil {
 		return unavailable("%v", err)
 	}
+
+	broker := -1
+	if v := os.Getenv(envBroker); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < proto.FirstImageFD || n >= proto.FirstImageFD+images {
+			return unavailable("%s=%q is not a descriptor of the worker", envBroker, v)
+		}
+		broker = n
+	}
+	status.Broker = broker
 
 	seccompMode := os.Getenv(envSeccomp)
 	switch seccompMode {
@@ -200,7 +213,7 @@ func confine() error {
 	}
 	status.CapsDropped = true
 
-	if err := loadSeccomp(seccompMode); err != nil {
+	if err := loadSeccomp(seccompMode, broker); err != nil {
 		return unavailable("loading the seccomp filter: %v", err)
 	}
 	status.Seccomp = seccompMode

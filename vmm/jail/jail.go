@@ -44,6 +44,7 @@ const (
 	envSeccomp    = "INSTARFS_JAIL_SECCOMP" // "kill" (default) or "errno" (probe runs)
 	envCPU        = "INSTARFS_JAIL_CPU"     // RLIMIT_CPU in seconds
 	envImages     = "INSTARFS_JAIL_IMAGES"  // number of image descriptors from proto.FirstImageFD
+	envBroker     = "INSTARFS_JAIL_BROKER"  // the broker socket's descriptor, the only one recvmsg may read
 )
 
 // Seccomp modes: what the filter does with a system call outside the allow-list.
@@ -118,6 +119,10 @@ func init() {
 
 // Name returns "jail".
 func (s *Sandbox) Name() string { return "jail" }
+
+// Brokers returns true: a jailed worker receives backing files on its broker
+// socket (vmm.Job.Broker).
+func (s *Sandbox) Brokers() bool { return true }
 
 // Level returns the isolation level the sandbox settled on, or LevelUnknown
 // before its first run.
@@ -253,12 +258,17 @@ func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 		mode = SeccompErrno
 	}
 	cpu := cpuSeconds(job.Timeout)
+	descriptors := len(job.Files) + min(job.Shared, 1)
 	env := []string{
 		EnvSandbox + "=jail",
 		envSeccomp + "=" + mode,
 		envCPU + "=" + strconv.Itoa(cpu),
-		envImages + "=" + strconv.Itoa(len(job.Files)+min(job.Shared, 1)),
 	}
+	if job.Broker != nil {
+		env = append(env, envBroker+"="+strconv.Itoa(proto.FirstImageFD+descriptors))
+		descriptors++
+	}
+	env = append(env, envImages+"="+strconv.Itoa(descriptors))
 	env = append(env, baseEnv()...)
 	attr := &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	switch level {
@@ -327,6 +337,9 @@ type Plain struct {
 
 // Name returns "plain".
 func (p *Plain) Name() string { return "plain" }
+
+// Brokers returns true, as the jail does.
+func (p *Plain) Brokers() bool { return true }
 
 // Run runs job in an unconfined worker.
 func (p *Plain) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {

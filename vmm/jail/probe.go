@@ -61,6 +61,8 @@ const (
 	ProbeKill          = "signal-process"
 	ProbeMmapExec      = "mmap-exec"
 	ProbeIoUring       = "io-uring"
+	ProbeRecvmsgOther  = "recvmsg-other-fd"
+	ProbeSendmsgFD     = "sendmsg-descriptor"
 )
 
 // ProbeNoInheritedFD checks that Confine closed what the worker inherited.
@@ -162,8 +164,16 @@ func RunProbes(req proto.Request) ProbeReport {
 	refuse(ProbeKill, "kill(1, 0)", unix.Kill(1, 0))
 	refuse(ProbeMmapExec, "mmap(PROT_EXEC)", probeMmapExec())
 	refuse(ProbeIoUring, "io_uring_setup", probeIoUring())
+	refuse(ProbeRecvmsgOther, "recvmsg(stdin), not the broker socket", probeRecvmsg(0))
+	// On stdout, not the broker socket: an unconfined worker's message
+	// would reach the host's broker, which takes it for a broken worker.
+	refuse(ProbeSendmsgFD, "sendmsg(stdout, SCM_RIGHTS of stdin)", probeSendFD(1))
 
-	if fd, err := inheritedFD(proto.FirstImageFD + len(req.Images)); err != nil {
+	past := proto.FirstImageFD + len(req.Images)
+	if req.Broker {
+		past++
+	}
+	if fd, err := inheritedFD(past); err != nil {
 		allow(ProbeNoInheritedFD, fmt.Sprintf("descriptor %d past the images lacks close-on-exec: inherited, not closed", fd), err)
 	} else {
 		allow(ProbeNoInheritedFD, "every descriptor past the images is the worker's own (close-on-exec)", nil)
@@ -343,4 +353,16 @@ func probeWrite(fd int) error {
 		return syscall.EIO
 	}
 	return nil
+}
+
+// probeRecvmsg tries to receive a message on fd without waiting.
+func probeRecvmsg(fd int) error {
+	buf := make([]byte, 16)
+	_, _, _, _, err := unix.Recvmsg(fd, buf, make([]byte, 64), unix.MSG_DONTWAIT)
+	return err
+}
+
+// probeSendFD tries to send the worker's stdin as a descriptor on fd.
+func probeSendFD(fd int) error {
+	return unix.Sendmsg(fd, []byte{'x'}, unix.UnixRights(0), nil, unix.MSG_DONTWAIT)
 }

@@ -38,7 +38,10 @@ const cloneNamespaceFlags = unix.CLONE_NEWNS | unix.CLONE_NEWCGROUP | unix.CLONE
 // kills the process (SeccompKill) or fails with EPERM (SeccompErrno, used only to
 // run the probes). The filter is loaded with no_new_privs and TSYNC, so it
 // covers every thread.
-func seccompFilter(mode string) seccomp.Filter {
+//
+// broker, when not negative, is the descriptor of the broker socket: recvmsg
+// is allowed on it and on no other descriptor (the worker asks with write).
+func seccompFilter(mode string, broker int) seccomp.Filter {
 	def := seccomp.ActionKillProcess
 	if mode == SeccompErrno {
 		def = seccomp.ActionErrno // EPERM
@@ -46,7 +49,7 @@ func seccompFilter(mode string) seccomp.Filter {
 	cond := func(name string, cs ...seccomp.Condition) seccomp.NameWithConditions {
 		return seccomp.NameWithConditions{Name: name, Conditions: cs}
 	}
-	return seccomp.Filter{
+	f := seccomp.Filter{
 		NoNewPrivs: true,
 		Flag:       seccomp.FilterFlagTSync,
 		Policy: seccomp.Policy{
@@ -74,10 +77,16 @@ func seccompFilter(mode string) seccomp.Filter {
 			},
 		},
 	}
+	if broker >= 0 {
+		f.Policy.Syscalls = append(f.Policy.Syscalls, seccomp.SyscallGroup{Action: seccomp.ActionAllow, NamesWithCondtions: []seccomp.NameWithConditions{
+			cond("recvmsg", seccomp.Condition{Argument: 0, Operation: seccomp.Equal, Value: uint64(broker)}),
+		}})
+	}
+	return f
 }
 
-func loadSeccomp(mode string) error {
-	return seccomp.LoadFilter(seccompFilter(mode))
+func loadSeccomp(mode string, broker int) error {
+	return seccomp.LoadFilter(seccompFilter(mode, broker))
 }
 
 // AllowedSyscalls returns the names of the system calls the worker may make
@@ -85,5 +94,6 @@ func loadSeccomp(mode string) error {
 func AllowedSyscalls() []string {
 	names := append(append([]string{}, runtimeSyscalls...), ioSyscalls...)
 	return append(names, "clone (CLONE_THREAD only)", "mmap/mprotect (no PROT_EXEC)",
-		"tgkill (own threads)", "fcntl (F_GETFD/F_SETFD/F_GETFL/F_SETFL)")
+		"tgkill (own threads)", "fcntl (F_GETFD/F_SETFD/F_GETFL/F_SETFL)",
+		"recvmsg (the broker socket only)")
 }

@@ -31,8 +31,19 @@ func opCommit(_ context.Context, s *session) (any, error) {
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
+	imgs, err := s.discover(true)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.need(2); err != nil {
 		return nil, err
+	}
+	if args.Base == 0 {
+		for i, ref := range s.req.Images[1:] {
+			if ref.Writable {
+				args.Base = i + 1
+			}
+		}
 	}
 	if args.Base < 1 || args.Base >= len(s.req.Images) {
 		return nil, errcode.New(errcode.WorkerProtocol, "commit: base index %d outside the chain of %d images", args.Base, len(s.req.Images))
@@ -43,10 +54,6 @@ func opCommit(_ context.Context, s *session) (any, error) {
 	if !s.req.Images[args.Base].Writable || !args.Drop && !s.req.Images[0].Writable ||
 		args.Base >= 2 && !s.req.Images[args.Base-1].Writable {
 		return nil, errcode.New(errcode.WorkerProtocol, "commit: the base, the image above it, and the top unless dropped must be writable")
-	}
-	imgs, err := s.openImages()
-	if err != nil {
-		return nil, err
 	}
 	c := &committer{s: s, args: args, imgs: imgs, base: imgs[args.Base]}
 	return c.run()

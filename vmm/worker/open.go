@@ -25,6 +25,8 @@ type opened struct {
 	// magic is the image format the file's first bytes announce, whatever
 	// format it is opened as (imageMagic).
 	magic string
+	// described: the host's broker was told info.
+	described bool
 }
 
 // sniffBytes is how much of a file format detection looks at.

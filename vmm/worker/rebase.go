@@ -25,20 +25,12 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	if err := s.args(&args); err != nil {
 		return nil, err
 	}
-	n := len(s.req.Images)
-	if args.OldCount < 0 || args.OldCount > n-1 || args.NewInOld >= args.OldCount || args.NewInOld < -1 {
-		return nil, errcode.New(errcode.WorkerProtocol, "rebase: bad image counts (old %d, new in old %d, %d images)", args.OldCount, args.NewInOld, n)
-	}
 	if !s.req.Images[0].Writable {
 		return nil, errcode.New(errcode.WorkerProtocol, "rebase: the overlay was not handed over writable")
 	}
-	imgs := make([]*opened, n)
-	for i, ref := range s.req.Images {
-		o, err := openImage(s.files[i], ref, false)
-		if err != nil {
-			return nil, err
-		}
-		imgs[i] = o
+	imgs, err := s.rebaseImages(&args)
+	if err != nil {
+		return nil, err
 	}
 	top := imgs[0]
 	oldChain := imgs[1 : 1+args.OldCount]

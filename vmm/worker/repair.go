@@ -26,10 +26,11 @@ func opRepair(_ context.Context, s *session) (any, error) {
 	if !s.req.Images[0].Writable {
 		return nil, errcode.New(errcode.WorkerProtocol, "repair: the image was not handed over writable")
 	}
-	o, err := openImage(s.files[0], s.req.Images[0], false)
+	imgs, err := s.discover(false)
 	if err != nil {
 		return nil, err
 	}
+	o := imgs[0]
 	if o.format != "qcow2" {
 		return proto.RepairResult{Pass: proto.CheckResult{Supported: false}}, nil
 	}

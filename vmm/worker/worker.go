@@ -48,6 +48,7 @@ var ops = map[string]operation{
 	proto.OpRepair: {run: opRepair},
 	proto.OpRebase: {run: opRebase},
 	proto.OpCommit: {run: opCommit},
+	proto.OpSurvey: {run: opSurvey},
 	proto.OpDisk:   {serve: serveDisk},
 
 	proto.OpSandboxProbe:   {run: func(_ context.Context, s *session) (any, error) { return jail.RunProbes(s.req), nil }},
@@ -58,8 +59,10 @@ var ops = map[string]operation{
 type session struct {
 	req   proto.Request
 	files []*os.File
-	out   *output
-	began bool // a session operation wrote its ready line
+	// broker is the descriptor of the host's broker socket, or -1.
+	broker int
+	out    *output
+	began  bool // a session operation wrote its ready line
 }
 
 // memoryLimit is the worker's soft memory limit (runtime/debug): the garbage
@@ -135,7 +138,11 @@ func serve(stdin io.Reader, out *output) (code int) {
 		}
 		return 0
 	}
-	res, err := op.run(context.Background(), &session{req: req, files: files, out: out})
+	broker := -1
+	if req.Broker {
+		broker = req.BrokerFD()
+	}
+	res, err := op.run(context.Background(), &session{req: req, files: files, out: out, broker: broker})
 	if err != nil {
 		out.fail(err)
 		return 1

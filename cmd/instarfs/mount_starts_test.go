@@ -1,0 +1,99 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"instarfs/vmm"
+)
+
+// TestMountWorkerStarts lists a mount as `ls -la` does and reads every
+// generated document of each image: the first time costs a worker per image
+// to list the directory and one per image for all its documents; a second
+// time, with nothing changed, no worker at all.
+func TestMountWorkerStarts(t *testing.T) {
+	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil || os.Geteuid() != 0 {
+		t.Skipf("mounting needs root and /dev/fuse (%v)", err)
+	} else {
+		f.Close()
+	}
+	dir, mnt := t.TempDir(), t.TempDir()
+	qemuImg(t, dir, "create", "-q", "-f", "qcow2", "base.qcow2", "4M")
+	qemuImg(t, dir, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "mid.qcow2")
+	qemuImg(t, dir, "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2")
+	qemuImg(t, dir, "create", "-q", "-f", "vmdk", "alone.vmdk", "4M")
+	const images = 4
+
+	sb := &counting{}
+	a := newApp()
+	a.global.wrapSandbox = func(inner vmm.Sandbox) vmm.Sandbox {
+		sb.Sandbox = inner
+		return sb
+	}
+	exited := make(chan int, 1)
+	go func() { exited <- a.run([]string{"mount", dir, mnt}) }()
+	t.Cleanup(func() {
+		syscall.Unmount(mnt, 0)
+		select {
+		case code := <-exited:
+			if code != 0 {
+				t.Errorf("mount exited %d", code)
+			}
+		case <-time.After(30 * time.Second):
+			syscall.Unmount(mnt, syscall.MNT_DETACH)
+			t.Errorf("mount did not end after the unmount")
+		}
+	})
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if es, _ := os.ReadDir(mnt); len(es) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mount did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	listAll := func() {
+		t.Helper()
+		top, err := os.ReadDir(mnt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(top) != images {
+			t.Fatalf("%d entries in the mount, want %d", len(top), images)
+		}
+		for _, e := range top {
+			d := filepath.Join(mnt, e.Name())
+			files, err := os.ReadDir(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range files {
+				p := filepath.Join(d, f.Name())
+				if _, err := os.Lstat(p); err != nil {
+					t.Fatal(err)
+				}
+				if strings.HasSuffix(f.Name(), ".json") {
+					if _, err := os.ReadFile(p); err != nil {
+						t.Errorf("reading %s: %v", p, err)
+					}
+				}
+			}
+		}
+	}
+	listAll()
+	cold := sb.runs.Load()
+	t.Logf("a cold listing started %d workers for %d images", cold, images)
+	if cold > 2*images {
+		t.Errorf("a cold listing started %d workers for %d images, want at most %d", cold, images, 2*images)
+	}
+	listAll()
+	if warm := sb.runs.Load() - cold; warm != 0 {
+		t.Errorf("a warm listing started %d workers, want 0", warm)
+	}
+}

@@ -1,0 +1,90 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"instarfs/chainmodel"
+	"instarfs/ctl"
+	"instarfs/errcode"
+)
+
+// surveyed makes the document of kind for the image at rel together with all
+// the others (info.json, chain.json, map.json, map.svg, check.json) from one
+// worker run (ctl.SurveyChain), each cached by the identities of every file
+// of the chain: a chain whose files are all unchanged since (the probe cache
+// describes them) is answered from the cache without a worker. ok is false
+// when the survey cannot be made (a chain that does not open whole, a lock
+// another process holds, a sandbox that cannot broker): the caller makes the
+// document alone.
+func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, bool, error) {
+	o := f.cfg.Opener
+	opts := ctl.OpenOptions{Format: format, Want: &id}
+	slot := genSlot{kind, id}
+	if c := o.KnownChain(rel, opts); c != nil {
+		key := chainKey(c)
+		c.Close()
+		if v, hit := f.cfg.Cache.Get(slot); hit && v.(genCacheEntry).key == key {
+			return v.(genCacheEntry).data, true, v.(genCacheEntry).err
+		}
+	}
+	s, err := ctl.SurveyChain(ctx, o, rel, opts, f.cfg.MaxDocument)
+	if err != nil {
+		return nil, false, nil
+	}
+	defer s.Close()
+	key := chainKey(s.Chain)
+	type doc struct {
+		data []byte
+		err  error
+	}
+	docs := map[int]doc{}
+	for _, k := range []int{kindInfo, kindChain} {
+		c := s.Chain
+		if k == kindInfo {
+			c = &chainmodel.Chain{Images: c.Images[:1]}
+		}
+		// Refuse what is certainly too large before rendering it: a chain
+		// of images with 65,536 snapshots each renders to hundreds of
+		// megabytes.
+		if least := snapshotsJSONAtLeast(c); least > f.cfg.MaxDocument {
+			docs[k] = doc{err: errcode.New(errcode.DocumentTooLarge, "the %s of '%s' would be more than %d bytes (its snapshots alone), more than the mount serves (%d)",
+				fileName(k), rel, least, f.cfg.MaxDocument)}
+		} else {
+			docs[k] = doc{data: ctl.InfoJSON(ctl.Info(c, k == kindChain), k == kindChain)}
+		}
+	}
+	switch {
+	case s.MapErr == nil:
+		docs[kindMap] = doc{data: s.Map.JSON()}
+		docs[kindMapSVG] = doc{data: s.Map.SVG()}
+	default:
+		docs[kindMap] = doc{err: s.MapErr}
+		docs[kindMapSVG] = doc{err: s.MapErr}
+	}
+	if s.CheckErr == nil {
+		docs[kindCheck] = doc{data: s.Check.JSON()}
+	} else {
+		docs[kindCheck] = doc{err: s.CheckErr}
+	}
+	for k, d := range docs {
+		// The worker's errors are the image's own while its files do not
+		// change: they are remembered like documents, so that reading the
+		// other files does not redo the work that failed.
+		e := f.remember(genSlot{k, slot.id}, key, rel, d.data, d.err)
+		docs[k] = doc{e.data, e.err}
+	}
+	d := docs[kind]
+	return d.data, true, d.err
+}
+
+// chainKey names the state of every file of c: a document made from c is
+// valid while the key is the same.
+func chainKey(c *chainmodel.Chain) string {
+	var key strings.Builder
+	for _, im := range c.Images {
+		fmt.Fprintf(&key, "%s:%s/", chainmodel.StateOf(&im.Stat), im.Name)
+	}
+	return key.String()
+}
