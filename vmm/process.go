@@ -196,7 +196,6 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 
 	res, err := outcomeError(cmd.ProcessState, p.Ended, stop, timeout, p.CPULimit, &out, stderr)
-	logEnd(log, job.Request.Op, cmd.ProcessState)
 	if b := stderr.Bytes(); err != nil && len(b) > 0 {
 		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
 	}
@@ -616,17 +615,4 @@ func DecodeOutput(r io.Reader, progress func(float64), warn func(string)) (json.
 		return out.result, nil
 	}
 	return nil, errcode.New(errcode.WorkerCrashed, "the worker stopped without a result")
-}
-
-// logEnd logs, at debug level, what a worker cost: `make bench` reads these
-// lines to count workers and report their peak memory.
-func logEnd(log logrus.FieldLogger, op string, state *os.ProcessState) {
-	if state == nil {
-		return
-	}
-	f := logrus.Fields{"op": op, "cpu": state.UserTime() + state.SystemTime()}
-	if ru, ok := state.SysUsage().(*syscall.Rusage); ok {
-		f["maxrss_kib"] = ru.Maxrss
-	}
-	log.WithFields(f).Debug("sandbox worker ended")
 }
