@@ -185,25 +185,11 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 
 // probeChain is OpenChain through a worker per member.
 func (o *Opener) probeChain(ctx context.Context, path string, opts OpenOptions) (*chainmodel.Chain, error) {
-	loc, ok := o.Policy.Place(path)
-	if !ok {
-		return nil, errcode.New(errcode.BackingPathOutsideRoot, "'%s' is outside the allowed directories", path)
-	}
-	if opts.Writable && opts.ForceShare {
-		return nil, errcode.New(errcode.BadArguments, "force share (-U) is for read-only opens only; '%s' would be written", path)
-	}
-	access := chainmodel.Read
-	if opts.Writable {
-		access = chainmodel.ReadWrite
-	}
-	f, _, err := o.Policy.Open(loc, chainmodel.How{Access: access, Want: opts.Want, Name: path})
+	opened, err := o.openTop(path, opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := lockUnlessShared(f, path, opts); err != nil {
-		f.Close()
-		return nil, err
-	}
+	f, loc := opened.File, opened.Loc
 	c := &chainmodel.Chain{}
 	top, err := o.describe(ctx, f, path, loc, opts.Format, opts.Format == "")
 	if err != nil {
