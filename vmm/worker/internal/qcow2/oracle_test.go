@@ -12,25 +12,10 @@ import (
 
 	"instarfs/internal/qemutest"
 	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/layer/layertest"
 )
 
-func openPath(t testing.TB, path string) *Image {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := Open(f, st.Size())
-	if err != nil {
-		t.Fatalf("Open(%s): %v", filepath.Base(path), err)
-	}
-	return img
-}
+func openPath(t testing.TB, path string) *Image { return layertest.OpenFile(t, path, Open) }
 
 type qinfo struct {
 	VirtualSize     int64  `json:"virtual-size"`

@@ -10,6 +10,7 @@ import (
 	"instarfs/internal/qemutest"
 	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/layer/layertest"
 )
 
 // ourMap renders img's extents the way qemu-img map does for an image without a
@@ -105,23 +106,7 @@ func info(t *testing.T, dir, file string) qemuInfo {
 	return i
 }
 
-func openFile(t *testing.T, path string) *Image {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := Open(f, st.Size())
-	if err != nil {
-		t.Fatalf("Open(%s): %v", filepath.Base(path), err)
-	}
-	return img
-}
+func openFile(t *testing.T, path string) *Image { return layertest.OpenFile(t, path, Open) }
 
 // readAll reads the whole guest disk in chunks of odd sizes, to cross grain
 // boundaries in every way.

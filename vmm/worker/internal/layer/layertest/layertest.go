@@ -3,6 +3,10 @@ package layertest
 
 import (
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
 
 	"instarfs/vmm/worker/internal/layer"
 )
@@ -56,4 +60,24 @@ func (m Image) ReadAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// OpenFile opens the image file at path with a format package's open
+// function, and closes the file when the test ends.
+func OpenFile[T any](t testing.TB, path string, open func(r io.ReaderAt, size int64) (T, error)) T {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := open(f, st.Size())
+	if err != nil {
+		t.Fatalf("Open(%s): %v", filepath.Base(path), err)
+	}
+	return img
 }
