@@ -63,7 +63,9 @@ func callerContext(ctx context.Context) (c context.Context, stop context.CancelF
 		return c, cancel
 	}
 	// Read what the request holds now: go-fuse reuses it once it returns.
-	// Nothing runs until an interrupt: most requests cost no goroutine.
+	// The signals are read only after an interrupt; until then the request
+	// costs one goroutine waiting on its Done channel (go-fuse's context is
+	// not a standard one), which stop ends.
 	pid := caller.Pid
 	unwatch := context.AfterFunc(ctx, func() {
 		tick := time.NewTicker(signalRecheck)
