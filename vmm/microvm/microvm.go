@@ -331,9 +331,10 @@ func (r *readyWatch) Write(p []byte) (int, error) {
 // without them once the kernel has refused them. release gives QEMU's uid
 // back after it has exited; start calls it when QEMU does not start.
 func (s *Sandbox) contained(start func(attr *syscall.SysProcAttr, release func()) error) error {
+	groups := s.deviceGroups()
 	for {
 		namespaces := !s.noNamespaces.Load()
-		attr, _, release := jail.Contained(namespaces)
+		attr, _, release := jail.Contained(namespaces, groups...)
 		err := start(attr, release)
 		if err == nil || !namespaces || !jail.NamespacesRefused(err) {
 			return err
@@ -341,6 +342,21 @@ func (s *Sandbox) contained(start func(attr *syscall.SysProcAttr, release func()
 		s.noNamespaces.Store(true)
 		s.warnOnce(fmt.Sprintf("the kernel refused namespaces for QEMU (%v); it runs without them", err))
 	}
+}
+
+// deviceGroups returns the groups QEMU keeps so that, started as a uid of its
+// own by a root host, it can open /dev/kvm: the device's group when the device
+// is not open to everyone. Started by another user, QEMU keeps that user's
+// groups anyway, and so needs none.
+func (s *Sandbox) deviceGroups() []uint32 {
+	if s.Accelerator() != KVM || os.Geteuid() != 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if unix.Stat("/dev/kvm", &st) != nil || st.Mode&0o006 == 0o006 || st.Mode&0o060 != 0o060 {
+		return nil
+	}
+	return []uint32{st.Gid}
 }
 
 // guestEnded finds in the console how the guest's pid 1, the worker, ended:
