@@ -478,3 +478,12 @@ func vmdkDescriptor(t *testing.T, path string) string {
 	}
 	return string(d)
 }
+
+// TestNoCommand: instarfs with no arguments shows its usage on stderr and
+// fails, as qemu-img does, so a script that lost its arguments notices.
+func TestNoCommand(t *testing.T) {
+	r := execIn(t, t.TempDir(), binary)
+	if r.code != 1 || !bytes.Contains(r.stderr, []byte("usage: instarfs")) || !bytes.Contains(r.stderr, []byte("instarfs: BAD_ARGUMENTS: no command given")) || len(r.stdout) != 0 {
+		t.Errorf("exit %d, stdout %q, stderr %q; want usage and BAD_ARGUMENTS on stderr, exit 1", r.code, r.stdout, r.stderr)
+	}
+}

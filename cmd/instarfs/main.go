@@ -91,6 +91,11 @@ func (a *app) newSandbox() (vmm.Sandbox, error) {
 }
 
 func (a *app) run(args []string) int {
+	if len(args) == 0 {
+		a.UsageWriter(os.Stderr)
+		a.Usage(nil)
+		return fail(errcode.New(errcode.BadArguments, "no command given; try 'instarfs --help'"))
+	}
 	cmd, err := a.Parse(args)
 	if err != nil {
 		return fail(errcode.New(errcode.BadArguments, "%v", err))
