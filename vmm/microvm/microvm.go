@@ -105,6 +105,8 @@ type Sandbox struct {
 	init string
 	// deadline, when set, replaces the boot deadline, for tests.
 	deadline time.Duration
+	// boots counts the guests Run started, for tests.
+	boots atomic.Int64
 }
 
 func init() {
@@ -746,6 +748,9 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 		return err
 	})
 	stdoutW.Close()
+	if err == nil {
+		s.boots.Add(1)
+	}
 	if stdin != nil {
 		stdin.Close()
 		m.consoleW.Close() // QEMU has its own
