@@ -205,9 +205,17 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 		return s.bootOnce(ctx, qemu, dir, job, nil)
 	}
 	r := newRelay(job)
+	start := time.Now()
 	res, err := s.bootOnce(ctx, qemu, dir, job, r)
 	if err != errBootAgain {
 		return res, err
+	}
+	// The two boots share the job's time.
+	if job.Timeout <= 0 {
+		job.Timeout = vmm.DefaultTimeout
+	}
+	if job.Timeout -= time.Since(start); job.Timeout <= 0 {
+		return nil, errcode.New(errcode.WorkerTimeout, "the worker did not finish within its time: the first guest took it all")
 	}
 	r.bootAgain()
 	return s.bootOnce(ctx, qemu, dir, job, r)
