@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 
 	"instarfs/chainmodel"
 	"instarfs/errcode"
@@ -73,6 +74,7 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		Request:  proto.Request{Op: j.op, Images: []proto.ImageRef{ref}, Args: args},
 		Files:    []*os.File{top.File},
 		Broker:   b,
+		Attach:   attach(j.known, j.knownWritable),
 		Progress: j.progress,
 	})
 	var infos []proto.Info
@@ -117,6 +119,20 @@ func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainm
 		}
 	}
 	return c, res, nil
+}
+
+// attach lists the members below the top of a chain opened beforehand, the
+// files its broker answers with, for a backend that attaches them up front.
+func attach(known *chainmodel.Chain, writable []int) []vmm.Attached {
+	if known == nil {
+		return nil
+	}
+	var out []vmm.Attached
+	for i, im := range known.Images[1:] {
+		ref := proto.ImageRef{Name: im.Name, Writable: slices.Contains(writable, i+1)}
+		out = append(out, vmm.Attached{File: im.File, Ref: ref})
+	}
+	return out
 }
 
 // stopped ends a run whose worker described the chain down to where it could

@@ -179,7 +179,7 @@ var table = map[Code]row{
 
 	DocumentTooLarge: {syscall.EFBIG, worker, "a JSON file of the mount would be larger than --max-document-size"},
 
-	ChainChanged: {syscall.EIO, host, "a job changed the chain of an open disk file"},
+	ChainChanged: {syscall.EIO, host, "a job changed the chain of an open disk file, or a microvm's second guest asked for a file the first did not"},
 }
 
 // Errno is the errno the mount returns for c: EIO for a code not in the table.

@@ -47,17 +47,27 @@ func inDir(t *testing.T, dir string, args ...string) result {
 
 // TestMicrovmSameAnswers runs info, map and check, a rebase and a commit
 // through the microvm guest and the jail, and wants the same output and the
-// same image bytes.
+// same image bytes, and as many guests as the design says
+// (ARCHITECTURE.md, "at most two boots per operation"): one for an
+// operation that reads metadata, the members below the top read through the
+// broker's port; two for one that reads their data. A backing name the
+// policy refuses is refused as under the jail.
 func TestMicrovmSameAnswers(t *testing.T) {
-	vm := microvmArgs(t)
+	vm := append(microvmArgs(t), "--log-level=debug")
 	jail, guest := t.TempDir(), t.TempDir()
 	for _, d := range []string{jail, guest} {
 		shellIn(t, d, mvFixture)
+		// Written by qemu-img -u, and never opened by qemu.
+		shellIn(t, d, "qemu-img create -q -f qcow2 -u -b /etc/passwd -F raw evil.qcow2 4M")
 	}
+	boots := map[string]int{"info": 1, "map": 1, "check": 1, "rebase": 2, "commit": 2, "refused name": 1}
 	same := func(what string, a, b result) {
 		t.Helper()
 		if a.code != b.code || !bytes.Equal(a.stdout, b.stdout) {
 			t.Errorf("%s: jail exit %d\n%s%s\nmicrovm exit %d\n%s%s", what, a.code, a.stdout, a.stderr, b.code, b.stdout, b.stderr)
+		}
+		if n := bytes.Count(b.stderr, []byte("microvm guest ready")); boots[what] != 0 && n != boots[what] {
+			t.Errorf("%s: %d guests booted, want %d", what, n, boots[what])
 		}
 	}
 	sameFiles := func(what string, names ...string) {
@@ -76,6 +86,14 @@ func TestMicrovmSameAnswers(t *testing.T) {
 		{"check", "--output=json", "top.qcow2"},
 	} {
 		same(op[0], inDir(t, jail, op...), inDir(t, guest, append(vm, op...)...))
+	}
+	evil := []string{"map", "--output=json", "evil.qcow2"}
+	a, b := inDir(t, jail, evil...), inDir(t, guest, append(vm, evil...)...)
+	same("refused name", a, b)
+	for _, r := range []result{a, b} {
+		if r.code == 0 || !bytes.Contains(r.stderr, []byte("BACKING_PATH_OUTSIDE_ROOT")) {
+			t.Errorf("a backing name outside the roots: exit %d, %s; want BACKING_PATH_OUTSIDE_ROOT", r.code, r.stderr)
+		}
 	}
 
 	rebase := []string{"rebase", "-b", "new.qcow2", "-F", "qcow2", "top.qcow2"}

@@ -64,4 +64,48 @@ type BrokerReply struct {
 	Same     bool           `json:"same,omitempty"`
 	Reopened []int          `json:"reopened,omitempty"`
 	Error    *errcode.Error `json:"error,omitempty"`
+	// To a microvm guest (Request.BrokerPort), the opened file is not a
+	// descriptor: it is drive Drive of Request.Drives (1 is the first), or,
+	// with Remote, a file the worker reads through the port. Size is the
+	// file's length (a drive is a block device of whole sectors).
+	Drive  int   `json:"drive,omitempty"`
+	Remote bool  `json:"remote,omitempty"`
+	Size   int64 `json:"size,omitempty"`
+}
+
+// A microvm guest cannot receive a descriptor after it booted: its broker is
+// a virtio-serial port (Request.BrokerPort), a byte stream, on which each
+// message is a frame: a kind byte, a big-endian uint32 length, and the body.
+// The worker sends PortQuestion (a BrokerRequest), PortRead (a PortReadArgs)
+// and PortDrives; the host answers a question with PortAnswer (a
+// BrokerReply) and a read with PortData (the bytes) or PortRefused (an
+// errcode.Error). A file the host opened comes as a drive attached when the
+// guest booted (BrokerReply.Drive) or, when it is not attached, as a member
+// the worker reads through the port (BrokerReply.Remote), at most
+// MaxPortRead bytes a read. PortDrives says the worker needs every member
+// attached for its operation: the host stops the guest and boots another
+// with every file it opened attached, and answers that guest's questions,
+// which must be the first guest's, by drive.
+const (
+	PortQuestion = 'Q'
+	PortRead     = 'R'
+	PortDrives   = 'B'
+	PortAnswer   = 'A'
+	PortData     = 'D'
+	PortRefused  = 'E'
+)
+
+// Limits of the port: the bytes of one read, and of all reads of a run.
+const (
+	MaxPortRead      = 1 << 20
+	MaxPortReadTotal = 1 << 30
+)
+
+// PortReadArgs asks for Length bytes at Offset of member Image, a member the
+// host answered with BrokerReply.Remote. The answer is shorter only at the
+// end of the file.
+type PortReadArgs struct {
+	Image  int   `json:"image"`
+	Offset int64 `json:"offset"`
+	Length int   `json:"length"`
 }

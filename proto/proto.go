@@ -53,6 +53,11 @@ type Request struct {
 	// Broker says the worker may ask the host for further images on the
 	// broker socket (see BrokerRequest), at descriptor BrokerFD.
 	Broker bool `json:"broker,omitempty"`
+	// BrokerPort says the broker at BrokerFD is a microvm guest's port,
+	// spoken in frames (PortQuestion, ...), and Drives are the files
+	// attached for its answers: drive k (1 is the first) at BrokerFD()+k.
+	BrokerPort bool       `json:"broker_port,omitempty"`
+	Drives     []ImageRef `json:"drives,omitempty"`
 }
 
 // BrokerFD is the worker's descriptor of the broker socket: the one after

@@ -22,8 +22,10 @@ type Broker interface {
 }
 
 // Brokering is implemented by a backend whose workers can ask a Job's Broker
-// for images. A backend that cannot (a virtual machine cannot receive a
-// descriptor after it booted) is given every image up front.
+// for images: the jail's, and the microvm's, which relays the questions over
+// a port and attaches the files when it boots (at most twice). A backend that
+// cannot (the host side's test fakes) is given every image up front, each
+// described by a probe run of its own.
 type Brokering interface {
 	Brokers() bool
 }

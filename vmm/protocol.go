@@ -34,6 +34,17 @@ type Job struct {
 	// (a backend that Brokers; Run only). The worker may then be handed the
 	// top image alone.
 	Broker Broker
+	// Attach, with a Broker, are files the broker will answer with, known
+	// before the worker starts (the probe cache describes the chain): a
+	// backend whose worker cannot be handed a file once it runs (microvm)
+	// attaches them when it starts it, writable where their Ref says.
+	Attach []Attached
+}
+
+// Attached is a file a backend attaches up front (Job.Attach).
+type Attached struct {
+	File *os.File
+	Ref  proto.ImageRef
 }
 
 // DefaultTimeout bounds a worker run when the job does not set one.

@@ -105,6 +105,8 @@ type Sandbox struct {
 	init string
 	// deadline, when set, replaces the boot deadline, for tests.
 	deadline time.Duration
+	// boots counts the guests Run started, for tests.
+	boots atomic.Int64
 }
 
 func init() {
@@ -199,12 +201,34 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	if err != nil {
 		return nil, err
 	}
-	vm, err := s.prepare(dir, job, false)
+	if job.Broker == nil {
+		return s.bootOnce(ctx, qemu, dir, job, nil)
+	}
+	r := newRelay(job)
+	start := time.Now()
+	res, err := s.bootOnce(ctx, qemu, dir, job, r)
+	if err != errBootAgain {
+		return res, err
+	}
+	// The two boots share the job's time.
+	if job.Timeout <= 0 {
+		job.Timeout = vmm.DefaultTimeout
+	}
+	if job.Timeout -= time.Since(start); job.Timeout <= 0 {
+		return nil, errcode.New(errcode.WorkerTimeout, "the worker did not finish within its time: the first guest took it all")
+	}
+	r.bootAgain()
+	return s.bootOnce(ctx, qemu, dir, job, r)
+}
+
+// bootOnce boots a guest for job, whose broker r relays when it is set.
+func (s *Sandbox) bootOnce(ctx context.Context, qemu, dir string, job vmm.Job, r *relay) (json.RawMessage, error) {
+	vm, err := s.prepare(dir, job, false, r)
 	if err != nil {
 		return nil, err
 	}
 	defer vm.close()
-	return s.boot(ctx, qemu, vm, job)
+	return s.boot(ctx, qemu, vm, vm.job)
 }
 
 // Start boots a guest for a long-lived worker session (the mount's disk
@@ -227,7 +251,7 @@ func (s *Sandbox) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error) 
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.prepare(dir, job, true)
+	m, err := s.prepare(dir, job, true, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -371,7 +395,9 @@ func guestEnded(ws syscall.WaitStatus, console []byte) (syscall.WaitStatus, []by
 
 // machine is one run's QEMU command line and the descriptors it inherits.
 type machine struct {
+	job     vmm.Job       // with the drives the relay attaches as images
 	request proto.Request // with the images' sizes
+	relay   *relay        // the broker's, over a port
 	args    []string
 	files   []*os.File // inherited, from fd 3 on
 	owned   []*os.File // opened here, closed after the run
@@ -502,11 +528,22 @@ func (m *machine) drive(f *os.File, writable bool) error {
 
 // prepare makes the QEMU command line of job and the descriptors it needs.
 // A session's guest gets no result drive and no request in its initramfs: it
-// speaks over a virtio-serial port on QEMU's standard input and output.
-func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, error) {
-	m := &machine{}
+// speaks over a virtio-serial port on QEMU's standard input and output. So
+// does the broker of a run with relay r, whose drives follow the job's.
+func (s *Sandbox) prepare(dir string, job vmm.Job, session bool, r *relay) (*machine, error) {
+	m := &machine{relay: r}
 	req := job.Request
 	req.Images = append([]proto.ImageRef(nil), req.Images...)
+	images := len(job.Files)
+	if r != nil {
+		job.Files = append([]*os.File(nil), job.Files...)
+		for _, d := range r.drives {
+			job.Files = append(job.Files, d.File)
+			req.Images = append(req.Images, d.Ref)
+		}
+		job.Request.Images = req.Images
+	}
+	m.job = job
 	for i, f := range job.Files {
 		st, err := f.Stat()
 		if err != nil {
@@ -526,6 +563,10 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, erro
 	if err := m.makeRoom(job); err != nil {
 		m.close()
 		return nil, err
+	}
+	if r != nil {
+		req.Images, req.Drives = req.Images[:images], req.Images[images:]
+		req.Broker, req.BrokerPort = true, true
 	}
 	m.request = req
 	if !session {
@@ -571,19 +612,19 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool) (*machine, erro
 		// the calibration races and boots hang without this.
 		cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
 	}
-	if session {
+	if session || r != nil {
 		// The console goes to a pipe of its own: QEMU cannot open its
 		// standard error by name (a pipe of the host's uid), and an
 		// fdset cannot hold a standard stream.
-		r, w, err := os.Pipe()
+		cr, cw, err := os.Pipe()
 		if err != nil {
 			m.close()
 			return nil, unavailable("%v", err)
 		}
-		m.owned = append(m.owned, w) // r is closed by its reader, at EOF
-		m.console, m.consoleW = r, w
+		m.owned = append(m.owned, cw) // cr is closed by its reader, at EOF
+		m.console, m.consoleW = cr, cw
 		set := len(m.files) + 1
-		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", m.inherit(w), set),
+		m.args = append(m.args, "-add-fd", fmt.Sprintf("fd=%d,set=%d", m.inherit(cw), set),
 			"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on" /* not truncated: a pipe */, set), "-serial", "chardev:console",
 			"-device", "virtio-serial-device",
 			"-chardev", "stdio,id=session,signal=off",
@@ -679,6 +720,18 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 		return nil, unavailable("%v", err)
 	}
 	defer stdout.Close()
+	// With a relay, QEMU's standard input and output are the broker's port
+	// and the console comes on a pipe of its own.
+	var stdin, stdinW *os.File
+	console := stdout
+	if m.relay != nil {
+		if stdin, stdinW, err = os.Pipe(); err != nil {
+			stdoutW.Close()
+			return nil, unavailable("%v", err)
+		}
+		defer stdinW.Close()
+		console = m.console
+	}
 	var stderr bytes.Buffer
 	var cmd *exec.Cmd
 	var releaseUID func()
@@ -689,6 +742,7 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 			Args:        append([]string{QEMU}, m.args...),
 			Env:         []string{},
 			Dir:         "/",
+			Stdin:       stdin,
 			Stdout:      stdoutW,
 			Stderr:      &limitedBuffer{buf: &stderr, max: vmm.MaxStderrBytes},
 			ExtraFiles:  m.files,
@@ -702,6 +756,13 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 		return err
 	})
 	stdoutW.Close()
+	if err == nil {
+		s.boots.Add(1)
+	}
+	if stdin != nil {
+		stdin.Close()
+		m.consoleW.Close() // QEMU has its own
+	}
 	if err != nil {
 		return nil, unavailable("starting %s: %v", QEMU, err)
 	}
@@ -711,8 +772,17 @@ func (s *Sandbox) boot(ctx context.Context, qemu string, m *machine, job vmm.Job
 	consoleDone := make(chan struct{})
 	go func() {
 		defer close(consoleDone)
-		lines = readConsole(stdout, ready, finished, tail, job.Progress)
+		lines = readConsole(console, ready, finished, tail, job.Progress)
 	}()
+	relayDone := make(chan struct{})
+	if m.relay != nil {
+		go func() {
+			defer close(relayDone)
+			m.relay.serve(stdout, stdinW, func() { cmd.Process.Kill() })
+		}()
+	} else {
+		close(relayDone)
+	}
 	exited := make(chan error, 1)
 	go func() {
 		err := cmd.Wait()
@@ -763,6 +833,17 @@ loop:
 		}
 	}
 	<-consoleDone
+	<-relayDone
+	if m.relay != nil {
+		if err := m.relay.failure(); err != nil {
+			m.restore(job)
+			return nil, err
+		}
+		if m.relay.again {
+			m.restore(job) // the first guest writes nothing
+			return nil, errBootAgain
+		}
+	}
 	if !booted {
 		m.restore(job) // the guest wrote nothing
 	}

@@ -20,6 +20,9 @@ const maxReplyFiles = 4
 // descriptors that came with it, in the reply's order. The host's refusal is
 // the returned error.
 func (s *session) ask(req proto.BrokerRequest) (proto.BrokerReply, []*os.File, error) {
+	if s.port != nil {
+		return s.askPort(req)
+	}
 	var reply proto.BrokerReply
 	fd := s.broker
 	if !s.req.Broker || fd < 0 {
@@ -149,16 +152,26 @@ func (s *session) openBacking(i int, cur *opened, what string) (backing, error) 
 		}
 		return backing{index: reply.Image, same: true}, nil
 	}
-	if len(files) != 1 || len(reply.Reopened) != 0 || reply.Image != len(s.files) {
+	want := 1
+	if reply.Remote {
+		want = 0 // read through the port
+	}
+	if len(files) != want || len(reply.Reopened) != 0 || reply.Image != len(s.files) || reply.Remote && (s.port == nil || reply.Writable) {
 		for _, f := range files {
 			f.Close()
 		}
 		return backing{}, errcode.New(errcode.WorkerProtocol, "the host's answer carries %d descriptors for image #%d", len(files), reply.Image)
 	}
-	ref := proto.ImageRef{Name: reply.Name, Format: reply.Format, Writable: reply.Writable}
+	ref := proto.ImageRef{Name: reply.Name, Format: reply.Format, Writable: reply.Writable, Size: reply.Size}
 	s.req.Images = append(s.req.Images, ref)
-	s.files = append(s.files, files[0])
-	img, err := openImage(files[0], ref, false)
+	var img *opened
+	if reply.Remote {
+		s.files = append(s.files, nil)
+		img, err = openRemote(remote{s: s, image: reply.Image, size: reply.Size}, ref)
+	} else {
+		s.files = append(s.files, files[0])
+		img, err = openImage(files[0], ref, false)
+	}
 	if err != nil {
 		return backing{}, err // FORMAT_NOT_DETECTED: the host says RAW_NOT_INFERRED
 	}

@@ -35,6 +35,9 @@ func opCommit(_ context.Context, s *session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.needDrives(imgs, 0); err != nil {
+		return nil, err
+	}
 	if err := s.need(2); err != nil {
 		return nil, err
 	}

@@ -11,13 +11,17 @@ import (
 func rawDetect(first []byte) bool { return raw.Detect(first) }
 
 func (o *opened) openRaw() error {
-	o.img = raw.OpenWithHoles(o.file, o.size, fileHoles{o.file})
+	var holes raw.HoleFinder
+	if o.file != nil {
+		holes = fileHoles{o.file}
+	}
+	o.img = raw.OpenWithHoles(o.r, o.size, holes)
 	o.info = proto.Info{Format: "raw", VirtualSize: o.img.VirtualSize()}
 	return nil
 }
 
 func (o *opened) openVmdk() error {
-	v, err := vmdk.Open(o.file, o.size)
+	v, err := vmdk.Open(o.r, o.size)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"strings"
 
@@ -14,8 +15,10 @@ import (
 
 // opened is one image descriptor opened by its format.
 type opened struct {
-	ref    proto.ImageRef
-	file   *os.File
+	ref  proto.ImageRef
+	file *os.File // nil for a member read through a guest's port
+	// r reads the image: file, or the port.
+	r      io.ReaderAt
 	size   int64 // of the file
 	format string
 	img    layer.Image
@@ -73,7 +76,7 @@ func openImage(f *os.File, ref proto.ImageRef, detectRaw bool) (*opened, error) 
 	if err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "stat %s: %v", ref.Name, err)
 	}
-	o := &opened{ref: ref, file: f, size: st.Size()}
+	o := &opened{ref: ref, file: f, r: f, size: st.Size()}
 	if st.Mode()&os.ModeDevice != 0 && ref.Size > 0 {
 		// A microvm guest sees the image as a block device, whose length is
 		// rounded up to sectors; the host sends the file's own length.
@@ -82,8 +85,22 @@ func openImage(f *os.File, ref proto.ImageRef, detectRaw bool) (*opened, error) 
 			devices.track(f, ref.Size)
 		}
 	}
+	return o.open(detectRaw)
+}
+
+// openRemote opens a member of the chain the host did not attach to a
+// microvm guest: r reads it through the port.
+func openRemote(r remote, ref proto.ImageRef) (*opened, error) {
+	o := &opened{ref: ref, r: r, size: r.size}
+	return o.open(false)
+}
+
+// open opens o by its format.
+func (o *opened) open(detectRaw bool) (*opened, error) {
+	ref := o.ref
+	var err error
 	first := make([]byte, min(sniffBytes, o.size))
-	if _, err := f.ReadAt(first, 0); err != nil {
+	if _, err := o.r.ReadAt(first, 0); err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "reading %s: %v", ref.Name, err)
 	}
 	o.magic = imageMagic(first)
@@ -116,7 +133,7 @@ func openImage(f *os.File, ref proto.ImageRef, detectRaw bool) (*opened, error) 
 }
 
 func (o *opened) openQcow2() error {
-	q, err := qcow2.Open(o.file, o.size)
+	q, err := qcow2.Open(o.r, o.size)
 	if err != nil {
 		return err
 	}
@@ -186,7 +203,7 @@ func (s *session) openImages() ([]*opened, error) {
 // holes only for raw images and for qcow2 images with preallocated metadata.
 func (o *opened) member() member {
 	m := member{img: o.img, raw: o.format == "raw"}
-	if m.raw || o.q != nil && metadataPreallocated(o.q, o.file) {
+	if o.file != nil && (m.raw || o.q != nil && metadataPreallocated(o.q, o.file)) {
 		m.holes = fileHoles{o.file}
 	}
 	return m

@@ -43,6 +43,9 @@ func opMap(_ context.Context, s *session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.needDrives(imgs, portMapLimit); err != nil {
+		return nil, err
+	}
 	chain := make([]member, len(imgs))
 	for i, o := range imgs {
 		chain[i] = o.member()
@@ -78,6 +81,9 @@ func opSurvey(_ context.Context, s *session) (any, error) {
 	}
 	imgs, err := s.discover(true)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.needDrives(imgs, portMapLimit); err != nil {
 		return nil, err
 	}
 	res := proto.SurveyResult{Images: infos(imgs)}

@@ -32,6 +32,11 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !args.Unsafe {
+		if err := s.needDrives(imgs, 0); err != nil {
+			return nil, err
+		}
+	}
 	top := imgs[0]
 	oldChain := imgs[1 : 1+args.OldCount]
 	newChain := imgs[1+args.OldCount:]

@@ -61,6 +61,8 @@ type session struct {
 	files []*os.File
 	// broker is the descriptor of the host's broker socket, or -1.
 	broker int
+	port   *port      // the broker, when it is a microvm guest's port
+	drives []*os.File // the files attached for the port's answers
 	out    *output
 	began  bool // a session operation wrote its ready line
 }
@@ -138,11 +140,18 @@ func serve(stdin io.Reader, out *output) (code int) {
 		}
 		return 0
 	}
-	broker := -1
+	s := &session{req: req, files: files[:len(files):len(files)], out: out, broker: -1}
 	if req.Broker {
-		broker = req.BrokerFD()
+		s.broker = req.BrokerFD()
 	}
-	res, err := op.run(context.Background(), &session{req: req, files: files, out: out, broker: broker})
+	if req.Broker && req.BrokerPort {
+		s.port = &port{r: PortReader{FD: s.broker}, w: FDWriter(s.broker)}
+		for k, ref := range req.Drives {
+			s.drives = append(s.drives, os.NewFile(uintptr(s.broker+1+k), ref.Name))
+		}
+		files = append(files, s.drives...) // DeviceLengths reports them too
+	}
+	res, err := op.run(context.Background(), s)
 	if err != nil {
 		out.fail(err)
 		return 1

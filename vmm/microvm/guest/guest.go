@@ -97,7 +97,7 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	if err != nil {
 		fail(err)
 	}
-	result, err := openDrives(req, true)
+	result, kept, err := openDrives(req, true)
 	if err != nil {
 		fail(err)
 	}
@@ -105,14 +105,14 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	if req.Op == proto.OpSandboxProbe {
 		mode = jail.SeccompErrno // the probes report each refusal
 	}
-	if _, err := jail.ConfineGuest(len(req.Images)+1, mode); err != nil {
+	if _, err := jail.ConfineGuest(kept, mode); err != nil {
 		fail(err)
 	}
 	reported := func() []int64 {
 		if lengths != nil {
 			return lengths()
 		}
-		none := make([]int64, len(req.Images))
+		none := make([]int64, len(req.Images)+len(req.Drives))
 		for i := range none {
 			none[i] = -1
 		}
@@ -218,7 +218,7 @@ func runSession(serve func(io.Reader, io.Writer) int, fail func(error)) {
 	if err != nil {
 		fail(err)
 	}
-	pr := &portReader{fd: port}
+	pr := &worker.PortReader{FD: port}
 	r := bufio.NewReaderSize(pr, 64<<10)
 	line, err := r.ReadSlice('\n')
 	if err != nil {
@@ -229,7 +229,7 @@ func runSession(serve func(io.Reader, io.Writer) int, fail func(error)) {
 	if err := json.Unmarshal(line, &req); err != nil {
 		fail(fmt.Errorf("decoding the session's request: %w", err))
 	}
-	if _, err := openDrives(&req, false); err != nil {
+	if _, _, err := openDrives(&req, false); err != nil {
 		fail(err)
 	}
 	sharedFD := proto.FirstImageFD + len(req.Images)
@@ -242,11 +242,11 @@ func runSession(serve func(io.Reader, io.Writer) int, fail func(error)) {
 		fail(fmt.Errorf("placing the port at descriptor %d: %w", portFD, err))
 	}
 	unix.Close(port)
-	pr.fd = portFD
+	pr.FD = portFD
 	if _, err := jail.ConfineGuest(len(req.Images)+2, jail.SeccompKill); err != nil {
 		fail(err)
 	}
-	out := &sessionOutput{w: fdWriter(portFD), shared: shared}
+	out := &sessionOutput{w: worker.FDWriter(portFD), shared: shared}
 	code := serve(io.MultiReader(bytes.NewReader(line), r), out)
 	os.Exit(code)
 }
@@ -293,52 +293,6 @@ func sharedMemory(fd, size int) ([]byte, error) {
 		unix.Close(m)
 	}
 	return unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-}
-
-// portReader reads the session's port. QEMU never tells the guest that its
-// end of a serial port is connected to a character device that was open
-// before the port existed (standard input), and a port whose host end is
-// not connected reads as empty rather than blocking: an empty read means
-// "nothing yet", and the reader waits a little and tries again. The host
-// ends a session by stopping the machine.
-type portReader struct{ fd int }
-
-// portPoll is how long portReader waits after an empty read.
-const portPoll = time.Millisecond
-
-func (r *portReader) Read(p []byte) (int, error) {
-	for {
-		n, err := unix.Read(r.fd, p)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			return 0, err
-		case n == 0 && len(p) > 0:
-			time.Sleep(portPoll)
-			continue
-		}
-		return n, nil
-	}
-}
-
-// fdWriter writes a descriptor with plain blocking system calls.
-
-type fdWriter int
-
-func (w fdWriter) Write(p []byte) (int, error) {
-	done := 0
-	for done < len(p) {
-		n, err := unix.Write(int(w), p[done:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return done, err
-		}
-		done += n
-	}
-	return done, nil
 }
 
 // sessionOutput passes a session worker's output to the port: protocol lines
@@ -403,62 +357,99 @@ func (o *sessionOutput) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// openDrives opens the image drives at proto.FirstImageFD.. and, when
-// result is set, returns the result drive, which follows them.
-func openDrives(req *proto.Request, result bool) (int, error) {
-	n := len(req.Images)
-	if result {
-		n++
+// openDrives opens the image drives at proto.FirstImageFD.., the broker's
+// port at req.BrokerFD() and the drives attached for it after that
+// (req.BrokerPort), and, when result is set, returns the result drive, which
+// follows them on the machine and is placed after them. It returns the
+// number of descriptors from proto.FirstImageFD on that the worker keeps.
+func openDrives(req *proto.Request, result bool) (int, int, error) {
+	var targets []int // drive i of the machine goes to targets[i]
+	var writable []bool
+	for i, im := range req.Images {
+		targets, writable = append(targets, proto.FirstImageFD+i), append(writable, im.Writable)
 	}
-	if n > maxDrives {
-		return -1, fmt.Errorf("%d images, more than the guest takes (%d)", len(req.Images), maxDrives-1)
+	next := proto.FirstImageFD + len(req.Images)
+	if req.BrokerPort {
+		next = req.BrokerFD() + 1
+		for k, im := range req.Drives {
+			targets, writable = append(targets, next+k), append(writable, im.Writable)
+		}
+		next += len(req.Drives)
+	} else if len(req.Drives) > 0 {
+		return -1, 0, fmt.Errorf("drives for a broker without a port")
+	}
+	if result {
+		targets, writable = append(targets, next), append(writable, true)
+		next++
+	}
+	if len(targets) > maxDrives || next > proto.FirstImageFD+maxDrives {
+		return -1, 0, fmt.Errorf("%d drives, more than the guest takes (%d)", len(targets), maxDrives)
 	}
 	deadline := time.Now().Add(driveWait)
-	for i := 0; i < n; i++ {
+	for i := range targets {
 		for {
 			if _, err := os.Stat(Drive(i)); err == nil {
 				break
 			}
 			if time.Now().After(deadline) {
-				return -1, fmt.Errorf("%s did not appear within %v", Drive(i), driveWait)
+				return -1, 0, fmt.Errorf("%s did not appear within %v", Drive(i), driveWait)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	for i := 0; i < n; i++ {
-		flags := unix.O_RDWR
-		if i < len(req.Images) && !req.Images[i].Writable {
-			flags = unix.O_RDONLY
+	for i, target := range targets {
+		flags := unix.O_RDONLY
+		if writable[i] {
+			flags = unix.O_RDWR
 		}
 		fd, err := unix.Open(Drive(i), flags|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return -1, fmt.Errorf("opening %s: %w", Drive(i), err)
+			return -1, 0, fmt.Errorf("opening %s: %w", Drive(i), err)
 		}
-		target := proto.FirstImageFD + i
-		if flags, err := unix.FcntlInt(uintptr(target), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 && fd != target {
-			return -1, fmt.Errorf("descriptor %d, which %s must take, is in use", target, Drive(i))
+		if err := place(fd, target, Drive(i)); err != nil {
+			return -1, 0, err
 		}
-		if fd != target {
-			if err := unix.Dup3(fd, target, 0); err != nil {
-				return -1, fmt.Errorf("placing %s at descriptor %d: %w", Drive(i), target, err)
-			}
-			unix.Close(fd)
-		} else if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			return -1, err
+	}
+	if req.BrokerPort {
+		port, err := openPort()
+		if err != nil {
+			return -1, 0, err
+		}
+		if err := place(port, req.BrokerFD(), "the broker's port"); err != nil {
+			return -1, 0, err
 		}
 	}
 	// The result drive is the guest's own, not an image handed to the worker.
+	resultFD := -1
 	if result {
-		if _, err := unix.FcntlInt(uintptr(proto.FirstImageFD+n-1), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
-			return -1, err
+		resultFD = next - 1
+		if _, err := unix.FcntlInt(uintptr(resultFD), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
+			return -1, 0, err
 		}
 	}
-	for fd := proto.FirstImageFD + n; fd < proto.FirstImageFD+maxDrives; fd++ {
+	for fd := next; fd < proto.FirstImageFD+maxDrives; fd++ {
 		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
 			unix.Close(fd) // a placeholder of reserveDescriptors
 		}
 	}
-	return proto.FirstImageFD + len(req.Images), nil
+	return resultFD, next - proto.FirstImageFD, nil
+}
+
+// place moves descriptor fd to target, which must hold a placeholder of
+// reserveDescriptors or nothing, and keeps it open across exec.
+func place(fd, target int, what string) error {
+	if flags, err := unix.FcntlInt(uintptr(target), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC != 0 && fd != target {
+		return fmt.Errorf("descriptor %d, which %s must take, is in use", target, what)
+	}
+	if fd == target {
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0)
+		return err
+	}
+	if err := unix.Dup3(fd, target, 0); err != nil {
+		return fmt.Errorf("placing %s at descriptor %d: %w", what, target, err)
+	}
+	unix.Close(fd)
+	return nil
 }
 
 // writeResult writes a result drive's layout and flushes it.
