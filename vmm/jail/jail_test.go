@@ -110,17 +110,23 @@ func TestWorkerInspection(t *testing.T) {
 
 func inspect(t *testing.T, pid int, image *os.File) {
 	proc := filepath.Join("/proc", itoa(pid))
-	status := filepath.Join(proc, "status")
-	for field, want := range map[string]string{
-		"Seccomp":    "2",
-		"NoNewPrivs": "1",
-		"CapEff":     "0000000000000000",
-		"CapPrm":     "0000000000000000",
-		"CapInh":     "0000000000000000",
-		"CapAmb":     "0000000000000000",
-	} {
-		if got := jail.StatusField(status, field); got != want {
-			t.Errorf("%s: %s is %q, want %q", status, field, got, want)
+	// Every thread: capabilities, no_new_privs and the filter are per thread.
+	tasks, err := filepath.Glob(filepath.Join(proc, "task", "*", "status"))
+	if err != nil || len(tasks) < 2 {
+		t.Errorf("the worker's threads: %v %v", tasks, err)
+	}
+	for _, status := range tasks {
+		for field, want := range map[string]string{
+			"Seccomp":    "2",
+			"NoNewPrivs": "1",
+			"CapEff":     "0000000000000000",
+			"CapPrm":     "0000000000000000",
+			"CapInh":     "0000000000000000",
+			"CapAmb":     "0000000000000000",
+		} {
+			if got := jail.StatusField(status, field); got != want {
+				t.Errorf("%s: %s is %q, want %q", status, field, got, want)
+			}
 		}
 	}
 	// Every namespace but the network's, which the seccomp filter makes
