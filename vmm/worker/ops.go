@@ -47,7 +47,8 @@ func opMap(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	rows, err := chainMap(chain, args.MaxBytes, s.out.progress)
+	// No progress: nothing shows a map's, and its lines cost a write each.
+	rows, err := chainMap(chain, args.MaxBytes, nil)
 	if err != nil {
 		return nil, err
 	}
