@@ -47,8 +47,7 @@ func opMap(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	// No progress: nothing shows a map's, and its lines cost a write each.
-	rows, err := chainMap(chain, args.MaxBytes, nil)
+	rows, err := chainMap(chain, args.MaxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +89,7 @@ func opSurvey(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	rows, err := chainMap(chain, args.MapMaxBytes, nil)
+	rows, err := chainMap(chain, args.MapMaxBytes)
 	res.Map = rows
 	res.MapError = asError(err)
 	var check any
