@@ -39,9 +39,19 @@ const (
 // varints of at most 10 bytes.
 const maxRowBytes = 1 + 3*binary.MaxVarintLen64
 
+// MaxMapRows bounds the rows a map may have. A worker keeps its rows' JSON
+// within what the host reads of a result (proto.MaxResultBytes), and a row
+// takes more than 64 bytes as a JSON object; in the compact form it may take
+// 3, so without this bound a worker could make the host hold 20 times as
+// many rows as before.
+const MaxMapRows = MaxResultBytes / 64
+
 // AppendBinary appends the compact form of r to b. It fails for rows that do
 // not tile from 0 or hold a negative number.
 func (r MapRows) AppendBinary(b []byte) ([]byte, error) {
+	if len(r) > MaxMapRows {
+		return nil, fmt.Errorf("%d map rows, more than %d", len(r), MaxMapRows)
+	}
 	var next int64
 	for i, e := range r {
 		if e.Start != next || e.Length < 0 || e.Depth < 0 || e.Offset != nil && *e.Offset < 0 || e.Length > math.MaxInt64-next {
@@ -71,12 +81,15 @@ func (r MapRows) AppendBinary(b []byte) ([]byte, error) {
 	return b, nil
 }
 
-// DecodeMapRows decodes the compact form of rows.
+// DecodeMapRows decodes the compact form of rows, at most MaxMapRows.
 func DecodeMapRows(b []byte) (MapRows, error) {
-	rows := make(MapRows, 0, len(b)/4)
+	rows := make(MapRows, 0, min(len(b)/8, MaxMapRows))
 	var next int64
 	for len(b) > 0 {
 		at := next
+		if len(rows) == MaxMapRows {
+			return nil, fmt.Errorf("map rows: more than %d", MaxMapRows)
+		}
 		flags := b[0]
 		b = b[1:]
 		if flags&^rowFlags != 0 {

@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"math"
@@ -91,5 +92,25 @@ func TestMapRowsDecodeRefuses(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "map rows") && !strings.Contains(err.Error(), "map row") {
 			t.Errorf("%s: error %q does not say what failed", name, err)
 		}
+	}
+}
+
+// TestMapRowsBounded checks that a worker cannot make the host hold more rows
+// than JSON's bound allowed: the shortest rows, one past MaxMapRows.
+func TestMapRowsBounded(t *testing.T) {
+	row := []byte{rowZero, 0, 1} // one byte of zeros at depth 0
+	raw := bytes.Repeat(row, MaxMapRows)
+	rows, err := DecodeMapRows(raw)
+	if err != nil || len(rows) != MaxMapRows {
+		t.Fatalf("%d rows, error %v; want %d", len(rows), err, MaxMapRows)
+	}
+	if _, err := rows.AppendBinary(nil); err != nil {
+		t.Errorf("encoding %d rows: %v", MaxMapRows, err)
+	}
+	if rows, err := DecodeMapRows(append(raw, row...)); err == nil {
+		t.Errorf("decoded %d rows, more than %d", len(rows), MaxMapRows)
+	}
+	if _, err := append(rows, MapEntry{Start: int64(MaxMapRows), Length: 1}).AppendBinary(nil); err == nil {
+		t.Errorf("encoded %d rows", MaxMapRows+1)
 	}
 }
