@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -27,10 +28,6 @@ const (
 		`"snapshots":[{"icount":0,"vm-clock-nsec":0,"name":"s1","date-sec":1795801756,"date-nsec":447783000,"vm-clock-sec":0,"id":"1","vm-state-size":0}]}`
 	seedProbeVmdk = `{"format":"vmdk","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false,"format-specific":{"type":"vmdk","data":` +
 		`{"cid":3942926646,"parent-cid":4294967295,"create-type":"streamOptimized","extents":[{"virtual-size":4194304,"cluster-size":65536,"format":"","compressed":true}]}}}`
-	seedMap = `[{"start":0,"length":65536,"depth":1,"present":true,"zero":false,"data":true,"offset":327680},` +
-		`{"start":65536,"length":983040,"depth":1,"present":false,"zero":true,"data":false},` +
-		`{"start":1048576,"length":65536,"depth":1,"present":true,"zero":false,"data":true},` +
-		`{"start":1114112,"length":3080192,"depth":0,"present":false,"zero":true,"data":false}]`
 	seedCheck = `{"supported":true,"check_errors":0,"corruptions":0,"leaks":0,"image_end_offset":589824,"total_clusters":64,` +
 		`"allocated_clusters":2,"fragmented_clusters":1,"compressed_clusters":1,"messages":null}`
 )
@@ -107,19 +104,33 @@ func FuzzInfo(f *testing.F) {
 	})
 }
 
-// FuzzMapResult decodes the fuzzer's bytes as the map of a chain of 1 to
-// MaxDepth+1 layers whose top has the given virtual size. What is accepted
-// must tile the disk with rows of known layers, and render.
+// FuzzMapResult decodes the fuzzer's bytes as the compact rows (proto.MapRows)
+// of the map of a chain of 1 to MaxDepth+1 layers whose top has the given
+// virtual size. What is accepted must tile the disk with rows of known
+// layers, and render.
 func FuzzMapResult(f *testing.F) {
-	f.Add([]byte(seedMap), int64(4194304), uint8(2))
-	f.Add([]byte(seedMap), int64(4194304), uint8(1))
-	f.Add([]byte(seedMap), int64(4194303), uint8(2))
-	f.Add([]byte(`[]`), int64(0), uint8(1))
-	f.Add([]byte(`[{"start":0,"length":9223372036854775807,"depth":0,"present":false,"zero":true,"data":false}]`), int64(9223372036854775807), uint8(1))
-	f.Add([]byte(`[{"start":0,"length":512,"depth":0,"present":true,"zero":false,"data":true}]`), int64(512), uint8(1))
-	f.Add([]byte(`[{"start":0,"length":512,"depth":-1,"present":true,"zero":false,"data":true,"offset":-7}]`), int64(512), uint8(1))
-	// Lengths that wrap around past 2^63 must not tile a small disk.
-	f.Add([]byte(`[{"start":0,"length":9223372036854775807},{"start":9223372036854775807,"length":9223372036854775807},{"start":-2,"length":4194306}]`), int64(4194304), uint8(1))
+	seed := func(rows ...proto.MapEntry) []byte {
+		b, err := proto.MapRows(rows).AppendBinary(nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	at := func(v int64) *int64 { return &v }
+	chain := seed(
+		proto.MapEntry{Start: 0, Length: 65536, Depth: 1, Present: true, Data: true, Offset: at(327680)},
+		proto.MapEntry{Start: 65536, Length: 983040, Depth: 1, Zero: true},
+		proto.MapEntry{Start: 1048576, Length: 65536, Depth: 1, Present: true, Data: true},
+		proto.MapEntry{Start: 1114112, Length: 3080192, Zero: true})
+	f.Add(chain, int64(4194304), uint8(2))
+	f.Add(chain, int64(4194304), uint8(1))
+	f.Add(chain, int64(4194303), uint8(2))
+	f.Add([]byte{}, int64(0), uint8(1))
+	f.Add(seed(proto.MapEntry{Length: 1<<63 - 1, Zero: true}), int64(1<<63-1), uint8(1))
+	f.Add(seed(proto.MapEntry{Length: 512, Present: true, Data: true}), int64(512), uint8(1))
+	f.Add(seed(proto.MapEntry{Length: 512, Depth: 3, Present: true, Data: true, Offset: at(1 << 62)}), int64(512), uint8(1))
+	// A zero-length row, a row past the end, a truncated one.
+	f.Add(append(seed(proto.MapEntry{}, proto.MapEntry{Length: 1024, Data: true}), 0x09, 0), int64(512), uint8(1))
 	f.Fuzz(func(t *testing.T, res []byte, size int64, layers uint8) {
 		if size < 0 {
 			return // the probe refuses negative sizes before a map runs
@@ -129,7 +140,8 @@ func FuzzMapResult(f *testing.F) {
 		for i := range n {
 			c.Images = append(c.Images, &chainmodel.Image{Name: "layer" + string(rune('a'+i)), Info: proto.Info{Format: "qcow2", VirtualSize: size}})
 		}
-		m, err := MapChain(context.Background(), fakeSandbox(map[string][]byte{proto.OpMap: res}), c, 0)
+		doc := []byte(`"` + base64.StdEncoding.EncodeToString(res) + `"`)
+		m, err := MapChain(context.Background(), fakeSandbox(map[string][]byte{proto.OpMap: doc}), c, 0)
 		if err != nil {
 			checkRefusal(t, err)
 			return

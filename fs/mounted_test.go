@@ -100,7 +100,7 @@ func (w *fakeWorker) answer(_ context.Context, job vmm.Job) vmmtest.Answer {
 		doc, _ := json.Marshal(info)
 		return vmmtest.Answer{Result: doc}
 	case proto.OpMap:
-		return vmmtest.Result(fmt.Sprintf(`[{"start":0,"length":%d,"depth":0,"present":true,"zero":false,"data":true,"offset":0}]`, size))
+		return mapAnswer(proto.MapEntry{Length: size, Present: true, Data: true, Offset: new(int64)})
 	case proto.OpCheck:
 		return vmmtest.Result(`{"supported":true,"check_errors":0,"corruptions":0,"leaks":0,"image_end_offset":65536,"total_clusters":16,` +
 			`"allocated_clusters":1,"fragmented_clusters":0,"compressed_clusters":0,"messages":null}`)
@@ -689,7 +689,7 @@ func TestMountedErrnos(t *testing.T) {
 	} {
 		answers = append(answers, vmmtest.Answer{Err: err})
 	}
-	answers = append(answers, vmmtest.Result(`[{"start":0,"length":1,"depth":0}]`)) // not the whole disk
+	answers = append(answers, mapAnswer(proto.MapEntry{Length: 1})) // not the whole disk
 	for i, a := range answers {
 		want := syscall.EIO // a result the host refuses: WORKER_PROTOCOL
 		if a.Err != nil {
@@ -836,4 +836,13 @@ func TestMountedControl(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mapAnswer is a worker's map of the given rows.
+func mapAnswer(rows ...proto.MapEntry) vmmtest.Answer {
+	doc, err := json.Marshal(proto.MapRows(rows))
+	if err != nil {
+		panic(err)
+	}
+	return vmmtest.Answer{Result: doc}
 }

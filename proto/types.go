@@ -258,7 +258,7 @@ type SurveyResult struct {
 	// Images describes every member of the chain, top first, with its
 	// snapshots.
 	Images     []Info         `json:"images"`
-	Map        []MapEntry     `json:"map,omitempty"`
+	Map        MapRows        `json:"map,omitempty"`
 	MapError   *errcode.Error `json:"map_error,omitempty"`
 	Check      *CheckResult   `json:"check,omitempty"`
 	CheckError *errcode.Error `json:"check_error,omitempty"`

@@ -95,10 +95,6 @@ func confine() error {
 	default:
 		return unavailable("%s is %q; the worker only runs under a sandbox backend", EnvSandbox, mode)
 	}
-	if err := allThreads(unix.SYS_GETPID, 0, 0, 0); err != nil {
-		return unavailable("%v", err)
-	}
-
 	// Load the local time zone while the host's files are still visible, so
 	// that no later time formatting tries to open one.
 	_ = time.Local.String()
@@ -191,10 +187,6 @@ func confine() error {
 	}
 	status.Rlimits = true
 
-	if err := allThreads(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); err != nil {
-		return unavailable("setting no_new_privs: %v", err)
-	}
-
 	abi, err := llsys.LandlockGetABIVersion()
 	if err != nil || abi < 1 {
 		status.Warnings = append(status.Warnings,
@@ -208,6 +200,11 @@ func confine() error {
 		status.LandlockABI = abi
 	}
 
+	// Every call on all threads signals each of them and waits: a few tens of
+	// microseconds per thread. no_new_privs takes none of its own: Landlock
+	// sets it on every thread before it restricts them, and the seccomp
+	// filter sets it on the calling thread and, with TSYNC, on every other.
+	// A cgo build, which cannot make such calls, fails here.
 	if err := dropCapabilities(); err != nil {
 		return unavailable("dropping capabilities: %v", err)
 	}
@@ -343,13 +340,6 @@ func dropCapabilities() error {
 	data := &[2]unix.CapUserData{}
 	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET,
 		uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
-	return threadsErr(errno)
-}
-
-// allThreads runs a system call that takes no pointers on every thread of the
-// process.
-func allThreads(trap, a1, a2, a3 uintptr) error {
-	_, _, errno := syscall.AllThreadsSyscall(trap, a1, a2, a3)
 	return threadsErr(errno)
 }
 

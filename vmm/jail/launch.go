@@ -7,8 +7,9 @@ import (
 )
 
 // Contained returns the kernel attributes that start a program other than the
-// worker, the microvm backend's QEMU, as the jail starts its worker: in fresh
-// user, mount, pid, net, ipc, uts and cgroup namespaces, and, when the host
+// worker, the microvm backend's QEMU, as the jail starts its worker, and in a
+// network namespace besides (QEMU has no filter of ours): in fresh user,
+// mount, pid, net, ipc, uts and cgroup namespaces, and, when the host
 // is root, as a host uid and gid of its own (see workerIDFirst), as the
 // host's uid and gid otherwise. Inside its namespaces the program runs as
 // that uid, not as root, so exec leaves it no capabilities. With namespaces
@@ -33,7 +34,7 @@ func Contained(namespaces bool, groups ...uint32) (attr *syscall.SysProcAttr, ui
 		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups, NoSetGroups: len(groups) == 0},
 	}
 	if namespaces {
-		attr.Cloneflags = namespaceFlags | syscall.CLONE_NEWUSER
+		attr.Cloneflags = namespaceFlags | syscall.CLONE_NEWNET | syscall.CLONE_NEWUSER
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}}
 		for _, g := range groups {

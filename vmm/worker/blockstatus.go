@@ -84,8 +84,9 @@ const maxMapBytes = maxResultJSON
 // DOCUMENT_TOO_LARGE: a small hostile image can describe millions of rows.
 //
 // An image of virtual size 0 has no rows: the result is an empty list, never
-// null, which the protocol would take for a missing result.
-func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]proto.MapEntry, error) {
+// null, which the protocol would take for a missing result. It reports no
+// progress: nothing shows a map's, and each line would cost a write.
+func chainMap(chain []member, maxBytes int64) ([]proto.MapEntry, error) {
 	limit, code, what := int64(maxMapBytes), errcode.ImageTooLarge, "more than a worker may answer"
 	if maxBytes > 0 && maxBytes < limit {
 		limit, code, what = maxBytes, errcode.DocumentTooLarge, "more than the "+strconv.FormatInt(maxBytes, 10)+" bytes asked for"
@@ -114,9 +115,6 @@ func chainMap(chain []member, maxBytes int64, progress func(float64)) ([]proto.M
 			rows = append(rows, e)
 		}
 		off += e.Length
-		if progress != nil {
-			progress(float64(off) / float64(size))
-		}
 	}
 	return rows, nil
 }

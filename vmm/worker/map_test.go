@@ -89,7 +89,7 @@ func TestChainMapMatchesQemu(t *testing.T) {
 			if err := json.Unmarshal(qemutest.Img(t, dir, "map", "--output=json", tt.top), &want); err != nil {
 				t.Fatal(err)
 			}
-			got, err := chainMap(openChainFiles(t, dir, tt.top), 0, nil)
+			got, err := chainMap(openChainFiles(t, dir, tt.top), 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,7 +115,7 @@ func TestChainMapEmptyImage(t *testing.T) {
 	qemutest.NeedQemu(t)
 	dir := t.TempDir()
 	qemutest.Create(t, filepath.Join(dir, "a.qcow2"), "qcow2", "0")
-	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), 0, nil)
+	got, err := chainMap(openChainFiles(t, dir, "a.qcow2"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

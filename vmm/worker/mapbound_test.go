@@ -55,7 +55,7 @@ func TestMapRowsBounded(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			start := time.Now()
-			rows, err := chainMap([]member{{img: tt.img}}, tt.maxBytes, nil)
+			rows, err := chainMap([]member{{img: tt.img}}, tt.maxBytes)
 			if d := time.Since(start); d > 20*time.Second {
 				t.Errorf("took %v", d)
 			}

@@ -50,7 +50,11 @@ func opMap(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	return chainMap(chain, args.MaxBytes, s.out.progress)
+	rows, err := chainMap(chain, args.MaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	return proto.MapRows(rows), nil
 }
 
 func opCheck(_ context.Context, s *session) (any, error) {
@@ -91,7 +95,8 @@ func opSurvey(_ context.Context, s *session) (any, error) {
 	for i, o := range imgs {
 		chain[i] = o.member()
 	}
-	res.Map, err = chainMap(chain, args.MapMaxBytes, nil)
+	rows, err := chainMap(chain, args.MapMaxBytes)
+	res.Map = rows
 	res.MapError = asError(err)
 	var check any
 	switch o := imgs[0]; o.format {

@@ -50,3 +50,32 @@ func TestOutputResultBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestOutputResultLine checks that a result line is the line encoding/json
+// makes of proto.Message{Result: ...}, which the worker writes by hand.
+func TestOutputResultLine(t *testing.T) {
+	at := func(v int64) *int64 { return &v }
+	for name, v := range map[string]any{
+		"info":       proto.Info{Format: "qcow2", VirtualSize: 1 << 30, BackingFilename: "<b&c>.qcow2\u2028"},
+		"map rows":   proto.MapRows{{Length: 65536, Present: true, Data: true, Offset: at(327680)}, {Start: 65536, Length: 1 << 20, Zero: true}},
+		"no rows":    proto.MapRows{},
+		"empty list": []proto.Snapshot{},
+		"string":     "\x01\"\\</script>",
+	} {
+		var buf bytes.Buffer
+		o := &output{w: bufio.NewWriter(&buf)}
+		o.result(v)
+		o.flush()
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := json.Marshal(proto.Message{Result: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := buf.String(); got != string(want)+"\n" {
+			t.Errorf("%s: line\n %q\nwant\n %q", name, got, want)
+		}
+	}
+}

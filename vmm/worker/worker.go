@@ -206,7 +206,8 @@ func (o *output) progress(f float64) {
 		return
 	}
 	o.percent = p
-	o.line(proto.Message{Progress: &f})
+	sent := f // escapes, but only here, not on every call
+	o.line(proto.Message{Progress: &sent})
 	o.flush()
 }
 
@@ -228,7 +229,13 @@ func (o *output) result(v any) {
 		o.fail(errcode.New(errcode.ImageTooLarge, "the answer about this image is %d bytes of JSON, more than a worker may send (%d)", len(b), maxResultJSON))
 		return
 	}
-	o.line(proto.Message{Result: b})
+	// The line proto.Message{Result: b} encodes to, written without
+	// encoding/json's second pass over b, which is compact JSON already.
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.w.WriteString(`{"result":`)
+	o.w.Write(b)
+	o.w.WriteString("}\n")
 }
 
 func (o *output) fail(err error) {
