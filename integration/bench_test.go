@@ -467,7 +467,7 @@ func printBenchReport() {
 	tw.Flush()
 	fmt.Printf("targets: ratio of the wall-clock medians (below 1: instarfs is faster); one worker start per command; worker peak RSS ≤ %d MiB\n", benchMaxRSSKiB/1024)
 	fmt.Printf("mount: %d images; instarfs = ls -la of the mount or cat of every info.json (its CPU: the mount's, its workers included), qemu-img = a qemu-img info loop;\n", benchMountImages)
-	fmt.Printf("       starts: workers of the whole phase (a warm ls -la: none; first reads of info.json: at most one per image)\n")
+	fmt.Printf("       info-cold: cat of every info.json, nothing listed before; info-first: the same after a listing; starts: workers of the whole phase\n")
 	fmt.Printf("CPU: medians of user and system time, the worker included; less sensitive to a busy machine than wall-clock time\n")
 	fmt.Printf("sets: ref = the reference set (2 GiB, 384 MiB of data in scattered 64 KiB clusters); alt = the same shape, other seed, data in runs of 4 clusters;\n")
 	fmt.Printf("      1t = 1 TiB virtual, 64 MiB of data, for the memory bound (qemu-img not run where it needs minutes)\n\n")
@@ -557,7 +557,10 @@ func benchMountBuild(b *testing.B) string {
 // each run, after touching every image so that nothing the mount cached of
 // them holds:
 //
-//	ls-cold     the first `ls -la` of the mount (a probe per image)
+//	info-cold   one `cat` of every image's info.json, nothing listed before
+//	            (each image's lookup probes it), against the qemu-img loop
+//	ls-cold     the first `ls -la` of the mount (a probe per image), after
+//	            touching the images again
 //	ls-warm     `ls -la` again: it may start no worker
 //	info-first  one `cat` of every image's info.json, the first reads, against
 //	            a loop of `qemu-img info --output=json` over the same files
@@ -608,6 +611,7 @@ func benchMount(b *testing.B) {
 	}
 	qemuLoop() // warm the page cache
 	rows := map[string]*benchRow{
+		"info-cold":  {maxStarts: benchMountImages},
 		"ls-cold":    {maxStarts: benchMountImages},
 		"ls-warm":    {maxStarts: 0},
 		"info-first": {maxStarts: benchMountImages},
@@ -622,13 +626,18 @@ func benchMount(b *testing.B) {
 	n := min(b.N, benchMountRuns)
 	b.ResetTimer()
 	b.StopTimer()
-	for i := range n {
-		t := time.Now().Add(time.Duration(i+1) * time.Second)
+	touch := func() {
+		t := time.Now()
 		for _, name := range images {
 			if err := os.Chtimes(filepath.Join(dir, name), t, t); err != nil {
 				b.Fatal(err)
 			}
 		}
+	}
+	for i := range n {
+		touch()
+		record("info-cold", "cat", infos...)
+		touch()
 		record("ls-cold", "ls", "-la", m.mnt)
 		record("ls-warm", "ls", "-la", m.mnt)
 		runInfo := func() { record("info-first", "cat", infos...) }
@@ -644,11 +653,11 @@ func benchMount(b *testing.B) {
 			runInfo()
 		}
 	}
-	for _, op := range []string{"ls-cold", "ls-warm", "info-first"} {
+	for _, op := range []string{"info-cold", "ls-cold", "ls-warm", "info-first"} {
 		r := rows[op]
 		r.set, r.op, r.runs = "mount", op, n
 		r.ours, r.oursCPU = median(times[op]), median(times[op+" cpu"])
-		if op == "info-first" {
+		if strings.HasPrefix(op, "info") {
 			r.qemu, r.qemuCPU = median(times["qemu"]), median(times["qemu cpu"])
 		}
 		benchMu.Lock()

@@ -13,8 +13,9 @@ import (
 
 // TestMountWorkerStarts lists a mount as `ls -la` does and reads every
 // generated document of each image: the first time costs a worker per image
-// to list the directory and one per image for all its documents; a second
-// time, with nothing changed, no worker at all.
+// to list the directory (which makes info.json too) and one per image for
+// all its other documents; a second time, with nothing changed, no worker at
+// all.
 func TestMountWorkerStarts(t *testing.T) {
 	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil || os.Geteuid() != 0 {
 		t.Skipf("mounting needs root and /dev/fuse (%v)", err)
@@ -56,6 +57,26 @@ func TestMountWorkerStarts(t *testing.T) {
 			t.Fatal("the mount did not come up")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Listing the mount probed every image once; the first reads of every
+	// info.json start no worker then: the probe described the image, and
+	// info.json (qemu-img info) describes the top alone.
+	top, err := os.ReadDir(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if listed := sb.runs.Load(); listed != images {
+		t.Errorf("listing %d images started %d workers, want %d", images, listed, images)
+	}
+	listed := sb.runs.Load()
+	for _, e := range top {
+		if _, err := os.ReadFile(filepath.Join(mnt, e.Name(), "info.json")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sb.runs.Load() - listed; n != 0 {
+		t.Errorf("the first reads of every info.json started %d workers, want 0", n)
 	}
 
 	listAll := func() {
