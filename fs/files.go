@@ -276,6 +276,9 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		// Another process (a running VM) holds an image of the chain: read
 		// it as qemu-img -U does, without locks; status says it is in use.
 		// Not when it is this mount's own job: that image is being changed.
+		if c != nil {
+			c.Close() // the members a partial open described, still locked
+		}
 		opts.ForceShare = true
 		inUse := err
 		if c, err = o.OpenChain(ctx, rel, opts); c != nil && f.ownJob(c) {
