@@ -44,10 +44,25 @@ type Broker struct {
 	// and it is given them, so that every lock is held from the start.
 	Known         *Chain
 	KnownWritable []int
+	// Reservation, when set, takes each file of the top's chain below the
+	// top as it is opened, before it is locked or handed to the worker, and
+	// is told when the chain is complete.
+	Reservation Reservation
 
 	members  []*member
 	reopened bool
 	refusal  error
+}
+
+// Reservation takes the files of an operation as the broker learns them
+// (the mount reserves them for its job, so that no other job uses them).
+type Reservation interface {
+	// Take is called with a member of the top's chain below the top, opened
+	// but not yet locked; an error refuses the member.
+	Take(FileID) error
+	// Complete is called when the worker has reported the last member of
+	// the top's chain: every member has been taken.
+	Complete()
 }
 
 // member is one file the broker opened.
@@ -159,6 +174,12 @@ func (b *Broker) openBacking(i int) (proto.BrokerReply, []*os.File, error) {
 		f.Close()
 		return proto.BrokerReply{}, nil, errcode.New(errcode.RebaseCreatesLoop, "'%s' is an overlay of the image being rebased: its backing chain reaches that image as '%s', so the chain would loop", b.root(i).im.Name, next.Name)
 	}
+	if b.Reservation != nil && !m.newChain {
+		if err := b.Reservation.Take(next.ID()); err != nil {
+			f.Close()
+			return proto.BrokerReply{}, nil, err
+		}
+	}
 	if b.Known != nil && !m.newChain {
 		f.Close()
 		return b.known(i+1, next)
@@ -242,6 +263,9 @@ func (b *Broker) add(m *member) (proto.BrokerReply, []*os.File, error) {
 func (b *Broker) complete() (proto.BrokerReply, []*os.File, error) {
 	if b.Known != nil && len(b.members) != len(b.Known.Images) {
 		return proto.BrokerReply{}, nil, errcode.New(errcode.ImageChanged, "the backing chain of '%s' changed while it was opened", b.members[0].im.Name)
+	}
+	if b.Reservation != nil {
+		b.Reservation.Complete()
 	}
 	if b.Reopen == nil || b.reopened {
 		return proto.BrokerReply{}, nil, nil

@@ -27,7 +27,7 @@ func Commit(ctx context.Context, o *Opener, path string, req CommitRequest, prog
 	j := chainJob{
 		op:   proto.OpCommit,
 		args: proto.CommitArgs{Drop: drop, Rate: req.Rate, Cache: req.Cache},
-		opts: OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top},
+		opts: OpenOptions{Format: req.Format, Writable: !drop, Want: req.Top, Reservation: req.Reservation},
 		reopen: func(c *chainmodel.Chain) ([]int, error) {
 			if len(c.Images) < 2 {
 				return nil, errcode.New(errcode.NoBackingFile, "Image does not have a backing file")

@@ -27,7 +27,11 @@ type JobSpec struct {
 	Arguments string              // what was asked, for the log
 	Top       chainmodel.FileID   // the image the job was started on
 	Members   []chainmodel.FileID // every file the job reads or writes, Top included
-	Run       JobFunc
+	// Learns says that Members are not all of them: the job takes the
+	// members of Top's chain as it opens them (Reservation), and shows as
+	// running once it has taken them all.
+	Learns bool
+	Run    JobFunc
 }
 
 // Job is a running or finished operation.
@@ -36,6 +40,7 @@ type Job struct {
 	percent   atomic.Int64 // the whole percent status shows
 	changedAt atomic.Int64 // when percent last changed, in Unix nanoseconds
 	cancel    context.CancelFunc
+	reserved  bool // every file the job uses is reserved (JobManager.mu)
 	done      chan struct{}
 	env       *Envelope
 	err       error
@@ -124,13 +129,15 @@ func (m *JobManager) Start(spec JobSpec) (*Job, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	j := &Job{spec: spec, cancel: cancel, done: make(chan struct{})}
+	j := &Job{spec: spec, cancel: cancel, reserved: !spec.Learns, done: make(chan struct{})}
 	m.busy[spec.Top] = j
 	for _, id := range spec.Members {
 		m.busy[id] = j
 	}
 	m.running[spec.Top] = j
-	m.touch(false, append([]chainmodel.FileID{spec.Top}, spec.Members...)...)
+	if j.reserved {
+		m.touch(false, append([]chainmodel.FileID{spec.Top}, spec.Members...)...)
+	}
 	m.wg.Add(1)
 	go m.run(ctx, j)
 	return j, nil
@@ -153,7 +160,9 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 	for id, b := range m.busy {
 		if b == j {
 			delete(m.busy, id)
-			m.touch(false, id)
+			if j.reserved {
+				m.touch(false, id)
+			}
 		}
 	}
 	delete(m.running, j.spec.Top)
@@ -162,6 +171,60 @@ func (m *JobManager) run(ctx context.Context, j *Job) {
 	m.mu.Unlock()
 	j.cancel()
 	close(j.done)
+}
+
+// Reservation returns what takes the members of the chain of the job
+// started on top (a spec with Learns) as its broker opens them: each is
+// reserved for the job, or refused with CHAIN_BUSY when another job holds
+// it, and then handed to taken (nil for nothing). Once the chain is complete
+// the job shows as running, and its files as busy.
+func (m *JobManager) Reservation(top chainmodel.FileID, taken func(chainmodel.FileID)) chainmodel.Reservation {
+	return &reservation{m: m, top: top, taken: taken}
+}
+
+type reservation struct {
+	m     *JobManager
+	top   chainmodel.FileID
+	taken func(chainmodel.FileID)
+}
+
+func (r *reservation) Take(id chainmodel.FileID) error {
+	m := r.m
+	m.mu.Lock()
+	j := m.running[r.top]
+	switch other := m.busy[id]; {
+	case j == nil:
+		m.mu.Unlock()
+		return errcode.New(errcode.Internal, "no job runs on the image whose chain holds %v", id)
+	case other != nil && other != j:
+		m.mu.Unlock()
+		return chainBusy(other)
+	}
+	m.busy[id] = j
+	if j.reserved {
+		m.touch(false, id)
+	}
+	m.mu.Unlock()
+	if r.taken != nil {
+		r.taken(id)
+	}
+	return nil
+}
+
+func (r *reservation) Complete() {
+	m := r.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j := m.running[r.top]
+	if j == nil || j.reserved {
+		return
+	}
+	j.reserved = true
+	for id, b := range m.busy {
+		if b == j {
+			m.touch(false, id)
+		}
+	}
 }
 
 // Record stores the outcome of an operation that was refused before it could
@@ -202,10 +265,11 @@ func chainBusy(j *Job) error {
 func (m *JobManager) Status(id chainmodel.FileID) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if j := m.running[id]; j != nil {
+	// A job that still learns its chain shows as what it replaces.
+	if j := m.running[id]; j != nil && j.reserved {
 		return fmt.Sprintf("running %s %d%%", j.spec.Operation, j.percent.Load())
 	}
-	if j := m.busy[id]; j != nil {
+	if j := m.busy[id]; j != nil && j.reserved {
 		return fmt.Sprintf("busy: %s of %s", j.spec.Operation, j.spec.Image)
 	}
 	last, ok := m.last[id]
@@ -226,7 +290,7 @@ func (m *JobManager) Changed(id chainmodel.FileID) (status, result time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.changed[id]
-	if j := m.running[id]; j != nil {
+	if j := m.running[id]; j != nil && j.reserved {
 		if t := time.Unix(0, j.changedAt.Load()); t.After(c.status) {
 			c.status = t
 		}

@@ -139,3 +139,87 @@ func TestJobManager(t *testing.T) {
 		t.Errorf("%d log lines for 5 jobs and refusals", lines)
 	}
 }
+
+// TestJobReservation: a job that learns its chain (JobSpec.Learns) holds its
+// top from the start and each member from when its broker takes it; another
+// job's file is refused with CHAIN_BUSY; the job shows as running, and its
+// members as busy, once its chain is complete.
+func TestJobReservation(t *testing.T) {
+	m := &JobManager{Sandbox: vmmtest.New(nil), Log: logrus.New()}
+	a, b, c, d := chainmodel.FileID{Dev: 1, Ino: 1}, chainmodel.FileID{Dev: 1, Ino: 2}, chainmodel.FileID{Dev: 1, Ino: 3}, chainmodel.FileID{Dev: 1, Ino: 4}
+	releaseD := make(chan struct{})
+	defer close(releaseD)
+	if _, err := m.Start(JobSpec{Operation: "commit", Image: "d", Top: d, Run: blockingJob(releaseD)}); err != nil {
+		t.Fatal(err)
+	}
+	m.Record(JobSpec{Operation: "rebase", Image: "a", Top: a}, errcode.New(errcode.BadArguments, "earlier"))
+	reserved := make(chan chainmodel.Reservation, 1)
+	var taken []chainmodel.FileID
+	steps := make(chan func(chainmodel.Reservation), 1)
+	done := make(chan struct{})
+	_, err := m.Start(JobSpec{Operation: "rebase", Image: "a", Top: a, Members: []chainmodel.FileID{a}, Learns: true,
+		Run: func(ctx context.Context, _ Progress) (*Envelope, error) {
+			r := <-reserved
+			for step := range steps {
+				step(r)
+			}
+			close(done)
+			return &Envelope{Operation: "rebase", Image: "a"}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserved <- m.Reservation(a, func(id chainmodel.FileID) { taken = append(taken, id) })
+	step := func(f func(chainmodel.Reservation)) {
+		t.Helper()
+		ran := make(chan struct{})
+		steps <- func(r chainmodel.Reservation) { f(r); close(ran) }
+		<-ran
+	}
+	// The top is held from the start; until the chain is complete, the
+	// statuses show what they showed.
+	if err := m.BusyError(a); errcode.Of(err) != errcode.ChainBusy {
+		t.Errorf("BusyError(top) while the job learns its chain: %v", err)
+	}
+	if s := m.Status(a); !strings.HasPrefix(s, "failed rebase: BAD_ARGUMENTS") {
+		t.Errorf("status of the top while the job learns its chain: %q", s)
+	}
+	step(func(r chainmodel.Reservation) {
+		if err := r.Take(b); err != nil {
+			t.Errorf("taking a free member: %v", err)
+		}
+		if err := r.Take(b); err != nil {
+			t.Errorf("taking a member twice: %v", err)
+		}
+		if err := r.Take(d); errcode.Of(err) != errcode.ChainBusy || !strings.Contains(err.Error(), "commit of 'd'") {
+			t.Errorf("taking another job's top: %v, want CHAIN_BUSY naming commit of 'd'", err)
+		}
+	})
+	if len(taken) != 2 || taken[0] != b || taken[1] != b {
+		t.Errorf("taken: %v, want b twice", taken)
+	}
+	if err := m.BusyError(b); errcode.Of(err) != errcode.ChainBusy {
+		t.Errorf("BusyError(member) once taken: %v", err)
+	}
+	if s := m.Status(b); s != "idle" {
+		t.Errorf("status of a member before the chain is complete: %q", s)
+	}
+	step(func(r chainmodel.Reservation) { r.Complete() })
+	if s := m.Status(a); s != "running rebase 0%" {
+		t.Errorf("status of the top once the chain is complete: %q", s)
+	}
+	if s := m.Status(b); s != "busy: rebase of a" {
+		t.Errorf("status of a member once the chain is complete: %q", s)
+	}
+	if err := m.BusyError(c); err != nil {
+		t.Errorf("BusyError of a file outside the chain: %v", err)
+	}
+	close(steps)
+	<-done
+	if err := m.WaitFree(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if s := m.Status(b); s != "idle" {
+		t.Errorf("status of a member after the job: %q", s)
+	}
+}

@@ -150,6 +150,9 @@ type OpenOptions struct {
 	// taking or testing QEMU's locks, so that an image a running VM holds can
 	// be inspected. Not with Writable.
 	ForceShare bool
+	// Reservation, when set, takes each member of the chain below the top
+	// as it is opened (brokered runs and the probe cache's chains only).
+	Reservation chainmodel.Reservation
 }
 
 // OpenChain opens the image at path (beneath an allowed root) and, unless

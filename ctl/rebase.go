@@ -58,7 +58,7 @@ func Rebase(ctx context.Context, o *Opener, path string, req RebaseRequest, prog
 	c, res, err := o.runChain(ctx, path, chainJob{
 		op:         proto.OpRebase,
 		args:       proto.RebaseArgs{Unsafe: req.Unsafe, Backing: req.Backing, BackingFormat: req.BackingFormat},
-		opts:       OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top},
+		opts:       OpenOptions{Format: req.Format, Writable: true, NoBacking: req.Unsafe, Want: req.Top, Reservation: req.Reservation},
 		newBacking: req.Backing,
 		newFormat:  req.BackingFormat,
 		progress:   progress,

@@ -17,6 +17,9 @@ type RebaseRequest struct {
 	Unsafe        bool   // -u
 	// Top, when set, is the identity FILE must have (the mount's node for it).
 	Top *chainmodel.FileID
+	// Reservation, when set, takes each member of FILE's chain as the
+	// worker asks for it (OpenOptions.Reservation).
+	Reservation chainmodel.Reservation
 }
 
 // CommitRequest is what `instarfs commit` and a write to a mounted image's
@@ -29,6 +32,9 @@ type CommitRequest struct {
 	Cache  string // -t: none, writeback, writethrough, directsync, unsafe
 	// Top, when set, is the identity FILE must have (the mount's node for it).
 	Top *chainmodel.FileID
+	// Reservation, when set, takes each member of FILE's chain as the
+	// worker asks for it (OpenOptions.Reservation).
+	Reservation chainmodel.Reservation
 }
 
 // Validate refuses what no rebase can do, before any file is opened: an

@@ -244,6 +244,7 @@ func (o *Opener) broker(top *chainmodel.Image, opts OpenOptions) *chainmodel.Bro
 	b := chainmodel.NewBroker(o.Policy, top, opts.Format, opts.Format == "")
 	b.Backing = !opts.NoBacking
 	b.ForceShare = opts.ForceShare
+	b.Reservation = opts.Reservation
 	return b
 }
 

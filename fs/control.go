@@ -13,6 +13,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
+	"instarfs/vmm"
 )
 
 // controlNode is a control file, rebase, commit or repair. The first write(2)
@@ -144,6 +145,15 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		return refuse(c.err)
 	}
 	o := f.cfg.Opener
+	// A rebase or commit whose worker asks for the backing files reserves
+	// each as the broker opens it: the job's one worker both finds the chain
+	// and runs the operation.
+	var reservation chainmodel.Reservation
+	if vmm.Brokers(o.Sandbox) && cn.op != "repair" {
+		reservation = f.cfg.Jobs.Reservation(top, func(id chainmodel.FileID) {
+			f.revokeDisks([]chainmodel.FileID{id}, cn.op)
+		})
+	}
 	var newBacking string
 	switch cn.op {
 	case "rebase":
@@ -154,7 +164,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		if req.Format == "" {
 			req.Format = c.format
 		}
-		req.Top = &top
+		req.Top, req.Reservation = &top, reservation
 		if req.Backing, err = f.hostName("rebase", "-b", rel, req.Backing); err != nil {
 			return refuse(err)
 		}
@@ -170,7 +180,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		if req.Format == "" {
 			req.Format = c.format
 		}
-		req.Top = &top
+		req.Top, req.Reservation = &top, reservation
 		if req.Base, err = f.hostName("commit", "-b", rel, req.Base); err != nil {
 			return refuse(err)
 		}
@@ -190,8 +200,9 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 		return nil, syscall.EIO
 	}
 
-	// Reserve every file the job touches: the chain, and a new backing file.
-	members, err := f.members(ctx, rel, top, c.format, newBacking)
+	// Reserve every file the job touches: the chain (or only its top, when
+	// the job reserves the rest as it opens them), and a new backing file.
+	members, err := f.members(ctx, rel, top, c.format, newBacking, reservation != nil)
 	if errcode.Of(err) == errcode.ImageInUse {
 		// A job of this mount on a file this chain shares holds its lock:
 		// say which, rather than blame another process.
@@ -204,7 +215,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 	if err != nil {
 		return refuse(err)
 	}
-	spec.Members = members
+	spec.Members, spec.Learns = members, reservation != nil
 	run := spec.Run
 	spec.Run = func(ctx context.Context, p ctl.Progress) (*ctl.Envelope, error) {
 		// The job holds the chain now: no disk opens it until it ends.
@@ -258,31 +269,37 @@ func (cn *controlNode) refuseLater(first, data []byte, ran bool) syscall.Errno {
 	return errcode.Of(err).Errno()
 }
 
-// members opens the chain of the image at rel (the file top), and the new
-// backing file, to learn the identities of every file a job on it touches. It
-// also checks them now: a missing or refused file, or an image in use, is
-// reported before the job starts.
+// members returns the identities of the files a job on the image at rel (the
+// file top) reserves before it starts: the top, the members of its chain
+// unless the job takes them as it opens them (learns), and the new backing
+// file. Without learns it opens the chain to learn them, and checks them now:
+// a missing or refused file, or an image in use, is reported before the job
+// starts; with it the operation reports them.
 //
 // A chain that cannot be opened whole (a missing old backing file, which
 // `rebase -u` exists to repair) reserves the image alone: the operation itself
 // then says whether it needs more.
-func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string) ([]chainmodel.FileID, error) {
-	opts := ctl.OpenOptions{Format: format, Want: &top}
-	c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
-	if err != nil && errcode.Of(err) != errcode.ImageInUse && errcode.Of(err) != errcode.ImageChanged && ctx.Err() == nil {
-		opts.NoBacking = true
-		c, err = f.cfg.Opener.OpenChain(ctx, rel, opts)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	var ids []chainmodel.FileID
-	for _, im := range c.Images {
-		ids = append(ids, im.ID())
+func (f *FS) members(ctx context.Context, rel string, top chainmodel.FileID, format, newBacking string, learns bool) ([]chainmodel.FileID, error) {
+	ids := []chainmodel.FileID{top}
+	if !learns {
+		opts := ctl.OpenOptions{Format: format, Want: &top}
+		c, err := f.cfg.Opener.OpenChain(ctx, rel, opts)
+		if err != nil && errcode.Of(err) != errcode.ImageInUse && errcode.Of(err) != errcode.ImageChanged && ctx.Err() == nil {
+			opts.NoBacking = true
+			c, err = f.cfg.Opener.OpenChain(ctx, rel, opts)
+		}
+		if err != nil {
+			return nil, err
+		}
+		ids = ids[:0]
+		for _, im := range c.Images {
+			ids = append(ids, im.ID())
+		}
+		c.Close()
 	}
 	if newBacking != "" {
-		nf, _, st, err := f.cfg.Opener.Policy.OpenName(c.Top().Dir(), newBacking)
+		im := chainmodel.Image{Loc: f.loc(rel)}
+		nf, _, st, err := f.cfg.Opener.Policy.OpenName(im.Dir(), newBacking)
 		if errcode.Of(err) == errcode.BackingNotFound {
 			return ids, nil // the operation says whether it needs the file (rebase -u does not)
 		}

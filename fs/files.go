@@ -257,9 +257,16 @@ type genCacheEntry struct {
 // generate makes info.json, chain.json, map.json, map.svg or check.json for the image
 // at rel, exactly as the command line prints them, through a worker. Each is
 // cached by the identity of the files it depends on.
+//
+// info.json describes the top alone, as qemu-img info does: it comes from the
+// probe cache, which the probe that showed the image filled (no worker), and
+// costs none of the survey's work (the map, the check). The others come from
+// one survey of the chain.
 func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, error) {
-	if data, ok, err := f.surveyed(ctx, kind, rel, id, format); ok {
-		return data, err
+	if kind != kindInfo {
+		if data, ok, err := f.surveyed(ctx, kind, rel, id, format); ok {
+			return data, err
+		}
 	}
 	o := f.cfg.Opener
 	noBacking := kind == kindInfo || kind == kindCheck
@@ -269,6 +276,9 @@ func (f *FS) generate(ctx context.Context, kind int, rel string, id chainmodel.F
 		// Another process (a running VM) holds an image of the chain: read
 		// it as qemu-img -U does, without locks; status says it is in use.
 		// Not when it is this mount's own job: that image is being changed.
+		if c != nil {
+			c.Close() // the members a partial open described, still locked
+		}
 		opts.ForceShare = true
 		inUse := err
 		if c, err = o.OpenChain(ctx, rel, opts); c != nil && f.ownJob(c) {

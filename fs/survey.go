@@ -11,10 +11,12 @@ import (
 )
 
 // surveyed makes the document of kind for the image at rel together with all
-// the others (info.json, chain.json, map.json, map.svg, check.json) from one
-// worker run (ctl.SurveyChain), each cached by the identities of every file
-// of the chain: a chain whose files are all unchanged since (the probe cache
-// describes them) is answered from the cache without a worker. ok is false
+// the others of its chain (chain.json, map.json, map.svg, check.json) from
+// one worker run (ctl.SurveyChain), each cached by the identities of every
+// file of the chain: a chain whose files are all unchanged since (the probe
+// cache describes them) is answered from the cache without a worker. The run
+// leaves the top's description in the probe cache, which info.json is made
+// from (generate). ok is false
 // when the survey cannot be made (a chain that does not open whole, a lock
 // another process holds, a sandbox that cannot broker): the caller makes the
 // document alone.
@@ -40,20 +42,13 @@ func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.F
 		err  error
 	}
 	docs := map[int]doc{}
-	for _, k := range []int{kindInfo, kindChain} {
-		c := s.Chain
-		if k == kindInfo {
-			c = &chainmodel.Chain{Images: c.Images[:1]}
-		}
-		// Refuse what is certainly too large before rendering it: a chain
-		// of images with 65,536 snapshots each renders to hundreds of
-		// megabytes.
-		if least := snapshotsJSONAtLeast(c); least > f.cfg.MaxDocument {
-			docs[k] = doc{err: errcode.New(errcode.DocumentTooLarge, "the %s of '%s' would be more than %d bytes (its snapshots alone), more than the mount serves (%d)",
-				fileName(k), rel, least, f.cfg.MaxDocument)}
-		} else {
-			docs[k] = doc{data: ctl.InfoJSON(ctl.Info(c, k == kindChain), k == kindChain)}
-		}
+	// Refuse what is certainly too large before rendering it: a chain of
+	// images with 65,536 snapshots each renders to hundreds of megabytes.
+	if least := snapshotsJSONAtLeast(s.Chain); least > f.cfg.MaxDocument {
+		docs[kindChain] = doc{err: errcode.New(errcode.DocumentTooLarge, "the %s of '%s' would be more than %d bytes (its snapshots alone), more than the mount serves (%d)",
+			fileName(kindChain), rel, least, f.cfg.MaxDocument)}
+	} else {
+		docs[kindChain] = doc{data: ctl.InfoJSON(ctl.Info(s.Chain, true), true)}
 	}
 	switch {
 	case s.MapErr == nil:

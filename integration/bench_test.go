@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"instarfs/internal/qemutest"
 	"instarfs/vmm"
 )
 
@@ -259,11 +260,15 @@ type benchRow struct {
 	oursCPU, qemuCPU time.Duration // medians of the CPU times (user and system, the worker included)
 	starts, rssKiB   int64         // the most any run showed
 	runs             int
+	// maxStarts is the most worker starts the row may show: 1 for a
+	// command; for the mount's rows, what the phase may start.
+	maxStarts int64
 }
 
 var benchRows []benchRow // guarded by benchMu
 
-// BenchmarkOps runs every operation on every set: Ops/<set>/<operation>.
+// BenchmarkOps runs every operation on every set, Ops/<set>/<operation>,
+// then the mount's case, Ops/mount (benchMount).
 func BenchmarkOps(b *testing.B) {
 	for _, set := range benchSets {
 		b.Run(set.name, func(b *testing.B) {
@@ -272,6 +277,7 @@ func BenchmarkOps(b *testing.B) {
 			}
 		})
 	}
+	b.Run("mount", benchMount)
 }
 
 // benchOperation times op on set b.N times for each program, alternating
@@ -358,12 +364,19 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 			runOurs()
 		}
 	}
-	row.set, row.op, row.runs = set.name, op.name, n
+	row.set, row.op, row.runs, row.maxStarts = set.name, op.name, n, 1
 	row.ours, row.oursCPU = median(oursT), median(oursCPU)
-	b.ReportMetric(float64(row.ours.Nanoseconds()), "ns/op")
-	b.ReportMetric(float64(row.oursCPU.Nanoseconds()), "cpu-ns/op")
 	if withQemu {
 		row.qemu, row.qemuCPU = median(qemuT), median(qemuCPU)
+	}
+	reportRow(b, row)
+}
+
+// reportRow reports row's metrics and keeps it for the table.
+func reportRow(b *testing.B, row benchRow) {
+	b.ReportMetric(float64(row.ours.Nanoseconds()), "ns/op")
+	b.ReportMetric(float64(row.oursCPU.Nanoseconds()), "cpu-ns/op")
+	if row.qemu > 0 {
 		b.ReportMetric(float64(row.qemu.Nanoseconds()), "qemu-ns/op")
 		b.ReportMetric(float64(row.ours)/float64(row.qemu), "x-qemu")
 		b.ReportMetric(float64(row.qemuCPU.Nanoseconds()), "qemu-cpu-ns/op")
@@ -380,6 +393,16 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 // peak RSS among them, from its debug log (the line vmm logs for every
 // worker it waited for).
 func workerStats(b *testing.B, log []byte) (starts, maxRSSKiB int64) {
+	starts, maxRSSKiB = workerLines(log)
+	if starts == 0 {
+		b.Fatalf("no %q line in the debug log:\n%.2000s", vmm.ExitedMessage, log)
+	}
+	return starts, maxRSSKiB
+}
+
+// workerLines counts the workers a debug log says exited and returns the
+// largest peak RSS among them.
+func workerLines(log []byte) (starts, maxRSSKiB int64) {
 	sc := bufio.NewScanner(bytes.NewReader(log))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -392,9 +415,6 @@ func workerStats(b *testing.B, log []byte) (starts, maxRSSKiB int64) {
 		}
 		starts++
 		maxRSSKiB = max(maxRSSKiB, e.MaxRSS)
-	}
-	if starts == 0 {
-		b.Fatalf("no %q line in the debug log:\n%.2000s", vmm.ExitedMessage, log)
 	}
 	return starts, maxRSSKiB
 }
@@ -434,7 +454,7 @@ func printBenchReport() {
 			}
 		}
 		starts := fmt.Sprint(r.starts)
-		if r.starts > 1 {
+		if r.starts > r.maxStarts {
 			starts += " MISSED"
 		}
 		rss := fmt.Sprintf("%.1f MiB", float64(r.rssKiB)/1024)
@@ -446,6 +466,8 @@ func printBenchReport() {
 	}
 	tw.Flush()
 	fmt.Printf("targets: ratio of the wall-clock medians (below 1: instarfs is faster); one worker start per command; worker peak RSS ≤ %d MiB\n", benchMaxRSSKiB/1024)
+	fmt.Printf("mount: %d images; instarfs = ls -la of the mount or cat of every info.json (its CPU: the mount's, its workers included), qemu-img = a qemu-img info loop;\n", benchMountImages)
+	fmt.Printf("       info-cold: cat of every info.json, nothing listed before; info-first: the same after a listing; starts: workers of the whole phase\n")
 	fmt.Printf("CPU: medians of user and system time, the worker included; less sensitive to a busy machine than wall-clock time\n")
 	fmt.Printf("sets: ref = the reference set (2 GiB, 384 MiB of data in scattered 64 KiB clusters); alt = the same shape, other seed, data in runs of 4 clusters;\n")
 	fmt.Printf("      1t = 1 TiB virtual, 64 MiB of data, for the memory bound (qemu-img not run where it needs minutes)\n\n")
@@ -458,6 +480,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) 
 var benchTargets = map[string]float64{
 	"info": 1.5, "info-chain": 1.5, "map": 1.5, "check": 1.5,
 	"rebase-safe": 0.4, "commit": 0.6, "rebase-unsafe": 1.5, "detach": 0.6,
+	"info-first": 1.0,
 }
 
 const benchMaxRSSKiB = 128 << 10
@@ -482,4 +505,190 @@ func copyFileSynced(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// The mount's case (issue: a listing of N images costs at most one worker per
+// image not yet cached): benchMountImages small qcow2 images in one
+// directory, overlays over benchMountBases bases.
+const (
+	benchMountImages = 200
+	benchMountBases  = 4
+	// benchMountRuns bounds the runs: every run lists the images cold.
+	benchMountRuns = 3
+)
+
+// benchMountBuild builds the mount's images once per run and returns their
+// directory: the bases 64 MiB virtual with 4 MiB of data, each overlay with
+// 256 KiB of its own.
+func benchMountBuild(b *testing.B) string {
+	b.Helper()
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if dir, ok := benchDirs["mount"]; ok {
+		return dir
+	}
+	if benchRoot == "" {
+		root, err := os.MkdirTemp(filepath.Dir(binary), "bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchRoot = root
+	}
+	dir := filepath.Join(benchRoot, "mount")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for i := range benchMountImages {
+		name := fmt.Sprintf("img%03d.qcow2", i)
+		if i < benchMountBases {
+			qemutest.Img(b, dir, "create", "-q", "-f", "qcow2", name, "64M")
+			qemutest.IO(b, filepath.Join(dir, name), "qcow2", fmt.Sprintf("write -q -P %d 0 4M", i+1))
+			continue
+		}
+		base := fmt.Sprintf("img%03d.qcow2", i%benchMountBases)
+		qemutest.Img(b, dir, "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", name)
+		qemutest.IO(b, filepath.Join(dir, name), "qcow2", fmt.Sprintf("write -q -P %d %d 256k", i%250+1, int64(i)<<20%(60<<20)))
+	}
+	benchDirs["mount"] = dir
+	return dir
+}
+
+// benchMount mounts the directory of benchMountImages images and times, in
+// each run, after touching every image so that nothing the mount cached of
+// them holds:
+//
+//	info-cold   one `cat` of every image's info.json, nothing listed before
+//	            (each image's lookup probes it), against the qemu-img loop
+//	ls-cold     the first `ls -la` of the mount (a probe per image), after
+//	            touching the images again
+//	ls-warm     `ls -la` again: it may start no worker
+//	info-first  one `cat` of every image's info.json, the first reads, against
+//	            a loop of `qemu-img info --output=json` over the same files
+//
+// instarfs's CPU time is the mount process's, its workers included; the
+// workers are counted from its debug log.
+func benchMount(b *testing.B) {
+	dir := benchMountBuild(b)
+	var images, infos []string
+	for i := range benchMountImages {
+		images = append(images, fmt.Sprintf("img%03d.qcow2", i))
+	}
+	m := mount(b, dir, []string{"--log-level=debug", "--log-format=json"})
+	for _, name := range images {
+		infos = append(infos, m.path(name, "info.json"))
+	}
+	pid := m.cmd.Process.Pid
+	// phase runs name with args and returns its wall time, the mount's CPU
+	// time meanwhile, the workers the mount started and their largest peak
+	// RSS.
+	phase := func(name string, args ...string) (wall, cpu time.Duration, starts, rss int64) {
+		logAt, cpuAt := len(m.stderr.String()), processCPU(b, pid)
+		var stderr bytes.Buffer
+		cmd := exec.Command(name, args...)
+		cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("%s: %v\n%.2000s", name, err, stderr.Bytes())
+		}
+		wall = time.Since(start)
+		cpu = processCPU(b, pid) - cpuAt
+		starts, rss = workerLines([]byte(m.stderr.String()[logAt:]))
+		return wall, cpu, starts, rss
+	}
+	qemuLoop := func() (wall, cpu time.Duration) {
+		for _, name := range images {
+			cmd := exec.Command("qemu-img", "info", "--output=json", name)
+			cmd.Dir = dir
+			cmd.Stdout = io.Discard
+			start := time.Now()
+			if err := cmd.Run(); err != nil {
+				b.Fatalf("qemu-img info %s: %v", name, err)
+			}
+			wall += time.Since(start)
+			cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		}
+		return wall, cpu
+	}
+	qemuLoop() // warm the page cache
+	rows := map[string]*benchRow{
+		"info-cold":  {maxStarts: benchMountImages},
+		"ls-cold":    {maxStarts: benchMountImages},
+		"ls-warm":    {maxStarts: 0},
+		"info-first": {maxStarts: benchMountImages},
+	}
+	times := map[string][]time.Duration{}
+	record := func(op, name string, args ...string) {
+		wall, cpu, starts, rss := phase(name, args...)
+		times[op] = append(times[op], wall)
+		times[op+" cpu"] = append(times[op+" cpu"], cpu)
+		rows[op].starts, rows[op].rssKiB = max(rows[op].starts, starts), max(rows[op].rssKiB, rss)
+	}
+	n := min(b.N, benchMountRuns)
+	b.ResetTimer()
+	b.StopTimer()
+	touch := func() {
+		t := time.Now()
+		for _, name := range images {
+			if err := os.Chtimes(filepath.Join(dir, name), t, t); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for i := range n {
+		touch()
+		record("info-cold", "cat", infos...)
+		touch()
+		record("ls-cold", "ls", "-la", m.mnt)
+		record("ls-warm", "ls", "-la", m.mnt)
+		runInfo := func() { record("info-first", "cat", infos...) }
+		runQemu := func() {
+			wall, cpu := qemuLoop()
+			times["qemu"], times["qemu cpu"] = append(times["qemu"], wall), append(times["qemu cpu"], cpu)
+		}
+		if i%2 == 0 {
+			runInfo()
+			runQemu()
+		} else {
+			runQemu()
+			runInfo()
+		}
+	}
+	for _, op := range []string{"info-cold", "ls-cold", "ls-warm", "info-first"} {
+		r := rows[op]
+		r.set, r.op, r.runs = "mount", op, n
+		r.ours, r.oursCPU = median(times[op]), median(times[op+" cpu"])
+		if strings.HasPrefix(op, "info") {
+			r.qemu, r.qemuCPU = median(times["qemu"]), median(times["qemu cpu"])
+		}
+		benchMu.Lock()
+		benchRows = slices.DeleteFunc(benchRows, func(x benchRow) bool { return x.set == r.set && x.op == r.op })
+		benchRows = append(benchRows, *r)
+		benchMu.Unlock()
+	}
+	info := rows["info-first"]
+	b.ReportMetric(float64(info.ours.Nanoseconds()), "ns/op")
+	b.ReportMetric(float64(info.qemu.Nanoseconds()), "qemu-ns/op")
+	b.ReportMetric(float64(info.ours)/float64(info.qemu), "x-qemu")
+	b.ReportMetric(float64(info.starts), "starts/op")
+	b.ReportMetric(float64(rows["ls-warm"].starts), "ls-warm-starts")
+}
+
+// processCPU is the CPU time (user and system) of the process pid and of
+// the children it has waited for.
+func processCPU(b *testing.B, pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command's name, which ends with the last ')':
+	// utime, stime, cutime and cstime are the 12th to the 15th, in clock
+	// ticks of 1/100 s.
+	fields := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	var ticks int64
+	for _, f := range fields[11:15] {
+		var v int64
+		fmt.Sscan(f, &v)
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }

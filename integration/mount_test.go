@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,7 +39,11 @@ func mount(t testing.TB, dir string, global []string, opts ...string) *mounted {
 	t.Helper()
 	fusetest.Need(t)
 	m := &mounted{dir: dir, mnt: t.TempDir(), stderr: &logBuffer{}}
-	args := append(append([]string{}, global...), "--log-level=info", "mount")
+	args := append([]string{}, global...)
+	if !slices.ContainsFunc(global, func(a string) bool { return strings.HasPrefix(a, "--log-level") }) {
+		args = append(args, "--log-level=info")
+	}
+	args = append(args, "mount")
 	args = append(append(args, opts...), dir, m.mnt)
 	m.cmd = exec.Command(binary, args...)
 	m.cmd.Stderr = m.stderr

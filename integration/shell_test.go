@@ -349,6 +349,11 @@ func TestMountOutcomes(t *testing.T) {
 	if d := time.Since(st.ModTime()); d < 0 || d > time.Minute {
 		t.Errorf("result.json mtime %v is not the time of the result", st.ModTime())
 	}
+	// Reading the JSON files of the busy chain left none of its images open
+	// (nor locked): top2.qcow2 can be committed now.
+	if r := m.shell(t, "echo > top2.qcow2/commit"); r.code != 0 {
+		t.Errorf("commit of top2.qcow2 after the jobs: exit %d, %s; status %q", r.code, r.stderr, m.read(t, "top2.qcow2", "status"))
+	}
 }
 
 func contains(list []string, s string) bool {
