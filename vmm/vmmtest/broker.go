@@ -20,8 +20,9 @@ type Describe func(n int, ref proto.ImageRef, f *os.File) (proto.Info, error)
 // reads the chain, asks for each backing file in turn until the chain ends;
 // a rebase then asks for the new backing file (and, in safe mode, the chain
 // below it). It returns the descriptions of the top's chain, top first. A
-// refusal of the broker, or a member describe fails on, ends it with that
-// error, returned with the members described before it.
+// refusal of the broker ends it with that error, returned with the members
+// described so far (the one the refused question was about included); so
+// does a member describe fails on, returned with the members above it.
 func Discover(job vmm.Job, describe Describe) ([]proto.Info, error) {
 	req := job.Request
 	if job.Broker == nil || len(req.Images) == 0 || len(job.Files) == 0 {
