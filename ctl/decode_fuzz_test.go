@@ -13,6 +13,7 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/proto"
+	"instarfs/vmm"
 	"instarfs/vmm/vmmtest"
 )
 
@@ -42,24 +43,63 @@ func emptyImage(f *testing.F) string {
 	return path
 }
 
+// fakeTop is what the fake worker reads in the top image.
+var fakeTop = proto.Info{Format: "qcow2", VirtualSize: 4194304, ClusterSize: 65536}
+
 // fakeOpener returns a new Opener (with an empty probe cache) whose worker
-// answers each operation with answers' result document.
-func fakeOpener(t *testing.T, dir string, answers map[string][]byte) *Opener {
+// uses sb.
+func fakeOpener(t *testing.T, dir string, sb vmm.Sandbox) *Opener {
 	p, err := chainmodel.NewPolicy(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Opener{Sandbox: fakeSandbox(answers), Policy: p}
+	t.Cleanup(p.Close)
+	return &Opener{Sandbox: sb, Policy: p}
 }
 
-// fakeSandbox returns a sandbox whose worker answers each operation with
+// fakeSandbox returns a sandbox whose worker reads fakeTop in the top image
+// (telling the broker, in a run with one) and answers each operation with
 // answers' result document.
 func fakeSandbox(answers map[string][]byte) *vmmtest.Sandbox {
 	sb := vmmtest.New(nil)
 	for op, doc := range answers {
-		sb.Set(op, vmmtest.Answer{Result: doc})
+		sb.Set(op, vmmtest.Answer{Result: doc, Chain: []proto.Info{fakeTop}})
 	}
 	return sb
+}
+
+// probeSandbox returns a sandbox whose worker reads in the top image what doc
+// says (an Info) and describes the chain as that top alone. A doc that does
+// not decode is sent all the same, without a word to the broker.
+func probeSandbox(doc []byte) *vmmtest.Sandbox {
+	return vmmtest.Func(func(context.Context, vmm.Job) vmmtest.Answer {
+		a := vmmtest.Answer{Result: json.RawMessage(`{"images":[` + string(doc) + `]}`)}
+		var info proto.Info
+		if DecodeResult(doc, &info) == nil {
+			a.Chain = []proto.Info{info}
+		}
+		return a
+	})
+}
+
+// TestFuzzSeeds checks that the fuzz targets' fake workers, given the results
+// of real images, get them accepted: a target whose every input is refused
+// would test nothing past the refusal.
+func TestFuzzSeeds(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "img")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, seed := range []string{seedProbeQcow2, seedProbeVmdk} {
+		if _, err := InfoFor(context.Background(), fakeOpener(t, dir, probeSandbox([]byte(seed))), path, "", false, false); err != nil {
+			t.Errorf("info of %s: %v", seed, err)
+		}
+	}
+	o := fakeOpener(t, dir, fakeSandbox(map[string][]byte{proto.OpCheck: []byte(seedCheck)}))
+	if _, err := Check(context.Background(), o, path, "", false); err != nil {
+		t.Errorf("check of %s: %v", seedCheck, err)
+	}
 }
 
 // checkRefusal fails t unless err names a code other than INTERNAL.
@@ -82,7 +122,7 @@ func FuzzInfo(f *testing.F) {
 	}
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
-		o := fakeOpener(t, filepath.Dir(path), map[string][]byte{proto.OpProbe: res})
+		o := fakeOpener(t, filepath.Dir(path), probeSandbox(res))
 		infos, err := InfoFor(context.Background(), o, path, "", false, false)
 		if err != nil {
 			checkRefusal(t, err)
@@ -186,10 +226,7 @@ func FuzzCheckResult(f *testing.F) {
 	}
 	path := emptyImage(f)
 	f.Fuzz(func(t *testing.T, res []byte) {
-		o := fakeOpener(t, filepath.Dir(path), map[string][]byte{
-			proto.OpProbe: []byte(`{"format":"qcow2","virtual-size":4194304,"cluster-size":65536,"dirty-flag":false}`),
-			proto.OpCheck: res,
-		})
+		o := fakeOpener(t, filepath.Dir(path), fakeSandbox(map[string][]byte{proto.OpCheck: res}))
 		r, err := Check(context.Background(), o, path, "", false)
 		if err != nil {
 			checkRefusal(t, err)

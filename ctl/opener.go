@@ -159,12 +159,8 @@ type OpenOptions struct {
 // opts.NoBacking, every backing image below it, each checked by the policy
 // before it is opened, and describes them: from the probe cache when every
 // member is unchanged since a worker described it, else through one worker
-// that asks for each backing file (a sandbox that brokers), else through one
-// probe worker per member.
+// that asks the host for each backing file.
 func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (*chainmodel.Chain, error) {
-	if !vmm.Brokers(o.Sandbox) {
-		return o.probeChain(ctx, path, opts)
-	}
 	if c := o.cachedChain(path, opts); c != nil {
 		return c, nil
 	}
@@ -186,84 +182,10 @@ func (o *Opener) OpenChain(ctx context.Context, path string, opts OpenOptions) (
 	return c, err
 }
 
-// probeChain is OpenChain through a worker per member.
-func (o *Opener) probeChain(ctx context.Context, path string, opts OpenOptions) (*chainmodel.Chain, error) {
-	opened, err := o.openTop(path, opts)
-	if err != nil {
-		return nil, err
-	}
-	f, loc := opened.File, opened.Loc
-	c := &chainmodel.Chain{}
-	top, err := o.describe(ctx, f, path, loc, opts.Format, opts.Format == "")
-	if err != nil {
-		chainmodel.UnlockImage(f)
-		f.Close()
-		return nil, err
-	}
-	c.Images = append(c.Images, top)
-	if opts.NoBacking {
-		return c, nil
-	}
-	seen := map[chainmodel.FileID]bool{top.ID(): true}
-	for im := top; im.Info.BackingFilename != ""; {
-		if len(c.Images) > chainmodel.MaxDepth {
-			c.Close()
-			return nil, errcode.New(errcode.BackingChainTooDeep, "the backing chain of '%s' is deeper than %d", path, chainmodel.MaxDepth)
-		}
-		next, err := o.openBacking(ctx, im)
-		if err != nil && opts.Partial {
-			return c, err
-		}
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		if seen[next.ID()] {
-			next.File.Close()
-			c.Close()
-			return nil, errcode.New(errcode.BackingChainLoop, "backing file '%s' of '%s' is already in the chain", im.Info.BackingFilename, im.Name)
-		}
-		seen[next.ID()] = true
-		if err := lockUnlessShared(next.File, next.Name, OpenOptions{ForceShare: opts.ForceShare}); err != nil {
-			next.File.Close()
-			c.Close()
-			return nil, err
-		}
-		c.Images = append(c.Images, next)
-		im = next
-	}
-	return c, nil
-}
-
 // lockUnlessShared takes QEMU's locks on f as opts ask: none with ForceShare.
 func lockUnlessShared(f *os.File, name string, opts OpenOptions) error {
 	if opts.ForceShare {
 		return nil
 	}
 	return chainmodel.LockImage(f, name, opts.Writable)
-}
-
-func (o *Opener) openBacking(ctx context.Context, im *chainmodel.Image) (*chainmodel.Image, error) {
-	name := im.Info.BackingFilename
-	f, loc, _, err := o.Policy.OpenName(im.Dir(), name)
-	if err != nil {
-		return nil, err
-	}
-	next, err := o.describe(ctx, f, chainmodel.FullBackingName(im.Name, name), loc, im.Info.BackingFilenameFormat, false)
-	if err != nil {
-		f.Close()
-		if errcode.Of(err) == errcode.FormatNotDetected {
-			return nil, errcode.New(errcode.RawNotInferred, "backing file '%s' of '%s' is not qcow2 or vmdk and names no backing format; raw is never inferred", name, im.Name)
-		}
-		return nil, err
-	}
-	return next, nil
-}
-
-func (o *Opener) describe(ctx context.Context, f *os.File, name string, loc chainmodel.Loc, format string, detectRaw bool) (*chainmodel.Image, error) {
-	info, st, err := o.Probe(ctx, f, name, format, detectRaw)
-	if err != nil {
-		return nil, err
-	}
-	return &chainmodel.Image{Name: name, Loc: loc, File: f, Info: info, Stat: st}, nil
 }

@@ -44,18 +44,14 @@ type chainJob struct {
 // runChain runs j on the image at path in one worker, and returns the chain
 // it ran on, open (the caller closes it), and the worker's result.
 //
-// With a sandbox that brokers, the worker is handed the top alone and asks
-// for each backing file by name; a chainmodel.Broker answers under the
-// policy. Otherwise the chain is opened first (Opener.OpenChain probes each
-// member) and handed over whole. With opts.Partial, a failure below the top
-// returns the images described so far (still open) together with the error.
+// The worker is handed the top alone and asks for each backing file by name;
+// a chainmodel.Broker answers under the policy. With opts.Partial, a failure
+// below the top returns the images described so far (still open) together
+// with the error.
 func (o *Opener) runChain(ctx context.Context, path string, j chainJob) (*chainmodel.Chain, json.RawMessage, error) {
 	args, err := json.Marshal(j.args)
 	if err != nil {
 		return nil, nil, errcode.New(errcode.Internal, "encoding %s arguments: %v", j.op, err)
-	}
-	if !vmm.Brokers(o.Sandbox) {
-		return o.runOpened(ctx, path, j, args)
 	}
 	var top *chainmodel.Image
 	if j.known != nil {
@@ -178,41 +174,6 @@ func (o *Opener) describeAll(b *chainmodel.Broker, c *chainmodel.Chain, infos []
 		}
 	}
 	return nil
-}
-
-// runOpened is runChain for a sandbox that does not broker: the chain is
-// opened and probed first, then handed to the worker whole.
-func (o *Opener) runOpened(ctx context.Context, path string, j chainJob, args json.RawMessage) (*chainmodel.Chain, json.RawMessage, error) {
-	c, err := o.OpenChain(ctx, path, j.opts)
-	if err != nil {
-		return c, nil, err
-	}
-	refs := c.Refs()
-	refs[0].Writable = j.opts.Writable
-	if j.reopen != nil {
-		idx, err := j.reopen(c)
-		if err != nil {
-			c.Close()
-			return nil, nil, err
-		}
-		for _, i := range idx {
-			if err := o.Policy.ReopenWritable(c.Images[i]); err != nil {
-				c.Close()
-				return nil, nil, err
-			}
-			refs[i].Writable = true
-		}
-	}
-	res, err := o.Sandbox.Run(ctx, vmm.Job{
-		Request:  proto.Request{Op: j.op, Images: refs, Args: args},
-		Files:    c.Files(),
-		Progress: j.progress,
-	})
-	if err != nil {
-		c.Close()
-		return nil, nil, err
-	}
-	return c, res, nil
 }
 
 // openTop opens and locks the image at path as opts say.

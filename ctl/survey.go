@@ -7,7 +7,6 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/errcode"
 	"instarfs/proto"
-	"instarfs/vmm"
 )
 
 // Survey is everything the mount shows about an image, from one worker run:
@@ -26,12 +25,8 @@ func (s *Survey) Close() { s.Chain.Close() }
 
 // SurveyChain opens the chain of the image at path and asks one worker for
 // its description, its map (bounded by maxMapBytes as MapChain bounds it) and
-// the check of its top. It needs a sandbox that brokers (BAD_ARGUMENTS
-// otherwise).
+// the check of its top.
 func SurveyChain(ctx context.Context, o *Opener, path string, opts OpenOptions, maxMapBytes int64) (*Survey, error) {
-	if !vmm.Brokers(o.Sandbox) {
-		return nil, errcode.New(errcode.BadArguments, "the %s sandbox cannot run a survey", o.Sandbox.Name())
-	}
 	var r proto.SurveyResult
 	c, _, err := o.runChain(ctx, path, chainJob{
 		op:   proto.OpSurvey,
@@ -66,8 +61,5 @@ func SurveyChain(ctx context.Context, o *Opener, path string, opts OpenOptions, 
 // KnownChain opens the chain of the image at path without a worker, when the
 // probe cache describes every member as it is now; otherwise it returns nil.
 func (o *Opener) KnownChain(path string, opts OpenOptions) *chainmodel.Chain {
-	if !vmm.Brokers(o.Sandbox) {
-		return nil
-	}
 	return o.cachedChain(path, opts)
 }

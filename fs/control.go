@@ -13,7 +13,6 @@ import (
 	"instarfs/chainmodel"
 	"instarfs/ctl"
 	"instarfs/errcode"
-	"instarfs/vmm"
 )
 
 // controlNode is a control file, rebase, commit or repair. The first write(2)
@@ -149,7 +148,7 @@ func (cn *controlNode) start(ctx context.Context, args string) (*ctl.Job, syscal
 	// each as the broker opens it: the job's one worker both finds the chain
 	// and runs the operation.
 	var reservation chainmodel.Reservation
-	if vmm.Brokers(o.Sandbox) && cn.op != "repair" {
+	if cn.op != "repair" {
 		reservation = f.cfg.Jobs.Reservation(top, func(id chainmodel.FileID) {
 			f.revokeDisks([]chainmodel.FileID{id}, cn.op)
 		})

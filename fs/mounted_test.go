@@ -36,7 +36,10 @@ import (
 // a qcow2 image of 4096 virtual bytes per byte of the file, backed by what
 // backing says; any other file is not an image, unless opened as raw. Its
 // map and check answers are valid for every image. answers overrides the
-// answer to an operation on one image ("op name").
+// answer to an operation on one image ("op name"); a probe's also overrides
+// what a run with a broker reads in that image as a member of a chain. Like
+// a real worker, a run with a broker asks it for each backing file it reads
+// (vmmtest.Discover).
 type fakeWorker struct {
 	mu      sync.Mutex
 	backing map[string]string // image name -> backing name (raw when it ends in .raw)
@@ -63,49 +66,165 @@ func (w *fakeWorker) unset(op, name string) {
 	delete(w.answers, op+" "+name)
 }
 
+// override returns the answer set for op on the image name.
+func (w *fakeWorker) override(op, name string) (vmmtest.Answer, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	a, ok := w.answers[op+" "+name]
+	return a, ok
+}
+
 func (w *fakeWorker) answer(_ context.Context, job vmm.Job) vmmtest.Answer {
 	req := job.Request
 	top := req.Images[0]
 	w.mu.Lock()
 	w.runs[req.Op+" "+top.Name]++
-	a, ok := w.answers[req.Op+" "+top.Name]
-	backing := w.backing[top.Name]
 	w.mu.Unlock()
-	if ok {
+	if job.Broker != nil {
+		return w.brokered(job)
+	}
+	if a, ok := w.override(req.Op, top.Name); ok {
 		return a
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(job.Files[0].Fd()), &st); err != nil {
-		return vmmtest.Answer{Err: err}
-	}
-	size := st.Size * 4096
-	if top.Format == "raw" {
-		size = st.Size
-	}
-	switch req.Op {
-	case proto.OpProbe:
-		if top.Format != "raw" && !strings.HasSuffix(top.Name, ".qcow2") {
-			return vmmtest.Answer{Err: errcode.New(errcode.FormatNotDetected, "'%s': not an image", top.Name)}
-		}
-		info := proto.Info{Format: "qcow2", VirtualSize: size, ClusterSize: 65536}
-		if top.Format == "raw" {
-			info = proto.Info{Format: "raw", VirtualSize: size}
-		}
-		if backing != "" {
-			info.BackingFilename, info.BackingFilenameFormat = backing, "qcow2"
-			if strings.HasSuffix(backing, ".raw") {
-				info.BackingFilenameFormat = "raw"
-			}
+	if req.Op == proto.OpProbe {
+		info, err := w.describe(0, top, job.Files[0])
+		if err != nil {
+			return vmmtest.Answer{Err: err}
 		}
 		doc, _ := json.Marshal(info)
 		return vmmtest.Answer{Result: doc}
+	}
+	return w.own(req.Op, top, job.Files[0])
+}
+
+// brokered answers a run with a broker: the worker reads the chain, asking
+// for its files, then does the operation.
+func (w *fakeWorker) brokered(job vmm.Job) vmmtest.Answer {
+	req := job.Request
+	top := req.Images[0]
+	infos, err := vmmtest.Discover(job, w.describe)
+	switch {
+	case err != nil && req.Op == proto.OpProbe && len(infos) > 0:
+		doc, _ := json.Marshal(proto.ChainInfo{Images: infos, Error: errcode.From(err)})
+		return vmmtest.Answer{Result: doc}
+	case err != nil:
+		return vmmtest.Answer{Err: vmmtest.Reported(err)}
+	}
+	if a, ok := w.override(req.Op, top.Name); ok {
+		return a
+	}
+	switch req.Op {
+	case proto.OpProbe:
+		doc, _ := json.Marshal(proto.ChainInfo{Images: infos})
+		return vmmtest.Answer{Result: doc}
+	case proto.OpSurvey:
+		return w.survey(infos, top, job.Files[0])
+	}
+	return w.own(req.Op, top, job.Files[0])
+}
+
+// survey answers a survey with what the map and check runs of the image
+// would answer: an error a worker may send is the map's or the check's,
+// any other ends the run.
+func (w *fakeWorker) survey(infos []proto.Info, top proto.ImageRef, f *os.File) vmmtest.Answer {
+	res := proto.SurveyResult{Images: infos}
+	part := func(op string) (vmmtest.Answer, *errcode.Error) {
+		a, ok := w.override(op, top.Name)
+		if !ok {
+			a = w.own(op, top, f)
+		}
+		if a.Err != nil && errcode.Of(a.Err).FromWorker() {
+			return a, errcode.From(a.Err)
+		}
+		return a, nil
+	}
+	m, mapErr := part(proto.OpMap)
+	switch {
+	case mapErr != nil:
+		res.MapError = mapErr
+	case m.Err != nil:
+		return m
+	default:
+		if err := res.Map.UnmarshalJSON(m.Result); err != nil {
+			return vmmtest.BadOutput.Answer()
+		}
+	}
+	c, checkErr := part(proto.OpCheck)
+	switch {
+	case checkErr != nil:
+		res.CheckError = checkErr
+	case c.Err != nil:
+		return c
+	default:
+		res.Check = new(proto.CheckResult)
+		if err := json.Unmarshal(c.Result, res.Check); err != nil {
+			return vmmtest.BadOutput.Answer()
+		}
+	}
+	doc, _ := json.Marshal(res)
+	return vmmtest.Answer{Result: doc}
+}
+
+// describe is what the worker reads in an image opened as ref on f.
+func (w *fakeWorker) describe(_ int, ref proto.ImageRef, f *os.File) (proto.Info, error) {
+	name := filepath.Base(ref.Name)
+	if a, ok := w.override(proto.OpProbe, name); ok {
+		var info proto.Info
+		if a.Err != nil {
+			return info, a.Err
+		}
+		return info, json.Unmarshal(a.Result, &info)
+	}
+	w.mu.Lock()
+	backing := w.backing[name]
+	w.mu.Unlock()
+	size, err := w.size(ref, f)
+	if err != nil {
+		return proto.Info{}, err
+	}
+	if ref.Format != "raw" && !strings.HasSuffix(name, ".qcow2") {
+		return proto.Info{}, errcode.New(errcode.FormatNotDetected, "'%s': not an image", name)
+	}
+	info := proto.Info{Format: "qcow2", VirtualSize: size, ClusterSize: 65536}
+	if ref.Format == "raw" {
+		info = proto.Info{Format: "raw", VirtualSize: size}
+	}
+	if backing != "" {
+		info.BackingFilename, info.BackingFilenameFormat = backing, "qcow2"
+		if strings.HasSuffix(backing, ".raw") {
+			info.BackingFilenameFormat = "raw"
+		}
+	}
+	return info, nil
+}
+
+// size is the virtual size of the image opened as ref on f.
+func (w *fakeWorker) size(ref proto.ImageRef, f *os.File) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	if ref.Format == "raw" {
+		return st.Size, nil
+	}
+	return st.Size * 4096, nil
+}
+
+// own is the answer to op on the image opened as ref on f, once the worker
+// has read its chain.
+func (w *fakeWorker) own(op string, ref proto.ImageRef, f *os.File) vmmtest.Answer {
+	size, err := w.size(ref, f)
+	if err != nil {
+		return vmmtest.Answer{Err: err}
+	}
+	switch op {
 	case proto.OpMap:
 		return mapAnswer(proto.MapEntry{Length: size, Present: true, Data: true, Offset: new(int64)})
 	case proto.OpCheck:
 		return vmmtest.Result(`{"supported":true,"check_errors":0,"corruptions":0,"leaks":0,"image_end_offset":65536,"total_clusters":16,` +
 			`"allocated_clusters":1,"fragmented_clusters":0,"compressed_clusters":0,"messages":null}`)
 	}
-	return vmmtest.Answer{Err: errcode.New(errcode.Internal, "fake worker: no %s", req.Op)}
+	return vmmtest.Answer{Err: errcode.New(errcode.Internal, "fake worker: no %s", op)}
 }
 
 // mounted is a filesystem mounted in this process.

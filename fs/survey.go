@@ -16,9 +16,8 @@ import (
 // file of the chain: a chain whose files are all unchanged since (the probe
 // cache describes them) is answered from the cache without a worker. The run
 // leaves the top's description in the probe cache, which info.json is made
-// from (generate). ok is false
-// when the survey cannot be made (a chain that does not open whole, a lock
-// another process holds, a sandbox that cannot broker): the caller makes the
+// from (generate). ok is false when the survey cannot be made (a chain that
+// does not open whole, a lock another process holds): the caller makes the
 // document alone.
 func (f *FS) surveyed(ctx context.Context, kind int, rel string, id chainmodel.FileID, format string) ([]byte, bool, error) {
 	o := f.cfg.Opener

@@ -16,27 +16,12 @@ import (
 // during one run: it applies the host's policy and returns the reply and the
 // files that go with it (the opened file first, then the reopened ones, in
 // the reply's order). The broker keeps ownership of the files. Answer is
-// called from one goroutine at a time.
+// called from one goroutine at a time. Every backend passes its workers'
+// questions on: the jail's on a socket, the microvm's over a port (its guest
+// reads a file as a drive attached when it boots, at most twice, or through
+// the port).
 type Broker interface {
 	Answer(req proto.BrokerRequest) (proto.BrokerReply, []*os.File)
-}
-
-// Brokering is implemented by a backend whose workers can ask a Job's Broker
-// for images: the jail's, and the microvm's, which relays the questions over
-// a port and attaches the files when it boots (at most twice). A backend that
-// cannot (the host side's test fakes) is given every image up front, each
-// described by a probe run of its own.
-type Brokering interface {
-	Brokers() bool
-}
-
-// Brokers reports whether sb's workers can use a Job's Broker.
-func Brokers(sb Sandbox) bool {
-	if l, ok := sb.(*limited); ok {
-		sb = l.sb
-	}
-	b, ok := sb.(Brokering)
-	return ok && b.Brokers()
 }
 
 // brokerConn is the host's end of a run's broker socket.

@@ -31,8 +31,7 @@ type Job struct {
 	// with the worker for replies (FrameShared); 0 for none.
 	Shared int
 	// Broker, when set, answers the worker's questions for further images
-	// (a backend that Brokers; Run only). The worker may then be handed the
-	// top image alone.
+	// (Run only). The worker may then be handed the top image alone.
 	Broker Broker
 	// Attach, with a Broker, are files the broker will answer with, known
 	// before the worker starts (the probe cache describes the chain): a

@@ -38,8 +38,6 @@ func (c *counting) Start(ctx context.Context, job vmm.Job) (*vmm.Session, error)
 	return c.Sandbox.Start(ctx, job)
 }
 
-func (c *counting) Brokers() bool { return vmm.Brokers(c.Sandbox) }
-
 // TestOneWorkerPerCommand runs each command on a chain of three images and
 // counts the workers it starts: one, whatever the chain's depth.
 func TestOneWorkerPerCommand(t *testing.T) {

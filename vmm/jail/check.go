@@ -200,11 +200,9 @@ func SandboxCheck(ctx context.Context, sb vmm.Sandbox) (*Report, error) {
 		}},
 		Files:   files,
 		Timeout: timeout,
-	}
-	if vmm.Brokers(sb) {
-		// The probes run with a broker socket, so that its seccomp rule is
-		// in the filter they test.
-		probe.Broker = refuseAll{}
+		// The probes run with a broker, so that its seccomp rule is in the
+		// filter they test.
+		Broker: refuseAll{},
 	}
 	res, err := sb.Run(ctx, probe)
 	if err != nil {

@@ -131,10 +131,6 @@ func init() {
 // Name returns "jail".
 func (s *Sandbox) Name() string { return "jail" }
 
-// Brokers returns true: a jailed worker receives backing files on its broker
-// socket (vmm.Job.Broker).
-func (s *Sandbox) Brokers() bool { return true }
-
 // Level returns the isolation level the sandbox settled on, or LevelUnknown
 // before its first run.
 func (s *Sandbox) Level() Level {
@@ -348,9 +344,6 @@ type Plain struct {
 
 // Name returns "plain".
 func (p *Plain) Name() string { return "plain" }
-
-// Brokers returns true, as the jail does.
-func (p *Plain) Brokers() bool { return true }
 
 // Run runs job in an unconfined worker.
 func (p *Plain) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error) {

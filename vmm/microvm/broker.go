@@ -29,9 +29,6 @@ import (
 // (CHAIN_CHANGED): a guest never makes the host attach a file the broker
 // did not open in the first boot.
 
-// Brokers reports that the backend's workers can use a job's broker.
-func (s *Sandbox) Brokers() bool { return true }
-
 // errBootAgain ends a first boot whose worker needs every member attached.
 var errBootAgain = errors.New("the worker needs every member attached")
 

@@ -1,6 +1,8 @@
 // Package vmmtest is a vmm.Sandbox for tests of the host side (ctl, fs): it
 // runs no worker, but answers each run from a table by operation, or from a
-// function, counts the runs, and fails in each way a backend can.
+// function, counts the runs, and fails in each way a backend can. Like the
+// real backends it brokers: a run with a vmm.Broker asks it for the backing
+// files its canned chain names (Discover).
 //
 // Its answers are what a worker would send, so the host decodes and checks
 // them as it checks a real worker's: a test can feed the host hostile
@@ -12,10 +14,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
 
 	"instarfs/errcode"
+	"instarfs/proto"
 	"instarfs/vmm"
 )
 
@@ -28,6 +32,12 @@ type Answer struct {
 	Err error
 	// Progress is reported to the job, in order, before the run ends.
 	Progress []float64
+	// Chain is what the worker reads in each member it opens, in order
+	// (Describe's n): in a run with a broker it describes them and asks for
+	// the backing files they name (Discover) before it answers, and a
+	// refusal ends the run as it ends a worker's. A probe's Result may then
+	// be nil: it is the chain's description (proto.ChainInfo).
+	Chain []proto.Info
 }
 
 // Result is the answer of a worker that sends the result doc.
@@ -168,6 +178,30 @@ func (s *Sandbox) Run(ctx context.Context, job vmm.Job) (json.RawMessage, error)
 	}
 	if a.Err != nil {
 		return nil, a.Err
+	}
+	if job.Broker != nil && a.Chain != nil {
+		return brokered(job, a)
+	}
+	return a.Result, nil
+}
+
+// brokered ends a run with a broker whose answer is a: the worker first asks
+// for the members of a.Chain.
+func brokered(job vmm.Job, a Answer) (json.RawMessage, error) {
+	op := job.Request.Op
+	infos, err := Discover(job, func(n int, _ proto.ImageRef, _ *os.File) (proto.Info, error) {
+		if n >= len(a.Chain) {
+			return proto.Info{}, errcode.New(errcode.Internal, "vmmtest: no description of member #%d of a %s run", n, op)
+		}
+		return a.Chain[n], nil
+	})
+	switch {
+	case err != nil && op == proto.OpProbe && len(infos) > 0:
+		return json.Marshal(proto.ChainInfo{Images: infos, Error: errcode.From(err)})
+	case err != nil:
+		return nil, Reported(err)
+	case a.Result == nil && op == proto.OpProbe:
+		return json.Marshal(proto.ChainInfo{Images: infos})
 	}
 	return a.Result, nil
 }
