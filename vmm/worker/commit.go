@@ -76,8 +76,8 @@ type committer struct {
 }
 
 // writebackEvery is how many bytes commit writes into the base between
-// starting their writeback: the disk then works while the copy goes on, and
-// the final fdatasync has less left to wait for.
+// starting their writeback (on a goroutine of its own): the disk then works
+// while the copy goes on, and the final fdatasync has less left to wait for.
 const writebackEvery = 8 << 20
 
 func (c *committer) run() (any, error) {
@@ -178,6 +178,8 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 	lastUnit := int64(-1)
 	start := time.Now()
 	sync := c.args.Cache == "writethrough" || c.args.Cache == "directsync"
+	wb := newWriteback(c.base.file)
+	defer wb.stop()
 	for _, st := range steps {
 		var err error
 		switch st.Kind {
@@ -186,7 +188,7 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 		case planners.StepCopy:
 			err = c.copy(t, st, stack)
 			if c.unflushed += st.Length; err == nil && c.unflushed >= writebackEvery {
-				startWriteback(c.base.file)
+				wb.start()
 				c.unflushed = 0
 			}
 		case planners.StepZero:
