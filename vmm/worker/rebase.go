@@ -146,6 +146,9 @@ type rebaser struct {
 	size, unit, oldSize int64
 	lastEnd             int64 // end of the last unit written as data
 	units, bytes        int64 // data units written and their bytes
+
+	wb        *writeback // starts the overlay's writeback (see writebackEvery)
+	unflushed int64      // bytes written since the writeback was last started
 }
 
 func (r *rebaser) run() error {
@@ -173,6 +176,8 @@ func (r *rebaser) run() error {
 	if err != nil {
 		return err
 	}
+	r.wb = newWriteback(r.s.files[0])
+	defer r.wb.stop()
 	return r.execute(steps)
 }
 
@@ -537,6 +542,10 @@ func (r *rebaser) write(c *chunk, rs, re int64) error {
 		c.fillSkipped(a, b)
 		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
 			return err
+		}
+		if r.unflushed += b - a; r.unflushed >= writebackEvery {
+			r.wb.start()
+			r.unflushed = 0
 		}
 		r.lastEnd = b
 		r.units += (b - a) / r.unit
