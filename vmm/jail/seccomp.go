@@ -24,10 +24,14 @@ var runtimeSyscalls = []string{
 
 // ioSyscalls are the descriptor operations the worker's work needs: reading and
 // writing images and stdio, block status (lseek SEEK_DATA/SEEK_HOLE), size,
-// durability (and starting writeback early), hole punching and truncation.
+// durability (and starting writeback early), hole punching and truncation, and
+// copying a range from one image to another in the kernel (copy_file_range:
+// like a pread and a pwrite, it works only between descriptors the worker
+// already holds, and only into one opened for writing).
 var ioSyscalls = []string{
 	"read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev",
-	"lseek", "fstat", "fsync", "fdatasync", "sync_file_range", "fallocate", "ftruncate", "close",
+	"lseek", "fstat", "fsync", "fdatasync", "sync_file_range", "fallocate", "ftruncate",
+	"copy_file_range", "close",
 }
 
 // Namespace flags a thread-creating clone must not carry.

@@ -484,6 +484,9 @@ func testConfined(t *testing.T, sb vmm.Sandbox) {
 	if p := probes[jail.ProbeWriteReadOnly]; p.Errno != "EBADF" {
 		t.Errorf("write to a read-only image: errno %q, want EBADF", p.Errno)
 	}
+	if p, ok := probes[jail.ProbeCopyReadOnly]; ok && p.Errno != "EBADF" {
+		t.Errorf("copy_file_range to a read-only image: errno %q, want EBADF", p.Errno)
+	}
 	if _, ok := probes[jail.ProbeNoInheritedFD]; !ok {
 		t.Errorf("probe %s missing", jail.ProbeNoInheritedFD)
 	}

@@ -70,12 +70,14 @@ type committer struct {
 	base *opened
 	res  proto.CommitResult
 
-	unflushed int64 // bytes written into the base since writeback was last started
+	unflushed int64  // bytes written into the base since writeback was last started
+	buf       []byte // what copy steps read and write through memory
+	nocopy    bool   // the kernel cannot copy into the base (chainSource)
 }
 
 // writebackEvery is how many bytes commit writes into the base between
-// starting their writeback: the disk then works while the copy goes on, and
-// the final fdatasync has less left to wait for.
+// starting their writeback (on a goroutine of its own): the disk then works
+// while the copy goes on, and the final fdatasync has less left to wait for.
 const writebackEvery = 8 << 20
 
 func (c *committer) run() (any, error) {
@@ -176,16 +178,17 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 	lastUnit := int64(-1)
 	start := time.Now()
 	sync := c.args.Cache == "writethrough" || c.args.Cache == "directsync"
-	var buf []byte
+	wb := newWriteback(c.base.file)
+	defer wb.stop()
 	for _, st := range steps {
 		var err error
 		switch st.Kind {
 		case planners.StepGrow:
 			err = t.grow(st.Length)
 		case planners.StepCopy:
-			buf, err = c.copy(t, st, stack, buf)
+			err = c.copy(t, st, stack)
 			if c.unflushed += st.Length; err == nil && c.unflushed >= writebackEvery {
-				startWriteback(c.base.file)
+				wb.start()
 				c.unflushed = 0
 			}
 		case planners.StepZero:
@@ -231,27 +234,21 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 // the base so that no partial unit needs copy-on-write: the widened parts read
 // through the top's chain view, which there shows what the base itself shows
 // (no layer above the base defines them, or they are committed anyway), and
-// past the end of the top through the base's own chain.
+// past the end of the top through the base's own chain. What an image of the
+// chain stores plainly goes from its descriptor into the base's in the
+// kernel (chainSource).
 //
 // Reading a range of the base that an earlier step already wrote is safe
 // although the base's reader does not see the new metadata: earlier steps
 // wrote, outside the dirty ranges, exactly what the reader still returns.
-func (c *committer) copy(t commitTarget, st planners.Step, stack layer.Stack, buf []byte) ([]byte, error) {
+func (c *committer) copy(t commitTarget, st planners.Step, stack layer.Stack) error {
 	start, end := t.widen(st.Start, st.End())
-	if need := int(end - start); cap(buf) < need {
-		buf = make([]byte, need)
+	src := &chainSource{
+		imgs: c.imgs, stack: stack, base: c.args.Base,
+		start: start, split: min(max(stack.VirtualSize(), start), end),
+		buf: &c.buf, nocopy: &c.nocopy,
 	}
-	p := buf[:end-start]
-	split := min(max(stack.VirtualSize(), start), end)
-	if err := stack.Fill(p[:split-start], start); err != nil {
-		return buf, err
-	}
-	if split < end {
-		if err := stack[c.args.Base:].Fill(p[split-start:], split); err != nil {
-			return buf, err
-		}
-	}
-	return buf, t.write(start, p)
+	return t.write(start, end-start, src)
 }
 
 // commitTarget is the base, written by its format's rules.
@@ -260,7 +257,8 @@ type commitTarget interface {
 	// clipped to the base's size.
 	widen(start, end int64) (int64, int64)
 	grow(size int64) error
-	write(off int64, p []byte) error
+	// write writes the n bytes of src at off.
+	write(off, n int64, src *chainSource) error
 	// zero makes a range aligned to the base's clusters read as zero, freeing
 	// what the base stored there (write-zeroes with MAY_UNMAP).
 	zero(off, n int64) error
@@ -342,7 +340,9 @@ func (t *qcow2Target) widen(start, end int64) (int64, int64) {
 
 func (t *qcow2Target) grow(size int64) error { return t.w.Resize(size) }
 
-func (t *qcow2Target) write(off int64, p []byte) error { return t.w.WriteData(off, p) }
+func (t *qcow2Target) write(off, n int64, src *chainSource) error {
+	return t.w.WriteFrom(off, n, src)
+}
 
 // zero follows qcow2_co_pwrite_zeroes with MAY_UNMAP: zero clusters (their
 // old host clusters freed) in version 3; in version 2, a discard when the base
@@ -380,11 +380,19 @@ func (t *vmdkTarget) grow(size int64) error {
 	return errcode.New(errcode.CommitUnsupported, "the vmdk base (%d bytes) is smaller than the image committed into it (%d bytes), and vmdk images cannot grow", t.v.VirtualSize(), size)
 }
 
-func (t *vmdkTarget) write(off int64, p []byte) error { return t.w.WriteData(off, p) }
-func (t *vmdkTarget) zero(off, n int64) error         { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
-func (t *vmdkTarget) discard(off, n int64) error      { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
-func (t *vmdkTarget) flush() error                    { return t.w.Flush() }
-func (t *vmdkTarget) finish(bool) error               { return t.w.Finish() }
+func (t *vmdkTarget) write(off, n int64, src *chainSource) error {
+	p := grow(*src.buf, n)
+	*src.buf = p
+	if err := src.ReadAt(p, 0); err != nil {
+		return err
+	}
+	return t.w.WriteData(off, p)
+}
+
+func (t *vmdkTarget) zero(off, n int64) error    { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
+func (t *vmdkTarget) discard(off, n int64) error { return t.w.WriteZeroes(off, n, layer.MayUnmap) }
+func (t *vmdkTarget) flush() error               { return t.w.Flush() }
+func (t *vmdkTarget) finish(bool) error          { return t.w.Finish() }
 
 // rawTarget writes a raw base: guest offset is file offset.
 type rawTarget struct {
@@ -402,7 +410,15 @@ func (t *rawTarget) grow(size int64) error {
 	return nil
 }
 
-func (t *rawTarget) write(off int64, p []byte) error {
+func (t *rawTarget) write(off, n int64, src *chainSource) error {
+	err := src.WriteTo(t.f, off, 0, n)
+	if e := (*errcode.Error)(nil); err != nil && !errors.As(err, &e) {
+		return errcode.New(errcode.WriteFailed, "writing the raw base at %d: %v", off, err)
+	}
+	return err
+}
+
+func (t *rawTarget) writeZeros(off int64, p []byte) error {
 	if _, err := t.f.WriteAt(p, off); err != nil {
 		return errcode.New(errcode.WriteFailed, "writing the raw base at %d: %v", off, err)
 	}
@@ -422,7 +438,7 @@ func (t *rawTarget) zero(off, n int64) error {
 	zero := make([]byte, min(n, 1<<20))
 	for n > 0 {
 		m := min(n, int64(len(zero)))
-		if err := t.write(off, zero[:m]); err != nil {
+		if err := t.writeZeros(off, zero[:m]); err != nil {
 			return err
 		}
 		off += m

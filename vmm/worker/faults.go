@@ -84,3 +84,36 @@ func (f ImageFile) Datasync() error {
 func startWriteback(f *os.File) {
 	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// writeback starts the writeback of one file on a goroutine of its own: the
+// kernel submits the dirty pages in the calling thread, which then works
+// for the disk while the copy could go on. start asks for one writeback
+// (one asked for and not begun yet covers it); stop waits for the one under
+// way and ends the goroutine.
+type writeback struct {
+	kick chan struct{}
+	done chan struct{}
+}
+
+func newWriteback(f *os.File) *writeback {
+	w := &writeback{kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for range w.kick {
+			startWriteback(f)
+		}
+	}()
+	return w
+}
+
+func (w *writeback) start() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *writeback) stop() {
+	close(w.kick)
+	<-w.done
+}

@@ -87,6 +87,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 		r := &rebaser{
 			ctx: ctx, s: s, w: w, top: top.q,
 			old: stackOf(oldChain), new: stackOf(newChain),
+			oldImgs: oldChain, newImgs: newChain,
 			v3: top.q.Header().Version >= 3,
 		}
 		if args.NewInOld >= 0 {
@@ -135,17 +136,21 @@ func checkWritable(o *opened, before string) (*qcow2.CheckReport, error) {
 
 // rebaser runs the safe mode of one rebase.
 type rebaser struct {
-	ctx      context.Context
-	s        *session
-	w        *qcow2.Writer
-	top      *qcow2.Image
-	old, new layer.Stack
-	above    layer.Stack // old chain layers above the new backing (in-chain case)
-	v3       bool
+	ctx              context.Context
+	s                *session
+	w                *qcow2.Writer
+	top              *qcow2.Image
+	old, new         layer.Stack
+	oldImgs, newImgs []*opened   // the images of old and new
+	above            layer.Stack // old chain layers above the new backing (in-chain case)
+	v3               bool
 
 	size, unit, oldSize int64
 	lastEnd             int64 // end of the last unit written as data
 	units, bytes        int64 // data units written and their bytes
+
+	wb        *writeback // starts the overlay's writeback (see writebackEvery)
+	unflushed int64      // bytes written since the writeback was last started
 }
 
 func (r *rebaser) run() error {
@@ -173,6 +178,8 @@ func (r *rebaser) run() error {
 	if err != nil {
 		return err
 	}
+	r.wb = newWriteback(r.s.files[0])
+	defer r.wb.stop()
 	return r.execute(steps)
 }
 
@@ -189,6 +196,8 @@ type chunk struct {
 	skip           []planners.Span
 	filled         int           // skip[:filled] are already cleared in oldBuf
 	pieces         []layer.Piece // the step's pieces (kept for their memory)
+	oldRd, newRd   vecReader     // (kept for their memory)
+	oldReq, newReq []fillReq     // (kept for their memory)
 	err            error
 }
 
@@ -382,6 +391,7 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		c.newReq = c.newReq[:0]
 		for _, p := range ps {
 			b := c.newBuf[p.Start-st.Off : p.End()-st.Off]
 			switch {
@@ -389,11 +399,11 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 			case p.NewZero:
 				clear(b)
 			default:
-				if newErr = r.new.Fill(b, p.Start); newErr != nil {
-					return
-				}
+				c.newReq = append(c.newReq, fillReq{b, p.Start})
 			}
 		}
+		c.newRd.chain, c.newRd.imgs = r.new, r.newImgs
+		newErr = c.newRd.fill(c.newReq)
 	}()
 	oldErr := r.readOldPieces(c, ps)
 	<-done
@@ -414,6 +424,7 @@ func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece) error {
 	if err := r.old.Fill(c.oldBuf[end-aStart:], end); err != nil {
 		return err
 	}
+	c.oldReq = c.oldReq[:0]
 	for _, p := range ps {
 		b := c.oldBuf[p.Start-aStart : p.End()-aStart]
 		switch {
@@ -421,12 +432,11 @@ func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece) error {
 		case p.OldZero:
 			clear(b)
 		default:
-			if err := r.old.Fill(b, p.Start); err != nil {
-				return err
-			}
+			c.oldReq = append(c.oldReq, fillReq{b, p.Start})
 		}
 	}
-	return nil
+	c.oldRd.chain, c.oldRd.imgs = r.old, r.oldImgs
+	return c.oldRd.fill(c.oldReq)
 }
 
 // readWhole reads a step past the old backing's end the plain way: both
@@ -537,6 +547,10 @@ func (r *rebaser) write(c *chunk, rs, re int64) error {
 		c.fillSkipped(a, b)
 		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
 			return err
+		}
+		if r.unflushed += b - a; r.unflushed >= writebackEvery {
+			r.wb.start()
+			r.unflushed = 0
 		}
 		r.lastEnd = b
 		r.units += (b - a) / r.unit

@@ -98,7 +98,14 @@ func Serve(r io.Reader, w io.Writer) int {
 	for _, msg := range jail.CurrentStatus().Warnings {
 		out.line(proto.Message{Warning: msg})
 	}
-	code := serve(r, out)
+	// The request runs on a goroutine of its own: the calling one stays
+	// locked to its thread (jail.Confine), and every wake-up of a locked
+	// goroutine hands it over between threads, which the data paths'
+	// readers and writers would pay thousands of times. The confinement
+	// covers every thread.
+	done := make(chan int)
+	go func() { done <- serve(r, out) }()
+	code := <-done
 	out.flush()
 	return code
 }

@@ -29,7 +29,9 @@ package qcow2
 // # Operations
 //
 //   - WriteData writes guest data at a (sub)cluster-aligned guest offset,
-//     allocating clusters as needed.
+//     allocating clusters as needed; WriteFrom does the same with data that
+//     a Source stores itself (a range of another image, which the kernel can
+//     copy without it passing through memory).
 //   - WriteZeroes makes (sub)clusters read as zero: the zero flag (version 3),
 //     the zero bits (extended L2), or explicit zero data clusters (version 2).
 //   - Unmap deallocates whole clusters and frees their host clusters.
@@ -70,6 +72,7 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"slices"
 
@@ -85,6 +88,32 @@ type File interface {
 	io.WriterAt
 	// Datasync makes written data durable (fdatasync).
 	Datasync() error
+}
+
+// Source is the content of a write (WriteFrom), addressed from 0 at the
+// write's first guest byte.
+type Source interface {
+	// WriteTo writes the source's bytes [off, off+n) into f at offset host.
+	WriteTo(f File, host, off, n int64) error
+	// ReadAt fills p with the source's bytes from off on, for the clusters
+	// whose new content the Writer must assemble in memory (the parts of a
+	// cluster a write does not cover).
+	ReadAt(p []byte, off int64) error
+}
+
+// Bytes is a Source held in memory.
+type Bytes []byte
+
+// WriteTo writes b[off:off+n] at host.
+func (b Bytes) WriteTo(f File, host, off, n int64) error {
+	_, err := f.WriteAt(b[off:off+n], host)
+	return err
+}
+
+// ReadAt copies b[off:] into p.
+func (b Bytes) ReadAt(p []byte, off int64) error {
+	copy(p, b[off:])
+	return nil
 }
 
 // WriterStats counts what a Writer did.
@@ -206,6 +235,20 @@ func (w *Writer) write(p []byte, off int64) error {
 		return errcode.New(errcode.WriteFailed, "qcow2: write of %d bytes at %#x: %v", len(p), off, err)
 	}
 	if end := off + int64(len(p)); end > w.fileSize {
+		w.fileSize = end
+	}
+	return nil
+}
+
+// store writes the source's bytes [off, off+n) at host offset host.
+func (w *Writer) store(src Source, off, n, host int64) error {
+	if err := src.WriteTo(w.f, host, off, n); err != nil {
+		if e := (*errcode.Error)(nil); errors.As(err, &e) {
+			return err // the source's own failure (reading another image)
+		}
+		return errcode.New(errcode.WriteFailed, "qcow2: write of %d bytes at %#x: %v", n, host, err)
+	}
+	if end := host + n; end > w.fileSize {
 		w.fileSize = end
 	}
 	return nil
@@ -359,41 +402,57 @@ func needsAlloc(e L2Entry) bool {
 // content is known (a shared data cluster, which is copied, or a zero
 // cluster); with extended L2 entries partial clusters are fine.
 func (w *Writer) WriteData(goff int64, p []byte) error {
-	if err := w.checkRange("write", goff, int64(len(p))); err != nil {
+	return w.WriteFrom(goff, int64(len(p)), Bytes(p))
+}
+
+// WriteFrom writes the n bytes of src at guest offset goff, as WriteData
+// writes them. src stores the bytes itself wherever the clusters they go
+// to are covered whole or are written in place; the Writer reads them from
+// src only to assemble a cluster in memory.
+func (w *Writer) WriteFrom(goff, n int64, src Source) error {
+	if err := w.checkRange("write", goff, n); err != nil {
 		return err
 	}
-	w.stats.BytesWritten += int64(len(p))
-	for len(p) > 0 {
+	w.stats.BytesWritten += n
+	d := wdata{src: src, start: goff}
+	for end := goff + n; goff < end; {
 		l1i := goff / w.span()
 		t, err := w.tableFor(l1i, true)
 		if err != nil {
 			return err
 		}
-		tend := (l1i + 1) * w.span()
-		n := min(int64(len(p)), tend-goff)
-		if err := w.writeInTable(t, goff, p[:n]); err != nil {
+		tend := min(end, (l1i+1)*w.span())
+		if err := w.writeInTable(t, goff, tend, d); err != nil {
 			return err
 		}
-		goff += n
-		p = p[n:]
+		goff = tend
 	}
 	return nil
 }
 
-// writeInTable writes p at goff, all inside the L2 table t.
-func (w *Writer) writeInTable(t *wtable, goff int64, p []byte) error {
-	end := goff + int64(len(p))
+// wdata is the source of one write and the guest offset of its first byte.
+type wdata struct {
+	src   Source
+	start int64
+}
+
+// storeData writes the data of guest range [goff, end) at host offset host.
+func (w *Writer) storeData(d wdata, goff, end, host int64) error {
+	return w.store(d.src, goff-d.start, end-goff, host)
+}
+
+// writeInTable writes the data of [goff, end), all inside the L2 table t.
+func (w *Writer) writeInTable(t *wtable, goff, end int64, d wdata) error {
 	for goff < end {
 		i := (goff >> w.cb) % w.nl2
 		e := w.entry(t, i)
 		cstart := goff &^ (w.cs - 1)
 		if !needsAlloc(e) {
 			n := min(end, cstart+w.cs) - goff
-			if err := w.writeInPlace(t, i, e, goff, p[:n]); err != nil {
+			if err := w.writeInPlace(t, i, e, goff, goff+n, d); err != nil {
 				return err
 			}
 			goff += n
-			p = p[n:]
 			continue
 		}
 		// A run of clusters that need new host clusters.
@@ -402,36 +461,40 @@ func (w *Writer) writeInTable(t *wtable, goff int64, p []byte) error {
 			nc++
 		}
 		runEnd := min(end, cstart+nc*w.cs)
-		if err := w.writeAlloc(t, goff, p[:runEnd-goff], nc); err != nil {
+		if err := w.writeAlloc(t, goff, runEnd, d, nc); err != nil {
 			return err
 		}
-		p = p[runEnd-goff:]
 		goff = runEnd
 	}
 	return nil
 }
 
-// writeInPlace writes p (inside one cluster) into the cluster that e maps,
-// which the image owns with refcount 1.
-func (w *Writer) writeInPlace(t *wtable, i int64, e L2Entry, goff int64, p []byte) error {
+// writeInPlace writes the data of [goff, end) (inside one cluster) into the
+// cluster that e maps, which the image owns with refcount 1.
+func (w *Writer) writeInPlace(t *wtable, i int64, e L2Entry, goff, end int64, d wdata) error {
 	in := goff & (w.cs - 1)
 	host := e.HostOffset
 	if host+w.cs > MaxHostOffset {
 		return corrupt("cluster offset %#x is invalid", host)
 	}
-	if !w.ext && e.Type == ClusterZeroAlloc && (in != 0 || int64(len(p)) != w.cs) {
+	n := end - goff
+	if !w.ext && e.Type == ClusterZeroAlloc && (in != 0 || n != w.cs) {
 		// The cluster reads as zero: write it whole.
 		buf := make([]byte, w.cs)
-		copy(buf[in:], p)
-		p, in = buf, 0
-	}
-	if err := w.write(p, host+in); err != nil {
+		if err := d.src.ReadAt(buf[in:in+n], goff-d.start); err != nil {
+			return err
+		}
+		if err := w.write(buf, host); err != nil {
+			return err
+		}
+		in, n = 0, w.cs
+	} else if err := w.storeData(d, goff, end, host+in); err != nil {
 		return err
 	}
 	w.dataPending = true
 	raw, bm := e.Raw, e.Bitmap
 	if w.ext {
-		r := w.subRange(in, in+int64(len(p)))
+		r := w.subRange(in, in+n)
 		bm = (bm | r) &^ (r << 32)
 	} else {
 		raw = uint64(host) | OflagCopied
@@ -442,8 +505,9 @@ func (w *Writer) writeInPlace(t *wtable, i int64, e L2Entry, goff int64, p []byt
 	return nil
 }
 
-// writeAlloc writes p at goff into nc new contiguous host clusters.
-func (w *Writer) writeAlloc(t *wtable, goff int64, p []byte, nc int64) error {
+// writeAlloc writes the data of [goff, end) into nc new contiguous host
+// clusters.
+func (w *Writer) writeAlloc(t *wtable, goff, end int64, d wdata, nc int64) error {
 	host, err := w.allocClusters(nc)
 	if err != nil {
 		return err
@@ -453,16 +517,15 @@ func (w *Writer) writeAlloc(t *wtable, goff int64, p []byte, nc int64) error {
 		return err
 	}
 	cstart := goff &^ (w.cs - 1)
-	end := goff + int64(len(p))
 	head := goff - cstart
 	tail := (cstart + nc*w.cs) - end
-	buf := p
-	wstart := host + head
 	if !w.ext && (head != 0 || tail != 0) || w.ext && w.needsFill(t, cstart, nc) {
 		// Fill the uncovered parts of the first and last clusters from
 		// what they held.
-		buf = make([]byte, nc*w.cs)
-		copy(buf[head:], p)
+		buf := make([]byte, nc*w.cs)
+		if err := d.src.ReadAt(buf[head:head+end-goff], goff-d.start); err != nil {
+			return err
+		}
 		for _, c := range []int64{cstart, cstart + (nc-1)*w.cs} {
 			a := max(goff, c) - c
 			b := min(end, c+w.cs) - c
@@ -473,9 +536,10 @@ func (w *Writer) writeAlloc(t *wtable, goff int64, p []byte, nc int64) error {
 				return err
 			}
 		}
-		wstart = host
-	}
-	if err := w.write(buf, wstart); err != nil {
+		if err := w.write(buf, host); err != nil {
+			return err
+		}
+	} else if err := w.storeData(d, goff, end, host+head); err != nil {
 		return err
 	}
 	w.dataPending = true

@@ -1,0 +1,128 @@
+package worker
+
+import (
+	"golang.org/x/sys/unix"
+
+	"instarfs/vmm/worker/internal/layer"
+)
+
+// fillReq is one buffer to fill with a chain's guest bytes from off on.
+type fillReq struct {
+	p   []byte
+	off int64
+}
+
+// preadv is the system call vecReader makes; tests replace it to see short
+// reads.
+var preadv = unix.Preadv
+
+// maxVec bounds the buffers of one preadv (the kernel's IOV_MAX is 1024).
+const maxVec = 1024
+
+// vecReader fills buffers with a chain's guest bytes, as chain.Fill does,
+// but reads the runs that one image stores plainly (qcow2 data clusters, not
+// compressed; raw files) and that lie back to back in its file with one
+// preadv, however far apart they are in guest offsets: a qcow2 image written
+// in guest order stores the data of scattered clusters next to each other.
+// Whatever else, and any run a preadv reads short, goes through chain.Fill,
+// which reports a failure as such.
+type vecReader struct {
+	chain layer.Stack
+	imgs  []*opened // the images of chain, in its order
+
+	img  *opened // the image of the pending run, or nil
+	host int64   // where the pending run starts in img's file
+	n    int64   // its length
+	iov  [][]byte
+	reqs []fillReq // the guest offsets of iov's buffers
+}
+
+// fill fills every request's buffer.
+func (v *vecReader) fill(reqs []fillReq) error {
+	for _, r := range reqs {
+		if err := v.fillOne(r.p, r.off); err != nil {
+			return err
+		}
+	}
+	return v.flush()
+}
+
+func (v *vecReader) fillOne(p []byte, off int64) error {
+	for len(p) > 0 {
+		if off >= v.chain.VirtualSize() {
+			clear(p)
+			return nil
+		}
+		depth, e, err := v.chain.Lookup(off, off+int64(len(p)))
+		if err != nil {
+			return err
+		}
+		n := e.Length
+		img := v.imgs[depth]
+		switch {
+		case e.Kind != layer.Data:
+			clear(p[:n])
+		case e.Compressed || e.HostOffset < 0 || img.format != "qcow2" && img.format != "raw" ||
+			e.HostOffset+n > img.size:
+			if err := v.chain.Fill(p[:n], off); err != nil {
+				return err
+			}
+		default:
+			if v.img != img || v.host+v.n != e.HostOffset || len(v.iov) == maxVec {
+				if err := v.flush(); err != nil {
+					return err
+				}
+				v.img, v.host = img, e.HostOffset
+			}
+			v.iov = append(v.iov, p[:n])
+			v.reqs = append(v.reqs, fillReq{p[:n], off})
+			v.n += n
+		}
+		p = p[n:]
+		off += n
+	}
+	return nil
+}
+
+// flush reads the pending run.
+func (v *vecReader) flush() error {
+	if v.img == nil {
+		return nil
+	}
+	iov, reqs, fd, host, n := v.iov, v.reqs, int(v.img.file.Fd()), v.host, v.n
+	v.img, v.iov, v.reqs, v.n = nil, v.iov[:0], v.reqs[:0], 0
+	var got int64
+	for got < n {
+		m, err := preadv(fd, iov, host+got)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || m <= 0 {
+			break
+		}
+		got += int64(m)
+		for m > 0 && len(iov) > 0 {
+			k := min(m, len(iov[0]))
+			if iov[0] = iov[0][k:]; len(iov[0]) == 0 {
+				iov = iov[1:]
+			}
+			m -= k
+		}
+	}
+	if got == n {
+		return nil
+	}
+	// Short: the buffers from the first one not filled whole are read
+	// again the plain way, which says what went wrong.
+	for _, r := range reqs {
+		if got >= int64(len(r.p)) {
+			got -= int64(len(r.p))
+			continue
+		}
+		got = 0
+		if err := v.chain.Fill(r.p, r.off); err != nil {
+			return err
+		}
+	}
+	return nil
+}

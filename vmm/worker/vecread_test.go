@@ -1,0 +1,146 @@
+package worker
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/internal/qemutest"
+	"instarfs/proto"
+)
+
+// openChain opens the chain of top as openChainFiles does, as *opened.
+func openChain(t *testing.T, dir, top string) []*opened {
+	t.Helper()
+	var infos []struct {
+		Filename string `json:"filename"`
+		Format   string `json:"format"`
+	}
+	if err := json.Unmarshal(qemutest.Img(t, dir, "info", "--backing-chain", "--output=json", top), &infos); err != nil {
+		t.Fatal(err)
+	}
+	var chain []*opened
+	for _, in := range infos {
+		f, err := os.Open(filepath.Join(dir, in.Filename))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		o, err := openImage(f, proto.ImageRef{Name: in.Filename, Format: in.Format}, false)
+		if err != nil {
+			t.Fatalf("opening %s: %v", in.Filename, err)
+		}
+		chain = append(chain, o)
+	}
+	return chain
+}
+
+// TestVecReaderMatchesFill fills random sets of buffers through vecReader
+// and through the chain's Fill: they must read the same bytes. The base
+// stores 1,536 scattered 4 KiB clusters back to back in its file (more than
+// one preadv takes), the top rewrites some and adds compressed and zero
+// clusters; the second chain has a raw base, and the last the same qcow2
+// base cut short after it was opened, so that preadv reads short. The
+// chains are also read with a preadv that reads at most 3000 bytes a call,
+// and one that fails now and then.
+func TestVecReaderMatchesFill(t *testing.T) {
+	qemutest.NeedQemu(t)
+	dir := t.TempDir()
+	var w strings.Builder
+	for i := range 1536 {
+		fmt.Fprintf(&w, " -c 'write -P %d %d 4k'", 1+i%250, i*8192)
+	}
+	sh(t, dir, `
+qemu-img create -q -f raw src.raw 16M
+qemu-io -f raw`+w.String()+` src.raw >/dev/null
+qemu-img convert -f raw -O qcow2 -o cluster_size=4k src.raw base.qcow2
+qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
+qemu-io -c 'write -P 0xa1 64k 64k' -c 'write -c -P 0xa2 1M 64k' -c 'write -z 2M 64k' -c 'write -P 0xa3 15M 64k' top.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -b src.raw -F raw rtop.qcow2
+qemu-io -c 'write -P 0xb1 128k 64k' rtop.qcow2 >/dev/null
+cp base.qcow2 short.qcow2
+qemu-img create -q -f qcow2 -b short.qcow2 -F qcow2 stop.qcow2
+`)
+	short := func(fd int, iovs [][]byte, off int64) (int, error) {
+		// At most 3000 bytes, ending inside a buffer.
+		var cut [][]byte
+		n := 0
+		for _, b := range iovs {
+			k := min(len(b), 3000-n)
+			cut = append(cut, b[:k])
+			if n += k; n == 3000 {
+				break
+			}
+		}
+		return unix.Preadv(fd, cut, off)
+	}
+	calls := 0
+	failing := func(fd int, iovs [][]byte, off int64) (int, error) {
+		if calls++; calls%3 == 0 {
+			return 0, unix.EIO
+		}
+		return short(fd, iovs, off)
+	}
+	cases := []struct {
+		top    string
+		preadv func(int, [][]byte, int64) (int, error)
+	}{
+		{"top.qcow2", unix.Preadv},
+		{"rtop.qcow2", unix.Preadv},
+		{"top.qcow2", short},
+		{"rtop.qcow2", failing},
+		{"stop.qcow2", unix.Preadv},
+	}
+	for i, c := range cases {
+		top := c.top
+		t.Run(fmt.Sprint(i, top), func(t *testing.T) {
+			old := preadv
+			t.Cleanup(func() { preadv = old })
+			preadv = c.preadv
+			imgs := openChain(t, dir, top)
+			if top == "stop.qcow2" {
+				// Cut the base in the middle of its data.
+				if err := os.Truncate(filepath.Join(dir, "short.qcow2"), imgs[1].size/2); err != nil {
+					t.Fatal(err)
+				}
+			}
+			chain := stackOf(imgs)
+			size := chain.VirtualSize()
+			rng := rand.New(rand.NewPCG(3, 4))
+			v := &vecReader{chain: chain, imgs: imgs}
+			for round := range 40 {
+				var reqs, want []fillReq
+				var werr error
+				for off := int64(rng.IntN(64)) * 512; off < size; {
+					n := min(int64(1+rng.IntN(64))*512*int64(1+rng.IntN(8)), size-off)
+					reqs = append(reqs, fillReq{make([]byte, n), off})
+					p := make([]byte, n)
+					if err := chain.Fill(p, off); err != nil && werr == nil {
+						werr = err
+					}
+					want = append(want, fillReq{p, off})
+					off += n + int64(rng.IntN(4))*4096*int64(rng.IntN(2))
+				}
+				err := v.fill(reqs)
+				if (err == nil) != (werr == nil) {
+					t.Fatalf("round %d: vecReader: %v, Fill: %v", round, err, werr)
+				}
+				if err != nil {
+					continue
+				}
+				for i := range reqs {
+					if !bytes.Equal(reqs[i].p, want[i].p) {
+						t.Fatalf("round %d: %d bytes at %d differ from Fill's", round, len(reqs[i].p), reqs[i].off)
+					}
+				}
+			}
+		})
+	}
+}
