@@ -211,11 +211,9 @@ type CommitResult struct {
 	IntermediateClustersPreserved int64 `json:"intermediate_clusters_preserved,omitempty"`
 }
 
-// RebaseArgs are the arguments of OpRebase. The request's images are the
-// overlay (writable) first, then the old backing chain (OldCount images, top
-// first), then the new backing chain (the rest, top first). In unsafe mode
-// there is no old chain, and the new chain is given only when its format
-// must be detected.
+// RebaseArgs are the arguments of OpRebase. The request's one image is the
+// overlay, writable; the worker asks the broker for the old backing chain
+// (safe mode) and for the new backing file and the chain below it.
 type RebaseArgs struct {
 	Unsafe bool `json:"unsafe,omitempty"`
 	// Backing is the new backing file name, written to the header verbatim;
@@ -224,11 +222,6 @@ type RebaseArgs struct {
 	// BackingFormat is -F; empty means detect it from the new backing's
 	// magic (never raw).
 	BackingFormat string `json:"backing_format,omitempty"`
-	OldCount      int    `json:"old_count"`
-	// NewInOld is the index in the old chain (0 is the old backing file) of
-	// the image that is the new backing file, or -1 when the new backing is
-	// not part of the old chain.
-	NewInOld int `json:"new_in_old"`
 }
 
 // RebaseResult is the result of OpRebase.

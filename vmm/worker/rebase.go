@@ -28,30 +28,22 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	if !s.req.Images[0].Writable {
 		return nil, errcode.New(errcode.WorkerProtocol, "rebase: the overlay was not handed over writable")
 	}
-	imgs, err := s.rebaseImages(&args)
+	c, err := s.rebaseImages(&args)
 	if err != nil {
 		return nil, err
 	}
 	if !args.Unsafe {
-		if err := s.needDrives(imgs, 0); err != nil {
+		if err := s.needDrives(c.all, 0); err != nil {
 			return nil, err
 		}
 	}
-	top := imgs[0]
-	oldChain := imgs[1 : 1+args.OldCount]
-	newChain := imgs[1+args.OldCount:]
-	if args.NewInOld >= 0 {
-		if len(newChain) > 0 {
-			return nil, errcode.New(errcode.WorkerProtocol, "rebase: new chain given although the new backing is in the old chain")
-		}
-		newChain = oldChain[args.NewInOld:]
-	}
+	top := c.all[0]
 
 	format := ""
 	if args.Backing != "" {
 		format = args.BackingFormat
-		if len(newChain) > 0 && (format == "" || format == newChain[0].format) {
-			format = newChain[0].format
+		if len(c.new) > 0 && (format == "" || format == c.new[0].format) {
+			format = c.new[0].format
 		}
 		if format == "" {
 			return nil, errcode.New(errcode.BackingFormatRequired, "the format of the new backing file '%s' must be given (-F) when it cannot be opened", args.Backing)
@@ -64,7 +56,7 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 	switch top.format {
 	case "qcow2":
 	case "vmdk":
-		return rebaseVmdk(s, args, imgs)
+		return rebaseVmdk(s, args, c)
 	default:
 		return nil, errcode.New(errcode.RebaseUnsupported, "'%s' is a %s image, which has no backing file to change", top.ref.Name, top.format)
 	}
@@ -86,12 +78,12 @@ func opRebase(ctx context.Context, s *session) (any, error) {
 		}
 		r := &rebaser{
 			ctx: ctx, s: s, w: w, top: top.q,
-			old: stackOf(oldChain), new: stackOf(newChain),
-			oldImgs: oldChain, newImgs: newChain,
+			old: stackOf(c.old), new: stackOf(c.new),
+			oldImgs: c.old, newImgs: c.new,
 			v3: top.q.Header().Version >= 3,
 		}
-		if args.NewInOld >= 0 {
-			r.above = r.old[:args.NewInOld]
+		if c.newInOld >= 0 {
+			r.above = r.old[:c.newInOld]
 		}
 		if err := r.run(); err != nil {
 			return nil, err

@@ -5,36 +5,64 @@ import (
 	"instarfs/proto"
 )
 
-// rebaseImages opens the images of a rebase, in the order proto.RebaseArgs
-// describes: the overlay, its old backing chain (safe mode), the new backing
-// chain. A worker with a broker is handed the overlay alone: it asks for the
-// old chain, then for the new backing file and the chain below it, and sets
-// args.OldCount and args.NewInOld from what the host answered.
-func (s *session) rebaseImages(args *proto.RebaseArgs) ([]*opened, error) {
+// rebaseChains are the images of a rebase as the worker discovered them.
+type rebaseChains struct {
+	// all are the images in the order they were opened: the overlay, its
+	// old backing chain, then the new backing chain when it is not part of
+	// the old one.
+	all []*opened
+	// old is the old backing chain, top first (none in unsafe mode).
+	old []*opened
+	// new is the new backing chain, top first: none when detaching, nor in
+	// unsafe mode when the new backing file cannot be read.
+	new []*opened
+	// newInOld is the index in old of the new backing file (0 is the old
+	// backing file), or -1 when the new backing is not part of the old
+	// chain. The old chain's members above it are what the rebase drops.
+	newInOld int
+}
+
+// rebaseImages opens the images of a rebase. The host hands over the overlay
+// alone: the worker asks its broker for the old chain (safe mode), then for
+// the new backing file and the chain below it.
+func (s *session) rebaseImages(args *proto.RebaseArgs) (rebaseChains, error) {
 	if !s.req.Broker {
-		n := len(s.req.Images)
-		if args.OldCount < 0 || args.OldCount > n-1 || args.NewInOld >= args.OldCount || args.NewInOld < -1 {
-			return nil, errcode.New(errcode.WorkerProtocol, "rebase: bad image counts (old %d, new in old %d, %d images)", args.OldCount, args.NewInOld, n)
-		}
-		return s.openImages()
+		return rebaseChains{}, errcode.New(errcode.WorkerProtocol, "%s needs a broker", s.req.Op)
 	}
 	imgs, err := s.discover(!args.Unsafe)
 	if err != nil {
-		return nil, err
+		return rebaseChains{}, err
 	}
-	args.OldCount, args.NewInOld = len(imgs)-1, -1
-	if args.Backing == "" {
-		return imgs, nil
+	c := rebaseChains{old: imgs[1:], newInOld: -1}
+	if args.Backing != "" {
+		nb, err := s.openBacking(0, imgs[0], proto.OpenNewBacking)
+		if args.Unsafe {
+			imgs, err = s.unsafeNewBacking(imgs, nb, err, args)
+		} else {
+			imgs, err = s.newBackingChain(imgs, nb, err)
+			if nb.same {
+				c.newInOld = nb.index - 1
+			}
+		}
+		if err != nil {
+			return rebaseChains{}, err
+		}
 	}
-	nb, err := s.openBacking(0, imgs[0], proto.OpenNewBacking)
-	if args.Unsafe {
-		return s.unsafeNewBacking(imgs, nb, err, args)
+	c.all = imgs
+	c.new = imgs[1+len(c.old):]
+	if c.newInOld >= 0 {
+		c.new = c.old[c.newInOld:]
 	}
+	return c, nil
+}
+
+// newBackingChain opens the chain below the new backing file of a safe
+// rebase, nb (or the error asking for it), appending it to imgs.
+func (s *session) newBackingChain(imgs []*opened, nb backing, err error) ([]*opened, error) {
 	switch {
 	case err != nil:
 		return nil, err
 	case nb.same:
-		args.NewInOld = nb.index - 1
 		return imgs, nil
 	}
 	for cur := nb.img; ; {

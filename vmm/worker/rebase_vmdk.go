@@ -35,19 +35,12 @@ type vmdkRebase struct {
 	Progress func(float64)
 }
 
-// rebaseVmdk is OpRebase for a vmdk overlay: imgs are the request's images
-// opened in order (the overlay, the old chain, the new chain; see
-// proto.RebaseArgs). A vmdk's parent is always read as vmdk, so a new backing
-// of another format is refused, and the new parent must be among the images
-// even in unsafe mode: its CID becomes the overlay's parentCID.
-func rebaseVmdk(s *session, args proto.RebaseArgs, imgs []*opened) (*proto.RebaseResult, error) {
-	top := imgs[0]
-	old := imgs[1 : 1+args.OldCount]
-	newChain := imgs[1+args.OldCount:]
-	if args.NewInOld >= 0 {
-		newChain = old[args.NewInOld:]
-	}
-	r := vmdkRebase{Top: top, Old: stackOf(old), Name: args.Backing, Unsafe: args.Unsafe, Progress: s.out.progress}
+// rebaseVmdk is OpRebase for a vmdk overlay, c.all[0]. A vmdk's parent is
+// always read as vmdk, so a new backing of another format is refused, and
+// the new parent must be among the images even in unsafe mode: its CID
+// becomes the overlay's parentCID.
+func rebaseVmdk(s *session, args proto.RebaseArgs, c rebaseChains) (*proto.RebaseResult, error) {
+	r := vmdkRebase{Top: c.all[0], Old: stackOf(c.old), Name: args.Backing, Unsafe: args.Unsafe, Progress: s.out.progress}
 	res := &proto.RebaseResult{Mode: "safe"}
 	if args.Unsafe {
 		res.Mode = "unsafe"
@@ -56,10 +49,10 @@ func rebaseVmdk(s *session, args proto.RebaseArgs, imgs []*opened) (*proto.Rebas
 		if f := args.BackingFormat; f != "" && f != "vmdk" {
 			return nil, errcode.New(errcode.VmdkParentNotVmdk, "the parent of a vmdk image must be a vmdk image, not %s (qemu reads a vmdk's parent as vmdk)", f)
 		}
-		if len(newChain) == 0 {
+		if len(c.new) == 0 {
 			return nil, errcode.New(errcode.BackingNotFound, "the new parent '%s' of a vmdk image must exist and be readable: its CID is recorded in the image", args.Backing)
 		}
-		r.New, r.NewChain = newChain[0], stackOf(newChain)
+		r.New, r.NewChain = c.new[0], stackOf(c.new)
 		res.BackingFormat = "vmdk"
 	}
 	if err := rebaseVmdkImages(r, res); err != nil {
