@@ -2,7 +2,6 @@ package worker
 
 import (
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
@@ -30,24 +29,8 @@ func sh(t *testing.T, dir, script string) string {
 // names and formats taken from qemu-img info --backing-chain.
 func openChainFiles(t *testing.T, dir, top string) []member {
 	t.Helper()
-	var infos []struct {
-		Filename string `json:"filename"`
-		Format   string `json:"format"`
-	}
-	if err := json.Unmarshal(qemutest.Img(t, dir, "info", "--backing-chain", "--output=json", top), &infos); err != nil {
-		t.Fatal(err)
-	}
 	var chain []member
-	for _, in := range infos {
-		f, err := os.Open(filepath.Join(dir, in.Filename))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		o, err := openImage(f, proto.ImageRef{Name: in.Filename, Format: in.Format}, false)
-		if err != nil {
-			t.Fatalf("opening %s: %v", in.Filename, err)
-		}
+	for _, o := range openChain(t, dir, top) {
 		chain = append(chain, o.member())
 	}
 	return chain

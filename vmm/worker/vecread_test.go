@@ -16,7 +16,8 @@ import (
 	"instarfs/proto"
 )
 
-// openChain opens the chain of top as openChainFiles does, as *opened.
+// openChain opens the chain of top the way the host would hand it over:
+// names and formats taken from qemu-img info --backing-chain.
 func openChain(t *testing.T, dir, top string) []*opened {
 	t.Helper()
 	var infos []struct {
