@@ -128,8 +128,7 @@ func (s *chainSource) stored(g, end int64) (o *opened, from, n int64, err error)
 		return nil, 0, 0, err
 	}
 	img := s.imgs[first+depth]
-	if e.Kind != layer.Data || e.Compressed || e.HostOffset < 0 ||
-		img.format != "qcow2" && img.format != "raw" || e.HostOffset+e.Length > img.size {
+	if !img.storedPlainly(e) {
 		return nil, 0, e.Length, nil
 	}
 	return img, e.HostOffset, e.Length, nil

@@ -62,8 +62,7 @@ func (v *vecReader) fillOne(p []byte, off int64) error {
 		switch {
 		case e.Kind != layer.Data:
 			clear(p[:n])
-		case e.Compressed || e.HostOffset < 0 || img.format != "qcow2" && img.format != "raw" ||
-			e.HostOffset+n > img.size:
+		case !img.storedPlainly(e):
 			if err := v.chain.Fill(p[:n], off); err != nil {
 				return err
 			}
@@ -82,6 +81,14 @@ func (v *vecReader) fillOne(p []byte, off int64) error {
 		off += n
 	}
 	return nil
+}
+
+// storedPlainly reports whether the image keeps extent e as plain bytes in
+// its own file at e.HostOffset (qcow2 data clusters, not compressed; raw
+// files), so that a system call can read or copy the run directly.
+func (o *opened) storedPlainly(e layer.Extent) bool {
+	return e.Kind == layer.Data && !e.Compressed && e.HostOffset >= 0 && o.file != nil &&
+		(o.format == "qcow2" || o.format == "raw") && e.HostOffset+e.Length <= o.size
 }
 
 // flush reads the pending run.
