@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -49,9 +48,7 @@ func (s *session) ask(req proto.BrokerRequest) (proto.BrokerReply, []*os.File, e
 		err = errcode.New(errcode.WorkerProtocol, "the host's answer was truncated")
 	}
 	if err == nil {
-		dec := json.NewDecoder(bytes.NewReader(buf[:n]))
-		dec.DisallowUnknownFields()
-		if derr := dec.Decode(&reply); derr != nil {
+		if derr := proto.Decode(buf[:n], &reply); derr != nil {
 			err = errcode.New(errcode.WorkerProtocol, "decoding the host's answer: %v", derr)
 		}
 	}

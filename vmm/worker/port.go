@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"os"
@@ -53,12 +52,10 @@ func (s *session) askPort(req proto.BrokerRequest) (proto.BrokerReply, []*os.Fil
 	if err != nil {
 		return reply, nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	switch {
 	case kind != proto.PortAnswer:
 		return reply, nil, errcode.New(errcode.WorkerProtocol, "the host answered a question with a frame of kind %q", kind)
-	case dec.Decode(&reply) != nil:
+	case proto.Decode(body, &reply) != nil:
 		return reply, nil, errcode.New(errcode.WorkerProtocol, "decoding the host's answer")
 	case reply.Error != nil:
 		return proto.BrokerReply{}, nil, reply.Error
