@@ -84,7 +84,13 @@ func Main() {
 		out.flush()
 		os.Exit(1)
 	}
-	os.Exit(Serve(os.Stdin, os.Stdout))
+	code := Serve(os.Stdin, os.Stdout)
+	// The host reads the output to its end before it waits for the worker.
+	// Closed here, the end reaches it at once; left to the exit, it would
+	// reach it only once the kernel has torn down the worker's namespaces,
+	// about a millisecond later.
+	os.Stdout.Close()
+	os.Exit(code)
 }
 
 // Serve sends the confinement's warnings, reads one request from r, runs it on
