@@ -315,10 +315,12 @@ func (s *Sandbox) process(level Level, job vmm.Job, id int) *vmm.Process {
 
 // baseEnv is the environment every worker gets: the Go runtime must not keep
 // descriptors into the host's cgroup tree nor re-read it (the files are gone
-// after the pivot and the reads would be refused), and the fault-injection
-// setting of the tests is passed through.
+// after the pivot and the reads would be refused); an empty TZ makes the
+// worker's local time zone UTC without reading one from the host's files (the
+// worker formats no local time); and the fault-injection setting of the tests
+// is passed through.
 func baseEnv() []string {
-	env := []string{"GODEBUG=containermaxprocs=0,updatemaxprocs=0"}
+	env := []string{"GODEBUG=containermaxprocs=0,updatemaxprocs=0", "TZ="}
 	if v, ok := os.LookupEnv(EnvFaultAfterWrites); ok {
 		env = append(env, EnvFaultAfterWrites+"="+v)
 	}
