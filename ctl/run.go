@@ -214,6 +214,9 @@ func (o *Opener) broker(top *chainmodel.Image, opts OpenOptions) *chainmodel.Bro
 // answers the questions the worker would have asked. It returns nil when a
 // member is not cached or anything fails; a worker then finds out why.
 func (o *Opener) cachedChain(path string, opts OpenOptions) *chainmodel.Chain {
+	if o.cache().Len() == 0 {
+		return nil // nothing cached (a command line's run): open the top once, for the worker
+	}
 	top, err := o.openTop(path, opts)
 	if err != nil {
 		return nil
