@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -97,9 +96,23 @@ func (s FileState) String() string {
 	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", s.ID.Dev, s.ID.Ino, s.Size, s.Mtime.Sec, s.Mtime.Nsec, s.Ctime.Sec, s.Ctime.Nsec)
 }
 
-// protocolPrefix matches what qemu would take for a protocol ("nbd:", "http:",
-// "file:", "json:"): a scheme-like word and a colon before any slash.
-var protocolPrefix = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
+// hasProtocolPrefix reports whether name starts as qemu would take for a
+// protocol ("nbd:", "http:", "file:", "json:"): a letter, then letters, digits,
+// '+', '.' or '-', then a colon (so before any slash).
+func hasProtocolPrefix(name string) bool {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '.' || c == '-'):
+		case i > 0 && c == ':':
+			return true
+		default:
+			return false
+		}
+	}
+	return false
+}
 
 // MaxBackingName is the longest backing name qcow2 allows.
 const MaxBackingName = 1023
@@ -113,7 +126,7 @@ func (p Policy) Locate(referrerDir, name string) (Loc, error) {
 		return Loc{}, errcode.New(errcode.BadArguments, "empty backing file name")
 	case strings.HasPrefix(name, "json:"):
 		return Loc{}, errcode.New(errcode.BackingProtocol, "backing file %q is a json: specification, which is refused", name)
-	case protocolPrefix.MatchString(name):
+	case hasProtocolPrefix(name):
 		return Loc{}, errcode.New(errcode.BackingProtocol, "backing file %q names a protocol, which is refused", name)
 	case len(name) > MaxBackingName:
 		return Loc{}, errcode.New(errcode.BackingNameTooLong, "backing file name is %d bytes long (at most %d)", len(name), MaxBackingName)

@@ -176,6 +176,12 @@ func TestPolicyAdmit(t *testing.T) {
 		{"../x.qcow2", errcode.BackingPathOutsideRoot},
 		{`json:{"file.filename":"/etc/shadow"}`, errcode.BackingProtocol},
 		{"nbd://host/x", errcode.BackingProtocol},
+		{"Gluster+unix:x", errcode.BackingProtocol},
+		{"a.b-c:x.qcow2", errcode.BackingProtocol},
+		{"1nbd:x.qcow2", ""},  // a scheme starts with a letter
+		{":x.qcow2", ""},      // and is not empty
+		{"sub/a:b.qcow2", ""}, // a colon after a slash
+		{"a_b:c.qcow2", ""},   // '_' is not a scheme's
 		{"escape.img", errcode.BackingPathOutsideRoot},
 		{"fifo.img", errcode.NotRegularFile},
 	}
