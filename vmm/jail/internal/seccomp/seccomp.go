@@ -87,7 +87,7 @@ type Rule struct {
 }
 
 // Policy is an allow-list: the calls its Rules allow run, any other call gets
-// Default. A call made with another architecture's ABI (including x32 on
+// Default, which must be KillProcess or an Errno action. A call made with another architecture's ABI (including x32 on
 // amd64) never runs: it kills the process, or gets Default for x32.
 type Policy struct {
 	Rules   []Rule
@@ -122,6 +122,9 @@ func jump(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
 func (p Policy) Assemble() ([]unix.SockFilter, error) {
 	if Arch == 0 {
 		return nil, fmt.Errorf("seccomp: no filter for architecture %s", runtime.GOARCH)
+	}
+	if p.Default != KillProcess && p.Default&^unix.SECCOMP_RET_DATA != unix.SECCOMP_RET_ERRNO {
+		return nil, fmt.Errorf("seccomp: default action %#x is neither KillProcess nor an errno", uint32(p.Default))
 	}
 	prog := []unix.SockFilter{
 		stmt(ldAbs, offArch),

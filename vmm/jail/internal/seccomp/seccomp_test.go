@@ -226,23 +226,33 @@ func TestLayout(t *testing.T) {
 }
 
 func TestAssembleErrors(t *testing.T) {
+	rule := func(nr uintptr, cs ...seccomp.Cond) []seccomp.Rule { return []seccomp.Rule{{Nr: nr, Conds: cs}} }
 	many := make([]seccomp.Rule, unix.BPF_MAXINSNS/3)
 	for i := range many {
 		many[i] = seccomp.Rule{Nr: uintptr(i)}
 	}
 	for _, tt := range []struct {
-		p    seccomp.Policy
-		want string
+		rules []seccomp.Rule
+		def   seccomp.Action
+		want  string
 	}{
-		{seccomp.Policy{Rules: []seccomp.Rule{{Nr: 1, Conds: []seccomp.Cond{seccomp.Equal(6, 0)}}}}, "no argument 6"},
-		{seccomp.Policy{Rules: []seccomp.Rule{{Nr: 1, Conds: []seccomp.Cond{seccomp.Equal(-1, 0)}}}}, "no argument -1"},
-		{seccomp.Policy{Rules: []seccomp.Rule{{Nr: 1, Conds: []seccomp.Cond{{Arg: 0, Mask: 1, Value: 2}}}}}, "can never be 0x2"},
-		{seccomp.Policy{Rules: []seccomp.Rule{{Nr: 1 << 31}}}, "out of range"},
-		{seccomp.Policy{Rules: many}, "more than the kernel's 4096"},
-		{seccomp.Policy{Rules: []seccomp.Rule{{Nr: 1, Conds: make([]seccomp.Cond, 43)}}}, "too many conditions"},
+		{rule(1), 0, "default action 0x0"},
+		{rule(1), seccomp.Allow, "default action 0x7fff0000"},
+		{rule(1, seccomp.Equal(6, 0)), seccomp.KillProcess, "no argument 6"},
+		{rule(1, seccomp.Equal(-1, 0)), seccomp.KillProcess, "no argument -1"},
+		{rule(1, seccomp.Cond{Arg: 0, Mask: 1, Value: 2}), seccomp.KillProcess, "can never be 0x2"},
+		{rule(1 << 31), seccomp.KillProcess, "out of range"},
+		{many, seccomp.KillProcess, "more than the kernel's 4096"},
+		{rule(1, make([]seccomp.Cond, 43)...), seccomp.KillProcess, "too many conditions"},
 	} {
-		if _, err := tt.p.Assemble(); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%.80v: error %v, want %q", tt.p, err, tt.want)
+		p := seccomp.Policy{Rules: tt.rules, Default: tt.def}
+		if _, err := p.Assemble(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%.80v: error %v, want %q", p, err, tt.want)
+		}
+	}
+	for _, def := range []seccomp.Action{seccomp.KillProcess, seccomp.Errno(unix.EPERM), seccomp.Errno(unix.ENOSYS)} {
+		if _, err := (seccomp.Policy{Rules: rule(1, make([]seccomp.Cond, 42)...), Default: def}).Assemble(); err != nil {
+			t.Errorf("default %#x, 42 conditions: %v", def, err)
 		}
 	}
 }
