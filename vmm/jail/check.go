@@ -14,13 +14,13 @@ import (
 	"syscall"
 	"time"
 
-	seccomp "github.com/elastic/go-seccomp-bpf"
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
 	"golang.org/x/sys/unix"
 
 	"instarfs/errcode"
 	"instarfs/proto"
 	"instarfs/vmm"
+	"instarfs/vmm/jail/internal/seccomp"
 )
 
 // Host says which confinement layers this host offers, as seen from the host
@@ -34,7 +34,8 @@ type Host struct {
 	UserNamespacesDetail string `json:"user_namespaces_detail"`
 	// LandlockABI is 0 when Landlock is unavailable.
 	LandlockABI int `json:"landlock_abi"`
-	// SeccompFilter is true when the kernel supports seccomp filters.
+	// SeccompFilter is true when the kernel runs seccomp filters that can kill
+	// the process (Linux 4.14+).
 	SeccompFilter bool `json:"seccomp_filter"`
 	// AllThreadsSyscall is false in a cgo build, where the jail cannot drop
 	// capabilities on every thread.

@@ -3,9 +3,16 @@ package jail
 import (
 	"os"
 
-	seccomp "github.com/elastic/go-seccomp-bpf"
 	"golang.org/x/sys/unix"
+
+	"instarfs/vmm/jail/internal/seccomp"
 )
+
+// allowed is a system call the worker may make with any arguments.
+type allowed struct {
+	name string
+	nr   uintptr
+}
 
 // runtimeSyscalls are the system calls the Go runtime (CGO_ENABLED=0) makes
 // once it is running: memory, scheduling, signals, timers and the netpoller.
@@ -13,13 +20,19 @@ import (
 // preads that spawn threads, large allocations with forced GC and
 // FreeOSMemory, timers, tight loops that trigger asynchronous preemption) and
 // is checked by the Stress test of the conformance suite (vmm/sandboxtest).
-var runtimeSyscalls = []string{
-	"munmap", "madvise", "brk", "futex", "sched_yield",
-	"nanosleep", "clock_nanosleep", "clock_gettime",
-	"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
-	"gettid", "getpid", "exit", "exit_group", "sched_getaffinity",
-	"getrandom", "restart_syscall",
-	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "eventfd2",
+var runtimeSyscalls = []allowed{
+	{"munmap", unix.SYS_MUNMAP}, {"madvise", unix.SYS_MADVISE}, {"brk", unix.SYS_BRK},
+	{"futex", unix.SYS_FUTEX}, {"sched_yield", unix.SYS_SCHED_YIELD},
+	{"nanosleep", unix.SYS_NANOSLEEP}, {"clock_nanosleep", unix.SYS_CLOCK_NANOSLEEP},
+	{"clock_gettime", unix.SYS_CLOCK_GETTIME},
+	{"rt_sigaction", unix.SYS_RT_SIGACTION}, {"rt_sigprocmask", unix.SYS_RT_SIGPROCMASK},
+	{"rt_sigreturn", unix.SYS_RT_SIGRETURN}, {"sigaltstack", unix.SYS_SIGALTSTACK},
+	{"gettid", unix.SYS_GETTID}, {"getpid", unix.SYS_GETPID}, {"exit", unix.SYS_EXIT},
+	{"exit_group", unix.SYS_EXIT_GROUP}, {"sched_getaffinity", unix.SYS_SCHED_GETAFFINITY},
+	{"getrandom", unix.SYS_GETRANDOM}, {"restart_syscall", unix.SYS_RESTART_SYSCALL},
+	{"epoll_create1", unix.SYS_EPOLL_CREATE1}, {"epoll_ctl", unix.SYS_EPOLL_CTL},
+	{"epoll_pwait", unix.SYS_EPOLL_PWAIT}, {"epoll_pwait2", unix.SYS_EPOLL_PWAIT2},
+	{"eventfd2", unix.SYS_EVENTFD2},
 }
 
 // ioSyscalls are the descriptor operations the worker's work needs: reading and
@@ -28,75 +41,76 @@ var runtimeSyscalls = []string{
 // copying a range from one image to another in the kernel (copy_file_range:
 // like a pread and a pwrite, it works only between descriptors the worker
 // already holds, and only into one opened for writing).
-var ioSyscalls = []string{
-	"read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev",
-	"lseek", "fstat", "fsync", "fdatasync", "sync_file_range", "fallocate", "ftruncate",
-	"copy_file_range", "close",
+var ioSyscalls = []allowed{
+	{"read", unix.SYS_READ}, {"write", unix.SYS_WRITE},
+	{"pread64", unix.SYS_PREAD64}, {"pwrite64", unix.SYS_PWRITE64},
+	{"readv", unix.SYS_READV}, {"writev", unix.SYS_WRITEV},
+	{"preadv", unix.SYS_PREADV}, {"pwritev", unix.SYS_PWRITEV},
+	{"lseek", unix.SYS_LSEEK}, {"fstat", unix.SYS_FSTAT},
+	{"fsync", unix.SYS_FSYNC}, {"fdatasync", unix.SYS_FDATASYNC},
+	{"sync_file_range", unix.SYS_SYNC_FILE_RANGE}, {"fallocate", unix.SYS_FALLOCATE},
+	{"ftruncate", unix.SYS_FTRUNCATE}, {"copy_file_range", unix.SYS_COPY_FILE_RANGE},
+	{"close", unix.SYS_CLOSE},
 }
 
 // Namespace flags a thread-creating clone must not carry.
 const cloneNamespaceFlags = unix.CLONE_NEWNS | unix.CLONE_NEWCGROUP | unix.CLONE_NEWUTS |
 	unix.CLONE_NEWIPC | unix.CLONE_NEWUSER | unix.CLONE_NEWPID | unix.CLONE_NEWNET
 
-// seccompFilter returns the worker's filter. Everything outside the allow-list
-// kills the process (SeccompKill) or fails with EPERM (SeccompErrno, used only to
-// run the probes). The filter is loaded with no_new_privs and TSYNC, so it
-// covers every thread.
+// seccompPolicy returns the worker's filter. Everything outside the
+// allow-list kills the process (SeccompKill) or fails with EPERM
+// (SeccompErrno, used only to run the probes).
 //
 // broker, when not negative, is the descriptor of the broker socket: recvmsg
 // is allowed on it and on no other descriptor (the worker asks with write).
-func seccompFilter(mode string, broker int) seccomp.Filter {
-	def := seccomp.ActionKillProcess
+func seccompPolicy(mode string, broker int) seccomp.Policy {
+	p := seccomp.Policy{Default: seccomp.KillProcess}
 	if mode == SeccompErrno {
-		def = seccomp.ActionErrno // EPERM
+		p.Default = seccomp.Errno(unix.EPERM)
 	}
-	cond := func(name string, cs ...seccomp.Condition) seccomp.NameWithConditions {
-		return seccomp.NameWithConditions{Name: name, Conditions: cs}
+	for _, list := range [][]allowed{runtimeSyscalls, ioSyscalls} {
+		for _, s := range list {
+			p.Rules = append(p.Rules, seccomp.Rule{Nr: s.nr})
+		}
 	}
-	f := seccomp.Filter{
-		NoNewPrivs: true,
-		Flag:       seccomp.FilterFlagTSync,
-		Policy: seccomp.Policy{
-			DefaultAction: def,
-			Syscalls: []seccomp.SyscallGroup{
-				{Action: seccomp.ActionAllow, Names: append(append([]string{}, runtimeSyscalls...), ioSyscalls...)},
-				{Action: seccomp.ActionAllow, NamesWithCondtions: []seccomp.NameWithConditions{
-					// Threads, never processes, and no new namespaces.
-					cond("clone",
-						seccomp.Condition{Argument: 0, Operation: seccomp.BitsSet, Value: unix.CLONE_THREAD},
-						seccomp.Condition{Argument: 0, Operation: seccomp.BitsNotSet, Value: cloneNamespaceFlags}),
-					// No executable mappings: pure Go never needs one after start.
-					cond("mmap", seccomp.Condition{Argument: 2, Operation: seccomp.BitsNotSet, Value: unix.PROT_EXEC}),
-					cond("mprotect", seccomp.Condition{Argument: 2, Operation: seccomp.BitsNotSet, Value: unix.PROT_EXEC}),
-					// Signals only to the worker's own threads.
-					cond("tgkill", seccomp.Condition{Argument: 0, Operation: seccomp.Equal, Value: uint64(os.Getpid())}),
-					// Descriptor flags only: no record locks (the host's OFD
-					// locks live on the same open file descriptions), leases,
-					// dup, pipe sizes or seals.
-					cond("fcntl", seccomp.Condition{Argument: 1, Operation: seccomp.Equal, Value: unix.F_GETFD}),
-					cond("fcntl", seccomp.Condition{Argument: 1, Operation: seccomp.Equal, Value: unix.F_SETFD}),
-					cond("fcntl", seccomp.Condition{Argument: 1, Operation: seccomp.Equal, Value: unix.F_GETFL}),
-					cond("fcntl", seccomp.Condition{Argument: 1, Operation: seccomp.Equal, Value: unix.F_SETFL}),
-				}},
-			},
-		},
+	rule := func(nr uintptr, cs ...seccomp.Cond) { p.Rules = append(p.Rules, seccomp.Rule{Nr: nr, Conds: cs}) }
+	// Threads, never processes, and no new namespaces.
+	rule(unix.SYS_CLONE, seccomp.AllSet(0, unix.CLONE_THREAD), seccomp.NoneSet(0, cloneNamespaceFlags))
+	// No executable mappings: pure Go never needs one after start.
+	rule(unix.SYS_MMAP, seccomp.NoneSet(2, unix.PROT_EXEC))
+	rule(unix.SYS_MPROTECT, seccomp.NoneSet(2, unix.PROT_EXEC))
+	// Signals only to the worker's own threads.
+	rule(unix.SYS_TGKILL, seccomp.Equal(0, uint64(os.Getpid())))
+	// Descriptor flags only: no record locks (the host's OFD locks live on
+	// the same open file descriptions), leases, dup, pipe sizes or seals.
+	for _, cmd := range []uint64{unix.F_GETFD, unix.F_SETFD, unix.F_GETFL, unix.F_SETFL} {
+		rule(unix.SYS_FCNTL, seccomp.Equal(1, cmd))
 	}
 	if broker >= 0 {
-		f.Policy.Syscalls = append(f.Policy.Syscalls, seccomp.SyscallGroup{Action: seccomp.ActionAllow, NamesWithCondtions: []seccomp.NameWithConditions{
-			cond("recvmsg", seccomp.Condition{Argument: 0, Operation: seccomp.Equal, Value: uint64(broker)}),
-		}})
+		rule(unix.SYS_RECVMSG, seccomp.Equal(0, uint64(broker)))
 	}
-	return f
+	return p
 }
 
+// loadSeccomp loads the worker's filter on every thread (TSYNC), with
+// no_new_privs.
 func loadSeccomp(mode string, broker int) error {
-	return seccomp.LoadFilter(seccompFilter(mode, broker))
+	prog, err := seccompPolicy(mode, broker).Assemble()
+	if err != nil {
+		return err
+	}
+	return seccomp.Load(prog)
 }
 
 // AllowedSyscalls returns the names of the system calls the worker may make
 // (some only with restricted arguments), for documentation and sandbox-check.
 func AllowedSyscalls() []string {
-	names := append(append([]string{}, runtimeSyscalls...), ioSyscalls...)
+	var names []string
+	for _, list := range [][]allowed{runtimeSyscalls, ioSyscalls} {
+		for _, s := range list {
+			names = append(names, s.name)
+		}
+	}
 	return append(names, "clone (CLONE_THREAD only)", "mmap/mprotect (no PROT_EXEC)",
 		"tgkill (own threads)", "fcntl (F_GETFD/F_SETFD/F_GETFL/F_SETFL)",
 		"recvmsg (the broker socket only)")
