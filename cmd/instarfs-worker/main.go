@@ -5,8 +5,8 @@
 //
 // instarfs starts it, from the directory instarfs itself is in, with an empty
 // environment but for the sandbox's settings; it is not meant to be run by
-// hand. It contains every image parser and nothing of the host: no FUSE, no
-// command line, no logging library.
+// hand. It contains every image parser and nothing of the host's: no FUSE,
+// no command line parser (internal/boundary checks what it links).
 package main
 
 import "instarfs/vmm/worker"
