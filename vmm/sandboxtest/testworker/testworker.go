@@ -113,7 +113,7 @@ type EchoImage struct {
 	WriteErrno string `json:"write_errno,omitempty"`
 }
 
-// Main is the worker of a backend's test binary started as a re-executed
+// Main is the worker of a backend's test binary started as a worker
 // process: it runs confine (the backend's worker-side confinement; nil for
 // none), sends its warnings, serves the request on standard input and exits.
 func Main(confine func() ([]string, error)) {
