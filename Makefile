@@ -5,6 +5,7 @@
 export CGO_ENABLED := 0
 GO ?= go
 BIN := bin/instarfs
+WORKER := bin/instarfs-worker
 PREFIX ?= /usr/local
 # What `instarfs --version` prints: the tag the commit carries ("unreleased"
 # before the first release) and the commit, "-dirty" when the tree had changes.
@@ -19,14 +20,18 @@ TESTFLAGS ?=
 
 all: build
 
+# build builds instarfs and its worker, instarfs-worker, side by side: instarfs
+# runs the worker found next to itself.
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/instarfs
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(WORKER) ./cmd/instarfs-worker
 
-# install copies the binary to $(DESTDIR)$(PREFIX)/bin; the worker is the same
-# binary, so nothing else is needed (the microvm guest stays where `make guest`
-# put it: see docs/sandbox.md).
+# install copies both executables to $(DESTDIR)$(PREFIX)/bin, the worker
+# executable by all (a worker started by root runs as a uid of its own); the
+# microvm guest stays where `make guest` put it: see docs/sandbox.md.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/instarfs
+	install -D -m 0755 $(WORKER) $(DESTDIR)$(PREFIX)/bin/instarfs-worker
 
 # guest builds the microvm backend's guest into build/guest: the kernel and
 # its virtio modules from the Debian package linux-image-cloud-amd64 of this

@@ -13,7 +13,9 @@ import (
 	"instarfs/errcode"
 )
 
-// WorkerArg0 is argv[0] of a re-executed instarfs binary that must act as a worker.
+// WorkerArg0 is the name of the worker's executable, installed next to
+// instarfs, and argv[0] of every worker: a test binary that is its own
+// worker tells by it that it must act as one.
 const WorkerArg0 = "instarfs-worker"
 
 // FirstImageFD is the descriptor number of Request.Images[0] in the worker; the

@@ -23,10 +23,11 @@ import (
 )
 
 // Process is the host side of a worker that runs as a local process: how to
-// start it, and (in Run) the protocol spoken with it. Backends that confine a
-// re-executed instarfs binary fill in a Process and call Run.
+// start it, and (in Run) the protocol spoken with it. Backends that confine
+// the worker executable fill in a Process and call Run.
 type Process struct {
-	// Path is the executable; empty means /proc/self/exe.
+	// Path is the executable; empty means the worker executable the
+	// program chose with UseWorker.
 	Path string
 	// Args is the worker's argv; nil means {WorkerArg0}.
 	Args []string
@@ -278,13 +279,20 @@ func (p *Process) start(pp *pipes, files []*os.File) (*exec.Cmd, error) {
 		ExtraFiles:  files,
 		SysProcAttr: p.SysProcAttr,
 	}
-	if cmd.Path == "" {
-		cmd.Path = "/proc/self/exe"
-	}
 	if cmd.Args == nil {
 		cmd.Args = []string{proto.WorkerArg0}
 	}
-	err := cmd.Start()
+	var err error
+	if cmd.Path == "" {
+		var release func()
+		cmd.Path, release, err = defaultExecPath(pp, files)
+		if err == nil {
+			defer release()
+		}
+	}
+	if err == nil {
+		err = cmd.Start()
+	}
 	pp.closeChild()
 	if err != nil {
 		p.exited()

@@ -25,6 +25,7 @@ func TestMain(m *testing.M) {
 		testWorker()
 		os.Exit(0)
 	}
+	UseWorker("/proc/self/exe") // the test binary is its own worker
 	os.Exit(m.Run())
 }
 

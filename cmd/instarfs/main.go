@@ -13,15 +13,25 @@ import (
 	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm"
-	"instarfs/vmm/worker"
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == proto.WorkerArg0 {
-		worker.Main()
-	}
+	vmm.UseWorker(workerPath())
 	app := newApp()
 	os.Exit(app.run(os.Args[1:]))
+}
+
+// workerPath returns where the worker executable is: proto.WorkerArg0 in the
+// directory of this executable. On Linux os.Executable is the path the kernel
+// resolved, so a symbolic link to instarfs finds the worker next to the
+// link's target. When it cannot be known, the bare name, which UseWorker
+// refuses, makes every worker start fail, naming what was looked for.
+func workerPath() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return proto.WorkerArg0
+	}
+	return filepath.Join(filepath.Dir(exe), proto.WorkerArg0)
 }
 
 // app holds the parsed command line.

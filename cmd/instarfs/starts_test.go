@@ -19,6 +19,7 @@ func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == proto.WorkerArg0 {
 		worker.Main()
 	}
+	vmm.UseWorker("/proc/self/exe") // the test binary is its own worker
 	os.Exit(m.Run())
 }
 

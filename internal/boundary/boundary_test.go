@@ -3,14 +3,17 @@
 // Only the worker parses image bytes. The format packages sit under
 // vmm/worker/internal, so the compiler already refuses any other importer;
 // this test states the rest of the rule, which the compiler cannot: who may
-// import the planners and the worker, and which host packages must not
-// depend on running workers at all.
+// import the planners and the worker, which host packages must not depend on
+// running workers at all, and what each of the two executables, instarfs and
+// instarfs-worker, must not link.
 package boundary
 
 import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -40,9 +43,12 @@ var rules = []struct {
 		forbidden: []string{"instarfs/vmm/worker/..."},
 		exempt: []string{
 			"instarfs/vmm/worker/...",
-			// The product is one binary: the host re-executes itself as
-			// the worker, and the microvm guest's /init is the worker.
-			"instarfs/cmd/instarfs", "instarfs/vmm/microvm/guest",
+			// The worker's executable, and the microvm guest's /init,
+			// which is the worker.
+			"instarfs/cmd/instarfs-worker", "instarfs/vmm/microvm/guest",
+			// Its tests' TestMain makes the test binary its own worker;
+			// what the executable links is TestLinked's.
+			"instarfs/cmd/instarfs",
 		},
 		why: "host packages reach the worker only through a sandbox",
 	},
@@ -159,11 +165,90 @@ func TestRulesRefuse(t *testing.T) {
 	}
 	for _, c := range [][2]string{
 		{"instarfs/vmm/worker", "instarfs/planners"},
-		{"instarfs/cmd/instarfs", "instarfs/vmm/worker"},
+		{"instarfs/cmd/instarfs-worker", "instarfs/vmm/worker"},
 		{"instarfs/proto", "instarfs/errcode"},
 	} {
 		if why := refused(c[0], c[1]); why != "" {
 			t.Errorf("%s importing %s refused: %s", c[0], c[1], why)
+		}
+	}
+}
+
+// executables: what each executable of the product must not link, at any
+// depth. The host holds no image parser at all; the worker holds nothing of
+// the host: no FUSE, command line or logging library, nor the host's
+// packages.
+var executables = []struct {
+	cmd       string
+	forbidden []string
+	why       string
+}{
+	{
+		cmd:       "instarfs/cmd/instarfs",
+		forbidden: []string{"instarfs/vmm/worker/...", "instarfs/planners/...", "instarfs/vmm/microvm/guest"},
+		why:       "the host executable contains no image parser: it runs instarfs-worker",
+	},
+	{
+		cmd: "instarfs/cmd/instarfs-worker",
+		forbidden: []string{
+			"github.com/hanwen/go-fuse/...", "github.com/alecthomas/kingpin/...",
+			"instarfs/fs/...", "instarfs/ctl/...", "instarfs/chainmodel/...", "instarfs/diskview/...",
+		},
+		why: "the worker executable contains nothing of the host",
+	},
+}
+
+// deps returns the packages cmd links (go list -deps, without tests), as
+// the Makefile builds it.
+func deps(t *testing.T, cmd string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command")
+	}
+	list := exec.Command("go", "list", "-deps", cmd)
+	list.Dir = filepath.Join("..", "..")
+	list.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := list.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", cmd, err)
+	}
+	return strings.Fields(string(out))
+}
+
+func TestLinked(t *testing.T) {
+	for _, e := range executables {
+		t.Run(e.cmd, func(t *testing.T) {
+			linked := deps(t, e.cmd)
+			if len(linked) < 10 || linked[len(linked)-1] != e.cmd {
+				t.Fatalf("go list -deps %s listed %d packages, ending %v", e.cmd, len(linked), linked[len(linked)-1:])
+			}
+			for _, pkg := range linked {
+				if matchAny(e.forbidden, pkg) {
+					t.Errorf("%s links %s: %s", e.cmd, pkg, e.why)
+				}
+			}
+		})
+	}
+}
+
+// TestLinkedRefuses checks the executables' rules on made-up packages.
+func TestLinkedRefuses(t *testing.T) {
+	for _, c := range [][2]string{
+		{"instarfs/cmd/instarfs", "instarfs/vmm/worker"},
+		{"instarfs/cmd/instarfs", "instarfs/vmm/worker/internal/qcow2"},
+		{"instarfs/cmd/instarfs", "instarfs/planners"},
+		{"instarfs/cmd/instarfs-worker", "github.com/hanwen/go-fuse/v2/fuse"},
+		{"instarfs/cmd/instarfs-worker", "github.com/alecthomas/kingpin/v2"},
+		{"instarfs/cmd/instarfs-worker", "instarfs/chainmodel"},
+		{"instarfs/cmd/instarfs-worker", "instarfs/fs"},
+		{"instarfs/cmd/instarfs-worker", "instarfs/ctl/mapsvg"},
+	} {
+		refused := false
+		for _, e := range executables {
+			refused = refused || e.cmd == c[0] && matchAny(e.forbidden, c[1])
+		}
+		if !refused {
+			t.Errorf("no rule refuses %s linking %s", c[0], c[1])
 		}
 	}
 }

@@ -1,5 +1,5 @@
-// Package testbin builds the instarfs binary for the tests that run it end to
-// end.
+// Package testbin builds the instarfs executables for the tests that run them
+// end to end.
 package testbin
 
 import (
@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 )
 
-// Build builds the command of the module whose root is root (as a path from
-// the test's package directory, e.g. "..") into a new temporary directory,
-// without cgo as the Makefile builds it. It returns the binary's path and a
-// function that removes it.
+// Build builds instarfs and its worker, instarfs-worker, of the module whose
+// root is root (as a path from the test's package directory, e.g. "..") side
+// by side into a new temporary directory, without cgo as the Makefile builds
+// them. It returns instarfs's path and a function that removes both.
 func Build(root string) (binary string, remove func(), err error) {
 	dir, err := os.MkdirTemp("", "instarfs-bin-")
 	if err != nil {
@@ -20,7 +20,7 @@ func Build(root string) (binary string, remove func(), err error) {
 	}
 	remove = func() { os.RemoveAll(dir) }
 	binary = filepath.Join(dir, "instarfs")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/instarfs")
+	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/instarfs", "./cmd/instarfs-worker")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

@@ -1,5 +1,5 @@
-// Package jail is the default sandbox backend: the instarfs binary re-executed
-// as a worker in fresh namespaces, on an empty read-only root, under Landlock,
+// Package jail is the default sandbox backend: the worker executable
+// (instarfs-worker, see vmm.UseWorker) run in fresh namespaces, on an empty read-only root, under Landlock,
 // with no capabilities, resource limits and a seccomp allow-list.
 //
 // The package has two sides. The host side is Sandbox (and Plain), which start
@@ -118,7 +118,7 @@ type Sandbox struct {
 	// Test hooks.
 	started    func(pid int)
 	forceLevel Level
-	path       string // the worker executable; empty means /proc/self/exe
+	path       string // the worker executable; empty means vmm.UseWorker's
 }
 
 // New returns a jail sandbox.
@@ -336,12 +336,12 @@ func cpuSeconds(timeout time.Duration) int {
 	return int(timeout.Seconds()*float64(runtime.NumCPU())) + limitCPUSlack
 }
 
-// Plain runs the worker as a re-executed process with no confinement at all.
+// Plain runs the worker executable with no confinement at all.
 // It exists for tests and debugging; it is not registered as a --sandbox value.
 type Plain struct {
 	Log logrus.FieldLogger
 
-	path string // test hook: the worker executable; empty means /proc/self/exe
+	path string // test hook: the worker executable; empty means vmm.UseWorker's
 }
 
 // Name returns "plain".

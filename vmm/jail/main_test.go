@@ -7,11 +7,12 @@ import (
 	"testing"
 
 	"instarfs/proto"
+	"instarfs/vmm"
 	"instarfs/vmm/jail"
 	"instarfs/vmm/sandboxtest/testworker"
 )
 
-// TestMain makes the test binary its own worker: re-executed as
+// TestMain makes the test binary its own worker: executed as
 // proto.WorkerArg0, it confines itself as the product worker does and serves
 // the operations of the conformance suite.
 func TestMain(m *testing.M) {
@@ -22,5 +23,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "vmm/jail tests need a binary built with CGO_ENABLED=0")
 		os.Exit(1)
 	}
+	vmm.UseWorker("/proc/self/exe")
 	os.Exit(m.Run())
 }

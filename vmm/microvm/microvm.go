@@ -42,7 +42,7 @@ import (
 	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/jail"
-	"instarfs/vmm/microvm/guest"
+	"instarfs/vmm/microvm/guestabi"
 	"instarfs/vmm/microvm/initramfs"
 )
 
@@ -340,11 +340,11 @@ type readyWatch struct {
 func (r *readyWatch) Write(p []byte) (int, error) {
 	if r.ready != nil {
 		r.seen = append(r.seen, p...)
-		if bytes.Contains(r.seen, []byte(guest.ConsolePrefix+guest.Ready)) {
+		if bytes.Contains(r.seen, []byte(guestabi.ConsolePrefix+guestabi.Ready)) {
 			close(r.ready)
 			r.ready, r.seen = nil, nil
 		} else if len(r.seen) > maxConsoleLine {
-			r.seen = r.seen[len(r.seen)-len(guest.ConsolePrefix+guest.Ready):]
+			r.seen = r.seen[len(r.seen)-len(guestabi.ConsolePrefix+guestabi.Ready):]
 		}
 	}
 	return r.w.Write(p)
@@ -628,7 +628,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool, r *relay) (*mac
 			"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on" /* not truncated: a pipe */, set), "-serial", "chardev:console",
 			"-device", "virtio-serial-device",
 			"-chardev", "stdio,id=session,signal=off",
-			"-device", "virtserialport,chardev=session,name="+guest.SessionPort)
+			"-device", "virtserialport,chardev=session,name="+guestabi.SessionPort)
 	} else {
 		m.args = append(m.args, "-serial", "stdio")
 	}
@@ -661,7 +661,7 @@ func (s *Sandbox) initrd(dir string, req *proto.Request) (*os.File, error) {
 		if err != nil {
 			return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
 		}
-		w.File(guest.RequestPath, 0o644, body)
+		w.File(guestabi.RequestPath, 0o644, body)
 	}
 	if err := w.Close(); err != nil {
 		return nil, errcode.New(errcode.Internal, "writing the request archive: %v", err)
@@ -919,7 +919,7 @@ func WorkerStderr(console []byte) []byte {
 	var b []byte
 	for _, l := range bytes.SplitAfter(console, []byte("\n")) {
 		switch strings.TrimSpace(string(l)) {
-		case strings.TrimSpace(guest.ConsolePrefix + guest.Ready), strings.TrimSpace(guest.ConsolePrefix + guest.Done):
+		case strings.TrimSpace(guestabi.ConsolePrefix + guestabi.Ready), strings.TrimSpace(guestabi.ConsolePrefix + guestabi.Done):
 		default:
 			b = append(b, l...)
 		}
@@ -931,15 +931,15 @@ func WorkerStderr(console []byte) []byte {
 const kernelPanic = "Kernel panic - not syncing"
 
 // readResultDrive returns the output the guest wrote (nil when the worker
-// wrote too much: guest.ResultOverflow) and the lengths of the images, if it
+// wrote too much: guestabi.ResultOverflow) and the lengths of the images, if it
 // wrote them.
 func readResultDrive(f *os.File, images int) ([]byte, []int64, bool) {
 	var hdr [8]byte
-	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guest.ResultMagic {
+	if _, err := f.ReadAt(hdr[:], 0); err != nil || string(hdr[:4]) != guestabi.ResultMagic {
 		return nil, nil, false
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[4:]))
-	overflow := n == guest.ResultOverflow
+	overflow := n == guestabi.ResultOverflow
 	if overflow {
 		n = 0
 	}
@@ -988,18 +988,18 @@ func readConsole(r io.Reader, ready, finished chan struct{}, tail *tailBuffer, p
 			long = false
 			continue
 		}
-		i := bytes.Index(line, []byte(guest.ConsolePrefix))
+		i := bytes.Index(line, []byte(guestabi.ConsolePrefix))
 		if i < 0 {
 			continue
 		}
-		body := bytes.TrimRight(line[i+len(guest.ConsolePrefix):], "\r\n")
+		body := bytes.TrimRight(line[i+len(guestabi.ConsolePrefix):], "\r\n")
 		switch string(body) {
-		case guest.Ready:
+		case guestabi.Ready:
 			if ready != nil {
 				close(ready)
 				ready = nil
 			}
-		case guest.Done:
+		case guestabi.Done:
 			if finished != nil {
 				close(finished)
 				finished = nil

@@ -15,6 +15,7 @@ import (
 	"instarfs/proto"
 	"instarfs/vmm"
 	"instarfs/vmm/microvm/guest"
+	"instarfs/vmm/microvm/guestabi"
 	"instarfs/vmm/sandboxtest/testworker"
 )
 
@@ -88,13 +89,13 @@ func TestResultDrive(t *testing.T) {
 }
 
 func TestReadConsole(t *testing.T) {
-	p := guest.ConsolePrefix
+	p := guestabi.ConsolePrefix
 	console := "[    0.1] kernel noise\n" +
-		p + guest.Ready + "\r\n" +
+		p + guestabi.Ready + "\r\n" +
 		"noise " + p + `{"progress":0.5}` + "\n" +
 		strings.Repeat("x", maxConsoleLine+10) + p + `{"progress":0.6}` + "\n" +
 		p + `{"result":{}}` + "\n" +
-		p + guest.Done + "\n" +
+		p + guestabi.Done + "\n" +
 		p + "unterminated"
 	ready, finished := make(chan struct{}), make(chan struct{})
 	tail := &tailBuffer{max: 64}

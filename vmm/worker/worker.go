@@ -75,8 +75,8 @@ type session struct {
 // need more still gets it.
 const memoryLimit = 96 << 20
 
-// Main is the worker's entry point: the instarfs binary calls it when started as
-// proto.WorkerArg0. It never returns.
+// Main is the worker's entry point: the instarfs-worker executable's main.
+// It never returns.
 func Main() {
 	if _, err := jail.Confine(); err != nil {
 		out := &output{w: bufio.NewWriter(os.Stdout)}

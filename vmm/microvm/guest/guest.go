@@ -25,42 +25,8 @@ import (
 	"instarfs/errcode"
 	"instarfs/proto"
 	"instarfs/vmm/jail"
+	"instarfs/vmm/microvm/guestabi"
 	"instarfs/vmm/worker"
-)
-
-// Paths inside the initramfs.
-const (
-	ModulesOrder = "/modules.order"         // module file names, in load order
-	ModulesDir   = "/lib/modules"           // the module files
-	RequestPath  = "/instarfs/request.json" // the proto.Request, appended per run
-)
-
-// SessionPort names the virtio-serial port of a session's guest, which has no
-// RequestPath: the request line and then the session's frames come over it,
-// and the worker's lines and frames go back over it.
-const SessionPort = "instarfs"
-
-// ResultMagic starts the result drive: magic, a little-endian uint32 length,
-// the worker's protocol lines, then a uint32 count and that many int64
-// lengths: for each image, the length the worker left a writable image at
-// (worker.DeviceLengths), or -1.
-const ResultMagic = "INSR"
-
-// ResultOverflow in place of the length says that the worker wrote more
-// than proto.MaxResultBytes, which the host refuses: no lines follow, only
-// the lengths. (Copying the lines out through an emulated guest would take
-// longer than the run.)
-const ResultOverflow = 0xffffffff
-
-// ConsolePrefix marks the guest's own lines on the console, where the kernel
-// may write too. The line after the prefix is a protocol line, or Ready.
-const ConsolePrefix = "\x02instarfs: "
-
-// Console lines (after ConsolePrefix) that say /init runs, and that it has
-// written the result drive and is about to stop the machine.
-const (
-	Ready = "ready"
-	Done  = "done"
 )
 
 // driveWait bounds how long /init waits for the drives to appear.
@@ -80,8 +46,8 @@ func Main() { Run(worker.Serve, worker.DeviceLengths) }
 func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	reserveDescriptors()
 	console := os.Stdout
-	say := func(line string) { io.WriteString(console, "\n"+ConsolePrefix+line+"\n") }
-	say(Ready)
+	say := func(line string) { io.WriteString(console, "\n"+guestabi.ConsolePrefix+line+"\n") }
+	say(guestabi.Ready)
 	fail := func(err error) {
 		b, _ := json.Marshal(proto.Message{Error: asError(err)})
 		say(string(b))
@@ -90,7 +56,7 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	if err := setup(); err != nil {
 		fail(err)
 	}
-	if _, err := os.Stat(RequestPath); os.IsNotExist(err) {
+	if _, err := os.Stat(guestabi.RequestPath); os.IsNotExist(err) {
 		runSession(serve, fail)
 	}
 	req, raw, err := readRequest()
@@ -122,14 +88,14 @@ func Run(serve func(io.Reader, io.Writer) int, lengths func() []int64) {
 	out.full = func() {
 		// As the jail's host kills a worker that writes too much.
 		writeResult(result, EncodeOverflow(reported()))
-		say(Done)
+		say(guestabi.Done)
 		os.Exit(1)
 	}
 	code := serve(bytes.NewReader(raw), io.MultiWriter(out, &consoleLines{w: console}))
 	if err := writeResult(result, EncodeResult(out.buf, reported())); err != nil {
 		fmt.Fprintf(os.Stderr, "instarfs guest: %v\n", err) // the console copy remains
 	}
-	say(Done)
+	say(guestabi.Done)
 	os.Exit(code)
 }
 
@@ -169,12 +135,12 @@ func setup() error {
 	if err := unix.Mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err != nil && err != unix.EBUSY {
 		return fmt.Errorf("mounting sysfs: %w", err)
 	}
-	order, err := os.ReadFile(ModulesOrder)
+	order, err := os.ReadFile(guestabi.ModulesOrder)
 	if err != nil {
 		return fmt.Errorf("reading the module list: %w", err)
 	}
 	for _, name := range strings.Fields(string(order)) {
-		if err := loadModule(path.Join(ModulesDir, name)); err != nil {
+		if err := loadModule(path.Join(guestabi.ModulesDir, name)); err != nil {
 			return err
 		}
 	}
@@ -198,7 +164,7 @@ func loadModule(file string) error {
 }
 
 func readRequest() (*proto.Request, []byte, error) {
-	raw, err := os.ReadFile(RequestPath)
+	raw, err := os.ReadFile(guestabi.RequestPath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading the request: %w", err)
 	}
@@ -209,7 +175,7 @@ func readRequest() (*proto.Request, []byte, error) {
 	return &req, raw, nil
 }
 
-// runSession serves a session (see SessionPort): the images at
+// runSession serves a session (see guestabi.SessionPort): the images at
 // proto.FirstImageFD.., the session's shared memory after them (the guest's
 // own: the host cannot see it, so shared replies go inline), the port after
 // that. It never returns.
@@ -251,14 +217,14 @@ func runSession(serve func(io.Reader, io.Writer) int, fail func(error)) {
 	os.Exit(code)
 }
 
-// openPort opens the virtio-serial port named SessionPort.
+// openPort opens the virtio-serial port named guestabi.SessionPort.
 func openPort() (int, error) {
 	deadline := time.Now().Add(driveWait)
 	for {
 		ports, _ := os.ReadDir("/sys/class/virtio-ports")
 		for _, p := range ports {
 			name, err := os.ReadFile(path.Join("/sys/class/virtio-ports", p.Name(), "name"))
-			if err == nil && strings.TrimSpace(string(name)) == SessionPort {
+			if err == nil && strings.TrimSpace(string(name)) == guestabi.SessionPort {
 				fd, err := unix.Open(path.Join("/dev", p.Name()), unix.O_RDWR|unix.O_CLOEXEC, 0)
 				if err != nil {
 					return -1, fmt.Errorf("opening the session port: %w", err)
@@ -460,20 +426,20 @@ func writeResult(fd int, layout []byte) error {
 	return unix.Fsync(fd)
 }
 
-// EncodeResult lays out the result drive (see ResultMagic).
+// EncodeResult lays out the result drive (see guestabi.ResultMagic).
 func EncodeResult(out []byte, lengths []int64) []byte {
 	return encodeResult(uint32(len(out)), out, lengths)
 }
 
 // EncodeOverflow lays out the result drive of a worker that wrote too much
-// (see ResultOverflow).
+// (see guestabi.ResultOverflow).
 func EncodeOverflow(lengths []int64) []byte {
-	return encodeResult(ResultOverflow, nil, lengths)
+	return encodeResult(guestabi.ResultOverflow, nil, lengths)
 }
 
 func encodeResult(n uint32, out []byte, lengths []int64) []byte {
 	b := make([]byte, 8, 8+len(out)+4+8*len(lengths))
-	copy(b, ResultMagic)
+	copy(b, guestabi.ResultMagic)
 	binary.LittleEndian.PutUint32(b[4:], n)
 	b = append(b, out...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(lengths)))
@@ -506,7 +472,7 @@ func (b *headBuffer) Write(p []byte) (int, error) {
 const maxConsoleLine = 64 << 10
 
 // consoleLines copies protocol lines to the console, each after
-// ConsolePrefix, so that the host can pick them out from kernel messages.
+// guestabi.ConsolePrefix, so that the host can pick them out from kernel messages.
 type consoleLines struct {
 	w       io.Writer
 	partial []byte
@@ -520,7 +486,7 @@ func (c *consoleLines) Write(p []byte) (int, error) {
 			break
 		}
 		if i < maxConsoleLine {
-			c.w.Write(append([]byte("\n"+ConsolePrefix), c.partial[:i+1]...))
+			c.w.Write(append([]byte("\n"+guestabi.ConsolePrefix), c.partial[:i+1]...))
 		}
 		c.partial = c.partial[i+1:]
 	}

@@ -19,7 +19,7 @@ import (
 	"strings"
 
 	"instarfs/vmm/microvm"
-	"instarfs/vmm/microvm/guest"
+	"instarfs/vmm/microvm/guestabi"
 	"instarfs/vmm/microvm/initramfs"
 )
 
@@ -69,9 +69,9 @@ func run(root, initPath, out string) error {
 		}
 		name := filepath.Base(mods[m])
 		names = append(names, name)
-		w.File(filepath.Join(guest.ModulesDir, name), 0o644, data)
+		w.File(filepath.Join(guestabi.ModulesDir, name), 0o644, data)
 	}
-	w.File(guest.ModulesOrder, 0o644, []byte(strings.Join(names, "\n")+"\n"))
+	w.File(guestabi.ModulesOrder, 0o644, []byte(strings.Join(names, "\n")+"\n"))
 	if err := w.Close(); err != nil {
 		return err
 	}

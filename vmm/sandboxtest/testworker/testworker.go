@@ -6,18 +6,19 @@
 // from the outside.
 //
 // A backend's test binary is its own worker. When the backend runs the worker
-// as a re-executed process (the jail re-executes /proc/self/exe with argv[0]
-// proto.WorkerArg0), the test binary's TestMain hands that case to Main with the
-// worker-side confinement the product worker uses:
+// as a process (the jail runs the executable vmm.UseWorker chose with argv[0]
+// proto.WorkerArg0), the test binary chooses itself, and its TestMain hands
+// that case to Main with the worker-side confinement the product worker uses:
 //
 //	func TestMain(m *testing.M) {
 //		if os.Args[0] == proto.WorkerArg0 {
 //			testworker.Main(jail.Confine)
 //		}
+//		vmm.UseWorker("/proc/self/exe")
 //		os.Exit(m.Run())
 //	}
 //
-// A backend whose worker is not a re-executed process, such as a virtual
+// A backend whose worker is not a process of the host, such as a virtual
 // machine whose /init is the worker binary, builds the guest of its tests from
 // the test binary itself (with CGO_ENABLED=0 a test binary is static): its
 // TestMain recognises that it runs as the guest's init, sets the guest up as
@@ -112,7 +113,7 @@ type EchoImage struct {
 	WriteErrno string `json:"write_errno,omitempty"`
 }
 
-// Main is the worker of a backend's test binary started as a re-executed
+// Main is the worker of a backend's test binary started as a worker
 // process: it runs confine (the backend's worker-side confinement; nil for
 // none), sends its warnings, serves the request on standard input and exits.
 func Main(confine func() ([]string, error)) {
