@@ -78,6 +78,10 @@ const memoryLimit = 96 << 20
 // Main is the worker's entry point: the instarfs-worker executable's main.
 // It never returns.
 func Main() {
+	// The host executes the worker through /proc/self/fd/N, which would
+	// leave it named "N" in ps and top. (/proc/self is the process: this
+	// names it whichever thread runs here.)
+	os.WriteFile("/proc/self/comm", []byte(proto.WorkerArg0), 0)
 	if _, err := jail.Confine(); err != nil {
 		out := &output{w: bufio.NewWriter(os.Stdout)}
 		out.fail(err)
