@@ -194,7 +194,7 @@ func confine() error {
 	} else {
 		// No rules: every handled file-system and network access is denied,
 		// and (ABI 6+) abstract unix sockets and signals are scoped.
-		if err := landlock.V11.BestEffort().Restrict(); err != nil {
+		if err := restrictLandlock(abi); err != nil {
 			return unavailable("enforcing Landlock: %v", err)
 		}
 		status.LandlockABI = abi
@@ -341,6 +341,40 @@ func dropCapabilities() error {
 	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET,
 		uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
 	return threadsErr(errno)
+}
+
+// restrictLandlock denies every file-system and network access that
+// Landlock handles at this kernel's ABI, and (ABI 6+) scopes abstract unix
+// sockets and signals, on every thread. Landlock restricts a thread that has
+// no_new_privs or CAP_SYS_ADMIN. A worker that still holds the capability (in
+// its own user namespace, or as root) restricts every thread in one
+// all-thread call, and gets no_new_privs from the seccomp filter's load
+// afterwards; one without it lets go-landlock set no_new_privs on every
+// thread first, a second all-thread call. From ABI 8 on the kernel
+// synchronizes the threads itself, and go-landlock makes one call.
+func restrictLandlock(abi int) error {
+	cfg := landlock.V11.BestEffort()
+	if abi >= 8 || !effectiveCap(unix.CAP_SYS_ADMIN) {
+		return cfg.Restrict()
+	}
+	fd, flags, err := cfg.NewRulesetFD()
+	if err != nil || fd < 0 {
+		return err
+	}
+	defer unix.Close(fd)
+	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_LANDLOCK_RESTRICT_SELF, uintptr(fd), uintptr(flags), 0)
+	return threadsErr(errno)
+}
+
+// effectiveCap reports whether the calling thread (like every other: Go
+// changes credentials on all threads) has capability c in its effective set.
+func effectiveCap(c int) bool {
+	hdr := &unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	data := &[2]unix.CapUserData{}
+	if err := unix.Capget(hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
 }
 
 func threadsErr(errno syscall.Errno) error {

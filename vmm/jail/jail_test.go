@@ -493,3 +493,29 @@ func TestHelperHost(t *testing.T) {
 		},
 	})
 }
+
+// landlockThreadsEnv makes the test binary run jail.LandlockThreads.
+const landlockThreadsEnv = "INSTARFS_TEST_LANDLOCK_THREADS"
+
+// TestLandlockEveryThread checks that Landlock restricts every thread of the
+// worker, both when the worker holds CAP_SYS_ADMIN (one all-thread call) and
+// when it does not (no_new_privs on every thread first).
+func TestLandlockEveryThread(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the child holds CAP_SYS_ADMIN, then drops it")
+	}
+	for _, mode := range []string{"keep-admin", "drop-admin"} {
+		t.Run(mode, func(t *testing.T) {
+			cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+			cmd.Env = append(os.Environ(), landlockThreadsEnv+"="+mode)
+			out, err := cmd.CombinedOutput()
+			got := strings.TrimSpace(string(out))
+			if got == "no landlock" {
+				t.Skip("Landlock is unavailable in this kernel")
+			}
+			if err != nil || got != "8 of 8 threads denied" {
+				t.Fatalf("child: %v, %q; want 8 of 8 threads denied", err, got)
+			}
+		})
+	}
+}

@@ -19,6 +19,9 @@ func TestMain(m *testing.M) {
 	if os.Args[0] == proto.WorkerArg0 {
 		testworker.Main(jail.Confine)
 	}
+	if v := os.Getenv(landlockThreadsEnv); v != "" {
+		jail.LandlockThreads(8, v == "drop-admin")
+	}
 	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_GETPID, 0, 0, 0); e == syscall.ENOTSUP {
 		fmt.Fprintln(os.Stderr, "vmm/jail tests need a binary built with CGO_ENABLED=0")
 		os.Exit(1)
