@@ -100,7 +100,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		return nil, contextError(err)
 	}
 	job.Request.Broker = job.Broker != nil
-	request, timeout, err := encodeJob(job)
+	timeout, err := checkJob(job)
 	if err != nil {
 		return nil, err
 	}
@@ -139,11 +139,21 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		close(brokerDone)
 	}
 
+	// The request is encoded while the worker starts: a process's first
+	// encoding builds the encoder's caches, which takes longer than the
+	// rest of the host's work before the worker reads it.
+	encoded := make(chan error, 1)
 	go func() {
+		defer pp.stdinW.Close()
+		request, err := encodeRequest(job.Request)
+		encoded <- err
+		if err != nil {
+			cmd.Process.Kill()
+			return
+		}
 		// A worker that dies early makes this fail with EPIPE; its exit
 		// status tells what happened.
 		pp.stdinW.Write(request)
-		pp.stdinW.Close()
 	}()
 	stderr := &headBuffer{max: MaxStderrBytes}
 	stderrDone := make(chan struct{})
@@ -192,6 +202,9 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		// Something still holds the worker's stderr; stop waiting for it.
 	}
 	<-brokerDone // the worker's end closed when it exited
+	if err := <-encoded; err != nil {
+		return nil, err
+	}
 	if bc != nil && out.err == nil {
 		out.err = bc.violation()
 	}
@@ -235,21 +248,25 @@ func (p *Process) reaped(state *os.ProcessState) {
 	p.exited()
 }
 
-// encodeJob checks job and returns its request line and its timeout.
-func encodeJob(job Job) ([]byte, time.Duration, error) {
+// checkJob checks job and returns its timeout.
+func checkJob(job Job) (time.Duration, error) {
 	if len(job.Files) != len(job.Request.Images) {
-		return nil, 0, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
+		return 0, errcode.New(errcode.Internal, "job has %d image descriptors for %d images",
 			len(job.Files), len(job.Request.Images))
 	}
-	request, err := json.Marshal(job.Request)
+	if job.Timeout <= 0 {
+		return DefaultTimeout, nil
+	}
+	return job.Timeout, nil
+}
+
+// encodeRequest returns the request line of req.
+func encodeRequest(req proto.Request) ([]byte, error) {
+	request, err := json.Marshal(req)
 	if err != nil {
-		return nil, 0, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
+		return nil, errcode.New(errcode.Internal, "encoding the worker request: %v", err)
 	}
-	timeout := job.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	return append(request, '\n'), timeout, nil
+	return append(request, '\n'), nil
 }
 
 // loggers returns where the worker's diagnostics and warnings go.

@@ -136,11 +136,16 @@ func plainProcess() *Process {
 func TestProcessOutcomes(t *testing.T) {
 	tests := []struct {
 		op      string
+		args    json.RawMessage
+		files   []*os.File
 		timeout time.Duration
 		code    errcode.Code
 		message string
 	}{
 		{op: proto.OpNoop},
+		// The request is encoded once the worker runs, which is then killed.
+		{op: proto.OpNoop, args: json.RawMessage(`{"unclosed":`), code: errcode.Internal, message: "encoding the worker request"},
+		{op: proto.OpNoop, files: []*os.File{os.Stdin}, code: errcode.Internal, message: "1 image descriptors for 0 images"},
 		{op: "sigkill", code: errcode.WorkerCrashed, message: "killed by signal 9 (killed) without a result"},
 		{op: "stderr-exit", code: errcode.WorkerCrashed, message: "exited with status 5 without a result; stderr: some noise worker: the image exploded"},
 		{op: "panic", code: errcode.WorkerCrashed, message: "exited with status 2 without a result; stderr: panic: boom"},
@@ -150,7 +155,8 @@ func TestProcessOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.op, func(t *testing.T) {
-			_, err := plainProcess().Run(context.Background(), Job{Request: proto.Request{Op: tt.op}, Timeout: tt.timeout})
+			job := Job{Request: proto.Request{Op: tt.op, Args: tt.args}, Files: tt.files, Timeout: tt.timeout}
+			_, err := plainProcess().Run(context.Background(), job)
 			if tt.code == "" {
 				if err != nil {
 					t.Fatal(err)

@@ -98,7 +98,11 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 	if job.Shared > 0 {
 		job.Request.Shared = job.Shared
 	}
-	request, timeout, err := encodeJob(job)
+	timeout, err := checkJob(job)
+	if err != nil {
+		return nil, err
+	}
+	request, err := encodeRequest(job.Request)
 	if err != nil {
 		return nil, err
 	}
