@@ -212,9 +212,10 @@ func (a *app) withOpener(fn func(context.Context, *ctl.Opener) int, file string,
 
 // cancelOnSignal cancels ctx on SIGINT or SIGTERM until ctx is done. A
 // command runs it on a goroutine of its own, off the command's path: os/signal
-// starts threads of its own (about 0.2 ms of a small command), and until the
-// handler is in place a signal ends the process as it ends any program, before
-// a worker has even started.
+// starts threads of its own (about 0.2 ms of a small command). Until the
+// handler is in place, normally well before a worker has started, a signal
+// ends the process as it ends any program; a worker that has started dies
+// with it (its parent-death signal), and leaves its images as a crash would.
 func cancelOnSignal(ctx context.Context, cancel context.CancelFunc) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
