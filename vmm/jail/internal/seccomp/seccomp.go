@@ -101,15 +101,16 @@ const (
 	offArgs = 16
 )
 
-// BPF instruction codes the program uses.
+// The BPF instructions a program of this package is made of, and nothing else.
 const (
-	ldAbs   = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-	andK    = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
-	jeqK    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-	jsetK   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
-	retK    = unix.BPF_RET | unix.BPF_K
-	maxArgs = 6
+	LoadWord = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS   // A = the 32-bit word of seccomp_data at K
+	And      = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K  // A &= K
+	JumpEq   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K  // jump Jt if A == K, else Jf
+	JumpSet  = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K // jump Jt if A & K != 0, else Jf
+	Return   = unix.BPF_RET | unix.BPF_K                 // return the action K
 )
+
+const maxArgs = 6
 
 func stmt(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
 
@@ -127,15 +128,15 @@ func (p Policy) Assemble() ([]unix.SockFilter, error) {
 		return nil, fmt.Errorf("seccomp: default action %#x is neither KillProcess nor an errno", uint32(p.Default))
 	}
 	prog := []unix.SockFilter{
-		stmt(ldAbs, offArch),
-		jump(jeqK, Arch, 1, 0),
-		stmt(retK, uint32(KillProcess)),
+		stmt(LoadWord, offArch),
+		jump(JumpEq, Arch, 1, 0),
+		stmt(Return, uint32(KillProcess)),
 	}
 	if x32Bit != 0 {
 		prog = append(prog,
-			stmt(ldAbs, offNr),
-			jump(jsetK, x32Bit, 0, 1),
-			stmt(retK, uint32(p.Default)))
+			stmt(LoadWord, offNr),
+			jump(JumpSet, x32Bit, 0, 1),
+			stmt(Return, uint32(p.Default)))
 	}
 	for _, r := range p.Rules {
 		b, err := r.block()
@@ -144,7 +145,7 @@ func (p Policy) Assemble() ([]unix.SockFilter, error) {
 		}
 		prog = append(prog, b...)
 	}
-	prog = append(prog, stmt(retK, uint32(p.Default)))
+	prog = append(prog, stmt(Return, uint32(p.Default)))
 	if len(prog) > unix.BPF_MAXINSNS {
 		return nil, fmt.Errorf("seccomp: the program has %d instructions, more than the kernel's %d", len(prog), unix.BPF_MAXINSNS)
 	}
@@ -158,8 +159,8 @@ func (r Rule) block() ([]unix.SockFilter, error) {
 		return nil, fmt.Errorf("seccomp: system call number %d out of range", r.Nr)
 	}
 	b := []unix.SockFilter{
-		stmt(ldAbs, offNr),
-		jump(jeqK, uint32(r.Nr), 0, 0), // the false branch is set below
+		stmt(LoadWord, offNr),
+		jump(JumpEq, uint32(r.Nr), 0, 0), // the false branch is set below
 	}
 	for _, c := range r.Conds {
 		if c.Arg < 0 || c.Arg >= maxArgs {
@@ -170,17 +171,17 @@ func (r Rule) block() ([]unix.SockFilter, error) {
 		}
 		lo := uint32(offArgs + 8*c.Arg) // little-endian: the low word first
 		b = append(b,
-			stmt(ldAbs, lo),
-			stmt(andK, uint32(c.Mask)),
-			jump(jeqK, uint32(c.Value), 0, 0),
-			stmt(ldAbs, lo+4),
-			stmt(andK, uint32(c.Mask>>32)),
-			jump(jeqK, uint32(c.Value>>32), 0, 0))
+			stmt(LoadWord, lo),
+			stmt(And, uint32(c.Mask)),
+			jump(JumpEq, uint32(c.Value), 0, 0),
+			stmt(LoadWord, lo+4),
+			stmt(And, uint32(c.Mask>>32)),
+			jump(JumpEq, uint32(c.Value>>32), 0, 0))
 	}
-	b = append(b, stmt(retK, uint32(Allow)))
+	b = append(b, stmt(Return, uint32(Allow)))
 	// Point the false branch of every comparison past the block.
 	for i := range b {
-		if b[i].Code != jeqK {
+		if b[i].Code != JumpEq {
 			continue
 		}
 		skip := len(b) - i - 1

@@ -199,11 +199,11 @@ func TestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	const (
-		ld   = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		and  = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
-		jeq  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		jset = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
-		ret  = unix.BPF_RET | unix.BPF_K
+		ld   = seccomp.LoadWord
+		and  = seccomp.And
+		jeq  = seccomp.JumpEq
+		jset = seccomp.JumpSet
+		ret  = seccomp.Return
 	)
 	want := []unix.SockFilter{
 		{Code: ld, K: 4}, {Code: jeq, Jt: 1, K: seccomp.Arch}, {Code: ret, K: uint32(seccomp.KillProcess)},

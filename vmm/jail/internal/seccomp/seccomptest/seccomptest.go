@@ -71,15 +71,6 @@ func (v *VM) Run(d Data) (seccomp.Action, error) {
 	return seccomp.Action(uint32(r)), err
 }
 
-// The instructions seccomp programs may use here.
-const (
-	ldAbs = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-	andK  = unix.BPF_ALU | unix.BPF_AND | unix.BPF_K
-	jeqK  = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-	jsetK = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
-	retK  = unix.BPF_RET | unix.BPF_K
-)
-
 // check applies the kernel's rules: loads of aligned words inside
 // seccomp_data, jumps that land inside the program, a return at the end; and
 // allows only the instructions package seccomp emits, and returns of its
@@ -90,16 +81,16 @@ func check(prog []unix.SockFilter) error {
 	}
 	for i, in := range prog {
 		switch in.Code {
-		case ldAbs:
+		case seccomp.LoadWord:
 			if in.K%4 != 0 || in.K >= 64 {
 				return fmt.Errorf("instruction %d loads offset %d", i, in.K)
 			}
-		case andK:
-		case jeqK, jsetK:
+		case seccomp.And:
+		case seccomp.JumpEq, seccomp.JumpSet:
 			if i+1+int(max(in.Jt, in.Jf)) >= len(prog) {
 				return fmt.Errorf("instruction %d jumps out of the program", i)
 			}
-		case retK:
+		case seccomp.Return:
 			a := seccomp.Action(in.K)
 			if a != seccomp.Allow && a != seccomp.KillProcess && in.K&^unix.SECCOMP_RET_DATA != unix.SECCOMP_RET_ERRNO {
 				return fmt.Errorf("instruction %d returns %#x", i, in.K)
@@ -108,7 +99,7 @@ func check(prog []unix.SockFilter) error {
 			return fmt.Errorf("instruction %d has code %#x", i, in.Code)
 		}
 	}
-	if prog[len(prog)-1].Code != retK {
+	if prog[len(prog)-1].Code != seccomp.Return {
 		return fmt.Errorf("the program does not end with a return")
 	}
 	return nil
