@@ -42,11 +42,6 @@ func (im *Image) ID() FileID { return IDOf(&im.Stat) }
 // ActualSize is the space the image file takes on disk.
 func (im *Image) ActualSize() int64 { return im.Stat.Blocks * 512 }
 
-// Ref is the worker's description of this image's descriptor.
-func (im *Image) Ref(writable bool) proto.ImageRef {
-	return proto.ImageRef{Name: filepath.Base(im.Name), Format: im.Info.Format, Writable: writable}
-}
-
 // Chain is an image and its backing images, top first.
 type Chain struct {
 	Images []*Image
@@ -64,11 +59,12 @@ func (c *Chain) Files() []*os.File {
 	return fs
 }
 
-// Refs returns the worker's descriptions of the chain's images, top first.
+// Refs returns the worker's descriptions of the chain's images, top first, all
+// read-only.
 func (c *Chain) Refs() []proto.ImageRef {
 	refs := make([]proto.ImageRef, len(c.Images))
 	for i, im := range c.Images {
-		refs[i] = im.Ref(false)
+		refs[i] = proto.ImageRef{Name: filepath.Base(im.Name), Format: im.Info.Format}
 	}
 	return refs
 }
