@@ -9,6 +9,23 @@
 // no command line parser (internal/boundary checks what it links).
 package main
 
-import "instarfs/vmm/worker"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"instarfs/proto"
+	"instarfs/vmm/worker"
+)
+
+// init names the process in ps and top, which would otherwise show the
+// number of the descriptor the host executes it through (/proc/self/fd/N).
+// Package initialisation runs on the main thread, the one whose name they
+// show.
+func init() {
+	if name, err := unix.BytePtrFromString(proto.WorkerArg0); err == nil {
+		unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0, 0, 0)
+	}
+}
 
 func main() { worker.Main() }

@@ -78,10 +78,6 @@ const memoryLimit = 96 << 20
 // Main is the worker's entry point: the instarfs-worker executable's main.
 // It never returns.
 func Main() {
-	// The host executes the worker through /proc/self/fd/N, which would
-	// leave it named "N" in ps and top. (/proc/self is the process: this
-	// names it whichever thread runs here.)
-	os.WriteFile("/proc/self/comm", []byte(proto.WorkerArg0), 0)
 	if _, err := jail.Confine(); err != nil {
 		out := &output{w: bufio.NewWriter(os.Stdout)}
 		out.fail(err)
@@ -91,8 +87,7 @@ func Main() {
 	code := Serve(os.Stdin, os.Stdout)
 	// The host reads the output to its end before it waits for the worker.
 	// Closed here, the end reaches it at once; left to the exit, it would
-	// reach it only once the kernel has torn down the worker's namespaces,
-	// about a millisecond later.
+	// reach it only once the kernel has torn down the worker's namespaces.
 	os.Stdout.Close()
 	os.Exit(code)
 }
