@@ -201,10 +201,10 @@ func confine() error {
 	}
 
 	// Every call on all threads signals each of them and waits: a few tens of
-	// microseconds per thread. no_new_privs takes none of its own: Landlock
-	// sets it on every thread before it restricts them, and the seccomp
-	// filter sets it on the calling thread and, with TSYNC, on every other.
-	// A cgo build, which cannot make such calls, fails here.
+	// microseconds per thread. no_new_privs takes none of its own: the
+	// seccomp filter sets it on the calling thread and, with TSYNC, on every
+	// other (and restrictLandlock first, where Landlock needs it). A cgo
+	// build, which cannot make such calls, fails here.
 	if err := dropCapabilities(); err != nil {
 		return unavailable("dropping capabilities: %v", err)
 	}
