@@ -101,18 +101,16 @@ func (c *committer) run() (any, error) {
 	if err := readableAbove(c.imgs[:c.args.Base]); err != nil {
 		return nil, err
 	}
-	segs, err := commitSegments(chain, c.args.Base)
-	if err != nil {
-		return nil, err
-	}
 	top := c.imgs[0]
 	in := planners.CommitInput{
 		TopSize:  top.img.VirtualSize(),
 		BaseSize: c.base.img.VirtualSize(),
-		Segments: segs,
 	}
 	if c.base.format != "raw" {
 		in.BaseClusterSize = c.base.info.ClusterSize
+	}
+	if in.Segments, err = commitSegments(chain, c.args.Base, planners.Granularity(in.BaseClusterSize)); err != nil {
+		return nil, err
 	}
 	steps, err := planners.PlanCommit(in)
 	if err != nil {
