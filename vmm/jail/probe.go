@@ -64,6 +64,7 @@ const (
 	ProbeIoUring       = "io-uring"
 	ProbeRecvmsgOther  = "recvmsg-other-fd"
 	ProbeSendmsgFD     = "sendmsg-descriptor"
+	ProbeFadviseOther  = "fadvise-willneed"
 )
 
 // ProbeNoInheritedFD checks that Confine closed what the worker inherited.
@@ -176,6 +177,7 @@ func RunProbes(req proto.Request) ProbeReport {
 	// On stdout, not the broker socket: an unconfined worker's message
 	// would reach the host's broker, which takes it for a broken worker.
 	refuse(ProbeSendmsgFD, "sendmsg(stdout, SCM_RIGHTS of stdin)", probeSendFD(1))
+	refuse(ProbeFadviseOther, "posix_fadvise(stdin, WILLNEED), advice other than DONTNEED", unix.Fadvise(0, 0, 0, unix.FADV_WILLNEED))
 
 	past := proto.FirstImageFD + len(req.Images)
 	if req.Broker {
@@ -203,6 +205,9 @@ func RunProbes(req proto.Request) ProbeReport {
 		allow("punch-hole-image", "fallocate(PUNCH_HOLE) on the writable image",
 			unix.Fallocate(rw, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096))
 		allowFile("ftruncate-image", "ftruncate(writable image, 64 KiB)", rw, unix.Ftruncate(rw, 64<<10))
+	}
+	if ro >= 0 {
+		allow("drop-cache-image", "posix_fadvise(read-only image, DONTNEED)", unix.Fadvise(ro, 0, 0, unix.FADV_DONTNEED))
 	}
 	if ro >= 0 && rw >= 0 {
 		allowFile("copy-range-image", "copy_file_range(read-only image -> writable image, 4 KiB)", rw, probeCopy(ro, rw))

@@ -86,6 +86,9 @@ func seccompPolicy(mode string, broker int) seccomp.Policy {
 	for _, cmd := range []uint64{unix.F_GETFD, unix.F_SETFD, unix.F_GETFL, unix.F_SETFL} {
 		rule(unix.SYS_FCNTL, seccomp.Equal(1, cmd))
 	}
+	// Page cache advice only to drop a range (commit drops the top's
+	// copied data, which emptying the top frees).
+	rule(unix.SYS_FADVISE64, seccomp.Equal(3, unix.FADV_DONTNEED))
 	if broker >= 0 {
 		rule(unix.SYS_RECVMSG, seccomp.Equal(0, uint64(broker)))
 	}
@@ -113,5 +116,6 @@ func AllowedSyscalls() []string {
 	}
 	return append(names, "clone (CLONE_THREAD only)", "mmap/mprotect (no PROT_EXEC)",
 		"tgkill (own threads)", "fcntl (F_GETFD/F_SETFD/F_GETFL/F_SETFL)",
+		"fadvise64 (POSIX_FADV_DONTNEED only)",
 		"recvmsg (the broker socket only)")
 }

@@ -42,6 +42,8 @@ func wantAllowed(nr uintptr, args [6]uint64, broker int) bool {
 		}
 	case unix.SYS_RECVMSG:
 		return broker >= 0 && args[0] == uint64(broker)
+	case unix.SYS_FADVISE64:
+		return args[3] == unix.FADV_DONTNEED
 	}
 	return false
 }
@@ -65,6 +67,7 @@ func TestSeccompPolicy(t *testing.T) {
 		unix.F_DUPFD, unix.F_DUPFD_CLOEXEC, unix.F_SETLK, unix.F_SETLKW, unix.F_OFD_SETLK, unix.F_SETLEASE,
 		unix.F_SETPIPE_SZ, unix.F_ADD_SEALS, unix.F_SETOWN,
 		broker, broker + 1, broker - 1, broker | 1<<32, broker << 32,
+		unix.FADV_DONTNEED, unix.FADV_WILLNEED, unix.FADV_NOREUSE, unix.FADV_DONTNEED | 1<<32, unix.FADV_DONTNEED << 32,
 	}
 	for ns := uint64(1); ns != 0; ns <<= 1 {
 		if cloneNamespaceFlags&ns != 0 {

@@ -450,7 +450,7 @@ var refusedProbes = []string{
 	jail.ProbeSocketUnix, jail.ProbeSocketNetlink, jail.ProbeFork, jail.ProbeClone3, jail.ProbeExecve,
 	jail.ProbePtrace, jail.ProbeMount, jail.ProbeUnshare, jail.ProbeMemfd, jail.ProbeIoctlImage,
 	jail.ProbeLockImage, jail.ProbeKill, jail.ProbeMmapExec, jail.ProbeIoUring,
-	jail.ProbeRecvmsgOther, jail.ProbeSendmsgFD,
+	jail.ProbeRecvmsgOther, jail.ProbeSendmsgFD, jail.ProbeFadviseOther,
 }
 
 // testConfined runs sandbox-check through the sandbox while this process

@@ -70,14 +70,16 @@ type committer struct {
 	base *opened
 	res  proto.CommitResult
 
-	unflushed int64  // bytes written into the base since writeback was last started
-	buf       []byte // what copy steps read and write through memory
-	nocopy    bool   // the kernel cannot copy into the base (chainSource)
+	unflushed int64         // bytes written into the base since writeback was last started
+	buf       []byte        // what copy steps read and write through memory
+	nocopy    bool          // the kernel cannot copy into the base (chainSource)
+	drop      *cacheDropper // the top's cache, when emptying it will free its data
 }
 
 // writebackEvery is how many bytes commit writes into the base between
 // starting their writeback (on a goroutine of its own): the disk then works
 // while the copy goes on, and the final fdatasync has less left to wait for.
+// The top's pages copied meanwhile are dropped from its cache then too.
 const writebackEvery = 8 << 20
 
 func (c *committer) run() (any, error) {
@@ -120,6 +122,9 @@ func (c *committer) run() (any, error) {
 		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, stack, t); err != nil {
 			return nil, err
 		}
+	}
+	if empty != nil && top.format == "qcow2" {
+		c.drop = newCacheDropper(top.file) // emptying a qcow2 top frees its data
 	}
 	if err := c.apply(t, steps, stack, in); err != nil {
 		return nil, err
@@ -178,6 +183,9 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 	sync := c.args.Cache == "writethrough" || c.args.Cache == "directsync"
 	wb := newWriteback(c.base.file)
 	defer wb.stop()
+	if c.drop != nil {
+		defer c.drop.stop()
+	}
 	for _, st := range steps {
 		var err error
 		switch st.Kind {
@@ -187,6 +195,9 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 			err = c.copy(t, st, stack)
 			if c.unflushed += st.Length; err == nil && c.unflushed >= writebackEvery {
 				wb.start()
+				if c.drop != nil {
+					c.drop.hand()
+				}
 				c.unflushed = 0
 			}
 		case planners.StepZero:
@@ -244,7 +255,7 @@ func (c *committer) copy(t commitTarget, st planners.Step, stack layer.Stack) er
 	src := &chainSource{
 		imgs: c.imgs, stack: stack, base: c.args.Base,
 		start: start, split: min(max(stack.VirtualSize(), start), end),
-		buf: &c.buf, nocopy: &c.nocopy,
+		buf: &c.buf, nocopy: &c.nocopy, drop: c.drop,
 	}
 	return t.write(start, end-start, src)
 }

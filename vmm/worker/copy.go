@@ -60,8 +60,9 @@ type chainSource struct {
 	stack        layer.Stack
 	base         int // index of the base in imgs and stack
 	start, split int64
-	buf          *[]byte // scratch for what is read and written
-	nocopy       *bool   // set when the kernel cannot copy into the base
+	buf          *[]byte       // scratch for what is read and written
+	nocopy       *bool         // set when the kernel cannot copy into the base
+	drop         *cacheDropper // when set, takes what the kernel copied from the top
 }
 
 var _ qcow2.Source = (*chainSource)(nil)
@@ -95,6 +96,9 @@ func (s *chainSource) WriteTo(f qcow2.File, host, off, n int64) error {
 			m = run
 			if o != nil {
 				copied, uncopyable := dst.CopyFrom(o.file, from, host+g-s.start-off, run)
+				if s.drop != nil && o == s.imgs[0] && copied > 0 {
+					s.drop.add(from, copied)
+				}
 				*s.nocopy = *s.nocopy || uncopyable
 				g += copied
 				if m -= copied; m == 0 {

@@ -1,0 +1,73 @@
+package worker
+
+import (
+	"cmp"
+	"os"
+	"slices"
+
+	"golang.org/x/sys/unix"
+)
+
+// span is a byte range of a file.
+type span struct{ off, n int64 }
+
+// cacheDropper drops ranges of a file from the page cache on a goroutine of
+// its own (posix_fadvise DONTNEED): commit's top, whose clusters its
+// emptying frees. Truncating a file frees its cached pages in the truncating
+// call, after the base is durable, when nothing is left to overlap with it;
+// dropped while the copy goes on, the same work is done on another processor.
+// Dirty pages among them are written first, which the top's fdatasync when it
+// is emptied would do anyway. It is advice: what the file reads does not
+// change, and failures are ignored.
+//
+// add records a range; hand passes the recorded ranges to the goroutine;
+// stop waits for it to finish.
+type cacheDropper struct {
+	f       *os.File
+	pending []span
+	batches chan []span
+	done    chan struct{}
+}
+
+func newCacheDropper(f *os.File) *cacheDropper {
+	d := &cacheDropper{f: f, batches: make(chan []span, 16), done: make(chan struct{})}
+	go func() {
+		defer close(d.done)
+		for b := range d.batches {
+			for _, s := range coalesce(b) {
+				_ = unix.Fadvise(int(d.f.Fd()), s.off, s.n, unix.FADV_DONTNEED)
+			}
+		}
+	}()
+	return d
+}
+
+func (d *cacheDropper) add(off, n int64) {
+	d.pending = append(d.pending, span{off, n})
+}
+
+func (d *cacheDropper) hand() {
+	if len(d.pending) > 0 {
+		d.batches <- d.pending
+		d.pending = nil
+	}
+}
+
+func (d *cacheDropper) stop() {
+	close(d.batches)
+	<-d.done
+}
+
+// coalesce sorts spans by offset and merges those that touch or overlap.
+func coalesce(spans []span) []span {
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.off, b.off) })
+	out := spans[:0]
+	for _, s := range spans {
+		if k := len(out) - 1; k >= 0 && s.off <= out[k].off+out[k].n {
+			out[k].n = max(out[k].n, s.off+s.n-out[k].off)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
