@@ -448,11 +448,11 @@ func (w *Writer) writeInTable(t *wtable, goff, end int64, d wdata) error {
 		e := w.entry(t, i)
 		cstart := goff &^ (w.cs - 1)
 		if !needsAlloc(e) {
-			n := min(end, cstart+w.cs) - goff
-			if err := w.writeInPlace(t, i, e, goff, goff+n, d); err != nil {
+			runEnd := w.inPlaceEnd(t, i, e, goff, end)
+			if err := w.writeInPlace(t, i, e, goff, runEnd, d); err != nil {
 				return err
 			}
-			goff += n
+			goff = runEnd
 			continue
 		}
 		// A run of clusters that need new host clusters.
@@ -469,38 +469,71 @@ func (w *Writer) writeInTable(t *wtable, goff, end int64, d wdata) error {
 	return nil
 }
 
-// writeInPlace writes the data of [goff, end) (inside one cluster) into the
-// cluster that e maps, which the image owns with refcount 1.
+// inPlaceEnd returns where the run that writeInPlace writes from goff (in
+// cluster i, whose entry is e) ends: through the clusters the image owns
+// that follow e's on the host, up to end, so that data lying back to back in
+// both files moves in one write. A cluster that reads as zero and is written
+// only in part is written whole, on its own.
+func (w *Writer) inPlaceEnd(t *wtable, i int64, e L2Entry, goff, end int64) int64 {
+	runEnd := min(end, (goff&^(w.cs-1))+w.cs)
+	if w.zeroInPart(e, goff, runEnd) {
+		return runEnd
+	}
+	for host := e.HostOffset + w.cs; runEnd < end; host += w.cs {
+		i++
+		n, next := w.entry(t, i), min(end, runEnd+w.cs)
+		if needsAlloc(n) || n.HostOffset != host || w.zeroInPart(n, runEnd, next) {
+			break
+		}
+		runEnd = next
+	}
+	return runEnd
+}
+
+// zeroInPart reports whether [goff, end), inside the cluster of entry e,
+// writes only part of a cluster that reads as zero (standard L2 entries).
+func (w *Writer) zeroInPart(e L2Entry, goff, end int64) bool {
+	return !w.ext && e.Type == ClusterZeroAlloc && (goff&(w.cs-1) != 0 || end-goff != w.cs)
+}
+
+// writeInPlace writes the data of [goff, end) into the clusters the image
+// owns with refcount 1 from cluster i (entry e) on, back to back on the host
+// (inPlaceEnd), and updates their entries.
 func (w *Writer) writeInPlace(t *wtable, i int64, e L2Entry, goff, end int64, d wdata) error {
 	in := goff & (w.cs - 1)
 	host := e.HostOffset
-	if host+w.cs > MaxHostOffset {
+	if host+(in+end-goff+w.cs-1)&^(w.cs-1) > MaxHostOffset {
 		return corrupt("cluster offset %#x is invalid", host)
 	}
-	n := end - goff
-	if !w.ext && e.Type == ClusterZeroAlloc && (in != 0 || n != w.cs) {
+	if w.zeroInPart(e, goff, end) {
 		// The cluster reads as zero: write it whole.
 		buf := make([]byte, w.cs)
-		if err := d.src.ReadAt(buf[in:in+n], goff-d.start); err != nil {
+		if err := d.src.ReadAt(buf[in:in+end-goff], goff-d.start); err != nil {
 			return err
 		}
 		if err := w.write(buf, host); err != nil {
 			return err
 		}
-		in, n = 0, w.cs
+		goff, end = goff-in, goff-in+w.cs
 	} else if err := w.storeData(d, goff, end, host+in); err != nil {
 		return err
 	}
 	w.dataPending = true
-	raw, bm := e.Raw, e.Bitmap
-	if w.ext {
-		r := w.subRange(in, in+n)
-		bm = (bm | r) &^ (r << 32)
-	} else {
-		raw = uint64(host) | OflagCopied
-	}
-	if raw != e.Raw || bm != e.Bitmap {
-		w.setEntry(t, i, raw, bm)
+	for ; goff < end; i++ {
+		cend := min(end, (goff&^(w.cs-1))+w.cs)
+		e := w.entry(t, i)
+		raw, bm := e.Raw, e.Bitmap
+		if w.ext {
+			in := goff & (w.cs - 1)
+			r := w.subRange(in, in+cend-goff)
+			bm = (bm | r) &^ (r << 32)
+		} else {
+			raw = uint64(e.HostOffset) | OflagCopied
+		}
+		if raw != e.Raw || bm != e.Bitmap {
+			w.setEntry(t, i, raw, bm)
+		}
+		goff = cend
 	}
 	return nil
 }

@@ -283,6 +283,15 @@ func TestWriterAllocationMatchesQemu(t *testing.T) {
 		{name: "v3-extl2", size: "64M", opts: []string{"extended_l2=on"}, ops: []wop{{off: 4096, n: 2048, pattern: 1}, {off: 69632, n: 2048, pattern: 2}, {off: 8192, n: 4096, pattern: 3}, {zero: true, off: 32 * m, n: 4096}, {zero: true, off: 40 * m, n: 64 * k}}},
 		{name: "v3-snapshot-cow", size: "64M", pre: []string{"write -P 1 0 256k", "write -P 2 32M 64k"}, snapshot: true, ops: []wop{{off: 0, n: 64 * k, pattern: 3}, {off: 128 * k, n: 256 * k, pattern: 4}, {off: 33 * m, n: 64 * k, pattern: 5}}},
 		{name: "v3-extl2-snapshot-cow", size: "64M", opts: []string{"extended_l2=on"}, pre: []string{"write -P 1 0 128k", "write -P 2 200k 4k"}, snapshot: true, ops: []wop{{off: 0, n: 64 * k, pattern: 3}, {off: 192 * k, n: 64 * k, pattern: 4}}},
+		// Writes over clusters the image owns: runs back to back on the
+		// host go in one write, broken where the host order breaks, where a
+		// cluster must be allocated and around a zero cluster.
+		{name: "v3-in-place-runs", size: "64M", pre: []string{"write -P 1 0 1M", "write -P 2 4M 64k", "write -P 3 2M 64k", "write -P 5 3136k 64k", "write -P 4 3M 64k"},
+			ops: []wop{{off: 64 * k, n: 512 * k, pattern: 6}, {off: 2 * m, n: 2*m + 64*k, pattern: 7}, {off: 3 * m, n: 128 * k, pattern: 8}}},
+		{name: "v3-in-place-zero-between", size: "64M", pre: []string{"write -P 1 0 512k", "write -z 128k 64k", "write -z 256k 128k"},
+			ops: []wop{{off: 0, n: 512 * k, pattern: 2}, {off: 192 * k, n: 128 * k, pattern: 3}}},
+		{name: "v3-extl2-in-place", size: "64M", opts: []string{"extended_l2=on"}, pre: []string{"write -P 1 0 256k", "write -z 64k 4k"},
+			ops: []wop{{off: 6 * k, n: 200 * k, pattern: 2}, {off: 130 * k, n: 2 * k, pattern: 3}}},
 		{name: "v3-resize-l1", size: "1G", opts: []string{"cluster_size=4096"}, resize: 4 << 30, ops: seq(4*k, 0, 900000)},
 	}
 	for _, tc := range tests {
