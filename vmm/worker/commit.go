@@ -80,7 +80,7 @@ type committer struct {
 // starting their writeback (on a goroutine of its own): the disk then works
 // while the copy goes on, and the final fdatasync has less left to wait for.
 // The top's pages copied meanwhile are dropped from its cache then too.
-const writebackEvery = 8 << 20
+const writebackEvery = 2 << 20
 
 func (c *committer) run() (any, error) {
 	// Refuse a base or a top that cannot be written or emptied before
