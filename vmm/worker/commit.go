@@ -125,6 +125,7 @@ func (c *committer) run() (any, error) {
 	}
 	if empty != nil && top.format == "qcow2" {
 		c.drop = newCacheDropper(top.file) // emptying a qcow2 top frees its data
+		defer c.drop.wait()
 	}
 	if err := c.apply(t, steps, stack, in); err != nil {
 		return nil, err
@@ -184,7 +185,7 @@ func (c *committer) apply(t commitTarget, steps []planners.Step, stack layer.Sta
 	wb := newWriteback(c.base.file)
 	defer wb.stop()
 	if c.drop != nil {
-		defer c.drop.stop()
+		defer c.drop.finish()
 	}
 	for _, st := range steps {
 		var err error

@@ -20,8 +20,14 @@ type span struct{ off, n int64 }
 // is emptied would do anyway. It is advice: what the file reads does not
 // change, and failures are ignored.
 //
+// The kernel drops only whole folios, which can be larger than a cluster, so
+// ranges copied far apart in time that lie side by side in the file drop
+// only together: every range is kept (up to maxKeptSpans runs), and once the
+// copy is over their union is dropped again, while the base is made durable
+// and the top's metadata is cleared.
+//
 // add records a range; hand passes the recorded ranges to the goroutine;
-// stop waits for it to finish.
+// finish says the copy is over; wait waits for the goroutine to end.
 type cacheDropper struct {
 	f       *os.File
 	pending []span
@@ -29,15 +35,27 @@ type cacheDropper struct {
 	done    chan struct{}
 }
 
+// maxKeptSpans bounds the runs a cacheDropper keeps for its last pass.
+const maxKeptSpans = 1 << 16
+
 func newCacheDropper(f *os.File) *cacheDropper {
 	d := &cacheDropper{f: f, batches: make(chan []span, 16), done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
-		for b := range d.batches {
-			for _, s := range coalesce(b) {
+		var kept []span
+		drop := func(spans []span) {
+			for _, s := range spans {
 				_ = unix.Fadvise(int(d.f.Fd()), s.off, s.n, unix.FADV_DONTNEED)
 			}
 		}
+		for b := range d.batches {
+			b = coalesce(b)
+			drop(b)
+			if len(kept)+len(b) <= maxKeptSpans {
+				kept = coalesce(append(kept, b...))
+			}
+		}
+		drop(kept)
 	}()
 	return d
 }
@@ -53,10 +71,12 @@ func (d *cacheDropper) hand() {
 	}
 }
 
-func (d *cacheDropper) stop() {
+func (d *cacheDropper) finish() {
+	d.hand()
 	close(d.batches)
-	<-d.done
 }
+
+func (d *cacheDropper) wait() { <-d.done }
 
 // coalesce sorts spans by offset and merges those that touch or overlap.
 func coalesce(spans []span) []span {
