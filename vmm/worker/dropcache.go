@@ -42,7 +42,7 @@ func newCacheDropper(f *os.File) *cacheDropper {
 	d := &cacheDropper{f: f, batches: make(chan []span, 16), done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
-		var kept []span
+		var kept, spare []span
 		drop := func(spans []span) {
 			for _, s := range spans {
 				_ = unix.Fadvise(int(d.f.Fd()), s.off, s.n, unix.FADV_DONTNEED)
@@ -52,7 +52,7 @@ func newCacheDropper(f *os.File) *cacheDropper {
 			b = coalesce(b)
 			drop(b)
 			if len(kept)+len(b) <= maxKeptSpans {
-				kept = coalesce(append(kept, b...))
+				kept, spare = merge(spare[:0], kept, b), kept
 			}
 		}
 		drop(kept)
@@ -77,6 +77,25 @@ func (d *cacheDropper) finish() {
 }
 
 func (d *cacheDropper) wait() { <-d.done }
+
+// merge appends to out the union of a and b, both sorted and coalesced, as
+// spans sorted and coalesced: in one pass, since it runs after every batch.
+func merge(out, a, b []span) []span {
+	for len(a) > 0 || len(b) > 0 {
+		var s span
+		if len(b) == 0 || len(a) > 0 && a[0].off <= b[0].off {
+			s, a = a[0], a[1:]
+		} else {
+			s, b = b[0], b[1:]
+		}
+		if k := len(out) - 1; k >= 0 && s.off <= out[k].off+out[k].n {
+			out[k].n = max(out[k].n, s.off+s.n-out[k].off)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
 
 // coalesce sorts spans by offset and merges those that touch or overlap.
 func coalesce(spans []span) []span {

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"math/rand/v2"
 	"reflect"
 	"testing"
 )
@@ -26,5 +27,29 @@ func TestCoalesce(t *testing.T) {
 				t.Errorf("coalesce(%v) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestMerge checks merge against coalesce of the two lists together, on
+// random sorted and coalesced lists.
+func TestMerge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	list := func() []span {
+		var s []span
+		for range rng.IntN(20) {
+			s = append(s, span{rng.Int64N(1000), 1 + rng.Int64N(50)})
+		}
+		return coalesce(s)
+	}
+	for range 1000 {
+		a, b := list(), list()
+		want := coalesce(append(append([]span{}, a...), b...))
+		got := merge(nil, a, b)
+		if len(got) == 0 && len(want) == 0 {
+			continue
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("merge(%v, %v) = %v, want %v", a, b, got, want)
+		}
 	}
 }
