@@ -1,6 +1,9 @@
 package worker
 
-import "instarfs/planners"
+import (
+	"instarfs/planners"
+	"instarfs/proto"
+)
 
 // commitSegments describes [0, size of the top) for the commit planner: for
 // each run, whether a layer above the base (chain[:base]) defines it, and the
@@ -32,16 +35,9 @@ func commitSegments(chain []member, base int, g int64) ([]planners.Segment, erro
 			if me.Length <= 0 {
 				return errInternal("block status made no progress at offset %d", off)
 			}
-			st := planners.StatusOther
-			switch {
-			case me.Data:
-				st = planners.StatusData
-			case me.Zero:
-				st = planners.StatusZero
-			}
 			// Not merged with the previous segment: qemu decides on each
 			// block-status run alone.
-			segs = append(segs, planners.Segment{Start: off, Length: me.Length, Above: allocated, Status: st})
+			segs = append(segs, planners.Segment{Start: off, Length: me.Length, Above: allocated, Status: statusOf(me)})
 			off += me.Length
 		}
 		return nil
@@ -71,4 +67,15 @@ func commitSegments(chain []member, base int, g int64) ([]planners.Segment, erro
 		off = end
 	}
 	return segs, nil
+}
+
+// statusOf is the planner's status of a block-status run.
+func statusOf(me proto.MapEntry) planners.Status {
+	switch {
+	case me.Data:
+		return planners.StatusData
+	case me.Zero:
+		return planners.StatusZero
+	}
+	return planners.StatusOther
 }

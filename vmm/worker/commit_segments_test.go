@@ -27,14 +27,7 @@ func everySegment(t *testing.T, chain []member, base int) []planners.Segment {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := planners.StatusOther
-		switch {
-		case me.Data:
-			st = planners.StatusData
-		case me.Zero:
-			st = planners.StatusZero
-		}
-		segs = append(segs, planners.Segment{Start: off, Length: me.Length, Above: allocated, Status: st})
+		segs = append(segs, planners.Segment{Start: off, Length: me.Length, Above: allocated, Status: statusOf(me)})
 		off += me.Length
 	}
 	return segs
