@@ -53,14 +53,19 @@ func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
 	if err := w.Flush(); err != nil {
 		return res, err
 	}
-	hosts, cleared, err := w.allocatedClusters()
-	if err != nil {
-		return res, err
+	if w.emptyCount < 0 {
+		if err := w.CheckEmptiable(); err != nil {
+			return res, err
+		}
 	}
-	res.Cleared = cleared
+	res.Cleared = w.emptyCount
 	if w.canEmptyCompletely() {
 		res.Complete = true
 		return res, w.emptyCompletely(f)
+	}
+	hosts, _, err := w.allocatedClusters(true)
+	if err != nil {
+		return res, err
 	}
 	if err := w.Unmap(0, int64(w.h.Size)); err != nil {
 		return res, err
@@ -84,21 +89,29 @@ func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
 
 // CheckEmptiable reports, without writing anything, an error MakeEmpty would
 // meet only after it had started: a regenerated header that does not fit in
-// cluster 0. Commit calls it before it touches the base.
+// cluster 0, an L2 table that cannot be read. Commit calls it before it
+// touches the base. It also counts the allocated entries, which MakeEmpty
+// reports (the image must not be written in between): emptying, once the
+// base is durable, then does not walk the L2 tables to count them.
 func (w *Writer) CheckEmptiable() error {
-	if !w.canEmptyCompletely() {
-		return nil
+	if w.canEmptyCompletely() {
+		h := w.h.clone()
+		h.IncompatibleFeatures &^= IncompatDirty
+		if _, err := h.EncodeCluster0(); err != nil {
+			return err
+		}
 	}
-	h := w.h.clone()
-	h.IncompatibleFeatures &^= IncompatDirty
-	_, err := h.EncodeCluster0()
+	_, n, err := w.allocatedClusters(false)
+	if err == nil {
+		w.emptyCount = n
+	}
 	return err
 }
 
-// allocatedClusters walks the active L2 tables: the host clusters of data
-// and allocated zero clusters that the image owns alone (candidates for a
-// hole once freed), and the number of allocated entries.
-func (w *Writer) allocatedClusters() (hosts []int64, n int64, err error) {
+// allocatedClusters walks the active L2 tables: the number of allocated
+// entries and, with withHosts, the host clusters of data and allocated zero
+// clusters that the image owns alone (candidates for a hole once freed).
+func (w *Writer) allocatedClusters(withHosts bool) (hosts []int64, n int64, err error) {
 	for l1i := range w.l1 {
 		t, err := w.tableFor(int64(l1i), false)
 		if err != nil {
@@ -116,7 +129,7 @@ func (w *Writer) allocatedClusters() (hosts []int64, n int64, err error) {
 				continue
 			}
 			n++
-			if (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc) && e.HostOffset > 0 {
+			if withHosts && (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc) && e.HostOffset > 0 {
 				hosts = append(hosts, e.HostOffset)
 			}
 		}

@@ -159,6 +159,8 @@ type Writer struct {
 	regenHeader bool
 	sizeChanged bool
 
+	emptyCount int64 // allocated L2 entries CheckEmptiable counted, or -1
+
 	stats WriterStats
 }
 
@@ -201,6 +203,7 @@ func NewWriter(f File, fileSize int64) (*Writer, error) {
 		rtDirty:    map[int64]bool{},
 		blocks:     map[int64]*wblock{},
 		freedEpoch: map[int64]bool{},
+		emptyCount: -1,
 	}
 	w.rbBits = h.ClusterBits + 3 - h.RefcountOrder
 	w.rbEntries = int64(1) << w.rbBits
