@@ -124,10 +124,11 @@ func (w *Writer) allocatedClusters(withHosts bool) (hosts []int64, n int64, err 
 			if int64(l1i)*w.span()+i*w.cs >= int64(w.h.Size) {
 				break
 			}
-			e := w.entry(t, i)
-			if e.Raw == 0 && e.Bitmap == 0 {
-				continue
+			raw, bitmap := w.rawEntry(t, i)
+			if raw == 0 && bitmap == 0 {
+				continue // most entries of a sparse image: not decoded
 			}
+			e := w.h.DecodeL2Entry(raw, bitmap)
 			n++
 			if withHosts && (e.Type == ClusterNormal || e.Type == ClusterZeroAlloc) && e.HostOffset > 0 {
 				hosts = append(hosts, e.HostOffset)

@@ -363,10 +363,16 @@ func (w *Writer) guardReuse(off, n int64) error {
 }
 
 func (w *Writer) entry(t *wtable, i int64) L2Entry {
+	return w.h.DecodeL2Entry(w.rawEntry(t, i))
+}
+
+// rawEntry returns entry i of t undecoded: the L2 entry and, with extended
+// L2 entries, the subcluster bitmap.
+func (w *Writer) rawEntry(t *wtable, i int64) (raw, bitmap uint64) {
 	if w.ext {
-		return w.h.DecodeL2Entry(binary.BigEndian.Uint64(t.data[16*i:]), binary.BigEndian.Uint64(t.data[16*i+8:]))
+		return binary.BigEndian.Uint64(t.data[16*i:]), binary.BigEndian.Uint64(t.data[16*i+8:])
 	}
-	return w.h.DecodeL2Entry(binary.BigEndian.Uint64(t.data[8*i:]), 0)
+	return binary.BigEndian.Uint64(t.data[8*i:]), 0
 }
 
 func (w *Writer) setEntry(t *wtable, i int64, raw, bitmap uint64) {
