@@ -6,10 +6,9 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
-)
 
-// span is a byte range of a file.
-type span struct{ off, n int64 }
+	"instarfs/planners"
+)
 
 // cacheDropper drops ranges of a file from the page cache on a goroutine of
 // its own (posix_fadvise DONTNEED): commit's top, whose clusters its
@@ -30,8 +29,8 @@ type span struct{ off, n int64 }
 // finish says the copy is over; wait waits for the goroutine to end.
 type cacheDropper struct {
 	f       *os.File
-	pending []span
-	batches chan []span
+	pending []planners.Span
+	batches chan []planners.Span
 	done    chan struct{}
 }
 
@@ -39,13 +38,13 @@ type cacheDropper struct {
 const maxKeptSpans = 1 << 16
 
 func newCacheDropper(f *os.File) *cacheDropper {
-	d := &cacheDropper{f: f, batches: make(chan []span, 16), done: make(chan struct{})}
+	d := &cacheDropper{f: f, batches: make(chan []planners.Span, 16), done: make(chan struct{})}
 	go func() {
 		defer close(d.done)
-		var kept, spare []span
-		drop := func(spans []span) {
+		var kept, spare []planners.Span
+		drop := func(spans []planners.Span) {
 			for _, s := range spans {
-				_ = unix.Fadvise(int(d.f.Fd()), s.off, s.n, unix.FADV_DONTNEED)
+				_ = unix.Fadvise(int(d.f.Fd()), s.Start, s.Length, unix.FADV_DONTNEED)
 			}
 		}
 		for b := range d.batches {
@@ -61,7 +60,7 @@ func newCacheDropper(f *os.File) *cacheDropper {
 }
 
 func (d *cacheDropper) add(off, n int64) {
-	d.pending = append(d.pending, span{off, n})
+	d.pending = append(d.pending, planners.Span{Start: off, Length: n})
 }
 
 func (d *cacheDropper) hand() {
@@ -80,33 +79,25 @@ func (d *cacheDropper) wait() { <-d.done }
 
 // merge appends to out the union of a and b, both sorted and coalesced, as
 // spans sorted and coalesced: in one pass, since it runs after every batch.
-func merge(out, a, b []span) []span {
+func merge(out, a, b []planners.Span) []planners.Span {
 	for len(a) > 0 || len(b) > 0 {
-		var s span
-		if len(b) == 0 || len(a) > 0 && a[0].off <= b[0].off {
+		var s planners.Span
+		if len(b) == 0 || len(a) > 0 && a[0].Start <= b[0].Start {
 			s, a = a[0], a[1:]
 		} else {
 			s, b = b[0], b[1:]
 		}
-		if k := len(out) - 1; k >= 0 && s.off <= out[k].off+out[k].n {
-			out[k].n = max(out[k].n, s.off+s.n-out[k].off)
-			continue
-		}
-		out = append(out, s)
+		out = appendSpan(out, s.Start, s.Length)
 	}
 	return out
 }
 
 // coalesce sorts spans by offset and merges those that touch or overlap.
-func coalesce(spans []span) []span {
-	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.off, b.off) })
+func coalesce(spans []planners.Span) []planners.Span {
+	slices.SortFunc(spans, func(a, b planners.Span) int { return cmp.Compare(a.Start, b.Start) })
 	out := spans[:0]
 	for _, s := range spans {
-		if k := len(out) - 1; k >= 0 && s.off <= out[k].off+out[k].n {
-			out[k].n = max(out[k].n, s.off+s.n-out[k].off)
-			continue
-		}
-		out = append(out, s)
+		out = appendSpan(out, s.Start, s.Length)
 	}
 	return out
 }

@@ -282,11 +282,11 @@ func zeroSpans(chain layer.Stack, size int64) ([]planners.Span, error) {
 	return out, nil
 }
 
-// appendSpan adds [off, off+n) to spans, merging it with the last span when
-// they touch.
+// appendSpan adds [off, off+n), which starts at or after the last span's
+// start, to spans, merged into the last span when they touch or overlap.
 func appendSpan(spans []planners.Span, off, n int64) []planners.Span {
-	if k := len(spans) - 1; k >= 0 && spans[k].End() == off {
-		spans[k].Length += n
+	if k := len(spans) - 1; k >= 0 && off <= spans[k].End() {
+		spans[k].Length = max(spans[k].End(), off+n) - spans[k].Start
 		return spans
 	}
 	return append(spans, planners.Span{Start: off, Length: n})
