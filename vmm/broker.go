@@ -49,6 +49,7 @@ func newBrokerConn(b Broker) (*brokerConn, error) {
 // serve answers questions until the worker's end closes or the worker breaks
 // the protocol; then it calls kill.
 func (c *brokerConn) serve(kill func()) {
+	proto.WarmJSON() // while the worker starts: its first question is answered sooner
 	buf := make([]byte, proto.MaxBrokerBytes+1)
 	for n := 0; ; n++ {
 		m, _, flags, _, err := unix.Recvmsg(int(c.host.Fd()), buf, nil, unix.MSG_CMSG_CLOEXEC)

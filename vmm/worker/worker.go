@@ -78,6 +78,7 @@ const memoryLimit = 96 << 20
 // Main is the worker's entry point: the instarfs-worker executable's main.
 // It never returns.
 func Main() {
+	go proto.WarmJSON() // on another thread, while this one confines the worker
 	if _, err := jail.Confine(); err != nil {
 		out := &output{w: bufio.NewWriter(os.Stdout)}
 		out.fail(err)
