@@ -84,25 +84,40 @@ const writebackEvery = 2 << 20
 
 func (c *committer) run() (any, error) {
 	// Refuse a base or a top that cannot be written or emptied before
-	// anything is read or written.
-	t, err := c.target()
+	// anything is read or written. The base's checks read the base alone,
+	// and run beside the top's, which read the images above it; an error of
+	// the base's is reported first, as if they had run in turn.
+	var t commitTarget
+	baseChecked := make(chan error, 1)
+	go func() {
+		var err error
+		defer func() {
+			if r := recover(); r != nil {
+				err = errInternal("checking the base: %v", r)
+			}
+			baseChecked <- err
+		}()
+		t, err = c.target()
+	}()
+	var empty func() error
+	var err error
+	if !c.args.Drop {
+		empty, err = c.topEmptier()
+	}
+	if err == nil {
+		err = readableAbove(c.imgs[:c.args.Base])
+	}
+	if baseErr := <-baseChecked; baseErr != nil {
+		return nil, baseErr
+	}
 	if err != nil {
 		return nil, err
-	}
-	var empty func() error
-	if !c.args.Drop {
-		if empty, err = c.topEmptier(); err != nil {
-			return nil, err
-		}
 	}
 	chain := make([]member, len(c.imgs))
 	for i, o := range c.imgs {
 		chain[i] = o.member()
 	}
 	stack := stackOf(c.imgs)
-	if err := readableAbove(c.imgs[:c.args.Base]); err != nil {
-		return nil, err
-	}
 	top := c.imgs[0]
 	in := planners.CommitInput{
 		TopSize:  top.img.VirtualSize(),
