@@ -74,6 +74,9 @@ type committer struct {
 	buf       []byte        // what copy steps read and write through memory
 	nocopy    bool          // the kernel cannot copy into the base (chainSource)
 	drop      *cacheDropper // the top's cache, when emptying it will free its data
+	// topUncompressed says the top's refcount check counted no compressed
+	// cluster: readableAbove has nothing to read in it.
+	topUncompressed bool
 }
 
 // writebackEvery is how many bytes commit writes into the base between
@@ -84,9 +87,10 @@ const writebackEvery = 2 << 20
 
 func (c *committer) run() (any, error) {
 	// Refuse a base or a top that cannot be written or emptied before
-	// anything is read or written. The base's checks read the base alone,
-	// and run beside the top's, which read the images above it; an error of
-	// the base's is reported first, as if they had run in turn.
+	// anything is read or written. The base's checks read the base's file
+	// alone: they run on a goroutine of their own beside the top's checks
+	// and the plan, and an error of theirs is reported first, as if they had
+	// run in turn.
 	var t commitTarget
 	baseChecked := make(chan error, 1)
 	go func() {
@@ -99,61 +103,82 @@ func (c *committer) run() (any, error) {
 		}()
 		t, err = c.target()
 	}()
-	var empty func() error
-	var err error
-	if !c.args.Drop {
-		empty, err = c.topEmptier()
-	}
-	if err == nil {
-		err = readableAbove(c.imgs[:c.args.Base])
-	}
+	p, err := c.prepare()
 	if baseErr := <-baseChecked; baseErr != nil {
 		return nil, baseErr
 	}
 	if err != nil {
 		return nil, err
 	}
-	chain := make([]member, len(c.imgs))
-	for i, o := range c.imgs {
-		chain[i] = o.member()
-	}
-	stack := stackOf(c.imgs)
-	top := c.imgs[0]
-	in := planners.CommitInput{
-		TopSize:  top.img.VirtualSize(),
-		BaseSize: c.base.img.VirtualSize(),
-	}
-	if c.base.format != "raw" {
-		in.BaseClusterSize = c.base.info.ClusterSize
-	}
-	if in.Segments, err = commitSegments(chain, c.args.Base, planners.Granularity(in.BaseClusterSize)); err != nil {
-		return nil, err
-	}
-	steps, err := planners.PlanCommit(in)
-	if err != nil {
-		return nil, errInternal("%v", err)
-	}
 	if c.args.Base >= 2 {
-		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(steps, stack, t); err != nil {
+		if c.res.IntermediateClustersPreserved, err = c.preserveIntermediate(p.steps, p.stack, t); err != nil {
 			return nil, err
 		}
 	}
-	if empty != nil && top.format == "qcow2" {
-		c.drop = newCacheDropper(top.file) // emptying a qcow2 top frees its data
+	if p.empty != nil && c.imgs[0].format == "qcow2" {
+		c.drop = newCacheDropper(c.imgs[0].file) // emptying a qcow2 top frees its data
 		defer c.drop.wait()
 	}
-	if err := c.apply(t, steps, stack, in); err != nil {
+	if err := c.apply(t, p.steps, p.stack, p.in); err != nil {
 		return nil, err
 	}
 	if err := t.finish(c.args.Cache == "unsafe"); err != nil {
 		return nil, err
 	}
-	if empty != nil {
-		if err := empty(); err != nil {
+	if p.empty != nil {
+		if err := p.empty(); err != nil {
 			return nil, err
 		}
 	}
 	return c.res, nil
+}
+
+// plan is what commit prepares before it writes: the steps, the chain they
+// read, and how to empty the top afterwards (nil to leave it).
+type plan struct {
+	steps []planners.Step
+	stack layer.Stack
+	in    planners.CommitInput
+	empty func() error
+}
+
+// prepare checks the images above the base and plans the commit. It reads
+// the base's image (its block status) but not through the base's file
+// checks, which run beside it.
+func (c *committer) prepare() (plan, error) {
+	var p plan
+	var err error
+	if !c.args.Drop {
+		if p.empty, err = c.topEmptier(); err != nil {
+			return p, err
+		}
+	}
+	above := c.imgs[:c.args.Base]
+	if c.topUncompressed {
+		above = above[1:]
+	}
+	if err := readableAbove(above); err != nil {
+		return p, err
+	}
+	chain := make([]member, len(c.imgs))
+	for i, o := range c.imgs {
+		chain[i] = o.member()
+	}
+	p.stack = stackOf(c.imgs)
+	p.in = planners.CommitInput{
+		TopSize:  c.imgs[0].img.VirtualSize(),
+		BaseSize: c.base.img.VirtualSize(),
+	}
+	if c.base.format != "raw" {
+		p.in.BaseClusterSize = c.base.info.ClusterSize
+	}
+	if p.in.Segments, err = commitSegments(chain, c.args.Base, planners.Granularity(p.in.BaseClusterSize)); err != nil {
+		return p, err
+	}
+	if p.steps, err = planners.PlanCommit(p.in); err != nil {
+		return p, errInternal("%v", err)
+	}
+	return p, nil
 }
 
 // readableAbove decompresses every compressed cluster of the images above the
@@ -498,9 +523,11 @@ func (c *committer) topEmptier() (func() error, error) {
 	f := ImageFile{top.file}
 	switch top.format {
 	case "qcow2":
-		if _, err := checkWritable(top, "a commit empties it"); err != nil {
+		rep, err := checkWritable(top, "a commit empties it")
+		if err != nil {
 			return nil, err
 		}
+		c.topUncompressed = rep.CompressedClusters == 0
 		w, err := qcow2.NewWriter(f, top.size)
 		if err != nil {
 			return nil, err
