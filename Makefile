@@ -20,24 +20,31 @@ TESTFLAGS ?=
 
 all: build
 
-# build builds instarfs and its worker, instarfs-worker, side by side: instarfs
-# runs the worker found next to itself. The linker writes its output through a
-# memory mapping, which the page cache then holds in single pages, and every
-# start of such an executable takes about a millisecond more in page faults;
-# so the executables are linked into build/link and copied into bin/ as
-# `make install` and package managers write files (docs/performance.md).
+# build builds instarfs, instarfs-mount and instarfs-worker side by side:
+# instarfs runs the worker found next to itself, and for `mount` executes
+# instarfs-mount found there, the same command line built without the
+# mountexec tag: only that one links the FUSE library (internal/testbin
+# builds them the same way). The linker writes its output through a memory
+# mapping, which the page cache then holds in single pages, and every start
+# of such an executable takes about a millisecond more in page faults; so
+# the executables are linked into build/link and copied into bin/ as `make
+# install` and package managers write files (docs/performance.md).
 LINKED := build/link
+MOUNT := bin/instarfs-mount
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(LINKED)/instarfs ./cmd/instarfs
+	$(GO) build -trimpath -tags mountexec -ldflags '$(LDFLAGS)' -o $(LINKED)/instarfs ./cmd/instarfs
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(LINKED)/instarfs-mount ./cmd/instarfs
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(LINKED)/instarfs-worker ./cmd/instarfs-worker
 	install -D -m 0755 $(LINKED)/instarfs $(BIN)
+	install -D -m 0755 $(LINKED)/instarfs-mount $(MOUNT)
 	install -D -m 0755 $(LINKED)/instarfs-worker $(WORKER)
 
-# install copies both executables to $(DESTDIR)$(PREFIX)/bin, the worker
+# install copies the three executables to $(DESTDIR)$(PREFIX)/bin, the worker
 # executable by all (a worker started by root runs as a uid of its own); the
 # microvm guest stays where `make guest` put it: see docs/sandbox.md.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/instarfs
+	install -D -m 0755 $(MOUNT) $(DESTDIR)$(PREFIX)/bin/instarfs-mount
 	install -D -m 0755 $(WORKER) $(DESTDIR)$(PREFIX)/bin/instarfs-worker
 
 # guest builds the microvm backend's guest into build/guest: the kernel and

@@ -18,6 +18,10 @@ import (
 	"instarfs/vmm"
 )
 
+// DefaultMaxDocument is the largest generated document (info.json,
+// chain.json, map.json, check.json) a mount serves unless told otherwise.
+const DefaultMaxDocument = 32 << 20
+
 // DefaultCacheBytes is the budget of an Opener's probe cache when it is given
 // none, and the mount's default budget for all its caches.
 const DefaultCacheBytes = 256 << 20

@@ -70,7 +70,7 @@ type Config struct {
 	// of ctl.DefaultCacheBytes of the mount's own.
 	Cache *lru.Cache[any, any]
 	// MaxDocument bounds the size of a generated document: a larger one
-	// fails to open with DOCUMENT_TOO_LARGE. 0 means DefaultMaxDocument.
+	// fails to open with DOCUMENT_TOO_LARGE. 0 means ctl.DefaultMaxDocument.
 	MaxDocument int64
 	Log         logrus.FieldLogger
 	// DiskWorkers bounds the live workers of the disk view; 0 means
@@ -80,10 +80,6 @@ type Config struct {
 	// diskview.DefaultIdle.
 	DiskIdle time.Duration
 }
-
-// DefaultMaxDocument is the largest generated document a mount serves unless
-// told otherwise.
-const DefaultMaxDocument = 32 << 20
 
 // FS is the state shared by every node of one mount.
 type FS struct {
@@ -150,7 +146,7 @@ func New(cfg Config) (*FS, error) {
 		cfg.Cache = lru.New[any, any](ctl.DefaultCacheBytes)
 	}
 	if cfg.MaxDocument <= 0 {
-		cfg.MaxDocument = DefaultMaxDocument
+		cfg.MaxDocument = ctl.DefaultMaxDocument
 	}
 	pool := diskview.New(diskview.Config{Opener: cfg.Opener, MaxWorkers: cfg.DiskWorkers, Idle: cfg.DiskIdle, Busy: cfg.Jobs.BusyError, Log: cfg.Log})
 	return &FS{

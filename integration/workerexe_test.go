@@ -121,3 +121,21 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+// TestMountExecutableMissing runs the mount command of an instarfs installed
+// without instarfs-mount, which it executes to mount: MOUNT_FAILED naming the
+// path looked for, and nothing mounted.
+func TestMountExecutableMissing(t *testing.T) {
+	dir := t.TempDir()
+	copyFile(t, binary, filepath.Join(dir, "instarfs"), 0o755)
+	copyFile(t, filepath.Join(filepath.Dir(binary), "instarfs-worker"), filepath.Join(dir, "instarfs-worker"), 0o755)
+	images, mnt := t.TempDir(), t.TempDir()
+	r := execIn(t, images, filepath.Join(dir, "instarfs"), "mount", images, mnt)
+	want := "MOUNT_FAILED: cannot run " + filepath.Join(dir, "instarfs-mount") + ": no such file or directory"
+	if r.code != 1 || !strings.Contains(string(r.stderr), want) {
+		t.Fatalf("mount: exit %d, stderr %q; want %q", r.code, r.stderr, want)
+	}
+	if mounted, err := os.ReadFile("/proc/self/mountinfo"); err != nil || strings.Contains(string(mounted), " "+mnt+" ") {
+		t.Fatalf("%s is mounted (%v)", mnt, err)
+	}
+}

@@ -22,16 +22,21 @@ func main() {
 }
 
 // workerPath returns where the worker executable is: proto.WorkerArg0 in the
-// directory of this executable. On Linux os.Executable is the path the kernel
-// resolved, so a symbolic link to instarfs finds the worker next to the
-// link's target. When it cannot be known, the bare name, which UseWorker
-// refuses, makes every worker start fail, naming what was looked for.
-func workerPath() string {
+// directory of this executable. When that cannot be known, the bare name,
+// which UseWorker refuses, makes every worker start fail, naming what was
+// looked for.
+func workerPath() string { return siblingPath(proto.WorkerArg0) }
+
+// siblingPath returns the path of the executable name in the directory of
+// this one, or name alone when that directory cannot be known. On Linux
+// os.Executable is the path the kernel resolved, so a symbolic link to
+// instarfs finds the executables next to the link's target.
+func siblingPath(name string) string {
 	exe, err := os.Executable()
 	if err != nil {
-		return proto.WorkerArg0
+		return name
 	}
-	return filepath.Join(filepath.Dir(exe), proto.WorkerArg0)
+	return filepath.Join(filepath.Dir(exe), name)
 }
 
 // app holds the parsed command line.

@@ -4,8 +4,8 @@
 // vmm/worker/internal, so the compiler already refuses any other importer;
 // this test states the rest of the rule, which the compiler cannot: who may
 // import the planners and the worker, which host packages must not depend on
-// running workers at all, and what each of the two executables, instarfs and
-// instarfs-worker, must not link.
+// running workers at all, and what each of the executables, instarfs,
+// instarfs-mount and instarfs-worker, must not link.
 package boundary
 
 import (
@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"instarfs/internal/testbin"
 )
 
 const module = "instarfs"
@@ -174,57 +176,66 @@ func TestRulesRefuse(t *testing.T) {
 	}
 }
 
-// executables: what each executable of the product must not link, at any
-// depth. The host holds no image parser at all; the worker holds nothing of
-// the host: no FUSE, command line or logging library, nor the host's
-// packages.
-var executables = []struct {
-	cmd       string
-	forbidden []string
-	why       string
+// forbidden: what each executable of the product (testbin.Executables) must
+// not link, at any depth, and why. The host holds no image parser at all,
+// and only the executable that mounts links the FUSE library; the worker
+// holds nothing of the host: no FUSE, command line or logging library, nor
+// the host's packages.
+var forbidden = map[string]struct {
+	packages []string
+	why      string
 }{
-	{
-		cmd:       "instarfs/cmd/instarfs",
-		forbidden: []string{"instarfs/vmm/worker/...", "instarfs/planners/...", "instarfs/vmm/microvm/guest"},
-		why:       "the host executable contains no image parser: it runs instarfs-worker",
+	"instarfs": {
+		[]string{"instarfs/vmm/worker/...", "instarfs/planners/...", "instarfs/vmm/microvm/guest", "github.com/hanwen/go-fuse/...", "instarfs/fs/..."},
+		"the host executable contains no image parser, and no FUSE library: it runs instarfs-worker, and instarfs-mount to mount",
 	},
-	{
-		cmd: "instarfs/cmd/instarfs-worker",
-		forbidden: []string{
+	"instarfs-mount": {
+		[]string{"instarfs/vmm/worker/...", "instarfs/planners/...", "instarfs/vmm/microvm/guest"},
+		"the mount's executable contains no image parser: it runs instarfs-worker",
+	},
+	"instarfs-worker": {
+		[]string{
 			"github.com/hanwen/go-fuse/...", "github.com/alecthomas/kingpin/...",
 			"instarfs/fs/...", "instarfs/ctl/...", "instarfs/chainmodel/...", "instarfs/diskview/...",
 		},
-		why: "the worker executable contains nothing of the host",
+		"the worker executable contains nothing of the host",
 	},
 }
 
-// deps returns the packages cmd links (go list -deps, without tests), as
-// the Makefile builds it.
-func deps(t *testing.T, cmd string) []string {
+// deps returns the packages e links (go list -deps, without tests), as the
+// Makefile builds it.
+func deps(t *testing.T, e testbin.Executable) []string {
 	t.Helper()
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command")
 	}
-	list := exec.Command("go", "list", "-deps", cmd)
+	list := exec.Command("go", "list", "-deps", "-tags", e.Tags, e.Package)
 	list.Dir = filepath.Join("..", "..")
 	list.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := list.Output()
 	if err != nil {
-		t.Fatalf("go list -deps %s: %v", cmd, err)
+		t.Fatalf("go list -deps -tags %q %s: %v", e.Tags, e.Package, err)
 	}
 	return strings.Fields(string(out))
 }
 
 func TestLinked(t *testing.T) {
-	for _, e := range executables {
-		t.Run(e.cmd, func(t *testing.T) {
-			linked := deps(t, e.cmd)
-			if len(linked) < 10 || linked[len(linked)-1] != e.cmd {
-				t.Fatalf("go list -deps %s listed %d packages, ending %v", e.cmd, len(linked), linked[len(linked)-1:])
+	if len(forbidden) != len(testbin.Executables) {
+		t.Fatalf("rules for %d executables, %d executables", len(forbidden), len(testbin.Executables))
+	}
+	for _, e := range testbin.Executables {
+		t.Run(e.Name, func(t *testing.T) {
+			rule, ok := forbidden[e.Name]
+			if !ok {
+				t.Fatalf("no rule for %s", e.Name)
+			}
+			linked := deps(t, e)
+			if len(linked) < 10 || linked[len(linked)-1] != e.Package {
+				t.Fatalf("go list -deps %s listed %d packages, ending %v", e.Package, len(linked), linked[len(linked)-1:])
 			}
 			for _, pkg := range linked {
-				if matchAny(e.forbidden, pkg) {
-					t.Errorf("%s links %s: %s", e.cmd, pkg, e.why)
+				if matchAny(rule.packages, pkg) {
+					t.Errorf("%s links %s: %s", e.Name, pkg, rule.why)
 				}
 			}
 		})
@@ -234,20 +245,19 @@ func TestLinked(t *testing.T) {
 // TestLinkedRefuses checks the executables' rules on made-up packages.
 func TestLinkedRefuses(t *testing.T) {
 	for _, c := range [][2]string{
-		{"instarfs/cmd/instarfs", "instarfs/vmm/worker"},
-		{"instarfs/cmd/instarfs", "instarfs/vmm/worker/internal/qcow2"},
-		{"instarfs/cmd/instarfs", "instarfs/planners"},
-		{"instarfs/cmd/instarfs-worker", "github.com/hanwen/go-fuse/v2/fuse"},
-		{"instarfs/cmd/instarfs-worker", "github.com/alecthomas/kingpin/v2"},
-		{"instarfs/cmd/instarfs-worker", "instarfs/chainmodel"},
-		{"instarfs/cmd/instarfs-worker", "instarfs/fs"},
-		{"instarfs/cmd/instarfs-worker", "instarfs/ctl/mapsvg"},
+		{"instarfs", "instarfs/vmm/worker"},
+		{"instarfs", "instarfs/vmm/worker/internal/qcow2"},
+		{"instarfs", "instarfs/planners"},
+		{"instarfs", "github.com/hanwen/go-fuse/v2/fuse"},
+		{"instarfs", "instarfs/fs"},
+		{"instarfs-mount", "instarfs/vmm/worker"},
+		{"instarfs-worker", "github.com/hanwen/go-fuse/v2/fuse"},
+		{"instarfs-worker", "github.com/alecthomas/kingpin/v2"},
+		{"instarfs-worker", "instarfs/chainmodel"},
+		{"instarfs-worker", "instarfs/fs"},
+		{"instarfs-worker", "instarfs/ctl/mapsvg"},
 	} {
-		refused := false
-		for _, e := range executables {
-			refused = refused || e.cmd == c[0] && matchAny(e.forbidden, c[1])
-		}
-		if !refused {
+		if !matchAny(forbidden[c[0]].packages, c[1]) {
 			t.Errorf("no rule refuses %s linking %s", c[0], c[1])
 		}
 	}

@@ -10,11 +10,26 @@ import (
 	"path/filepath"
 )
 
-// Build builds instarfs and its worker, instarfs-worker, of the module whose
-// root is root (as a path from the test's package directory, e.g. "..") side
-// by side into a new temporary directory, without cgo and copied out of the
-// linker's output as the Makefile builds them. It returns instarfs's path and
-// a function that removes both.
+// An Executable is one of the product's executables, built as the Makefile
+// builds it: the package, with the build tags.
+type Executable struct {
+	Name, Package, Tags string
+}
+
+// Executables are the product's executables. instarfs and instarfs-mount are
+// the same package: built with the mountexec tag, instarfs links no FUSE
+// library and executes instarfs-mount for the mount command.
+var Executables = []Executable{
+	{Name: "instarfs", Package: "instarfs/cmd/instarfs", Tags: "mountexec"},
+	{Name: "instarfs-mount", Package: "instarfs/cmd/instarfs"},
+	{Name: "instarfs-worker", Package: "instarfs/cmd/instarfs-worker"},
+}
+
+// Build builds the executables of the module whose root is root (as a path
+// from the test's package directory, e.g. "..") side by side into a new
+// temporary directory, without cgo and copied out of the linker's output as
+// the Makefile builds them. It returns instarfs's path and a function that
+// removes them.
 func Build(root string) (binary string, remove func(), err error) {
 	dir, err := os.MkdirTemp("", "instarfs-bin-")
 	if err != nil {
@@ -22,15 +37,16 @@ func Build(root string) (binary string, remove func(), err error) {
 	}
 	remove = func() { os.RemoveAll(dir) }
 	linked := filepath.Join(dir, "link")
-	build := exec.Command("go", "build", "-o", linked+"/", "./cmd/instarfs", "./cmd/instarfs-worker")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		remove()
-		return "", nil, fmt.Errorf("building instarfs: %v\n%s", err, out)
-	}
-	for _, name := range []string{"instarfs", "instarfs-worker"} {
-		if err := install(filepath.Join(linked, name), filepath.Join(dir, name)); err != nil {
+	for _, e := range Executables {
+		out := filepath.Join(linked, e.Name)
+		build := exec.Command("go", "build", "-tags", e.Tags, "-o", out, e.Package)
+		build.Dir = root
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if msg, err := build.CombinedOutput(); err != nil {
+			remove()
+			return "", nil, fmt.Errorf("building %s: %v\n%s", e.Name, err, msg)
+		}
+		if err := install(out, filepath.Join(dir, e.Name)); err != nil {
 			remove()
 			return "", nil, err
 		}
