@@ -26,10 +26,11 @@ type mountConfig struct {
 	workers              int
 }
 
-// The mount command is defined here for both builds of this package. Run
-// it is not: instarfs, built with the mountexec tag, links no FUSE library
-// and executes instarfs-mount, this package built without the tag, which
-// mounts in its own process (mount_exec.go, mount_serve.go).
+// mountCommand defines the mount command and checks its command line for
+// both builds of this package; what runs it differs (a.mount): instarfs,
+// built with the mountexec tag, links no FUSE library and executes
+// instarfs-mount (mount_exec.go), this package built without the tag, which
+// mounts in its own process (mount_serve.go).
 func (a *app) mountCommand() {
 	var cfg mountConfig
 	c := a.Command("mount", "Mount a directory of images: one directory per image, with JSON about it, the guest-visible disk, and rebase, commit and repair control files. Runs in the foreground until SIGINT, SIGTERM or an unmount; exits 0 after unmounting cleanly.")

@@ -142,9 +142,9 @@ type plan struct {
 	empty func() error
 }
 
-// prepare checks the images above the base and plans the commit. It reads
-// the base's image (its block status) but not through the base's file
-// checks, which run beside it.
+// prepare checks the images above the base and plans the commit. The plan
+// reads the base's block status through the base's image, never the state
+// of the base's checks (target), which run beside it.
 func (c *committer) prepare() (plan, error) {
 	var p plan
 	var err error
