@@ -60,6 +60,9 @@ type Request struct {
 	// attached for its answers: drive k (1 is the first) at BrokerFD()+k.
 	BrokerPort bool       `json:"broker_port,omitempty"`
 	Drives     []ImageRef `json:"drives,omitempty"`
+	// HostCuts says the host applies a Cut line (Message.Cut): a worker
+	// that shortens an image last may leave that to the host.
+	HostCuts bool `json:"host_cuts,omitempty"`
 }
 
 // BrokerFD is the worker's descriptor of the broker socket: the one after
@@ -92,6 +95,17 @@ type Message struct {
 	// Warning is a diagnostic the host logs, for example a confinement layer
 	// that this kernel does not offer.
 	Warning string `json:"warning,omitempty"`
+	Cut     *Cut   `json:"cut,omitempty"`
+}
+
+// Cut asks the host to shorten a writable image of the request to Length
+// bytes and to make that durable, while the worker finishes and exits. A
+// worker sends it only when Request.HostCuts is set, at most once, before
+// its final line, and writes nothing to that image afterwards; the run ends
+// once the cut is done. The host refuses a cut that would lengthen the image.
+type Cut struct {
+	Image  int   `json:"image"`
+	Length int64 `json:"length"`
 }
 
 // MaxResultBytes bounds the worker's standard output as a whole.

@@ -33,7 +33,7 @@ func warmValues() []any {
 		&Request{Op: OpProbe, Images: []ImageRef{{Name: "top"}}},
 		&BrokerRequest{Info: info, Open: OpenBacking},
 		&BrokerReply{Image: 1, Error: &errcode.Error{Code: errcode.Internal}},
-		&Message{Result: json.RawMessage("{}"), Error: &errcode.Error{Code: errcode.Internal}},
+		&Message{Result: json.RawMessage("{}"), Error: &errcode.Error{Code: errcode.Internal}, Cut: &Cut{Length: 1}},
 		info,
 	}
 }

@@ -100,6 +100,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 		return nil, contextError(err)
 	}
 	job.Request.Broker = job.Broker != nil
+	job.Request.HostCuts = true
 	timeout, err := checkJob(job)
 	if err != nil {
 		return nil, err
@@ -163,10 +164,11 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}()
 
 	var out outcome
+	cut := &cutter{files: files, images: job.Request.Images}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		out = readMessages(pp.stdoutR, job.Progress, warn)
+		out = readMessages(pp.stdoutR, job.Progress, warn, cut.start)
 		if out.err != nil {
 			cmd.Process.Kill()
 		}
@@ -208,12 +210,66 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	if bc != nil && out.err == nil {
 		out.err = bc.violation()
 	}
+	cutErr := cut.wait()
 
 	res, err := outcomeError(cmd.ProcessState, p.Ended, stop, timeout, p.CPULimit, &out, stderr)
 	if b := stderr.Bytes(); err != nil && len(b) > 0 {
 		log.WithField("stderr", sanitize(string(b))).Debug("sandbox worker failed")
 	}
+	if err == nil && cutErr != nil {
+		return nil, cutErr
+	}
 	return res, err
+}
+
+// cutter applies a worker's cut line (proto.Cut) to the image descriptors
+// it was handed, on a goroutine of its own: the worker exits meanwhile.
+type cutter struct {
+	files  []*os.File
+	images []proto.ImageRef
+	image  string
+	done   chan error // made when the cut starts
+}
+
+// start checks c against the request and starts it; an error is a protocol
+// violation.
+func (k *cutter) start(c proto.Cut) error {
+	switch {
+	case k.done != nil:
+		return errors.New("a second cut line")
+	case c.Image < 0 || c.Image >= len(k.images) || c.Image >= len(k.files):
+		return fmt.Errorf("cut of image #%d, which the worker was not handed", c.Image)
+	case !k.images[c.Image].Writable:
+		return fmt.Errorf("cut of image #%d, which is read-only", c.Image)
+	}
+	f := k.files[c.Image]
+	st, err := f.Stat()
+	if err == nil && (c.Length < 0 || c.Length > st.Size()) {
+		return fmt.Errorf("cut of image #%d to %d bytes: it has %d", c.Image, c.Length, st.Size())
+	}
+	k.image = k.images[c.Image].Name
+	k.done = make(chan error, 1)
+	go func() {
+		if err == nil {
+			err = f.Truncate(c.Length)
+		}
+		if err == nil {
+			err = syscall.Fdatasync(int(f.Fd()))
+		}
+		k.done <- err
+	}()
+	return nil
+}
+
+// wait waits for the cut, if one started, and returns its error.
+func (k *cutter) wait() error {
+	if k.done == nil {
+		return nil
+	}
+	if err := <-k.done; err != nil {
+		return errcode.New(errcode.WriteFailed, "shortening %s as the worker asked: %v", k.image, err)
+	}
+	return nil
 }
 
 // inherited is what the process inherits from fd 3 on.
@@ -435,8 +491,9 @@ type outcome struct {
 }
 
 // readMessages reads protocol lines from r until EOF or the first violation.
-// Progress and warning lines are delivered as they arrive.
-func readMessages(r io.Reader, progress func(float64), warn func(string)) outcome {
+// Progress and warning lines are delivered as they arrive, and a cut line to
+// cut (nil: a cut line breaks the protocol).
+func readMessages(r io.Reader, progress func(float64), warn func(string), cut func(proto.Cut) error) outcome {
 	var out outcome
 	lr := &io.LimitedReader{R: r, N: proto.MaxResultBytes + 1}
 	br := bufio.NewReaderSize(lr, 64<<10)
@@ -482,6 +539,15 @@ func readMessages(r io.Reader, progress func(float64), warn func(string)) outcom
 				return out
 			}
 			warn(sanitize(m.Warning))
+		case m.Cut != nil:
+			err := errors.New("a cut line, which this run does not take")
+			if cut != nil {
+				err = cut(*m.Cut)
+			}
+			if err != nil {
+				out.err = fmt.Errorf("line %d: %w", lineNo, err)
+				return out
+			}
 		case m.Error != nil:
 			out.final, out.werr = true, m.Error
 		default:
@@ -517,7 +583,7 @@ func decodeMessage(line []byte) (*proto.Message, error) {
 		m.Result = nil
 	}
 	n := 0
-	for _, set := range []bool{m.Progress != nil, m.Result != nil, m.Error != nil, m.Warning != ""} {
+	for _, set := range []bool{m.Progress != nil, m.Result != nil, m.Error != nil, m.Warning != "", m.Cut != nil} {
 		if set {
 			n++
 		}
@@ -533,9 +599,9 @@ func decodeMessage(line []byte) (*proto.Message, error) {
 		if p := *m.Progress; !(p >= 0 && p <= 1) {
 			return nil, fmt.Errorf("progress %v outside [0,1]", p)
 		}
-	case m.Warning != "":
+	case m.Warning != "" || m.Cut != nil:
 		if len(line) > proto.MaxProgressLineBytes {
-			return nil, fmt.Errorf("warning line longer than %d bytes", proto.MaxProgressLineBytes)
+			return nil, fmt.Errorf("line longer than %d bytes", proto.MaxProgressLineBytes)
 		}
 	case m.Error != nil:
 		if len(line) > proto.MaxErrorLineBytes {
@@ -630,7 +696,7 @@ func HasFinalLine(out []byte) bool {
 // own *errcode.Error, WORKER_PROTOCOL when the output breaks the protocol, or
 // WORKER_CRASHED when it has no final line.
 func DecodeOutput(r io.Reader, progress func(float64), warn func(string)) (json.RawMessage, error) {
-	out := readMessages(r, progress, warn)
+	out := readMessages(r, progress, warn, nil)
 	switch {
 	case out.err != nil:
 		return nil, errcode.New(errcode.WorkerProtocol, "invalid worker output: %v", out.err)

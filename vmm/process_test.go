@@ -304,6 +304,8 @@ func TestReadMessages(t *testing.T) {
 		err      string       // protocol violation, substring
 		progress []float64
 		warnings []string
+		cuts     []proto.Cut
+		noCuts   bool // the run takes no cut line
 	}{
 		{name: "result", in: "{\"result\":{\"a\":1}}\n", final: true, result: `{"a":1}`},
 		{name: "progress then result", in: "{\"progress\":0}\n{\"progress\":0.5}\n{\"result\":2}\n", final: true, result: "2", progress: []float64{0, 0.5}},
@@ -335,15 +337,32 @@ func TestReadMessages(t *testing.T) {
 		{name: "lock code", in: "{\"error\":{\"Code\":\"IMAGE_IN_USE\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
 		{name: "outcome code", in: "{\"error\":{\"Code\":\"SANDBOX_VIOLATION\",\"Message\":\"m\"}}\n", err: "not one a worker may send"},
 		{name: "confinement failed", in: "{\"error\":{\"Code\":\"SANDBOX_UNAVAILABLE\",\"Message\":\"m\"}}\n", final: true, code: errcode.SandboxUnavailable},
+		{name: "cut then result", in: "{\"cut\":{\"image\":1,\"length\":65536}}\n{\"result\":1}\n", final: true, result: "1", cuts: []proto.Cut{{Image: 1, Length: 65536}}},
+		{name: "cut refused", in: "{\"cut\":{\"image\":9,\"length\":1}}\n{\"result\":1}\n", err: "line 1: refused"},
+		{name: "cut not taken", in: "{\"cut\":{\"image\":0,\"length\":1}}\n{\"result\":1}\n", noCuts: true, err: "does not take"},
+		{name: "cut with a warning", in: "{\"cut\":{\"image\":0,\"length\":1},\"warning\":\"w\"}\n", err: "sets 2"},
+		{name: "cut after result", in: "{\"result\":1}\n{\"cut\":{\"image\":0,\"length\":1}}\n", err: "follows the final line"},
+		{name: "cut unknown field", in: "{\"cut\":{\"image\":0,\"length\":1,\"path\":\"/\"}}\n", err: "unknown field"},
 		{name: "long error", in: "{\"error\":{\"Code\":\"X\",\"Message\":\"" + strings.Repeat("m", proto.MaxErrorLineBytes) + "\"}}\n", err: "longer than"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var progress []float64
 			var warnings []string
+			var cuts []proto.Cut
+			cut := func(c proto.Cut) error {
+				if c.Image == 9 {
+					return errors.New("refused")
+				}
+				cuts = append(cuts, c)
+				return nil
+			}
+			if tt.noCuts {
+				cut = nil
+			}
 			out := readMessages(strings.NewReader(tt.in),
 				func(p float64) { progress = append(progress, p) },
-				func(w string) { warnings = append(warnings, w) })
+				func(w string) { warnings = append(warnings, w) }, cut)
 			if tt.err != "" {
 				if out.err == nil || !strings.Contains(out.err.Error(), tt.err) {
 					t.Fatalf("error %v, want one containing %q", out.err, tt.err)
@@ -361,6 +380,9 @@ func TestReadMessages(t *testing.T) {
 			}
 			if fmt.Sprint(progress) != fmt.Sprint(tt.progress) || fmt.Sprint(warnings) != fmt.Sprint(tt.warnings) {
 				t.Errorf("progress %v warnings %q, want %v %q", progress, warnings, tt.progress, tt.warnings)
+			}
+			if fmt.Sprint(cuts) != fmt.Sprint(tt.cuts) {
+				t.Errorf("cuts %v, want %v", cuts, tt.cuts)
 			}
 		})
 	}
@@ -381,13 +403,13 @@ func (e *endless) Read(p []byte) (int, error) {
 }
 
 func TestReadMessagesBound(t *testing.T) {
-	out := readMessages(&endless{}, nil, func(string) {})
+	out := readMessages(&endless{}, nil, func(string) {}, nil)
 	if out.err == nil || !strings.Contains(out.err.Error(), "more than") {
 		t.Fatalf("error %v, want the output bound", out.err)
 	}
 	// Exactly MaxResultBytes is allowed.
 	body := `{"result":"` + strings.Repeat("x", proto.MaxResultBytes-len(`{"result":""}`+"\n")) + `"}` + "\n"
-	out = readMessages(strings.NewReader(body), nil, func(string) {})
+	out = readMessages(strings.NewReader(body), nil, func(string) {}, nil)
 	if out.err != nil || !out.final {
 		t.Fatalf("a result of exactly %d bytes: %v", proto.MaxResultBytes, out.err)
 	}

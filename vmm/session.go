@@ -182,6 +182,8 @@ func (p *Process) Start(ctx context.Context, job Job) (*Session, error) {
 		switch {
 		case m.Warning != "":
 			warn(sanitize(m.Warning))
+		case m.Cut != nil:
+			return nil, s.abort(violation("line %d: a cut line, which a session does not take", lineNo))
 		case m.Error != nil:
 			s.Close()
 			return nil, m.Error

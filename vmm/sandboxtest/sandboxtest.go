@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,7 @@ func Run(t *testing.T, sb vmm.Sandbox, opt Options) {
 		}
 	})
 	run("Images", func(t *testing.T) { testImages(t, sb) })
+	run("Cut", func(t *testing.T) { testCut(t, sb) })
 	run("Concurrent", func(t *testing.T) { testConcurrent(t, sb) })
 	run("Stress", func(t *testing.T) {
 		j := job(testworker.OpStress)
@@ -304,6 +306,53 @@ func testImages(t *testing.T, sb vmm.Sandbox) {
 		if !bytes.Equal(after[i], want) {
 			t.Errorf("image %s after the run does not hold what the worker wrote (writable %t)", im.Name, im.Writable)
 		}
+	}
+}
+
+// testCut has the worker ask the host to shorten images (proto.Cut): a
+// backend that offers it cuts a writable image once and refuses the rest.
+func testCut(t *testing.T, sb vmm.Sandbox) {
+	tests := []struct {
+		name string
+		cuts string
+		code errcode.Code // "" for a result
+		want []int64      // the images' lengths after the run
+	}{
+		{"shorten", `[{"image":1,"length":1000}]`, "", []int64{scratchSize, 1000}},
+		{"to nothing", `[{"image":1,"length":0}]`, "", []int64{scratchSize, 0}},
+		{"same length", `[{"image":1,"length":` + strconv.Itoa(scratchSize) + `}]`, "", []int64{scratchSize, scratchSize}},
+		{"longer", `[{"image":1,"length":` + strconv.Itoa(scratchSize+1) + `}]`, errcode.WorkerProtocol, []int64{scratchSize, scratchSize}},
+		{"negative", `[{"image":1,"length":-1}]`, errcode.WorkerProtocol, []int64{scratchSize, scratchSize}},
+		{"read-only", `[{"image":0,"length":1000}]`, errcode.WorkerProtocol, []int64{scratchSize, scratchSize}},
+		{"not handed", `[{"image":2,"length":1000}]`, errcode.WorkerProtocol, []int64{scratchSize, scratchSize}},
+		{"twice", `[{"image":1,"length":2000},{"image":1,"length":1000}]`, errcode.WorkerProtocol, []int64{scratchSize, 2000}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			j := job(testworker.OpCut)
+			j.Request.Images = []proto.ImageRef{{Name: "ro.img"}, {Name: "rw.img", Writable: true}}
+			j.Request.Args = json.RawMessage(tt.cuts)
+			j.Files = Scratch(t, j.Request.Images)
+			res, err := sb.Run(context.Background(), j)
+			if err == nil && string(res) == `"not offered"` {
+				t.Skip("the backend does not take cut lines")
+			}
+			switch {
+			case tt.code == "" && (err != nil || string(res) != `"cut"`):
+				t.Fatalf("result %s, error %v; want the result \"cut\"", res, err)
+			case tt.code != "" && errcode.Of(err) != tt.code:
+				t.Fatalf("result %s, error %v; want %s", res, err, tt.code)
+			}
+			for i, f := range j.Files {
+				st, err := f.Stat()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Size() != tt.want[i] {
+					t.Errorf("%s is %d bytes long after the run, want %d", j.Request.Images[i].Name, st.Size(), tt.want[i])
+				}
+			}
+		})
 	}
 }
 

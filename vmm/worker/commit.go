@@ -536,7 +536,7 @@ func (c *committer) topEmptier() (func() error, error) {
 			return nil, err
 		}
 		return func() error {
-			r, err := w.MakeEmpty(f)
+			r, err := w.MakeEmpty(c.s.lastCut(0, f))
 			c.res.OverlayClustersCleared = r.Cleared
 			return err
 		}, nil

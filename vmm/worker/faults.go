@@ -66,6 +66,14 @@ func (f ImageFile) Truncate(size int64) error {
 	return f.File.Truncate(size)
 }
 
+// Cut shortens the file to size and makes that durable.
+func (f ImageFile) Cut(size int64) error {
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return f.Datasync()
+}
+
 // PunchHole deallocates [off, off+n) without changing the file's size.
 func (f ImageFile) PunchHole(off, n int64) error {
 	faults.before()

@@ -67,6 +67,10 @@ const (
 	OpNoNewline      = "test-no-newline"       // a result not ended by a newline, then exit 0
 	OpForbidden      = "test-forbidden"        // openat("/"): a confined worker is killed
 	OpStress         = "test-stress"           // the Go runtime and image I/O at full tilt; see stress
+	// OpCut sends the cut lines (proto.Cut) of its arguments, a JSON array,
+	// then the result "cut"; the result "not offered" when the request does
+	// not set HostCuts.
+	OpCut = "test-cut"
 	// OpSession begins a session (vmm.Session): the ready document "ready",
 	// then one reply per request frame; see session.
 	OpSession = "test-session"
@@ -218,6 +222,19 @@ func Serve(in io.Reader, out io.Writer) int {
 			return 1
 		}
 		return result("ok")
+	case OpCut:
+		if !req.HostCuts {
+			return result("not offered")
+		}
+		var cuts []proto.Cut
+		if err := json.Unmarshal(req.Args, &cuts); err != nil {
+			emitError(out, errcode.New(errcode.BadArguments, "%v", err))
+			return 1
+		}
+		for _, c := range cuts {
+			emit(out, proto.Message{Cut: &c})
+		}
+		return result("cut")
 	case OpSession:
 		frames, err := proto.SessionInput(dec, in)
 		if err == nil {

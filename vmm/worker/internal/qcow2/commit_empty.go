@@ -9,7 +9,9 @@ import (
 
 // EmptyFile is what MakeEmpty needs besides the Writer's File.
 type EmptyFile interface {
-	Truncate(size int64) error
+	// Cut shortens the file to size and makes that durable; nothing
+	// writes to the file afterwards.
+	Cut(size int64) error
 	// PunchHole deallocates [off, off+n) of the file, keeping its size.
 	PunchHole(off, n int64) error
 }
@@ -209,8 +211,5 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 		return err
 	}
 	// 5. Everything past the metadata is unreferenced.
-	if err := f.Truncate((3 + l1c) * w.cs); err != nil {
-		return err
-	}
-	return w.sync()
+	return f.Cut((3 + l1c) * w.cs)
 }
