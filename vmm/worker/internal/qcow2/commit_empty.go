@@ -46,8 +46,9 @@ type EmptyResult struct {
 // crash leaves at worst leaked clusters and the image reads what its backing
 // file reads, which after a commit is what it read before. The refcount
 // structures of the completely-empty layout are then rewritten in place, each
-// step only lowering refcounts of clusters nothing references, and the header
-// is switched last.
+// step only lowering refcounts of clusters nothing references: the refcount
+// table first, then its first block with the header. The file is cut once all
+// of that is durable.
 //
 // MakeEmpty ends the Writer's use: it must not be used afterwards.
 func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
@@ -185,7 +186,8 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 		return err
 	}
 	// 3. The first block: the header, the two refcount clusters and the L1
-	// table.
+	// table. Whichever of it and the header reaches the disk first, the
+	// refcounts are right or too high (leaks): nothing else is referenced.
 	rb := make([]byte, w.cs)
 	for ci := int64(0); ci < 3+l1c; ci++ {
 		setRefcount(rb, w.h.RefcountOrder, ci, 1)
@@ -193,11 +195,8 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 	if err := w.write(rb, 2*w.cs); err != nil {
 		return err
 	}
-	if err := w.sync(); err != nil {
-		return err
-	}
 	// 4. The header, regenerated (qemu marks the image clean, which calls
-	// qcow2_update_header).
+	// qcow2_update_header), in the same sync as the block.
 	h := w.h.clone()
 	h.IncompatibleFeatures &^= IncompatDirty
 	buf, err := h.EncodeCluster0()
