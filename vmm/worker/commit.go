@@ -330,7 +330,7 @@ func (c *committer) target() (commitTarget, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &qcow2Target{w: w, hasBacking: c.args.Base < len(c.imgs)-1}, nil
+		return &qcow2Target{w: w, h: w.Header(), hasBacking: c.args.Base < len(c.imgs)-1}, nil
 	case "vmdk":
 		w, err := vmdk.NewWriter(c.base.v, f)
 		if err != nil {
@@ -365,11 +365,12 @@ func roundUp(v, to int64) int64 { return (v + to - 1) / to * to }
 // qcow2Target writes a qcow2 base through the qcow2 Writer.
 type qcow2Target struct {
 	w          *qcow2.Writer
+	h          *qcow2.Header // w's, copied again when it grows
 	hasBacking bool
 }
 
 func (t *qcow2Target) widen(start, end int64) (int64, int64) {
-	h := t.w.Header()
+	h := t.h
 	unit := h.SubclusterSize()
 	cs := h.ClusterSize()
 	size := int64(h.Size)
@@ -388,7 +389,11 @@ func (t *qcow2Target) widen(start, end int64) (int64, int64) {
 	return s, e
 }
 
-func (t *qcow2Target) grow(size int64) error { return t.w.Resize(size) }
+func (t *qcow2Target) grow(size int64) error {
+	err := t.w.Resize(size)
+	t.h = t.w.Header()
+	return err
+}
 
 func (t *qcow2Target) write(off, n int64, src *chainSource) error {
 	return t.w.WriteFrom(off, n, src)
@@ -398,7 +403,7 @@ func (t *qcow2Target) write(off, n int64, src *chainSource) error {
 // old host clusters freed) in version 3; in version 2, a discard when the base
 // has no backing file and explicit zeros when it has one.
 func (t *qcow2Target) zero(off, n int64) error {
-	if t.w.Header().Version < 3 && !t.hasBacking {
+	if t.h.Version < 3 && !t.hasBacking {
 		return t.w.Unmap(off, n)
 	}
 	return t.w.WriteZeroes(off, n, layer.MayUnmap)

@@ -10,6 +10,7 @@ import (
 	"instarfs/proto"
 	"instarfs/vmm/worker/internal/layer"
 	"instarfs/vmm/worker/internal/qcow2"
+	"instarfs/vmm/worker/internal/scratch"
 	"instarfs/vmm/worker/internal/vmdk"
 )
 
@@ -99,7 +100,8 @@ func openRemote(r remote, ref proto.ImageRef) (*opened, error) {
 func (o *opened) open(detectRaw bool) (*opened, error) {
 	ref := o.ref
 	var err error
-	first := make([]byte, min(sniffBytes, o.size))
+	first := scratch.Get(int(min(sniffBytes, o.size)))
+	defer scratch.Put(first)
 	if _, err := o.r.ReadAt(first, 0); err != nil {
 		return nil, errcode.New(errcode.ReadFailed, "reading %s: %v", ref.Name, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/scratch"
 )
 
 // This file is the consistency check, `qemu-img check`. Without a fix mode
@@ -214,11 +215,7 @@ func newRefChecker(r io.ReaderAt, fileSize int64) (*refChecker, error) {
 // checkModeHeader parses the header the way qemu opens an image for checking:
 // tables may lie past the end of the file (they read as zeros there).
 func checkModeHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
-	buf, err := readCluster0(r, fileSize)
-	if err != nil {
-		return nil, err
-	}
-	return ParseHeader(buf, -1)
+	return readHeader(r, fileSize, -1)
 }
 
 type refChecker struct {
@@ -351,7 +348,8 @@ func (c *refChecker) load() error {
 	rtEntries := int64(h.RefcountTableClusters) << (c.cbits - 3)
 	c.reftable = make([]uint64, rtEntries)
 	if rtEntries > 0 {
-		raw := make([]byte, rtEntries*8)
+		raw := scratch.Get(int(rtEntries * 8))
+		defer scratch.Put(raw)
 		if err := c.readZ(raw, h.RefcountTableOffset); err != nil {
 			return err
 		}
@@ -506,6 +504,15 @@ func (c *refChecker) refcountMax() uint64 {
 // checkL1Chunk is the number of L1 entries read at a time.
 const checkL1Chunk = 8192
 
+// growL1Buf returns b or a larger buffer for reading an L1 table of n entries
+// checkL1Chunk at a time.
+func growL1Buf(b []byte, n uint32) []byte {
+	if need := min(int(n), checkL1Chunk) * 8; len(b) < need {
+		return make([]byte, need)
+	}
+	return b
+}
+
 // walkL1 is qemu's check_refcounts_l1: the L1 table at off with n entries,
 // its L2 tables and their clusters. active selects the fragmentation
 // statistics (only the active L1 table counts).
@@ -514,9 +521,7 @@ func (c *refChecker) walkL1(off uint64, n uint32, active bool) error {
 		return nil
 	}
 	c.inc(off, uint64(n)*8)
-	if c.l1buf == nil {
-		c.l1buf = make([]byte, checkL1Chunk*8)
-	}
+	c.l1buf = growL1Buf(c.l1buf, n)
 	for i := uint64(0); i < uint64(n); i += checkL1Chunk {
 		pos := off + i*8
 		if pos >= uint64(c.fileSize) {
@@ -804,9 +809,7 @@ func (c *refChecker) checkCopied() error {
 		word = "Repairing"
 	}
 	n := uint64(h.L1Size)
-	if c.l1buf == nil {
-		c.l1buf = make([]byte, checkL1Chunk*8)
-	}
+	c.l1buf = growL1Buf(c.l1buf, uint32(n))
 	for i := uint64(0); i < n; i += checkL1Chunk {
 		pos := h.L1TableOffset + i*8
 		if pos >= uint64(c.fileSize) {
@@ -1060,20 +1063,22 @@ func (rc *refblockCache) get(c *refChecker, off uint64) (*RefcountBlock, error) 
 type checkCounts struct {
 	chunks [][]uint16
 	big    map[int64]uint64
+	n      int64 // the counters init expects: a chunk past them starts short
 }
 
 const checkChunkBits = 16
 
 func (rc *checkCounts) init(n int64) {
 	rc.chunks = make([][]uint16, checkDivUp(n, 1<<checkChunkBits))
+	rc.n = n
 }
 
 func (rc *checkCounts) get(k int64) uint64 {
-	ci := k >> checkChunkBits
-	if ci >= int64(len(rc.chunks)) || rc.chunks[ci] == nil {
+	ci, i := k>>checkChunkBits, k&(1<<checkChunkBits-1)
+	if ci >= int64(len(rc.chunks)) || i >= int64(len(rc.chunks[ci])) {
 		return 0
 	}
-	v := rc.chunks[ci][k&(1<<checkChunkBits-1)]
+	v := rc.chunks[ci][i]
 	if v == math.MaxUint16 {
 		return rc.big[k]
 	}
@@ -1085,8 +1090,16 @@ func (rc *checkCounts) set(k int64, v uint64) {
 	if ci >= int64(len(rc.chunks)) {
 		rc.chunks = append(rc.chunks, make([][]uint16, ci+1-int64(len(rc.chunks)))...)
 	}
-	if rc.chunks[ci] == nil {
-		rc.chunks[ci] = make([]uint16, 1<<checkChunkBits)
+	if i := k & (1<<checkChunkBits - 1); i >= int64(len(rc.chunks[ci])) {
+		// A small image's one chunk holds only its counters (it grows
+		// whole for a reference past them).
+		n := int64(1 << checkChunkBits)
+		if rc.chunks[ci] == nil {
+			n = min(n, max(i+1, rc.n-ci<<checkChunkBits))
+		}
+		grown := make([]uint16, n)
+		copy(grown, rc.chunks[ci])
+		rc.chunks[ci] = grown
 	}
 	if v >= math.MaxUint16 {
 		if rc.big == nil {

@@ -5,6 +5,7 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"instarfs/vmm/worker/internal/scratch"
 )
 
 // EmptyFile is what MakeEmpty needs besides the Writer's File.
@@ -98,17 +99,24 @@ func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
 // base is durable, then does not walk the L2 tables to count them.
 func (w *Writer) CheckEmptiable() error {
 	if w.canEmptyCompletely() {
-		h := w.h.clone()
-		h.IncompatibleFeatures &^= IncompatDirty
-		if _, err := h.EncodeCluster0(); err != nil {
+		buf, err := w.emptyHeader()
+		if err != nil {
 			return err
 		}
+		w.emptyCluster0 = buf
 	}
 	_, n, err := w.allocatedClusters(false)
 	if err == nil {
 		w.emptyCount = n
 	}
 	return err
+}
+
+// emptyHeader encodes the first cluster of the completely empty image.
+func (w *Writer) emptyHeader() ([]byte, error) {
+	h := w.h.clone()
+	h.IncompatibleFeatures &^= IncompatDirty
+	return h.EncodeCluster0()
 }
 
 // allocatedClusters walks the active L2 tables: the number of allocated
@@ -177,7 +185,9 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 	}
 	// 2. The refcount table with only its first block: the other blocks
 	// described clusters that are no longer referenced.
-	rt := make([]byte, w.cs)
+	rt := scratch.Get(int(w.cs))
+	defer scratch.Put(rt)
+	clear(rt)
 	binary.BigEndian.PutUint64(rt, uint64(2*w.cs))
 	if err := w.write(rt, w.cs); err != nil {
 		return err
@@ -188,7 +198,9 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 	// 3. The first block: the header, the two refcount clusters and the L1
 	// table. Whichever of it and the header reaches the disk first, the
 	// refcounts are right or too high (leaks): nothing else is referenced.
-	rb := make([]byte, w.cs)
+	rb := scratch.Get(int(w.cs))
+	defer scratch.Put(rb)
+	clear(rb)
 	for ci := int64(0); ci < 3+l1c; ci++ {
 		setRefcount(rb, w.h.RefcountOrder, ci, 1)
 	}
@@ -197,11 +209,12 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 	}
 	// 4. The header, regenerated (qemu marks the image clean, which calls
 	// qcow2_update_header), in the same sync as the block.
-	h := w.h.clone()
-	h.IncompatibleFeatures &^= IncompatDirty
-	buf, err := h.EncodeCluster0()
-	if err != nil {
-		return err
+	buf := w.emptyCluster0
+	if buf == nil {
+		var err error
+		if buf, err = w.emptyHeader(); err != nil {
+			return err
+		}
 	}
 	if err := w.write(buf, 0); err != nil {
 		return err

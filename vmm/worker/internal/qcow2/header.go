@@ -21,6 +21,7 @@ import (
 	"strconv"
 
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/scratch"
 )
 
 // Magic is the qcow2 magic number, "QFI\xfb".
@@ -306,11 +307,18 @@ func be64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
 // ReadHeader reads and parses the header cluster of the qcow2 image r whose
 // file size is fileSize.
 func ReadHeader(r io.ReaderAt, fileSize int64) (*Header, error) {
+	return readHeader(r, fileSize, fileSize)
+}
+
+// readHeader reads the header cluster and parses it with ParseHeader's
+// fileSize parseSize.
+func readHeader(r io.ReaderAt, fileSize, parseSize int64) (*Header, error) {
 	buf, err := readCluster0(r, fileSize)
 	if err != nil {
 		return nil, err
 	}
-	return ParseHeader(buf, fileSize)
+	defer scratch.Put(buf) // the Header copies what it keeps
+	return ParseHeader(buf, parseSize)
 }
 
 // readCluster0 reads the first cluster of the file, or the whole file when it
@@ -330,7 +338,7 @@ func readCluster0(r io.ReaderAt, fileSize int64) ([]byte, error) {
 	if cb < MinClusterBits || cb > MaxClusterBits {
 		return nil, badHeader("cluster_bits %d outside %d..%d", cb, MinClusterBits, MaxClusterBits)
 	}
-	buf := make([]byte, min(int64(1)<<cb, fileSize))
+	buf := scratch.Get(int(min(int64(1)<<cb, fileSize)))
 	if err := readFull(r, buf, 0); err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"instarfs/errcode"
 	"instarfs/vmm/worker/internal/layer"
+	"instarfs/vmm/worker/internal/scratch"
 )
 
 // l2CacheBytes bounds the memory held by an Image's L2 table cache.
@@ -52,7 +53,8 @@ func Open(r io.ReaderAt, fileSize int64) (*Image, error) {
 // readTable reads n big-endian 64-bit entries at off in one read. The caller
 // has bounded n and checked the table against the file size.
 func readTable(r io.ReaderAt, off int64, n int) ([]uint64, error) {
-	buf := make([]byte, 8*n)
+	buf := scratch.Get(8 * n)
+	defer scratch.Put(buf)
 	if err := readFull(r, buf, off); err != nil {
 		return nil, err
 	}

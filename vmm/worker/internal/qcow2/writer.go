@@ -160,6 +160,9 @@ type Writer struct {
 	sizeChanged bool
 
 	emptyCount int64 // allocated L2 entries CheckEmptiable counted, or -1
+	// emptyCluster0 is the first cluster of the completely empty image,
+	// encoded by CheckEmptiable (nothing writes the image before MakeEmpty).
+	emptyCluster0 []byte
 
 	stats WriterStats
 }
