@@ -148,11 +148,25 @@ type plan struct {
 func (c *committer) prepare() (plan, error) {
 	var p plan
 	var err error
+	var emptiable <-chan error
 	if !c.args.Drop {
-		if p.empty, err = c.topEmptier(); err != nil {
+		if p.empty, emptiable, err = c.topEmptier(); err != nil {
 			return p, err
 		}
 	}
+	p, err = c.plan(p)
+	if emptiable != nil {
+		if emptyErr := <-emptiable; emptyErr != nil {
+			return p, emptyErr // the top's, reported before the plan's
+		}
+	}
+	return p, err
+}
+
+// plan checks the images above the base but the top's emptying and plans
+// the commit into p.
+func (c *committer) plan(p plan) (plan, error) {
+	var err error
 	above := c.imgs[:c.args.Base]
 	if c.topUncompressed {
 		above = above[1:]
@@ -523,35 +537,48 @@ func (t *rawTarget) finish(unsafe bool) error {
 // vmdk (which qemu leaves as it is) by clearing every grain table entry, with
 // its parentCID made the base's CID when the base is a vmdk whose CID it does
 // not match. A streamOptimized vmdk top is left as it is, as qemu leaves it.
-func (c *committer) topEmptier() (func() error, error) {
+//
+// For a qcow2 top, what emptying would meet only after it had started (its
+// L2 tables read and counted, the header it will write encoded) is checked
+// on a goroutine of its own, beside the plan; emptiable delivers its error.
+// The emptying function must not run before that has been received.
+func (c *committer) topEmptier() (empty func() error, emptiable <-chan error, _ error) {
 	top := c.imgs[0]
 	f := ImageFile{top.file}
 	switch top.format {
 	case "qcow2":
 		rep, err := checkWritable(top, "a commit empties it")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		c.topUncompressed = rep.CompressedClusters == 0
 		w, err := qcow2.NewWriter(f, top.size)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if err := w.CheckEmptiable(); err != nil {
-			return nil, err
-		}
+		checked := make(chan error, 1)
+		go func() {
+			var err error
+			defer func() {
+				if r := recover(); r != nil {
+					err = errInternal("checking the top's emptying: %v", r)
+				}
+				checked <- err
+			}()
+			err = w.CheckEmptiable()
+		}()
 		return func() error {
 			r, err := w.MakeEmpty(c.s.lastCut(0, f))
 			c.res.OverlayClustersCleared = r.Cleared
 			return err
-		}, nil
+		}, checked, nil
 	case "vmdk":
 		if top.v.Compressed() {
-			return nil, nil
+			return nil, nil, nil
 		}
 		w, err := vmdk.NewWriter(top.v, f)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		return func() error {
 			if c.args.Base == 1 && c.base.v != nil && top.v.ParentCID() != c.base.v.CID() {
@@ -574,9 +601,9 @@ func (c *committer) topEmptier() (func() error, error) {
 				return errcode.New(errcode.WriteFailed, "syncing the top: %v", err)
 			}
 			return nil
-		}, nil
+		}, nil, nil
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // preserveIntermediate keeps the image just above the base (with -b, an
