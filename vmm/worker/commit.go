@@ -538,9 +538,10 @@ func (t *rawTarget) finish(unsafe bool) error {
 // its parentCID made the base's CID when the base is a vmdk whose CID it does
 // not match. A streamOptimized vmdk top is left as it is, as qemu leaves it.
 //
-// For a qcow2 top, what emptying would meet only after it had started (its
-// L2 tables read and counted, the header it will write encoded) is checked
-// on a goroutine of its own, beside the plan; emptiable delivers its error.
+// For a qcow2 top, its writer is opened, and what emptying would meet only
+// after it had started (its L2 tables read and counted, the header it will
+// write encoded) checked, on a goroutine of its own beside the plan;
+// emptiable delivers the error.
 // The emptying function must not run before that has been received.
 func (c *committer) topEmptier() (empty func() error, emptiable <-chan error, _ error) {
 	top := c.imgs[0]
@@ -552,10 +553,7 @@ func (c *committer) topEmptier() (empty func() error, emptiable <-chan error, _ 
 			return nil, nil, err
 		}
 		c.topUncompressed = rep.CompressedClusters == 0
-		w, err := qcow2.NewWriter(f, top.size)
-		if err != nil {
-			return nil, nil, err
-		}
+		var w *qcow2.Writer
 		checked := make(chan error, 1)
 		go func() {
 			var err error
@@ -565,7 +563,9 @@ func (c *committer) topEmptier() (empty func() error, emptiable <-chan error, _ 
 				}
 				checked <- err
 			}()
-			err = w.CheckEmptiable()
+			if w, err = qcow2.NewWriter(f, top.size); err == nil {
+				err = w.CheckEmptiable()
+			}
 		}()
 		return func() error {
 			r, err := w.MakeEmpty(c.s.lastCut(0, f))
