@@ -92,17 +92,10 @@ func (c *committer) run() (any, error) {
 	// and the plan, and an error of theirs is reported first, as if they had
 	// run in turn.
 	var t commitTarget
-	baseChecked := make(chan error, 1)
-	go func() {
-		var err error
-		defer func() {
-			if r := recover(); r != nil {
-				err = errInternal("checking the base: %v", r)
-			}
-			baseChecked <- err
-		}()
+	baseChecked := beside("checking the base", func() (err error) {
 		t, err = c.target()
-	}()
+		return err
+	})
 	p, err := c.prepare()
 	if baseErr := <-baseChecked; baseErr != nil {
 		return nil, baseErr
@@ -131,6 +124,23 @@ func (c *committer) run() (any, error) {
 		}
 	}
 	return c.res, nil
+}
+
+// beside runs f on a goroutine of its own and delivers its error; a panic
+// becomes an INTERNAL error about what.
+func beside(what string, f func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		defer func() {
+			if r := recover(); r != nil {
+				err = errInternal("%s: %v", what, r)
+			}
+			done <- err
+		}()
+		err = f()
+	}()
+	return done
 }
 
 // plan is what commit prepares before it writes: the steps, the chain they
@@ -554,19 +564,12 @@ func (c *committer) topEmptier() (empty func() error, emptiable <-chan error, _ 
 		}
 		c.topUncompressed = rep.CompressedClusters == 0
 		var w *qcow2.Writer
-		checked := make(chan error, 1)
-		go func() {
-			var err error
-			defer func() {
-				if r := recover(); r != nil {
-					err = errInternal("checking the top's emptying: %v", r)
-				}
-				checked <- err
-			}()
+		checked := beside("checking the top's emptying", func() (err error) {
 			if w, err = qcow2.NewWriter(f, top.size); err == nil {
 				err = w.CheckEmptiable()
 			}
-		}()
+			return err
+		})
 		return func() error {
 			r, err := w.MakeEmpty(c.s.lastCut(0, f))
 			c.res.OverlayClustersCleared = r.Cleared
