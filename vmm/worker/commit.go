@@ -164,7 +164,7 @@ func (c *committer) prepare() (plan, error) {
 			return p, err
 		}
 	}
-	p, err = c.plan(p)
+	p, err = c.planSteps(p)
 	if emptiable != nil {
 		if emptyErr := <-emptiable; emptyErr != nil {
 			return p, emptyErr // the top's, reported before the plan's
@@ -173,9 +173,9 @@ func (c *committer) prepare() (plan, error) {
 	return p, err
 }
 
-// plan checks the images above the base but the top's emptying and plans
-// the commit into p.
-func (c *committer) plan(p plan) (plan, error) {
+// planSteps checks the images above the base but the top's emptying and
+// plans the commit into p.
+func (c *committer) planSteps(p plan) (plan, error) {
 	var err error
 	above := c.imgs[:c.args.Base]
 	if c.topUncompressed {

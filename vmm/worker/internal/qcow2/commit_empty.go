@@ -5,6 +5,8 @@ package qcow2
 
 import (
 	"encoding/binary"
+
+	"instarfs/errcode"
 	"instarfs/vmm/worker/internal/scratch"
 )
 
@@ -99,7 +101,9 @@ func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
 // base is durable, then does not walk the L2 tables to count them.
 func (w *Writer) CheckEmptiable() error {
 	if w.canEmptyCompletely() {
-		buf, err := w.emptyHeader()
+		h := w.h.clone()
+		h.IncompatibleFeatures &^= IncompatDirty
+		buf, err := h.EncodeCluster0()
 		if err != nil {
 			return err
 		}
@@ -110,13 +114,6 @@ func (w *Writer) CheckEmptiable() error {
 		w.emptyCount = n
 	}
 	return err
-}
-
-// emptyHeader encodes the first cluster of the completely empty image.
-func (w *Writer) emptyHeader() ([]byte, error) {
-	h := w.h.clone()
-	h.IncompatibleFeatures &^= IncompatDirty
-	return h.EncodeCluster0()
 }
 
 // allocatedClusters walks the active L2 tables: the number of allocated
@@ -208,15 +205,12 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 		return err
 	}
 	// 4. The header, regenerated (qemu marks the image clean, which calls
-	// qcow2_update_header), in the same sync as the block.
-	buf := w.emptyCluster0
-	if buf == nil {
-		var err error
-		if buf, err = w.emptyHeader(); err != nil {
-			return err
-		}
+	// qcow2_update_header), in the same sync as the block: CheckEmptiable,
+	// which MakeEmpty has run, encoded it.
+	if w.emptyCluster0 == nil {
+		return errcode.New(errcode.Internal, "qcow2: emptying without the header CheckEmptiable encodes (was the image written in between?)")
 	}
-	if err := w.write(buf, 0); err != nil {
+	if err := w.write(w.emptyCluster0, 0); err != nil {
 		return err
 	}
 	if err := w.sync(); err != nil {
