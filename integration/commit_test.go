@@ -262,6 +262,18 @@ var commitCases = []commitCase{
 		top: "top.qcow2", base: "base.qcow2", images: []string{"top.qcow2", "base.qcow2"},
 	},
 	{
+		// The top's refcount table lists several blocks: emptying rewrites
+		// it, durably, before its first block.
+		name: "ov 512 with several refcount blocks",
+		build: []string{
+			"qemu-img create -q -f qcow2 base.qcow2 4M",
+			"qemu-io -c 'write -P 0x11 0 1M' base.qcow2",
+			"qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 top.qcow2",
+			"qemu-io -c 'write -P 0x22 64k 320k' -c 'write -P 0x23 3M 512' top.qcow2",
+		},
+		top: "top.qcow2", base: "base.qcow2", images: []string{"top.qcow2", "base.qcow2"}, crash: true,
+	},
+	{
 		name: "unaligned sizes",
 		build: []string{
 			"qemu-img create -q -f qcow2 base.qcow2 1000k",

@@ -5,6 +5,7 @@ package qcow2
 
 import (
 	"encoding/binary"
+	"slices"
 
 	"instarfs/errcode"
 	"instarfs/vmm/worker/internal/scratch"
@@ -50,8 +51,8 @@ type EmptyResult struct {
 // file reads, which after a commit is what it read before. The refcount
 // structures of the completely-empty layout are then rewritten in place, each
 // step only lowering refcounts of clusters nothing references: the refcount
-// table first, then its first block with the header. The file is cut once all
-// of that is durable.
+// table first (unless it lists only its first block already), then its first
+// block with the header. The file is cut once all of that is durable.
 //
 // MakeEmpty ends the Writer's use: it must not be used afterwards.
 func (w *Writer) MakeEmpty(f EmptyFile) (EmptyResult, error) {
@@ -181,16 +182,22 @@ func (w *Writer) emptyCompletely(f EmptyFile) error {
 		return err
 	}
 	// 2. The refcount table with only its first block: the other blocks
-	// described clusters that are no longer referenced.
-	rt := scratch.Get(int(w.cs))
-	defer scratch.Put(rt)
-	clear(rt)
-	binary.BigEndian.PutUint64(rt, uint64(2*w.cs))
-	if err := w.write(rt, w.cs); err != nil {
-		return err
-	}
-	if err := w.sync(); err != nil {
-		return err
+	// described clusters that are no longer referenced. It is made durable
+	// before the first block is rewritten, which drops those blocks' own
+	// refcounts. A table that already reads so (no other block: a file
+	// below the span of one block, 2 GiB with 64 KiB clusters) is neither
+	// written nor synced.
+	if w.rt[0] != uint64(2*w.cs) || slices.ContainsFunc(w.rt[1:], func(e uint64) bool { return e != 0 }) {
+		rt := scratch.Get(int(w.cs))
+		defer scratch.Put(rt)
+		clear(rt)
+		binary.BigEndian.PutUint64(rt, uint64(2*w.cs))
+		if err := w.write(rt, w.cs); err != nil {
+			return err
+		}
+		if err := w.sync(); err != nil {
+			return err
+		}
 	}
 	// 3. The first block: the header, the two refcount clusters and the L1
 	// table. Whichever of it and the header reaches the disk first, the
