@@ -417,6 +417,9 @@ func (c *refChecker) extend(size int64) error {
 	if size <= c.fileSize {
 		return nil
 	}
+	if nb := checkDivUp(size, c.cs); nb > maxCheckClusters {
+		return errcode.New(errcode.ImageTooLarge, "qcow2 repair: extending the file to %d bytes would make it %d clusters, more than qemu checks (%d)", size, nb, maxCheckClusters)
+	}
 	if err := c.w.Truncate(size); err != nil {
 		return errcode.New(errcode.WriteFailed, "qcow2 repair: extending the file to %d bytes: %v", size, err)
 	}
