@@ -577,6 +577,20 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 		if raw == 0 && bitmap == 0 {
 			continue
 		}
+		if hoff := raw & L2OffsetMask; !c.extL2 && hoff != 0 && hoff&uint64(c.cs-1) == 0 &&
+			raw&(OflagCompressed|OflagZero|L2ReservedMask) == 0 {
+			// Most entries: an aligned data cluster, nothing to report.
+			if active {
+				c.rep.AllocatedClusters++
+				if next != 0 && hoff != next {
+					c.rep.FragmentedClusters++
+				}
+				next = hoff + uint64(c.cs)
+			}
+			c.inc(hoff, uint64(c.cs))
+			c.markData(hoff, uint64(c.cs))
+			continue
+		}
 		e := c.h.DecodeL2Entry(raw, bitmap)
 		if e.Type != ClusterCompressed && raw&L2ReservedMask != 0 {
 			c.corruption("ERROR found l2 entry with reserved bits set: %x", raw)
@@ -692,9 +706,9 @@ func (c *refChecker) pastEOF() error {
 		if !ok || b == nil {
 			continue
 		}
-		for k := max(ti*per, c.nb); k < (ti+1)*per; k++ {
-			if v := b.Get(int(k - ti*per)); v > 0 && len(c.rep.LeakedClusters) < MaxLeakRecords {
-				c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: v})
+		for i := b.nextNonZero(int(max(ti*per, c.nb) - ti*per)); i < b.Len(); i = b.nextNonZero(i + 1) {
+			if len(c.rep.LeakedClusters) < MaxLeakRecords {
+				c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: ti*per + int64(i), Stored: b.Get(i)})
 			}
 		}
 	}
@@ -733,11 +747,32 @@ func (c *refChecker) refblock(ti uint64) (b *RefcountBlock, ok bool, err error) 
 
 // storedRefcount is qemu's qcow2_get_refcount for cluster k.
 func (c *refChecker) storedRefcount(k uint64) (v uint64, ok bool, err error) {
-	b, ok, err := c.refblock(k >> c.rbBits)
-	if b == nil {
-		return 0, ok, err
+	var m blockMemo
+	return m.refcount(c, k)
+}
+
+// blockMemo keeps the refcount block of the last lookup, for a loop that
+// reads many refcounts, mostly from one block, and changes none.
+type blockMemo struct {
+	ti    uint64
+	b     *RefcountBlock
+	ok    bool
+	valid bool
+}
+
+// refcount is storedRefcount through m.
+func (m *blockMemo) refcount(c *refChecker, k uint64) (v uint64, ok bool, err error) {
+	if ti := k >> c.rbBits; !m.valid || ti != m.ti {
+		b, ok, err := c.refblock(ti)
+		if err != nil {
+			return 0, false, err
+		}
+		*m = blockMemo{ti: ti, b: b, ok: ok, valid: true}
 	}
-	return b.Get(int(k & (1<<c.rbBits - 1))), true, nil
+	if m.b == nil {
+		return 0, m.ok, nil
+	}
+	return m.b.Get(int(k & (1<<c.rbBits - 1))), true, nil
 }
 
 // compare is qemu's compare_refcounts; it returns the highest cluster with a
@@ -862,16 +897,13 @@ func (c *refChecker) copiedL2(off uint64, word string, repair bool) error {
 		return err
 	}
 	dirty := int64(0)
+	var memo blockMemo
 	for i := int64(0); i < n; i++ {
 		raw := be64(c.buf[i*c.entSize:])
-		if raw == 0 {
-			continue
+		if raw&OflagCompressed != 0 || raw&L2OffsetMask == 0 {
+			continue // not a data or an allocated zero cluster
 		}
-		e := c.h.DecodeL2Entry(raw, 0)
-		if e.Type != ClusterNormal && e.Type != ClusterZeroAlloc {
-			continue
-		}
-		rc, ok, err := c.storedRefcount((raw & L2OffsetMask) >> c.cbits)
+		rc, ok, err := memo.refcount(c, (raw&L2OffsetMask)>>c.cbits)
 		if err != nil {
 			return err
 		}

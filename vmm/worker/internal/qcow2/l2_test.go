@@ -117,6 +117,26 @@ func TestRefcountBlockGet(t *testing.T) {
 	}
 }
 
+func TestRefcountBlockNextNonZero(t *testing.T) {
+	for order := uint32(0); order <= 6; order++ {
+		data := make([]byte, 512)
+		b := NewRefcountBlock(0x10000, data, order)
+		// Lone set bits, at the edges of the 8-byte words and inside them.
+		for _, bit := range []int{0, 7, 63, 64, 65, 200, 1023, 2048, 4095} {
+			data[bit/8] |= 1 << (bit % 8)
+		}
+		for from := 0; from <= b.Len(); from++ {
+			want := from
+			for want < b.Len() && b.Get(want) == 0 {
+				want++
+			}
+			if got := b.nextNonZero(from); got != want {
+				t.Fatalf("order %d: nextNonZero(%d) = %d, want %d", order, from, got, want)
+			}
+		}
+	}
+}
+
 func TestZeroEntries(t *testing.T) {
 	// A table of 8 entries (a cluster of 64 or 128 bytes) with entry 3 set,
 	// in one word (standard) or in the bitmap word only (extended).

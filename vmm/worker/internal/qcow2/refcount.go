@@ -48,6 +48,24 @@ func NewRefcountBlock(off int64, data []byte, order uint32) *RefcountBlock {
 // Len is the number of refcounts in the block.
 func (b *RefcountBlock) Len() int { return len(b.data) * 8 >> b.order }
 
+// nextNonZero returns the first index from i on whose refcount is not zero,
+// or Len() when there is none; it skips zero bytes eight at a time.
+func (b *RefcountBlock) nextNonZero(i int) int {
+	n := b.Len()
+	per := 64 >> b.order // refcounts in eight bytes
+	for i < n {
+		if i%per == 0 && i+per <= n && binary.LittleEndian.Uint64(b.data[i/per*8:]) == 0 {
+			i += per
+			continue
+		}
+		if b.Get(i) != 0 {
+			return i
+		}
+		i++
+	}
+	return n
+}
+
 // Bytes returns the block's bytes.
 func (b *RefcountBlock) Bytes() []byte { return b.data }
 
