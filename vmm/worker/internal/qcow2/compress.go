@@ -2,15 +2,13 @@ package qcow2
 
 import (
 	"bytes"
-	"encoding/binary"
+	"compress/flate"
 	"errors"
 	"fmt"
 	"io"
 
-	"github.com/klauspost/compress/flate"
-	"github.com/klauspost/compress/zstd"
-
 	"instarfs/errcode"
+	"instarfs/vmm/worker/internal/zstd"
 )
 
 // compressedCache keeps the last decompressed cluster, so that small
@@ -26,7 +24,7 @@ type decompressor struct {
 	in   []byte
 	src  bytes.Reader
 	zlib io.ReadCloser
-	zstd *zstd.Decoder
+	zstd *zstd.Decoder // made on first use: its tables take 11 KiB
 }
 
 // decompressLocked returns the decompressed cluster for compressed entry e.
@@ -95,123 +93,20 @@ func (d *decompressor) inflate(dst []byte) error {
 // descriptor's last sector, often the next cluster's data) is ignored.
 func (d *decompressor) unzstd(in, dst []byte) error {
 	if d.zstd == nil {
-		z, err := zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxWindow(8<<20),
-			zstd.WithDecoderMaxMemory(64<<20))
-		if err != nil {
-			return err
-		}
-		d.zstd = z
+		d.zstd = new(zstd.Decoder)
 	}
 	for len(dst) > 0 {
-		n, skippable, err := zstdFrameLen(in)
+		if len(in) == 0 {
+			return fmt.Errorf("the compressed data ends with %d bytes of the cluster still to fill", len(dst))
+		}
+		got, used, err := d.zstd.Decode(dst, in)
+		if errors.Is(err, zstd.ErrTooLong) {
+			return errors.New("a zstd frame decompresses past the end of the cluster")
+		}
 		if err != nil {
 			return fmt.Errorf("%w with %d bytes of the cluster still to fill", err, len(dst))
 		}
-		frame := in[:n]
-		in = in[n:]
-		if skippable {
-			continue
-		}
-		d.src.Reset(frame)
-		if err := d.zstd.Reset(&d.src); err != nil {
-			return err
-		}
-		got, err := io.ReadFull(d.zstd, dst)
-		switch {
-		case err == nil:
-			// dst is full: the frame must end here.
-			var one [1]byte
-			if m, err := d.zstd.Read(one[:]); m > 0 {
-				return errors.New("a zstd frame decompresses past the end of the cluster")
-			} else if err != io.EOF {
-				return err
-			}
-		case err != io.EOF && err != io.ErrUnexpectedEOF:
-			return err
-		}
-		dst = dst[got:]
+		in, dst = in[used:], dst[got:]
 	}
 	return nil
-}
-
-// Frame layout of RFC 8878, which zstdFrameLen walks without decoding.
-const (
-	zstdMagic          = 0xfd2fb528
-	zstdSkippableMagic = 0x184d2a50 // the low 4 bits are free
-	zstdSkippableMask  = 0xfffffff0
-)
-
-var errZstdTruncated = errors.New("the compressed data ends inside a zstd frame")
-
-// zstdFrameLen returns the length of the zstd frame at the start of in
-// (header, blocks and checksum), and whether it is a skippable frame, which
-// qemu's decoder passes over too. It checks only what it needs to find the
-// frame's end; the decoder checks the rest.
-func zstdFrameLen(in []byte) (n int, skippable bool, err error) {
-	if len(in) < 4 {
-		return 0, false, errZstdTruncated
-	}
-	magic := binary.LittleEndian.Uint32(in)
-	if magic&zstdSkippableMask == zstdSkippableMagic {
-		if len(in) < 8 {
-			return 0, false, errZstdTruncated
-		}
-		n := 8 + int64(binary.LittleEndian.Uint32(in[4:]))
-		if n > int64(len(in)) {
-			return 0, false, errZstdTruncated
-		}
-		return int(n), true, nil
-	}
-	if magic != zstdMagic {
-		return 0, false, fmt.Errorf("no zstd frame (magic %#08x)", magic)
-	}
-	if len(in) < 5 {
-		return 0, false, errZstdTruncated
-	}
-	fhd := in[4]
-	if fhd&0x08 != 0 {
-		return 0, false, errors.New("a zstd frame header sets its reserved bit")
-	}
-	single := fhd&0x20 != 0
-	pos := 5
-	if !single {
-		pos++ // window descriptor
-	}
-	pos += [4]int{0, 1, 2, 4}[fhd&3] // dictionary id
-	fcs := [4]int{0, 2, 4, 8}[fhd>>6]
-	if fcs == 0 && single {
-		fcs = 1
-	}
-	pos += fcs
-	for {
-		if pos+3 > len(in) {
-			return 0, false, errZstdTruncated
-		}
-		bh := int(in[pos]) | int(in[pos+1])<<8 | int(in[pos+2])<<16
-		pos += 3
-		switch size := bh >> 3; bh >> 1 & 3 {
-		case 0, 2: // raw, compressed
-			pos += size
-		case 1: // RLE: one byte
-			pos++
-		default:
-			return 0, false, errors.New("a zstd block has the reserved type")
-		}
-		if pos > len(in) {
-			return 0, false, errZstdTruncated
-		}
-		if bh&1 != 0 {
-			break
-		}
-	}
-	if fhd&0x04 != 0 {
-		pos += 4 // content checksum
-	}
-	if pos > len(in) {
-		return 0, false, errZstdTruncated
-	}
-	return pos, false, nil
 }
