@@ -104,7 +104,7 @@ lint: vet
 # BENCHRUNS runs of each program per operation, alternating which goes first.
 # The disk view is measured against qemu-storage-daemon's FUSE export
 # (qemu-system-common).
-BENCHRUNS ?= 7
+BENCHRUNS ?= 11
 bench: test-deps build
 	@command -v qemu-storage-daemon >/dev/null || { echo "installing qemu-system-common"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-common >/dev/null; }
