@@ -580,15 +580,7 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 		if hoff := raw & L2OffsetMask; !c.extL2 && hoff != 0 && hoff&uint64(c.cs-1) == 0 &&
 			raw&(OflagCompressed|OflagZero|L2ReservedMask) == 0 {
 			// Most entries: an aligned data cluster, nothing to report.
-			if active {
-				c.rep.AllocatedClusters++
-				if next != 0 && hoff != next {
-					c.rep.FragmentedClusters++
-				}
-				next = hoff + uint64(c.cs)
-			}
-			c.inc(hoff, uint64(c.cs))
-			c.markData(hoff, uint64(c.cs))
+			c.countCluster(hoff, active, &next)
 			continue
 		}
 		e := c.h.DecodeL2Entry(raw, bitmap)
@@ -632,15 +624,7 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 				}
 				c.refuse("a data cluster is not cluster aligned")
 			}
-			if active {
-				c.rep.AllocatedClusters++
-				if next != 0 && hoff != next {
-					c.rep.FragmentedClusters++
-				}
-				next = hoff + uint64(c.cs)
-			}
-			c.inc(hoff, uint64(c.cs))
-			c.markData(hoff, uint64(c.cs))
+			c.countCluster(hoff, active, &next)
 		case ClusterUnallocated:
 			if bitmap&BitmapAllocMask != 0 {
 				c.corruption("ERROR: Unallocated cluster has non-zero subcluster allocation map")
@@ -648,6 +632,22 @@ func (c *refChecker) walkL2(off uint64, active bool) error {
 		}
 	}
 	return nil
+}
+
+// countCluster counts the reference of an L2 entry to the cluster at hoff
+// (data or an allocated zero cluster) and, in the active L1 table, the
+// allocation statistics; next is where a cluster that continues the
+// previous one would lie.
+func (c *refChecker) countCluster(hoff uint64, active bool, next *uint64) {
+	if active {
+		c.rep.AllocatedClusters++
+		if *next != 0 && hoff != *next {
+			c.rep.FragmentedClusters++
+		}
+		*next = hoff + uint64(c.cs)
+	}
+	c.inc(hoff, uint64(c.cs))
+	c.markData(hoff, uint64(c.cs))
 }
 
 // refblocks is qemu's check_refblocks: every refcount table entry. With

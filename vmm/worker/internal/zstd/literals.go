@@ -23,20 +23,13 @@ func (d *Decoder) literals(blk []byte) ([]byte, int, error) {
 	}
 	b0 := int(blk[0])
 	kind, format := b0&3, b0>>2&3
-	var regen, comp, hl int
-	streams := 4
+	// The header's length by kind (raw and RLE, or Huffman) and format.
+	hl := [2][4]int{{1, 2, 1, 3}, {3, 3, 4, 5}}[kind/2][format]
+	if len(blk) < hl {
+		return nil, 0, corrupt("a literals header past the block's end")
+	}
 	if kind < 2 { // raw, RLE
-		switch format {
-		case 0, 2:
-			regen, hl = b0>>3, 1
-		case 1:
-			hl = 2
-		case 3:
-			hl = 3
-		}
-		if len(blk) < hl {
-			return nil, 0, corrupt("a literals header past the block's end")
-		}
+		regen := b0 >> 3
 		if hl > 1 {
 			regen = b0 >> 4
 			for i := 1; i < hl; i++ {
@@ -59,28 +52,19 @@ func (d *Decoder) literals(blk []byte) ([]byte, int, error) {
 		fill(lits, blk[hl])
 		return lits, hl + 1, nil
 	}
-	// Compressed, or treeless: with the last Huffman table.
-	switch format {
-	case 0, 1:
-		if format == 0 {
-			streams = 1
-		}
-		hl = 3
-	case 2:
-		hl = 4
-	case 3:
-		hl = 5
-	}
-	if len(blk) < hl {
-		return nil, 0, corrupt("a literals header past the block's end")
+	// Compressed, or treeless: with the last Huffman table; one stream in
+	// format 0, four in the others.
+	streams := 4
+	if format == 0 {
+		streams = 1
 	}
 	var v uint64
 	for i := hl - 1; i >= 0; i-- {
 		v = v<<8 | uint64(blk[i])
 	}
 	sizeBits := [4]uint{10, 10, 14, 18}[format]
-	regen = int(v >> 4 & (1<<sizeBits - 1))
-	comp = int(v >> (4 + sizeBits) & (1<<sizeBits - 1))
+	regen := int(v >> 4 & (1<<sizeBits - 1))
+	comp := int(v >> (4 + sizeBits) & (1<<sizeBits - 1))
 	if regen > maxBlock {
 		return nil, 0, corrupt("%d literals in one block", regen)
 	}
