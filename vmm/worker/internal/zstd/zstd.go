@@ -75,11 +75,7 @@ func (d *Decoder) Decode(dst, src []byte) (produced, consumed int, err error) {
 	if m != frameMagic {
 		return 0, 0, fmt.Errorf("not a zstd frame (magic %#08x)", m)
 	}
-	produced, consumed, err = d.frame(dst, src)
-	if err != nil {
-		return 0, 0, err
-	}
-	return produced, consumed, nil
+	return d.frame(dst, src)
 }
 
 // frame decodes the frame (not a skippable one) at the start of src.
