@@ -2,9 +2,6 @@ package zstd
 
 import "errors"
 
-// seqTable is the FSE table of one of the three sequence codes.
-type seqTable = fseTable
-
 // The codes of literal lengths, offsets and match lengths, in the order of
 // the compression modes byte and of d.seq.
 const (

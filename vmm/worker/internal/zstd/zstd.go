@@ -44,7 +44,7 @@ type Decoder struct {
 	lits    []byte   // decoded literals of a block
 	huf     hufTable // the last Huffman table of the frame
 	hasHuf  bool
-	seq     [3]seqTable // literal lengths, offsets, match lengths
+	seq     [3]fseTable // literal lengths, offsets, match lengths
 	hasSeq  [3]bool
 	reps    [3]int // repeat offsets
 	window  int
