@@ -7,14 +7,19 @@ import (
 
 // backReader reads a bitstream backwards, as zstd writes its Huffman and
 // FSE streams: from the last byte, whose highest set bit marks where the
-// stream starts, towards the first. Bits past the start read as zeros and
-// are counted in over.
+// stream starts, towards the first.
+//
+// Once the stream's bits are all loaded, refill loads zeros past its start
+// (pad counts them), so that after a refill at least 57 bits can always be
+// taken. The decoding loops refill only where they might need more than is
+// loaded, and take bits without a check; whether they read past the start
+// is known afterwards (overread).
 type backReader struct {
-	in   []byte
-	off  int    // in[:off] is not loaded yet
-	val  uint64 // its low n bits are loaded and unread; the next is bit n-1
-	n    uint
-	over uint
+	in  []byte
+	off int    // in[:off] is not loaded yet
+	val uint64 // its low n bits are loaded and unread; the next is bit n-1
+	n   uint
+	pad uint // zero bits loaded past the stream's start, the last ones of val's
 }
 
 func (r *backReader) init(in []byte) error {
@@ -30,6 +35,8 @@ func (r *backReader) init(in []byte) error {
 	return nil
 }
 
+// refill loads bits until at least 57 are loaded, zeros past the stream's
+// start.
 func (r *backReader) refill() {
 	if k := int(64-r.n) / 8; r.off >= 8 && k > 0 {
 		v := binary.LittleEndian.Uint64(r.in[r.off-8:]) >> (64 - 8*k)
@@ -43,45 +50,38 @@ func (r *backReader) refill() {
 		r.val = r.val<<8 | uint64(r.in[r.off])
 		r.n += 8
 	}
+	if r.n <= 56 {
+		p := 64 - r.n
+		r.val <<= p
+		r.n += p
+		r.pad += p
+	}
 }
 
-// read returns the next k (at most 56) bits.
-func (r *backReader) read(k uint) uint64 {
-	if r.n < k {
-		r.refill()
-		if r.n < k {
-			v := (r.val & (1<<r.n - 1)) << (k - r.n)
-			r.over += k - r.n
-			r.val, r.n = 0, 0
-			return v
-		}
-	}
+// take returns the next k bits, which must be loaded.
+func (r *backReader) take(k uint) uint64 {
 	r.n -= k
 	return r.val >> r.n & (1<<k - 1)
 }
 
-// peek returns the next k bits without reading them.
-func (r *backReader) peek(k uint) uint64 {
-	if r.n < k {
-		r.refill()
-		if r.n < k {
-			return (r.val & (1<<r.n - 1)) << (k - r.n)
-		}
-	}
+// look returns the next k bits, which must be loaded, without taking them.
+func (r *backReader) look(k uint) uint64 {
 	return r.val >> (r.n - k) & (1<<k - 1)
 }
 
-// skip reads k bits that peek returned; false if the stream has fewer.
-func (r *backReader) skip(k uint) bool {
+// read returns the next k (at most 57) bits.
+func (r *backReader) read(k uint) uint64 {
 	if r.n < k {
-		return false // peek has refilled
+		r.refill()
 	}
-	r.n -= k
-	return true
+	return r.take(k)
 }
 
-// done reports whether every bit was read, and none past the start.
-func (r *backReader) done() bool { return r.n == 0 && r.off == 0 && r.over == 0 }
+// overread reports whether bits past the stream's start were taken.
+func (r *backReader) overread() bool { return r.n < r.pad }
+
+// done reports whether every bit was taken, and none past the start.
+func (r *backReader) done() bool { return r.off == 0 && r.n == r.pad }
 
 // fwdReader reads bits forwards, least significant first, as zstd writes
 // an FSE table's description; bits past the end read as zeros.

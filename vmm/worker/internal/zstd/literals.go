@@ -230,7 +230,7 @@ func (d *Decoder) fseWeights(in []byte) (int, error) {
 		d.weights[count] = e.sym
 		count++
 		states[i] = uint64(e.base) + r.read(uint(e.nbits))
-		if r.over > 0 {
+		if r.overread() {
 			d.weights[count] = t.e[states[i^1]].sym
 			return count + 1, nil
 		}
@@ -245,11 +245,15 @@ func (t *hufTable) decode(dst, in []byte) error {
 		return err
 	}
 	for i := range dst {
-		e := t.e[r.peek(t.nbits)]
-		if !r.skip(uint(e >> 8)) {
-			return corrupt("a Huffman stream ends before its literals")
+		if r.n < maxHufBits {
+			r.refill()
 		}
+		e := t.e[r.look(t.nbits)&(1<<maxHufBits-1)]
+		r.n -= uint(e >> 8)
 		dst[i] = byte(e)
+	}
+	if r.overread() {
+		return corrupt("a Huffman stream ends before its literals")
 	}
 	if !r.done() {
 		return corrupt("a Huffman stream goes on past its literals")

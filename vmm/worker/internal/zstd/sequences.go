@@ -120,16 +120,27 @@ func (d *Decoder) sequences(dst []byte, pos int, lits []byte, s seqSection) (int
 	sll, sof, sml := r.read(ll.log), r.read(of.log), r.read(ml.log)
 	reps := &d.reps
 	lp := 0
+	const states = uint64(len(fseTable{}.e) - 1) // a state is below the table's size
 	for i := range s.count {
+		sll, sof, sml = sll&states, sof&states, sml&states
 		llc, ofc, mlc := ll.e[sll].sym, of.e[sof].sym, ml.e[sml].sym
-		ofv := 1<<ofc + int(r.read(uint(ofc)))
+		// Refilled where the bits to take next might not be loaded: an
+		// offset code's at most 31 extra bits, the lengths' at most 16
+		// each, the states' at most 9 each.
+		if r.n < 31 {
+			r.refill()
+		}
+		ofv := 1<<ofc + int(r.take(uint(ofc)))
+		if r.n < 32 {
+			r.refill()
+		}
 		mlv := int(mlc) + 3
 		if mlc >= 32 {
-			mlv = int(mlBase[mlc-32]) + int(r.read(uint(mlBits[mlc-32])))
+			mlv = int(mlBase[mlc-32]) + int(r.take(uint(mlBits[mlc-32])))
 		}
 		llv := int(llc)
 		if llc >= 16 {
-			llv = int(llBase[llc-16]) + int(r.read(uint(llBits[llc-16])))
+			llv = int(llBase[llc-16]) + int(r.take(uint(llBits[llc-16])))
 		}
 		var off int
 		if ofv > 3 {
@@ -155,14 +166,17 @@ func (d *Decoder) sequences(dst []byte, pos int, lits []byte, s seqSection) (int
 			}
 		}
 		if i+1 < s.count {
+			if r.n < 27 {
+				r.refill()
+			}
 			e := ll.e[sll]
-			sll = uint64(e.base) + r.read(uint(e.nbits))
+			sll = uint64(e.base) + r.take(uint(e.nbits))
 			e = ml.e[sml]
-			sml = uint64(e.base) + r.read(uint(e.nbits))
+			sml = uint64(e.base) + r.take(uint(e.nbits))
 			e = of.e[sof]
-			sof = uint64(e.base) + r.read(uint(e.nbits))
+			sof = uint64(e.base) + r.take(uint(e.nbits))
 		}
-		if r.over > 0 {
+		if r.overread() {
 			return 0, corrupt("the sequences' bitstream ends before sequence %d of %d", i+1, s.count)
 		}
 		if llv > len(lits)-lp {
@@ -171,14 +185,29 @@ func (d *Decoder) sequences(dst []byte, pos int, lits []byte, s seqSection) (int
 		if llv+mlv > len(dst)-pos {
 			return 0, errBlockFull
 		}
-		pos += copy(dst[pos:], lits[lp:lp+llv])
+		// Short literals and matches are copied 16 bytes at a time where
+		// dst (and lits) have room past them: what lands past the copy is
+		// written over by what follows.
+		if llv <= 16 && lp+16 <= cap(lits) && pos+16 <= len(dst) {
+			*(*[16]byte)(dst[pos:]) = *(*[16]byte)(lits[lp : lp+16])
+			pos += llv
+		} else {
+			pos += copy(dst[pos:], lits[lp:lp+llv])
+		}
 		lp += llv
 		if off <= 0 || off > pos || off > d.window {
 			return 0, corrupt("sequence %d copies from offset %d, with %d bytes decoded", i+1, off, pos)
 		}
+		src, end := pos-off, pos+mlv
+		if off >= 16 && end+16 <= len(dst) {
+			for ; pos < end; pos, src = pos+16, src+16 {
+				*(*[16]byte)(dst[pos:]) = *(*[16]byte)(dst[src:])
+			}
+			pos = end
+			continue
+		}
 		// An offset shorter than the match repeats the bytes it reaches:
 		// each copy doubles what can be copied next.
-		src, end := pos-off, pos+mlv
 		for pos < end {
 			pos += copy(dst[pos:end], dst[src:pos])
 		}

@@ -54,9 +54,9 @@ type Decoder struct {
 
 // Decode decodes the frame at the start of src into dst and returns how
 // many bytes it produced and how many bytes of src the frame takes; what
-// follows the frame is left alone. A skippable frame produces nothing. It
-// fails with ErrTooLong when the frame would produce more than len(dst)
-// bytes.
+// follows the frame is left alone. Bytes of dst past those produced may be
+// changed. A skippable frame produces nothing. It fails with ErrTooLong
+// when the frame would produce more than len(dst) bytes.
 func (d *Decoder) Decode(dst, src []byte) (produced, consumed int, err error) {
 	if len(src) < 4 {
 		return 0, 0, ErrTruncated
