@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -64,6 +65,48 @@ func BenchmarkExtents(b *testing.B) {
 						b.Fatal(err)
 					}
 					off = e.End()
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReadCompressed reads a 16 MiB image whose every cluster qemu-img
+// compressed (zlib, then zstd) sequentially in 1 MiB reads. The content is
+// text-like, about 3:1 compressible, with a few random bytes in every line.
+func BenchmarkReadCompressed(b *testing.B) {
+	qemutest.NeedQemu(b)
+	dir := b.TempDir()
+	raw := filepath.Join(dir, "content.raw")
+	words := []string{"qcow2 ", "cluster ", "refcount ", "backing ", "the ", "of ", "an ", "image "}
+	const size = 16 << 20
+	content := make([]byte, 0, size+16)
+	x := uint64(0x9e3779b97f4a7c15)
+	for len(content) < size {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		if x%8 == 0 {
+			content = append(content, byte(x>>8), byte(x>>16), '\n')
+		} else {
+			content = append(content, words[x%uint64(len(words))]...)
+		}
+	}
+	if err := os.WriteFile(raw, content[:size], 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for _, kind := range []string{"zlib", "zstd"} {
+		b.Run(kind, func(b *testing.B) {
+			p := filepath.Join(dir, kind+".qcow2")
+			qemutest.Img(b, dir, "convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type="+kind, raw, p)
+			img := openPath(b, p)
+			buf := make([]byte, 1<<20)
+			b.SetBytes(img.VirtualSize())
+			for b.Loop() {
+				for off := int64(0); off < img.VirtualSize(); off += int64(len(buf)) {
+					if _, err := img.ReadAt(buf, off); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
 		})
