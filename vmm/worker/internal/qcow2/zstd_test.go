@@ -42,6 +42,11 @@ func TestZstdFramesAgainstQemu(t *testing.T) {
 		{"the second frame past the cluster", cat(frame(0x22, cs/2), frame(0x33, cs/2+1)), nil},
 		{"a frame short of the cluster", frame(0x22, cs/2), nil},
 		{"a truncated frame", frame(0x22, cs)[:6], nil},
+		// One RLE block of the whole cluster in a frame with a 1 KiB window:
+		// past the window it is refused when the frame does not say its
+		// size, and decoded when it does.
+		{"a block past the window, size unsaid", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x03, 0x00, 0x08, 'r'}, nil},
+		{"a block past the window, size said", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x40, 0x00, 0x00, 0xff, 0x03, 0x00, 0x08, 'r'}, bytes.Repeat([]byte{'r'}, cs)},
 	}
 	dir := t.TempDir()
 	for i, tt := range tests {

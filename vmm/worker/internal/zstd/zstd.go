@@ -129,6 +129,14 @@ func (d *Decoder) frame(dst, src []byte) (int, int, error) {
 	d.hasHuf, d.hasSeq = false, [3]bool{}
 	d.reps = [3]int{1, 4, 8}
 	d.window = window
+	// A frame that does not say its size libzstd decodes block by block
+	// through a buffer of its window (ZSTD_decompressStream, as qemu calls
+	// it), where no block may decode to more than the window. One that says
+	// its size it decodes in one pass, where only the 128 KiB limit holds.
+	blockMax := maxBlock
+	if fcsLen == 0 {
+		blockMax = min(window, maxBlock)
+	}
 	out := 0
 	for last := false; !last; {
 		if p+3 > len(src) {
@@ -143,7 +151,11 @@ func (d *Decoder) frame(dst, src []byte) (int, int, error) {
 		if size > maxBlock {
 			return 0, 0, corrupt("a block of %d bytes, more than %d", size, maxBlock)
 		}
-		switch bh >> 1 & 3 {
+		typ := bh >> 1 & 3
+		if typ < 2 && size > blockMax {
+			return 0, 0, corrupt("a block of %d bytes in a frame of unknown size with a window of %d", size, blockMax)
+		}
+		switch typ {
 		case 0: // raw
 			if p+size > len(src) {
 				return 0, 0, ErrTruncated
@@ -167,7 +179,7 @@ func (d *Decoder) frame(dst, src []byte) (int, int, error) {
 			if p+size > len(src) {
 				return 0, 0, ErrTruncated
 			}
-			n, err := d.block(dst[:min(len(dst), out+maxBlock)], out, src[p:p+size], len(dst) < out+maxBlock)
+			n, err := d.block(dst[:min(len(dst), out+blockMax)], out, src[p:p+size], len(dst) < out+blockMax)
 			if err != nil {
 				return 0, 0, err
 			}
@@ -224,7 +236,7 @@ func (d *Decoder) block(dst []byte, pos int, blk []byte, shortBuf bool) (int, er
 		if shortBuf {
 			return ErrTooLong
 		}
-		return corrupt("a block decodes to more than %d bytes", maxBlock)
+		return corrupt("a block decodes to more than %d bytes", len(dst)-pos)
 	}
 	if nseq.count == 0 {
 		if pos+len(lits) > len(dst) {

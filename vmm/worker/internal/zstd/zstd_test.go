@@ -183,6 +183,63 @@ func TestDecodeCraftedFrames(t *testing.T) {
 	}
 }
 
+// TestDecodeBlockLimit: in a frame that does not say its size, no block
+// may decode to more than the window (libzstd decodes such a frame through
+// a buffer of the window's size, as qemu calls it); in one that says its
+// size, a block may. The zstd command (libzstd 1.5.4) decodes these frames
+// the same.
+func TestDecodeBlockLimit(t *testing.T) {
+	// block is a block header of the given type and decoded size, and its
+	// content: size bytes for a raw block, one for an RLE block.
+	block := func(last bool, typ, size int) []byte {
+		bh := typ<<1 | size<<3
+		if last {
+			bh |= 1
+		}
+		b := []byte{byte(bh), byte(bh >> 8), byte(bh >> 16)}
+		if typ == 1 {
+			return append(b, 'r')
+		}
+		return append(b, bytes.Repeat([]byte{'w'}, size)...)
+	}
+	frame := func(sized bool, blocks ...[]byte) []byte {
+		f := []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00} // a 1 KiB window
+		if sized {
+			total := 0
+			for _, b := range blocks {
+				if b[0]>>1&3 == 1 {
+					total += int(b[0])>>3 | int(b[1])<<5 | int(b[2])<<13
+				} else {
+					total += len(b) - 3
+				}
+			}
+			f[4] = 0x40 // two bytes of size, less 256
+			f = append(f, byte(total-256), byte((total-256)>>8))
+		}
+		for _, b := range blocks {
+			f = append(f, b...)
+		}
+		return f
+	}
+	for _, tt := range []struct {
+		name  string
+		frame []byte
+		want  int // -1: refused
+	}{
+		{"raw block of the window", frame(false, block(true, 0, 1024)), 1024},
+		{"raw block past the window", frame(false, block(true, 0, 2000)), -1},
+		{"RLE block past the window, after another", frame(false, block(false, 0, 1024), block(true, 1, 1025)), -1},
+		{"RLE block far past the window (found by fuzzing)", frame(false, block(true, 1, 24672)), -1},
+		{"raw block past the window, size said", frame(true, block(true, 0, 2000)), 2000},
+		{"RLE block far past the window, size said", frame(true, block(true, 1, 24672)), 24672},
+	} {
+		got, err := decode(t, tt.frame, 32<<10)
+		if tt.want < 0 && err == nil || tt.want >= 0 && (err != nil || len(got) != tt.want) {
+			t.Errorf("%s: %d bytes, %v; want %d (-1: refused)", tt.name, len(got), err, tt.want)
+		}
+	}
+}
+
 // TestSequenceCount reads the three encodings of a block's number of
 // sequences.
 func TestSequenceCount(t *testing.T) {
