@@ -146,8 +146,9 @@ func (d *Decoder) frame(dst, src []byte) (int, int, error) {
 		p += 3
 		last = bh&1 != 0
 		size := bh >> 3
-		// Like libzstd (1.5), and unlike RFC 8878, a block's limit is not
-		// lowered to a smaller window.
+		// Like libzstd (1.5), and unlike RFC 8878, the limit of what a
+		// block stores is not lowered to a smaller window; what it decodes
+		// to is limited by blockMax.
 		if size > maxBlock {
 			return 0, 0, corrupt("a block of %d bytes, more than %d", size, maxBlock)
 		}
