@@ -97,10 +97,13 @@ func (d *Decoder) frame(dst, src []byte) (int, int, error) {
 		wd := src[p]
 		p++
 		log := 10 + int(wd>>3)
-		if log > maxWindowLog {
-			return 0, 0, fmt.Errorf("the zstd frame needs a window of 2^%d bytes, more than 2^%d", log, maxWindowLog)
-		}
 		window = 1<<log + (1<<log)/8*int(wd&7)
+		// libzstd holds the window of a frame that does not say its size
+		// to 2^27 bytes; one that says it (and fits) it decodes in one
+		// pass, with any window up to 2^31. Above 2^27 we refuse both.
+		if log > maxWindowLog || fhd>>6 == 0 && window > 1<<maxWindowLog {
+			return 0, 0, fmt.Errorf("the zstd frame needs a window of %d bytes, more than 2^%d", window, maxWindowLog)
+		}
 	}
 	dictLen := [4]int{0, 1, 2, 4}[fhd&3]
 	fcsLen := [4]int{0, 2, 4, 8}[fhd>>6]

@@ -175,6 +175,7 @@ func TestDecodeCraftedFrames(t *testing.T) {
 	}{
 		{"RLE literals, no sequences", "28b52ffd20141d0000a17800", strings.Repeat("x", 20)},
 		{"Huffman weights stored directly", "28b52ffd2004bd010042c00ce1" + strings.Repeat("00", 48) + "011600", "abba"},
+		{"a window of 2^27 + 2^25 in a frame that says its size", "28b52ffd848a0a000000510000726566636f756e7420676d5e1804", "refcount g"},
 	} {
 		got, err := decode(t, unhex(tt.frame), 64)
 		if err != nil || string(got) != tt.want {
@@ -289,6 +290,7 @@ func TestDecodeRefusals(t *testing.T) {
 		{"reserved bit", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x08, 0, 1, 0, 0}},
 		{"dictionary", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x21, 1, 0, 1, 0, 0}},
 		{"window too large", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 18 << 3, 1, 0, 0}},
+		{"window past 2^27 by its mantissa, size unsaid", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 17<<3 | 1, 1, 0, 0}},
 		{"reserved block type", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x20, 0, 7, 0, 0}},
 		{"content size mismatch", []byte{0x28, 0xb5, 0x2f, 0xfd, 0x20, 2, 9, 0, 0, 'a'}},
 		{"not a frame", []byte("not a zstd frame")},
