@@ -70,7 +70,7 @@ guest:
 # rsync is one of the copy tools the mount tests run; qemu-system-x86 runs the
 # microvm guest under TCG; cpio reads the initramfs.
 TEST_TOOLS := qemu-img:qemu-utils qemu-io:qemu-utils xmllint:libxml2-utils rsvg-convert:librsvg2-bin rsync:rsync fusermount3:fuse3 \
-	qemu-system-x86_64:qemu-system-x86 cpio:cpio
+	qemu-system-x86_64:qemu-system-x86 cpio:cpio zstd:zstd
 test-deps:
 	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then \
