@@ -33,6 +33,8 @@ import (
 //	starts/op   sandbox workers one command started
 //	worker-MiB  the largest peak resident set of those workers
 //	cpu-ns/op, qemu-cpu-ns/op  CPU times (user and system, the worker included)
+//	io-ns/op    commit only: its I/O replayed alone (commitIO), the floor of
+//	            its time
 //
 // and `make bench` prints them as a table at the end.
 //
@@ -262,6 +264,7 @@ type benchRow struct {
 	ours, qemu       time.Duration // medians of the wall-clock times
 	oursCPU, qemuCPU time.Duration // medians of the CPU times (user and system, the worker included)
 	starts, rssKiB   int64         // the most any run showed
+	io               time.Duration // commit: the median of its I/O replayed alone (commitIO)
 	runs             int
 	// maxStarts is the most worker starts the row may show: 1 for a
 	// command; for the mount's rows, what the phase may start.
@@ -340,6 +343,25 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 		run("qemu-img", op.args...) // warm the page cache
 	}
 	run(binary, ours...)
+	// After a commit, the overlay in work has its emptied length.
+	var replay func()
+	var ioT []time.Duration
+	if op.name == "commit" {
+		fi, err := os.Stat(filepath.Join(work, benchOverlay))
+		if err != nil {
+			b.Fatal(err)
+		}
+		plan := planCommitIO(b, dir, fi.Size())
+		b.Logf("commit's I/O: %d copies, %d bytes", len(plan.copies), plan.bytes())
+		replay = func() {
+			prepare()
+			start := time.Now()
+			if err := plan.replay(work); err != nil {
+				b.Fatalf("replaying commit's I/O: %v", err)
+			}
+			ioT = append(ioT, time.Since(start))
+		}
+	}
 	b.ResetTimer()
 	b.StopTimer()
 	var oursT, qemuT, oursCPU, qemuCPU []time.Duration
@@ -355,6 +377,9 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 		qemuT, qemuCPU = append(qemuT, wall), append(qemuCPU, cpu)
 	}
 	for i := range b.N {
+		if replay != nil && i%2 == 0 {
+			replay()
+		}
 		if i%2 == 0 {
 			runOurs()
 			runQemu()
@@ -362,9 +387,15 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 			runQemu()
 			runOurs()
 		}
+		if replay != nil && i%2 == 1 {
+			replay()
+		}
 	}
 	row.set, row.op, row.runs, row.maxStarts = set.name, op.name, b.N, 1
 	row.ours, row.oursCPU = median(oursT), median(oursCPU)
+	if ioT != nil {
+		row.io = median(ioT)
+	}
 	if withQemu {
 		row.qemu, row.qemuCPU = median(qemuT), median(qemuCPU)
 	}
@@ -379,6 +410,9 @@ func reportRow(b *testing.B, row benchRow) {
 		b.ReportMetric(float64(row.qemu.Nanoseconds()), "qemu-ns/op")
 		b.ReportMetric(float64(row.ours)/float64(row.qemu), "x-qemu")
 		b.ReportMetric(float64(row.qemuCPU.Nanoseconds()), "qemu-cpu-ns/op")
+	}
+	if row.io > 0 {
+		b.ReportMetric(float64(row.io.Nanoseconds()), "io-ns/op")
 	}
 	b.ReportMetric(float64(row.starts), "starts/op")
 	b.ReportMetric(float64(row.rssKiB)/1024, "worker-MiB")
@@ -439,7 +473,7 @@ func printBenchReport() {
 		strings.SplitN(string(qv), "\n", 2)[0])
 	fmt.Printf("load average at the end: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "set\toperation\truns\tinstarfs\tqemu-img\tratio\ttarget\tworker starts\tworker peak RSS\tinstarfs CPU\tqemu-img CPU\t")
+	fmt.Fprintln(tw, "set\toperation\truns\tinstarfs\tqemu-img\tratio\ttarget\tworker starts\tworker peak RSS\tinstarfs CPU\tqemu-img CPU\tI/O alone\t")
 	for _, r := range benchRows {
 		qemu, ratio, verdict, qemuCPU := "not run", "-", "", "-"
 		if r.qemu > 0 {
@@ -460,13 +494,21 @@ func printBenchReport() {
 		if r.rssKiB > benchMaxRSSKiB {
 			rss += " MISSED"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.set, r.op, r.runs,
-			ms(r.ours), qemu, ratio, verdict, starts, rss, ms(r.oursCPU), qemuCPU)
+		io := ""
+		if r.io > 0 {
+			io = ms(r.io)
+			if r.qemu > 0 {
+				io += fmt.Sprintf(" (%.2f×)", float64(r.io)/float64(r.qemu))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.set, r.op, r.runs,
+			ms(r.ours), qemu, ratio, verdict, starts, rss, ms(r.oursCPU), qemuCPU, io)
 	}
 	tw.Flush()
 	fmt.Printf("targets: ratio of the wall-clock medians (below 1: instarfs is faster); one worker start per command; worker peak RSS ≤ %d MiB\n", benchMaxRSSKiB/1024)
 	fmt.Printf("mount: %d images; instarfs = ls -la of the mount or cat of every info.json (its CPU: the mount's, its workers included), qemu-img = a qemu-img info loop;\n", benchMountImages)
 	fmt.Printf("       info-cold: cat of every info.json, nothing listed before; info-first: the same after a listing; starts: workers of the whole phase\n")
+	fmt.Printf("I/O alone: commit's copies, syncs and cut replayed by the benchmark itself, with no process, parsing or checks: the floor of commit's time\n")
 	fmt.Printf("CPU: medians of user and system time, the worker included; less sensitive to a busy machine than wall-clock time\n")
 	fmt.Printf("sets: ref = the reference set (2 GiB, 384 MiB of data in scattered 64 KiB clusters); alt = the same shape, other seed, data in runs of 4 clusters;\n")
 	fmt.Printf("      1t = 1 TiB virtual, 64 MiB of data, for the memory bound (qemu-img not run where it needs minutes)\n\n")
