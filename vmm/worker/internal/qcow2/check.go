@@ -790,6 +790,14 @@ func (c *refChecker) compare() (int64, error) {
 			return 0, err
 		}
 		for k := start; k < end; k++ {
+			if ok && b == nil {
+				// No refcount block: only clusters with references
+				// differ from their stored 0. (A repair can make the
+				// image billions of clusters long.)
+				if k = c.imrt.nextNonZero(k, end); k == end {
+					break
+				}
+			}
 			if !ok {
 				c.rep.CheckErrors++
 				c.msg(MsgCheckError, "Can't get refcount for cluster %d: Input/output error", k)
@@ -827,6 +835,15 @@ func (c *refChecker) compare() (int64, error) {
 				c.rep.LeakedClusters = append(c.rep.LeakedClusters, Leak{Cluster: k, Stored: stored, Referenced: computed})
 			}
 			c.msg(MsgLeak, "Leaked cluster %d refcount=%d reference=%d", k, stored, computed)
+		}
+		if ok && b == nil && uint64(start)>>c.rbBits >= uint64(len(c.reftable)) {
+			// Past the refcount table every block is missing: go on at
+			// the next block with a reference.
+			next := c.imrt.nextNonZero(end, c.nb)
+			if next == c.nb {
+				break
+			}
+			start = next&^(per-1) - per
 		}
 	}
 	return highest, nil
@@ -1115,6 +1132,25 @@ func (rc *checkCounts) get(k int64) uint64 {
 		return rc.big[k]
 	}
 	return uint64(v)
+}
+
+// nextNonZero returns the first counter at or after k, and before end, that
+// is not zero, or end: chunks never written are skipped whole.
+func (rc *checkCounts) nextNonZero(k, end int64) int64 {
+	for k < end {
+		ci, i := k>>checkChunkBits, k&(1<<checkChunkBits-1)
+		if ci >= int64(len(rc.chunks)) {
+			return end
+		}
+		chunk := rc.chunks[ci]
+		for ; i < int64(len(chunk)) && k < end; i, k = i+1, k+1 {
+			if chunk[i] != 0 {
+				return k
+			}
+		}
+		k = (ci + 1) << checkChunkBits
+	}
+	return end
 }
 
 func (rc *checkCounts) set(k int64, v uint64) {

@@ -549,6 +549,13 @@ func ckDamagedCases() []ckCase {
 			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 70000) },
 		},
 		{
+			// A refcount table cut to its first cluster: with 512-byte
+			// clusters and 64-bit refcounts it covers the first 2 MiB, and
+			// every cluster in use past them reads a refcount of 0.
+			name: "reftable-cut", opts: []string{"cluster_size=512", "refcount_bits=64"}, cmds: []string{"write -P 1 0 3M"}, exit: 2,
+			damage: func(c *ckImage) { c.put32(56, 1) },
+		},
+		{
 			name: "refcount2-leak", opts: []string{"refcount_bits=2"}, exit: 2,
 			damage: func(c *ckImage) { c.setRefcount(c.host(1)/cs, 3) },
 		},
@@ -696,6 +703,23 @@ func TestRefCounter(t *testing.T) {
 	rc.set(10, 7)
 	if got := rc.get(10); got != 7 {
 		t.Errorf("get(10) after lowering = %d, want 7", got)
+	}
+	// nextNonZero finds what scanning with get finds, across a short first
+	// chunk, chunks never written and the end of the counters.
+	points := []int64{0, 1, 3, 9, 10, 11, 12, 1 << 16, 69999, 70000, 70001, 1<<20 - 1, 1 << 20, 1<<20 + 1, 1 << 21}
+	for _, from := range points {
+		for _, end := range points {
+			if end < from {
+				continue
+			}
+			want := from
+			for want < end && rc.get(want) == 0 {
+				want++
+			}
+			if got := rc.nextNonZero(from, end); got != want {
+				t.Errorf("nextNonZero(%d, %d) = %d, want %d", from, end, got, want)
+			}
+		}
 	}
 }
 

@@ -553,9 +553,9 @@ func (c *refChecker) placeRefblocks(first, end int64, table *[]uint64) (bool, er
 	per := int64(1) << c.rbBits
 	free := int64(0)
 	grown := false
-	for k := first; k < end; k++ {
-		if c.imrt.get(k) == 0 {
-			continue
+	for k := first; ; k++ {
+		if k = c.imrt.nextNonZero(k, end); k >= end {
+			break
 		}
 		ri := k >> c.rbBits
 		rs := ri << c.rbBits
