@@ -468,10 +468,10 @@ func (c *refChecker) inc(off, size uint64) {
 	if size == 0 {
 		return
 	}
-	// Offsets come masked to at most 62 bits and sizes are small, so the sum
-	// does not overflow.
+	// A refcount table entry's offset may lie just below 2^64, where the
+	// end wraps: that region exceeds the end of the file too.
 	end := off + size
-	if end > uint64(c.fileSize) && end-uint64(c.fileSize) >= uint64(c.cs) {
+	if end < off || end > uint64(c.fileSize) && end-uint64(c.fileSize) >= uint64(c.cs) {
 		c.corruption("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x", off, size)
 		c.refuse("a reference points past the end of the file (the clusters there could be reused while in use)")
 		return
@@ -673,7 +673,7 @@ func (c *refChecker) refblocks() error {
 				continue
 			}
 			c.msg(MsgInfo, "Repairing refcount block %d is outside image", i)
-			if err := c.extend(int64(off) + c.cs); err != nil {
+			if err := c.extend(off); err != nil {
 				return err
 			}
 			c.fixed.corruptions++

@@ -411,14 +411,16 @@ func (c *refChecker) markClean(consistent bool) error {
 	return c.sync()
 }
 
-// extend makes the file size bytes long when it is shorter (check_refblocks'
-// repair of a refcount block past the end of the file).
-func (c *refChecker) extend(size int64) error {
+// extend makes the file end with the cluster at off when it is shorter
+// (check_refblocks' repair of a refcount block past the end of the file).
+// off is a refcount table entry's, which may lie anywhere below 2^64.
+func (c *refChecker) extend(off uint64) error {
+	if nb := off>>c.cbits + 1; nb > maxCheckClusters {
+		return errcode.New(errcode.ImageTooLarge, "qcow2 repair: extending the file to the refcount block at %#x would make it %d clusters, more than qemu checks (%d)", off, nb, maxCheckClusters)
+	}
+	size := int64(off) + c.cs
 	if size <= c.fileSize {
 		return nil
-	}
-	if nb := checkDivUp(size, c.cs); nb > maxCheckClusters {
-		return errcode.New(errcode.ImageTooLarge, "qcow2 repair: extending the file to %d bytes would make it %d clusters, more than qemu checks (%d)", size, nb, maxCheckClusters)
 	}
 	if err := c.w.Truncate(size); err != nil {
 		return errcode.New(errcode.WriteFailed, "qcow2 repair: extending the file to %d bytes: %v", size, err)
