@@ -550,6 +550,10 @@ func (h *Header) checkTable(what string, off, n uint64, fileSize int64) error {
 	if off&uint64(h.ClusterSize()-1) != 0 {
 		return badHeader("%s offset %#x is not cluster aligned", what, off)
 	}
+	if off > math.MaxInt64-n {
+		// qemu's bound, which it applies to an empty table too.
+		return badHeader("%s offset %#x is invalid", what, off)
+	}
 	if n == 0 {
 		return nil
 	}

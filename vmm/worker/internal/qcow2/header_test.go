@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"testing"
 
+	"instarfs/errcode"
 	"instarfs/internal/qemutest"
 )
 
@@ -162,6 +163,49 @@ func TestHeaderCrafted(t *testing.T) {
 			}
 			if h.ExtensionsEnd != int64(off) {
 				t.Errorf("ExtensionsEnd %d, want %d", h.ExtensionsEnd, off)
+			}
+		})
+	}
+}
+
+// TestEmptyTableOffsets: an empty table's offset is still bounded, as qemu
+// bounds it (below 2^63), and opens or fails as in qemu-img.
+func TestEmptyTableOffsets(t *testing.T) {
+	qemutest.NeedQemu(t)
+	cases := []struct {
+		name   string
+		size   string
+		field  int // the offset's place in the header
+		off    uint64
+		refuse bool
+	}{
+		{"l1-below-2^63", "0", 40, 0x7fff000000000000, false},
+		{"l1-past-2^63", "0", 40, 0xfff6000000000000, true},
+		{"snapshots-below-2^63", "64M", 64, 0x7fff000000000000, false},
+		{"snapshots-past-2^63", "64M", 64, 0x8000000000000000, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.qcow2")
+			qemutest.Create(t, p, "qcow2", tc.size)
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			binary.BigEndian.PutUint64(b[tc.field:], tc.off)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			r := qemutest.System.Run(t, "", "info", p)
+			if qemuRefuses := r.Code != 0; qemuRefuses != tc.refuse {
+				t.Fatalf("qemu-img info exits %d: the case expects refused=%v", r.Code, tc.refuse)
+			}
+			_, err = ParseHeader(b[:65536], int64(len(b)))
+			if (err != nil) != tc.refuse {
+				t.Errorf("ParseHeader: %v, want refused=%v", err, tc.refuse)
+			}
+			if err != nil && errcode.Of(err) != errcode.Qcow2BadHeader {
+				t.Errorf("ParseHeader: %v, want %s", err, errcode.Qcow2BadHeader)
 			}
 		})
 	}

@@ -18,6 +18,9 @@ type memFile struct{ b []byte }
 const memFileMax = 64 << 20
 
 func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, errcode.New(errcode.ReadFailed, "negative offset") // as os.File
+	}
 	if off >= int64(len(m.b)) {
 		return 0, errcode.New(errcode.ReadFailed, "read past the end")
 	}
