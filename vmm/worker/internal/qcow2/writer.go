@@ -1000,16 +1000,24 @@ func (w *Writer) Finish() error {
 	return w.sync()
 }
 
-// ReclaimLeaks lowers the refcounts of leaked clusters, as found by Check on
-// this image before any change, to the number of their references, so that
-// the allocator reuses them (what `qemu-img check -r leaks` does). Nothing on
-// disk references the extra counts, so they may be lowered at any time; the
-// new values are written by the next Flush. A leak that no longer matches the
-// refcount the Writer holds is refused (QCOW2_CORRUPT).
+// ReclaimLeaks frees the leaked clusters that nothing references, as found
+// by Check on this image before any change, so that the allocator reuses them
+// (as `qemu-img check -r leaks` does). Nothing on disk references them, so
+// they may be freed at any time; the new refcounts are written by the next
+// Flush. A leak that no longer matches the refcount the Writer holds is
+// refused (QCOW2_CORRUPT).
+//
+// A cluster that is referenced but counted too high keeps its count: at
+// refcount 1 its table entry would need the COPIED flag, which qemu's repair
+// then sets and this Writer does not. With its count it stays consistent and
+// is copied on write, as qemu-img copies it.
 func (w *Writer) ReclaimLeaks(leaks []Leak) error {
 	for _, l := range leaks {
 		if l.Cluster < 0 || l.Stored <= l.Referenced {
 			return errcode.New(errcode.BadArguments, "qcow2: bad leak record for cluster %d", l.Cluster)
+		}
+		if l.Referenced > 0 {
+			continue
 		}
 		ti := l.Cluster >> w.rbBits
 		if ti >= int64(len(w.rt)) || w.rt[ti]&RefcountTableOffsetMask == 0 {
@@ -1023,10 +1031,8 @@ func (w *Writer) ReclaimLeaks(leaks []Leak) error {
 		if got := getRefcount(b.mem, w.h.RefcountOrder, i); got != l.Stored {
 			return corrupt("leaked cluster %d has refcount %d, the check saw %d", l.Cluster, got, l.Stored)
 		}
-		setRefcount(b.mem, w.h.RefcountOrder, i, l.Referenced)
-		if l.Referenced == 0 && l.Cluster < w.freeIndex {
-			w.freeIndex = l.Cluster
-		}
+		setRefcount(b.mem, w.h.RefcountOrder, i, 0)
+		w.freeIndex = min(w.freeIndex, l.Cluster)
 	}
 	return nil
 }
