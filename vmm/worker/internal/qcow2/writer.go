@@ -1000,23 +1000,35 @@ func (w *Writer) Finish() error {
 	return w.sync()
 }
 
-// ReclaimLeaks frees the leaked clusters that nothing references, as found
-// by Check on this image before any change, so that the allocator reuses them
-// (as `qemu-img check -r leaks` does). Nothing on disk references them, so
-// they may be freed at any time; the new refcounts are written by the next
-// Flush. A leak that no longer matches the refcount the Writer holds is
-// refused (QCOW2_CORRUPT).
+// ReclaimLeaks lowers the refcounts of leaked clusters, as found by Check on
+// this image before any change, to the number of their references, so that
+// the allocator reuses them (what `qemu-img check -r leaks` does). Nothing on
+// disk references the extra counts, so they may be lowered at any time; the
+// new values are written by the next Flush. A leak that no longer matches the
+// refcount the Writer holds is refused (QCOW2_CORRUPT).
 //
-// A cluster that is referenced but counted too high keeps its count: at
-// refcount 1 its table entry would need the COPIED flag, which qemu's repair
-// then sets and this Writer does not. With its count it stays consistent and
-// is copied on write, as qemu-img copies it.
+// A cluster the active tables reference keeps its count when lowering it
+// would leave it at 1: its entry would then need the COPIED flag, which
+// qemu's repair sets and this Writer does not. With its count it stays
+// consistent and is copied on write, as qemu-img copies it. (What an
+// interrupted operation leaks is either unreferenced or referenced by a
+// snapshot's tables only.)
 func (w *Writer) ReclaimLeaks(leaks []Leak) error {
+	ones := map[int64]bool{}
 	for _, l := range leaks {
 		if l.Cluster < 0 || l.Stored <= l.Referenced {
 			return errcode.New(errcode.BadArguments, "qcow2: bad leak record for cluster %d", l.Cluster)
 		}
-		if l.Referenced > 0 {
+		if l.Referenced == 1 {
+			ones[l.Cluster] = true
+		}
+	}
+	active, err := w.activelyReferenced(ones)
+	if err != nil {
+		return err
+	}
+	for _, l := range leaks {
+		if active[l.Cluster] {
 			continue
 		}
 		ti := l.Cluster >> w.rbBits
@@ -1031,8 +1043,51 @@ func (w *Writer) ReclaimLeaks(leaks []Leak) error {
 		if got := getRefcount(b.mem, w.h.RefcountOrder, i); got != l.Stored {
 			return corrupt("leaked cluster %d has refcount %d, the check saw %d", l.Cluster, got, l.Stored)
 		}
-		setRefcount(b.mem, w.h.RefcountOrder, i, 0)
-		w.freeIndex = min(w.freeIndex, l.Cluster)
+		setRefcount(b.mem, w.h.RefcountOrder, i, l.Referenced)
+		if l.Referenced == 0 && l.Cluster < w.freeIndex {
+			w.freeIndex = l.Cluster
+		}
 	}
 	return nil
+}
+
+// activelyReferenced returns which of clusters the active tables reference
+// where qemu's check wants the COPIED flag to match the refcount: L2 tables
+// the active L1 table names, and data or allocated zero clusters (not
+// compressed ones) in those tables.
+func (w *Writer) activelyReferenced(clusters map[int64]bool) (map[int64]bool, error) {
+	out := map[int64]bool{}
+	if len(clusters) == 0 {
+		return out, nil
+	}
+	entSize := int64(8)
+	if w.ext {
+		entSize = 16
+	}
+	buf := make([]byte, w.cs)
+	for _, e := range w.l1 {
+		off := int64(e & L1OffsetMask)
+		if off == 0 {
+			continue
+		}
+		if clusters[off>>w.cb] {
+			out[off>>w.cb] = true
+		}
+		data := buf
+		if t, ok := w.tables[off]; ok {
+			data = t.data
+		} else if err := readFull(w.f, buf, off); err != nil {
+			return nil, err
+		}
+		for i := int64(0); i+entSize <= w.cs; i += entSize {
+			raw := binary.BigEndian.Uint64(data[i:])
+			if raw&OflagCompressed != 0 || raw&L2OffsetMask == 0 {
+				continue
+			}
+			if k := int64(raw&L2OffsetMask) >> w.cb; clusters[k] {
+				out[k] = true
+			}
+		}
+	}
+	return out, nil
 }
