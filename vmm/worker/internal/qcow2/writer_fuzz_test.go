@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,7 +102,7 @@ func FuzzWriter(f *testing.F) {
 		}
 		ok = named("SetBacking", w.SetBacking("b.qcow2", "qcow2")) && ok
 		ok = named("Finish", w.Finish()) && ok
-		if !clean || !ok {
+		if !clean || !ok || aliased(data) {
 			return
 		}
 		after, err := Check(bytes.NewReader(m.b), int64(len(m.b)))
@@ -112,4 +113,41 @@ func FuzzWriter(f *testing.F) {
 			t.Fatalf("a clean image has %d corruptions after writing: %v", after.Corruptions, after.Messages)
 		}
 	})
+}
+
+// aliased reports whether a cluster of the image is both an L2 table of the
+// active L1 table and a data cluster of one of those tables. Check does not
+// count that as an error (each reference is counted), but a write that copies
+// the shared table then leaves the aliased entry without COPIED at refcount
+// 1, in qemu-io as in the Writer (FuzzWriter/9d796d7a81a9cb8c: "ERROR
+// OFLAG_COPIED data cluster: l2_entry=800 refcount=1" after one write by
+// either), so such an image is not expected to check clean after writing.
+func aliased(data []byte) bool {
+	w, err := NewWriter(&memFile{b: bytes.Clone(data)}, int64(len(data)))
+	if err != nil {
+		return false
+	}
+	entSize := int64(8)
+	if w.ext {
+		entSize = 16
+	}
+	tables := map[int64]bool{}
+	for _, e := range w.l1 {
+		if off := int64(e & L1OffsetMask); off != 0 {
+			tables[off] = true
+		}
+	}
+	for off := range tables {
+		tb, err := w.table(off)
+		if err != nil {
+			return false
+		}
+		for i := int64(0); i+entSize <= w.cs; i += entSize {
+			raw := binary.BigEndian.Uint64(tb.data[i:])
+			if raw&OflagCompressed == 0 && tables[int64(raw&L2OffsetMask)] {
+				return true
+			}
+		}
+	}
+	return false
 }
