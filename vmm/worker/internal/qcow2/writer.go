@@ -1060,27 +1060,12 @@ func (w *Writer) activelyReferenced(clusters map[int64]bool) (map[int64]bool, er
 	if len(clusters) == 0 {
 		return out, nil
 	}
-	entSize := int64(8)
-	if w.ext {
-		entSize = 16
-	}
-	buf := make([]byte, w.cs)
-	for _, e := range w.l1 {
-		off := int64(e & L1OffsetMask)
-		if off == 0 {
-			continue
-		}
+	err := w.activeTables(func(off int64, t *wtable) {
 		if clusters[off>>w.cb] {
 			out[off>>w.cb] = true
 		}
-		data := buf
-		if t, ok := w.tables[off]; ok {
-			data = t.data
-		} else if err := readFull(w.f, buf, off); err != nil {
-			return nil, err
-		}
-		for i := int64(0); i+entSize <= w.cs; i += entSize {
-			raw := binary.BigEndian.Uint64(data[i:])
+		for i := range w.nl2 {
+			raw, _ := w.rawEntry(t, i)
 			if raw&OflagCompressed != 0 || raw&L2OffsetMask == 0 {
 				continue
 			}
@@ -1088,6 +1073,28 @@ func (w *Writer) activelyReferenced(clusters map[int64]bool) (map[int64]bool, er
 				out[k] = true
 			}
 		}
+	})
+	return out, err
+}
+
+// activeTables calls fn with each L2 table the active L1 table names, at
+// offset off. A table the Writer has not loaded is read into one buffer for
+// the call, not kept.
+func (w *Writer) activeTables(fn func(off int64, t *wtable)) error {
+	spare := &wtable{data: make([]byte, w.cs)}
+	for _, e := range w.l1 {
+		off := int64(e & L1OffsetMask)
+		if off == 0 {
+			continue
+		}
+		t, ok := w.tables[off]
+		if !ok {
+			if err := readFull(w.f, spare.data, off); err != nil {
+				return err
+			}
+			t = spare
+		}
+		fn(off, t)
 	}
-	return out, nil
+	return nil
 }

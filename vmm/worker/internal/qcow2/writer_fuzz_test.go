@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"bytes"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -127,27 +126,17 @@ func aliased(data []byte) bool {
 	if err != nil {
 		return false
 	}
-	entSize := int64(8)
-	if w.ext {
-		entSize = 16
-	}
 	tables := map[int64]bool{}
 	for _, e := range w.l1 {
-		if off := int64(e & L1OffsetMask); off != 0 {
-			tables[off] = true
-		}
+		tables[int64(e&L1OffsetMask)] = true
 	}
-	for off := range tables {
-		tb, err := w.table(off)
-		if err != nil {
-			return false
-		}
-		for i := int64(0); i+entSize <= w.cs; i += entSize {
-			raw := binary.BigEndian.Uint64(tb.data[i:])
-			if raw&OflagCompressed == 0 && tables[int64(raw&L2OffsetMask)] {
-				return true
+	found := false
+	err = w.activeTables(func(_ int64, t *wtable) {
+		for i := range w.nl2 {
+			if raw, _ := w.rawEntry(t, i); raw&OflagCompressed == 0 && raw&L2OffsetMask != 0 && tables[int64(raw&L2OffsetMask)] {
+				found = true
 			}
 		}
-	}
-	return false
+	})
+	return err == nil && found
 }
