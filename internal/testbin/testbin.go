@@ -27,8 +27,8 @@ var Executables = []Executable{
 
 // Build builds the executables of the module whose root is root (as a path
 // from the test's package directory, e.g. "..") side by side into a new
-// temporary directory, without cgo and copied out of the linker's output as
-// the Makefile builds them. It returns instarfs's path and a function that
+// temporary directory that every user may enter, without cgo and copied out
+// of the linker's output as the Makefile builds them. It returns instarfs's path and a function that
 // removes them.
 func Build(root string) (binary string, remove func(), err error) {
 	dir, err := os.MkdirTemp("", "instarfs-bin-")
@@ -36,6 +36,12 @@ func Build(root string) (binary string, remove func(), err error) {
 		return "", nil, err
 	}
 	remove = func() { os.RemoveAll(dir) }
+	// Installed executables can be run by every user; so can these, for the
+	// tests that run them as another user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		remove()
+		return "", nil, err
+	}
 	linked := filepath.Join(dir, "link")
 	for _, e := range Executables {
 		out := filepath.Join(linked, e.Name)
