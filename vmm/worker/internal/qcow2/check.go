@@ -283,9 +283,13 @@ func (c *refChecker) corruption(format string, args ...any) {
 func (c *refChecker) spend(n int64) error {
 	c.work -= n
 	if c.work < 0 {
-		return errcode.New(errcode.ImageTooLarge, "qcow2 check: the image's tables would take more than %d entries to walk", MaxCheckWork)
+		return tooMuchWork()
 	}
 	return nil
+}
+
+func tooMuchWork() error {
+	return errcode.New(errcode.ImageTooLarge, "qcow2 check: the image's tables would take more than %d entries to walk", MaxCheckWork)
 }
 
 // readZ reads len(p) bytes at off; bytes past the end of the file read as
@@ -434,6 +438,9 @@ func checkCString(b []byte) string {
 
 // calculate builds the in-memory refcounts (qemu's calculate_refcounts).
 func (c *refChecker) calculate() error {
+	if err := c.foresee(); err != nil {
+		return err
+	}
 	h := c.h
 	c.inc(0, uint64(c.cs))
 	if err := c.walkL1(h.L1TableOffset, h.L1Size, true); err != nil {
@@ -521,22 +528,9 @@ func (c *refChecker) walkL1(off uint64, n uint32, active bool) error {
 		return nil
 	}
 	c.inc(off, uint64(n)*8)
-	c.l1buf = growL1Buf(c.l1buf, n)
-	for i := uint64(0); i < uint64(n); i += checkL1Chunk {
-		pos := off + i*8
-		if pos >= uint64(c.fileSize) {
-			break // the rest reads as zeros
-		}
-		cnt := min(uint64(n)-i, checkL1Chunk)
-		if err := c.spend(int64(cnt)); err != nil {
-			return err
-		}
-		b := c.l1buf[:cnt*8]
-		if err := c.readZ(b, pos); err != nil {
-			return err
-		}
-		for j := uint64(0); j < cnt; j++ {
-			e := be64(b[8*j:])
+	return c.eachL1Chunk(off, n, true, func(b []byte) error {
+		for j := 0; j < len(b); j += 8 {
+			e := be64(b[j:])
 			if e == 0 {
 				continue
 			}
@@ -553,8 +547,81 @@ func (c *refChecker) walkL1(off uint64, n uint32, active bool) error {
 				return err
 			}
 		}
+		return nil
+	})
+}
+
+// eachL1Chunk reads the L1 table at off with n entries checkL1Chunk entries
+// at a time, up to the end of the file (the rest reads as zeros, and walkL1
+// has nothing to do there), and calls f with each chunk. With spend, each
+// chunk's entries are spent before it is read.
+func (c *refChecker) eachL1Chunk(off uint64, n uint32, spend bool, f func(b []byte) error) error {
+	c.l1buf = growL1Buf(c.l1buf, n)
+	for i := uint64(0); i < uint64(n); i += checkL1Chunk {
+		pos := off + i*8
+		if pos >= uint64(c.fileSize) {
+			break
+		}
+		cnt := min(uint64(n)-i, checkL1Chunk)
+		if spend {
+			if err := c.spend(int64(cnt)); err != nil {
+				return err
+			}
+		}
+		b := c.l1buf[:cnt*8]
+		if err := c.readZ(b, pos); err != nil {
+			return err
+		}
+		if err := f(b); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// foresee fails at once, with the error calculate's walks would end in, when
+// what they spend exceeds what is left of the budget: an L1 table whose
+// entries all name one L2 table would otherwise take seconds of walking to
+// get there. Those walks fail with nothing else but a read error, so the
+// outcome is the same. It reads the L1 tables that calculate walks and
+// spends nothing itself.
+func (c *refChecker) foresee() error {
+	cost, err := c.l1Cost(c.h.L1TableOffset, c.h.L1Size)
+	for _, s := range c.snaps {
+		if err != nil || cost > c.work {
+			break
+		}
+		if s.l1Offset&uint64(c.cs-1) == 0 && s.l1Size <= MaxL1Entries {
+			var k int64
+			k, err = c.l1Cost(s.l1Offset, s.l1Size)
+			cost += k
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if cost > c.work {
+		return tooMuchWork()
+	}
+	return nil
+}
+
+// l1Cost returns what walkL1 spends on the L1 table at off with n entries:
+// its entries up to the end of the file, and a table's worth for each L2
+// table they name.
+func (c *refChecker) l1Cost(off uint64, n uint32) (int64, error) {
+	perL2 := c.cs / c.entSize
+	var cost int64
+	err := c.eachL1Chunk(off, n, false, func(b []byte) error {
+		cost += int64(len(b) / 8)
+		for j := 0; j < len(b); j += 8 {
+			if be64(b[j:]) != 0 {
+				cost += perL2
+			}
+		}
+		return nil
+	})
+	return cost, err
 }
 
 // walkL2 is qemu's check_refcounts_l2 for the L2 table at off (which may be

@@ -730,3 +730,49 @@ func TestCHexAlt(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckForesees: calculate fails before walking anything when its walks
+// would spend more than the budget, and spends exactly what it foresaw when
+// they do not: one entry per L1 entry and a table's worth per L2 table, for
+// the active L1 table and every snapshot's.
+func TestCheckForesees(t *testing.T) {
+	qemutest.NeedQemu(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.qcow2")
+	qemutest.Create(t, path, "qcow2", "1G") // 2 L1 entries, 64 KiB clusters
+	qemutest.IO(t, path, "qcow2", "write -P 1 0 64k")
+	old := MaxCheckWork
+	defer func() { MaxCheckWork = old }()
+	for _, c := range []struct {
+		snapshot bool
+		cost     int64
+	}{
+		{false, 2 + 8192},
+		{true, 2 * (2 + 8192)},
+	} {
+		if c.snapshot {
+			qemutest.Img(t, dir, "snapshot", "-c", "s1", "a.qcow2")
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, budget := range []int64{c.cost - 1, c.cost} {
+			MaxCheckWork = budget
+			rc, err := newRefChecker(bytes.NewReader(data), int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rc.load(); err != nil {
+				t.Fatal(err)
+			}
+			err = rc.calculate()
+			if budget < c.cost && (errcode.Of(err) != errcode.ImageTooLarge || rc.work != budget) {
+				t.Errorf("snapshot %v, budget %d: %v, %d left", c.snapshot, budget, err, rc.work)
+			}
+			if budget == c.cost && (err != nil || rc.work != 0) {
+				t.Errorf("snapshot %v, budget %d: %v, %d left", c.snapshot, budget, err, rc.work)
+			}
+		}
+	}
+}
