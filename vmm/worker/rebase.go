@@ -143,6 +143,7 @@ type rebaser struct {
 
 	wb        *writeback // starts the overlay's writeback (see writebackEvery)
 	unflushed int64      // bytes written since the writeback was last started
+	maps      *mapper    // shows what the chains store plainly, for the compare
 }
 
 func (r *rebaser) run() error {
@@ -172,6 +173,8 @@ func (r *rebaser) run() error {
 	}
 	r.wb = newWriteback(r.s.files[0])
 	defer r.wb.stop()
+	r.maps = newMapper()
+	defer r.maps.close()
 	return r.execute(steps)
 }
 
@@ -181,31 +184,65 @@ func (r *rebaser) run() error {
 // Where both chains read as zero by their metadata alone, nothing is read,
 // cleared or compared: skip lists those ranges, and oldBuf holds stale bytes
 // there until a write needs them (see fillSkipped).
+//
+// When both chains are read, the step's compared bytes are spans (oldV,
+// newV): what an image stores plainly is shown in place through the
+// rebaser's mappings, not copied, and old data reaches oldBuf only where a
+// write needs it (see materialize). Units' parts outside the step are always
+// in oldBuf.
 type chunk struct {
-	st             planners.RebaseStep
-	aStart         int64
-	oldBuf, newBuf []byte
-	skip           []planners.Span
-	filled         int           // skip[:filled] are already cleared in oldBuf
-	pieces         []layer.Piece // the step's pieces (kept for their memory)
-	oldRd, newRd   vecReader     // (kept for their memory)
-	oldReq, newReq []fillReq     // (kept for their memory)
-	err            error
+	st               planners.RebaseStep
+	aStart           int64
+	oldBuf, newBuf   []byte
+	skip             []planners.Span
+	filled           int  // skip[:filled] are already cleared in oldBuf
+	viewed           bool // the step's bytes are oldV and newV, not oldBuf and newBuf
+	oldV, newV       []span
+	oldHeld, newHeld []*window     // the windows oldV and newV show
+	pieces           []layer.Piece // the step's pieces (kept for their memory)
+	oldRd, newRd     vecReader     // (kept for their memory)
+	oldReq, newReq   []fillReq     // (kept for their memory)
+	err              error
+}
+
+// release gives back the windows c holds; its spans are gone with them.
+func (c *chunk) release(m *mapper) {
+	for _, held := range []*[]*window{&c.oldHeld, &c.newHeld} {
+		for _, w := range *held {
+			m.put(w)
+		}
+		clear(*held)
+		*held = (*held)[:0]
+	}
+	c.oldV, c.newV = c.oldV[:0], c.newV[:0]
 }
 
 // execute runs the steps in order. Reading runs one step ahead of comparing
 // and writing, in its own goroutine, so that the two overlap; the writes
 // themselves stay in order on this goroutine.
+//
+// The reading goroutine is gone when execute returns, and every chunk has
+// released its windows: the mappings may then go.
 func (r *rebaser) execute(steps []planners.RebaseStep) error {
 	const depth = 2
 	free := make(chan *chunk, depth)
-	for range depth {
-		free <- &chunk{}
+	chunks := make([]*chunk, depth)
+	for i := range chunks {
+		chunks[i] = &chunk{}
+		free <- chunks[i]
 	}
 	ready := make(chan *chunk, depth)
 	stop := make(chan struct{})
-	defer close(stop)
+	readerDone := make(chan struct{})
+	defer func() {
+		close(stop)
+		<-readerDone
+		for _, c := range chunks {
+			c.release(r.maps)
+		}
+	}()
 	go func() {
+		defer close(readerDone)
 		defer close(ready)
 		for _, st := range steps {
 			var c *chunk
@@ -232,9 +269,10 @@ func (r *rebaser) execute(steps []planners.RebaseStep) error {
 		if c.err != nil {
 			return c.err
 		}
-		if err := r.step(c); err != nil {
+		if err := r.maps.read(func() error { return r.step(c) }); err != nil {
 			return err
 		}
+		c.release(r.maps)
 		r.s.out.progress(float64(c.st.Off+c.st.Len) / float64(r.size) * 0.99)
 		free <- c
 	}
@@ -341,7 +379,7 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	aEnd := (end + r.unit - 1) &^ (r.unit - 1)
 	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
 	c.newBuf = grow(c.newBuf, st.Len)
-	c.skip, c.filled = c.skip[:0], 0
+	c.skip, c.filled, c.viewed = c.skip[:0], 0, false
 	if st.PastOldEOF {
 		c.err = r.readWhole(c, st)
 		return
@@ -379,6 +417,10 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 		}
 		c.skip = c.skip[:0]
 	}
+	// Both sides read: the compare may read them in place. Otherwise every
+	// old byte that differs is written, and goes through oldBuf anyway.
+	view := st.ReadOld && st.ReadNew
+	c.viewed = view
 	var newErr error
 	done := make(chan struct{})
 	go func() {
@@ -388,16 +430,20 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 			b := c.newBuf[p.Start-st.Off : p.End()-st.Off]
 			switch {
 			case p.OldZero && p.NewZero:
-			case p.NewZero:
+			case p.NewZero && !view:
 				clear(b)
 			default:
 				c.newReq = append(c.newReq, fillReq{b, p.Start})
 			}
 		}
 		c.newRd.chain, c.newRd.imgs = r.new, r.newImgs
-		newErr = c.newRd.fill(c.newReq)
+		if view {
+			c.newV, newErr = c.newRd.view(c.newReq, r.maps, &c.newHeld, c.newV)
+		} else {
+			newErr = c.newRd.fill(c.newReq)
+		}
 	}()
-	oldErr := r.readOldPieces(c, ps)
+	oldErr := r.readOldPieces(c, ps, view)
 	<-done
 	c.err = oldErr
 	if c.err == nil {
@@ -406,8 +452,9 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 }
 
 // readOldPieces reads the old chain into c.oldBuf: the units' parts outside
-// the step, and the step's pieces that are not skipped.
-func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece) error {
+// the step, and the step's pieces that are not skipped, or with view, shows
+// those pieces as c.oldV.
+func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece, view bool) error {
 	st, aStart := c.st, c.aStart
 	end := st.Off + st.Len
 	if err := r.old.Fill(c.oldBuf[:st.Off-aStart], aStart); err != nil {
@@ -421,13 +468,18 @@ func (r *rebaser) readOldPieces(c *chunk, ps []layer.Piece) error {
 		b := c.oldBuf[p.Start-aStart : p.End()-aStart]
 		switch {
 		case p.OldZero && p.NewZero:
-		case p.OldZero:
+		case p.OldZero && !view:
 			clear(b)
 		default:
 			c.oldReq = append(c.oldReq, fillReq{b, p.Start})
 		}
 	}
 	c.oldRd.chain, c.oldRd.imgs = r.old, r.oldImgs
+	if view {
+		var err error
+		c.oldV, err = c.oldRd.view(c.oldReq, r.maps, &c.oldHeld, c.oldV)
+		return err
+	}
 	return c.oldRd.fill(c.oldReq)
 }
 
@@ -458,6 +510,16 @@ func (r *rebaser) readWhole(c *chunk, st planners.RebaseStep) error {
 	return nil
 }
 
+// materialize copies the old chain's bytes of [a, b) that c.oldV shows in
+// place into oldBuf, before they are written.
+func (c *chunk) materialize(a, b int64) {
+	for _, s := range c.oldV {
+		if lo, hi := max(s.off, a), min(s.off+int64(len(s.b)), b); lo < hi {
+			copy(c.oldBuf[lo-c.aStart:hi-c.aStart], s.b[lo-s.off:hi-s.off])
+		}
+	}
+}
+
 // fillSkipped clears oldBuf where the skipped ranges meet [a, b), before
 // that is written: the old chain reads zero there. Writes come in ascending
 // order.
@@ -484,6 +546,19 @@ func (r *rebaser) step(c *chunk) error {
 	// on sector boundaries, so a run ends where one starts, as it would if
 	// the range had been compared.
 	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
+	if c.viewed {
+		eq = func(a, b int64) bool {
+			for a < b {
+				o, n := spanAt(c.oldV, a, b), spanAt(c.newV, a, b)
+				k := min(len(o), len(n))
+				if !bytes.Equal(o[:k], n[:k]) {
+					return false
+				}
+				a += int64(k)
+			}
+			return true
+		}
+	}
 	skip := c.skip
 	for pos := st.Off; pos < end; {
 		for len(skip) > 0 && skip[0].End() <= pos {
@@ -535,6 +610,9 @@ func (r *rebaser) write(c *chunk, rs, re int64) error {
 		a = max(a, r.lastEnd)
 		if a >= b {
 			return nil
+		}
+		if c.viewed {
+			c.materialize(a, b)
 		}
 		c.fillSkipped(a, b)
 		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {

@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"sort"
+
 	"golang.org/x/sys/unix"
 
 	"instarfs/vmm/worker/internal/layer"
@@ -10,6 +12,21 @@ import (
 type fillReq struct {
 	p   []byte
 	off int64
+}
+
+// A span is a chain's guest bytes from off on: in a buffer, or in place in a
+// mapping of the file that stores them.
+type span struct {
+	off int64
+	b   []byte
+}
+
+// spanAt returns the bytes of spans from guest offset a on, up to b at most.
+// The spans cover a.
+func spanAt(spans []span, a, b int64) []byte {
+	i := sort.Search(len(spans), func(i int) bool { return spans[i].off+int64(len(spans[i].b)) > a })
+	s := spans[i]
+	return s.b[a-s.off : min(b, s.off+int64(len(s.b)))-s.off]
 }
 
 // preadv is the system call vecReader makes; tests replace it to see short
@@ -89,6 +106,42 @@ func (v *vecReader) fillOne(p []byte, off int64) error {
 func (o *opened) storedPlainly(e layer.Extent) bool {
 	return e.Kind == layer.Data && !e.Compressed && e.HostOffset >= 0 && o.file != nil &&
 		(o.format == "qcow2" || o.format == "raw") && e.HostOffset+e.Length <= o.size
+}
+
+// view is fill for bytes that are only compared: the runs an image stores
+// plainly are not read but shown in place through m (the windows that show
+// them appended to *held, for the caller to release), the rest is filled
+// into the requests' buffers as fill fills it. It appends to out[:0] the
+// spans that cover the requests, in their order.
+func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]*window, out []span) ([]span, error) {
+	out = out[:0]
+	for _, r := range reqs {
+		p, off := r.p, r.off
+		for len(p) > 0 {
+			n := int64(len(p))
+			if off < v.chain.VirtualSize() {
+				depth, e, err := v.chain.Lookup(off, off+n)
+				if err != nil {
+					return out, err
+				}
+				n = e.Length
+				if img := v.imgs[depth]; img.storedPlainly(e) {
+					if b, w := m.get(img, e.HostOffset, n); b != nil {
+						*held = append(*held, w)
+						out = append(out, span{off, b})
+						p, off = p[len(b):], off+int64(len(b))
+						continue
+					}
+				}
+			}
+			if err := v.fillOne(p[:n], off); err != nil {
+				return out, err
+			}
+			out = append(out, span{off, p[:n]})
+			p, off = p[n:], off+n
+		}
+	}
+	return out, v.flush()
 }
 
 // flush reads the pending run.

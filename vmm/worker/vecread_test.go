@@ -51,6 +51,11 @@ func openChain(t *testing.T, dir, top string) []*opened {
 // base cut short after it was opened, so that preadv reads short. The
 // chains are also read with a preadv that reads at most 3000 bytes a call,
 // and one that fails now and then.
+//
+// The same requests go through view too, with windows of 64 KiB and room
+// for four (so that runs cross windows' ends, windows are evicted and some
+// runs find none): the spans must show the same bytes, and the cut base's
+// missing part fails.
 func TestVecReaderMatchesFill(t *testing.T) {
 	qemutest.NeedQemu(t)
 	dir := t.TempDir()
@@ -116,6 +121,8 @@ qemu-img create -q -f qcow2 -b short.qcow2 -F qcow2 stop.qcow2
 			size := chain.VirtualSize()
 			rng := rand.New(rand.NewPCG(3, 4))
 			v := &vecReader{chain: chain, imgs: imgs}
+			m := newMapper()
+			defer m.close()
 			for round := range 40 {
 				var reqs, want []fillReq
 				var werr error
@@ -134,6 +141,9 @@ qemu-img create -q -f qcow2 -b short.qcow2 -F qcow2 stop.qcow2
 					t.Fatalf("round %d: vecReader: %v, Fill: %v", round, err, werr)
 				}
 				if err != nil {
+					if err := viewMatches(v, m, reqs, want); err == nil {
+						t.Fatalf("round %d: view where Fill fails: %v", round, err)
+					}
 					continue
 				}
 				for i := range reqs {
@@ -141,7 +151,66 @@ qemu-img create -q -f qcow2 -b short.qcow2 -F qcow2 stop.qcow2
 						t.Fatalf("round %d: %d bytes at %d differ from Fill's", round, len(reqs[i].p), reqs[i].off)
 					}
 				}
+				if err := viewMatches(v, m, reqs, want); err != nil {
+					t.Fatalf("round %d: view: %v", round, err)
+				}
+			}
+			if m.mapped > mapBudget || len(m.idle) != len(m.wins) {
+				t.Errorf("%d bytes mapped, %d windows of %d released", m.mapped, len(m.idle), len(m.wins))
 			}
 		})
+	}
+}
+
+// viewMatches shows reqs through v.view and m and compares the spans with
+// want. Held windows are released; the bytes are read inside readMapped.
+func viewMatches(v *vecReader, m *mapper, reqs, want []fillReq) error {
+	defer func(size, budget int64) { windowSize, mapBudget = size, budget }(windowSize, mapBudget)
+	windowSize, mapBudget = 64<<10, 256<<10
+	for _, r := range reqs {
+		clear(r.p)
+	}
+	var held []*window
+	defer func() {
+		for _, w := range held {
+			m.put(w)
+		}
+	}()
+	spans, err := v.view(reqs, m, &held, nil)
+	if err != nil {
+		return err
+	}
+	return m.read(func() error {
+		for _, r := range want {
+			got := make([]byte, 0, len(r.p))
+			for len(spans) > 0 && len(got) < len(r.p) {
+				if spans[0].off != r.off+int64(len(got)) {
+					return fmt.Errorf("a span at %d, where %d was next", spans[0].off, r.off+int64(len(got)))
+				}
+				got, spans = append(got, spans[0].b...), spans[1:]
+			}
+			if !bytes.Equal(got, r.p) {
+				return fmt.Errorf("%d bytes at %d differ from Fill's", len(r.p), r.off)
+			}
+		}
+		if len(spans) > 0 {
+			return fmt.Errorf("%d spans past the requests", len(spans))
+		}
+		return nil
+	})
+}
+
+func TestSpanAt(t *testing.T) {
+	data := []byte("abcdefghijkl")
+	spans := []span{{0, data[0:4]}, {4, data[4:10]}, {10, data[10:12]}}
+	for _, c := range []struct {
+		a, b int64
+		want string
+	}{
+		{0, 12, "abcd"}, {3, 12, "d"}, {4, 12, "efghij"}, {5, 8, "fgh"}, {9, 10, "j"}, {10, 12, "kl"}, {11, 12, "l"},
+	} {
+		if got := string(spanAt(spans, c.a, c.b)); got != c.want {
+			t.Errorf("spanAt(%d, %d) = %q, want %q", c.a, c.b, got, c.want)
+		}
 	}
 }
