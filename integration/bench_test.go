@@ -33,8 +33,8 @@ import (
 //	starts/op   sandbox workers one command started
 //	worker-MiB  the largest peak resident set of those workers
 //	cpu-ns/op, qemu-cpu-ns/op  CPU times (user and system, the worker included)
-//	io-ns/op    commit only: its I/O replayed alone (commitIO), the floor of
-//	            its time
+//	io-ns/op    commit and detach: their I/O replayed alone (ioPlan), the
+//	            floor of their time
 //
 // and `make bench` prints them as a table at the end.
 //
@@ -264,7 +264,7 @@ type benchRow struct {
 	ours, qemu       time.Duration // medians of the wall-clock times
 	oursCPU, qemuCPU time.Duration // medians of the CPU times (user and system, the worker included)
 	starts, rssKiB   int64         // the most any run showed
-	io               time.Duration // commit: the median of its I/O replayed alone (commitIO)
+	io               time.Duration // commit, detach: the median of its I/O replayed alone (ioPlan)
 	runs             int
 	// maxStarts is the most worker starts the row may show: 1 for a
 	// command; for the mount's rows, what the phase may start.
@@ -343,21 +343,30 @@ func benchOperation(b *testing.B, set benchSet, op benchOp) {
 		run("qemu-img", op.args...) // warm the page cache
 	}
 	run(binary, ours...)
-	// After a commit, the overlay in work has its emptied length.
-	var replay func()
-	var ioT []time.Duration
-	if op.name == "commit" {
+	// After a commit, the overlay in work has its emptied length; after a
+	// detach, the layout the copies go to.
+	var plan *ioPlan
+	switch op.name {
+	case "commit":
 		fi, err := os.Stat(filepath.Join(work, benchOverlay))
 		if err != nil {
 			b.Fatal(err)
 		}
-		plan := planCommitIO(b, dir, fi.Size())
-		b.Logf("commit's I/O: %d copies, %d bytes", len(plan.copies), plan.bytes())
+		p := planCommitIO(b, dir, fi.Size())
+		plan = &p
+	case "detach":
+		p := planDetachIO(b, dir, work)
+		plan = &p
+	}
+	var replay func()
+	var ioT []time.Duration
+	if plan != nil {
+		b.Logf("%s's I/O: %d copies, %d bytes", op.name, len(plan.copies), plan.bytes())
 		replay = func() {
 			prepare()
 			start := time.Now()
 			if err := plan.replay(work); err != nil {
-				b.Fatalf("replaying commit's I/O: %v", err)
+				b.Fatalf("replaying %s's I/O: %v", op.name, err)
 			}
 			ioT = append(ioT, time.Since(start))
 		}
@@ -508,7 +517,7 @@ func printBenchReport() {
 	fmt.Printf("targets: ratio of the wall-clock medians (below 1: instarfs is faster); one worker start per command; worker peak RSS ≤ %d MiB\n", benchMaxRSSKiB/1024)
 	fmt.Printf("mount: %d images; instarfs = ls -la of the mount or cat of every info.json (its CPU: the mount's, its workers included), qemu-img = a qemu-img info loop;\n", benchMountImages)
 	fmt.Printf("       info-cold: cat of every info.json, nothing listed before; info-first: the same after a listing; starts: workers of the whole phase\n")
-	fmt.Printf("I/O alone: commit's copies, syncs and cut replayed by the benchmark itself, with no process, parsing or checks: the floor of commit's time\n")
+	fmt.Printf("I/O alone: commit's and detach's copies, syncs (and commit's cut) replayed by the benchmark itself, with no process, parsing or checks: the floor of their time\n")
 	fmt.Printf("CPU: medians of user and system time, the worker included; less sensitive to a busy machine than wall-clock time\n")
 	fmt.Printf("sets: ref = the reference set (2 GiB, 384 MiB of data in scattered 64 KiB clusters); alt = the same shape, other seed, data in runs of 4 clusters;\n")
 	fmt.Printf("      1t = 1 TiB virtual, 64 MiB of data, for the memory bound (qemu-img not run where it needs minutes)\n\n")

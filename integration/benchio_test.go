@@ -15,60 +15,83 @@ import (
 	"instarfs/proto"
 )
 
-// commitIO is what committing a set's overlay into its base asks of the
-// disk, whatever program does it: each run of the overlay's data copied in
-// place into the base, the base made durable, then the overlay's first
-// clusters rewritten and made durable, and the overlay cut to its emptied
-// length. The benchmark replays it beside the commits it times, with the
-// system calls the worker uses for the data and nothing else: no process
-// started, no image parsed or checked, no plan. Its time is the floor of
-// commit's on this machine, what is left of a ratio to qemu-img when
-// instarfs's own work takes no time.
-type commitIO struct {
-	copies  []ioCopy
-	emptied int64 // the overlay's length once emptied
+// ioPlan is what an operation that moves data between a set's files asks of
+// the disk, whatever program does it; the benchmark replays it beside the
+// operations it times, with the system calls the worker uses for the data
+// and nothing else: no process started, no image parsed or checked, no plan.
+// Its time is the floor of the operation's on this machine, what is left of
+// a ratio to qemu-img when instarfs's own work takes no time.
+//
+// For commit: each run of the overlay's data copied in place into the base,
+// the base made durable, then the overlay's first clusters rewritten and
+// made durable, and the overlay cut to its emptied length. For detach: each
+// run of the base's data that the overlay did not hide copied to where the
+// detached overlay stores it, and the overlay made durable (its new tables,
+// a few clusters, left out).
+type ioPlan struct {
+	src, dst string // the files copied from and into
+	copies   []ioCopy
+	emptied  int64 // commit: the overlay's length once emptied; 0: no emptying
 }
 
-// ioCopy is one run copied: n bytes from the overlay at from into the base
-// at to.
+// ioCopy is one run copied: n bytes from src at from into dst at to.
 type ioCopy struct{ from, to, n int64 }
 
 // planCommitIO finds the runs to copy from qemu-img's maps of the overlay
 // (its own data) and of the base (where that data goes): the runs that lie
 // back to back in both files are one copy, as the worker makes them. emptied
 // is the overlay's length after a commit.
-func planCommitIO(b *testing.B, dir string, emptied int64) commitIO {
+func planCommitIO(b *testing.B, dir string, emptied int64) ioPlan {
 	b.Helper()
 	top := qemutest.Map(b, filepath.Join(dir, benchOverlay), "qcow2")
 	base := qemutest.Map(b, filepath.Join(dir, benchImage), "qcow2")
-	plan := commitIO{emptied: emptied}
-	for _, e := range top {
-		if e.Depth != 0 || !e.Data || e.Offset == nil {
-			continue
-		}
-		for g, end := e.Start, e.Start+e.Length; g < end; {
-			i, _ := slices.BinarySearchFunc(base, g, func(m proto.MapEntry, g int64) int {
-				return cmp.Compare(m.Start+m.Length, g+1)
-			})
-			if i == len(base) || !base[i].Data || base[i].Offset == nil || base[i].Start > g {
-				b.Fatalf("the base stores nothing at guest offset %#x, which its overlay rewrites", g)
-			}
-			n := min(end, base[i].Start+base[i].Length) - g
-			plan.add(*e.Offset+g-e.Start, *base[i].Offset+g-base[i].Start, n)
-			g += n
-		}
-	}
+	plan := ioPlan{src: benchOverlay, dst: benchImage, emptied: emptied}
+	plan.addRuns(b, top, 0, base)
 	return plan
 }
 
-func (p commitIO) bytes() (n int64) {
+// planDetachIO finds the runs a detach copies: what the base stores where
+// the overlay in dir stores nothing (depth 1 of its map), from where the
+// base stores it to where the detached overlay, in detached, does.
+func planDetachIO(b *testing.B, dir, detached string) ioPlan {
+	b.Helper()
+	top := qemutest.Map(b, filepath.Join(dir, benchOverlay), "qcow2")
+	after := qemutest.Map(b, filepath.Join(detached, benchOverlay), "qcow2")
+	plan := ioPlan{src: benchImage, dst: benchOverlay}
+	plan.addRuns(b, top, 1, after)
+	return plan
+}
+
+// addRuns adds a copy for every run of from's entries at depth: from where
+// they lie to where the entries of to (a map covering them) lie, the runs
+// that lie back to back in both files joined as the worker joins them.
+func (p *ioPlan) addRuns(b *testing.B, from []proto.MapEntry, depth int, to []proto.MapEntry) {
+	for _, e := range from {
+		if e.Depth != depth || !e.Data || e.Offset == nil {
+			continue
+		}
+		for g, end := e.Start, e.Start+e.Length; g < end; {
+			i, _ := slices.BinarySearchFunc(to, g, func(m proto.MapEntry, g int64) int {
+				return cmp.Compare(m.Start+m.Length, g+1)
+			})
+			if i == len(to) || !to[i].Data || to[i].Offset == nil || to[i].Start > g {
+				b.Fatalf("no data at guest offset %#x to copy into", g)
+			}
+			n := min(end, to[i].Start+to[i].Length) - g
+			p.add(*e.Offset+g-e.Start, *to[i].Offset+g-to[i].Start, n)
+			g += n
+		}
+	}
+}
+
+func (p ioPlan) bytes() (n int64) {
 	for _, c := range p.copies {
 		n += c.n
 	}
 	return n
 }
 
-func (p *commitIO) add(from, to, n int64) {
+func (p *ioPlan) add(from, to, n int64) {
 	if k := len(p.copies) - 1; k >= 0 {
 		if last := &p.copies[k]; last.from+last.n == from && last.to+last.n == to {
 			last.n += n
@@ -79,22 +102,24 @@ func (p *commitIO) add(from, to, n int64) {
 }
 
 // replay does the plan's I/O on the set's files in dir, as the worker does
-// it: copy_file_range for each run; every 2 MiB, the base's writeback
-// started and the overlay's copied pages dropped, on goroutines of their
-// own; the base made durable; the overlay's second cluster, then its first,
-// each written and made durable; the overlay cut and made durable.
-func (p commitIO) replay(dir string) error {
-	top, err := os.OpenFile(filepath.Join(dir, benchOverlay), os.O_RDWR, 0)
+// it: copy_file_range for each run; every 2 MiB, dst's writeback started
+// and, for commit, the overlay's copied pages dropped, on goroutines of
+// their own; dst made durable. Then, for commit, the overlay's second
+// cluster, then its first, each written and made durable; the overlay cut
+// and made durable.
+func (p ioPlan) replay(dir string) error {
+	top, err := os.OpenFile(filepath.Join(dir, p.src), os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer top.Close()
-	base, err := os.OpenFile(filepath.Join(dir, benchImage), os.O_RDWR, 0)
+	base, err := os.OpenFile(filepath.Join(dir, p.dst), os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer base.Close()
 	src, dst := int(top.Fd()), int(base.Fd())
+	commit := p.emptied > 0
 
 	batches := make(chan []ioCopy, 16)
 	var background sync.WaitGroup
@@ -102,7 +127,9 @@ func (p commitIO) replay(dir string) error {
 		for batch := range batches {
 			_ = unix.SyncFileRange(dst, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 			for _, c := range batch {
-				_ = unix.Fadvise(src, c.from, c.n, unix.FADV_DONTNEED)
+				if commit {
+					_ = unix.Fadvise(src, c.from, c.n, unix.FADV_DONTNEED)
+				}
 			}
 		}
 	})
@@ -127,7 +154,8 @@ func (p commitIO) replay(dir string) error {
 	}
 	batches <- batch
 	close(batches)
-	if err := unix.Fdatasync(dst); err != nil {
+	if err := unix.Fdatasync(dst); err != nil || !commit {
+		background.Wait()
 		return err
 	}
 	cluster := make([]byte, benchCluster)
