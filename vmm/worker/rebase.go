@@ -144,6 +144,8 @@ type rebaser struct {
 	wb        *writeback // starts the overlay's writeback (see writebackEvery)
 	unflushed int64      // bytes written since the writeback was last started
 	maps      *mapper    // shows what the chains store plainly, for the compare
+	copyBuf   []byte     // what writes from the old chain read through memory
+	nocopy    bool       // the kernel cannot copy into the overlay (chainSource)
 }
 
 func (r *rebaser) run() error {
@@ -185,18 +187,19 @@ func (r *rebaser) run() error {
 // cleared or compared: skip lists those ranges, and oldBuf holds stale bytes
 // there until a write needs them (see fillSkipped).
 //
-// When both chains are read, the step's compared bytes are spans (oldV,
-// newV): what an image stores plainly is shown in place through the
-// rebaser's mappings, not copied, and old data reaches oldBuf only where a
-// write needs it (see materialize). Units' parts outside the step are always
-// in oldBuf.
+// When the old chain is read, the step's compared bytes are spans (oldV,
+// and newV where the new chain is read; it reads as zero otherwise): what an
+// image stores plainly is shown in place through the rebaser's mappings, not
+// copied, and what differs is written from the old chain's files, which the
+// kernel copies (see write). Units' parts outside the step are always in
+// oldBuf.
 type chunk struct {
 	st               planners.RebaseStep
 	aStart           int64
 	oldBuf, newBuf   []byte
 	skip             []planners.Span
 	filled           int  // skip[:filled] are already cleared in oldBuf
-	viewed           bool // the step's bytes are oldV and newV, not oldBuf and newBuf
+	viewed           bool // the step's bytes are spans, not oldBuf and newBuf
 	oldV, newV       []span
 	oldHeld, newHeld []*window     // the windows oldV and newV show
 	pieces           []layer.Piece // the step's pieces (kept for their memory)
@@ -417,15 +420,17 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 		}
 		c.skip = c.skip[:0]
 	}
-	// Both sides read: the compare may read them in place. Otherwise every
-	// old byte that differs is written, and goes through oldBuf anyway.
-	view := st.ReadOld && st.ReadNew
+	// The old side read: the compare reads both sides in place.
+	view := st.ReadOld
 	c.viewed = view
 	var newErr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		c.newReq = c.newReq[:0]
+		if view && !st.ReadNew {
+			return // the new side reads as zero throughout
+		}
 		for _, p := range ps {
 			b := c.newBuf[p.Start-st.Off : p.End()-st.Off]
 			switch {
@@ -510,15 +515,8 @@ func (r *rebaser) readWhole(c *chunk, st planners.RebaseStep) error {
 	return nil
 }
 
-// materialize copies the old chain's bytes of [a, b) that c.oldV shows in
-// place into oldBuf, before they are written.
-func (c *chunk) materialize(a, b int64) {
-	for _, s := range c.oldV {
-		if lo, hi := max(s.off, a), min(s.off+int64(len(s.b)), b); lo < hi {
-			copy(c.oldBuf[lo-c.aStart:hi-c.aStart], s.b[lo-s.off:hi-s.off])
-		}
-	}
-}
+// zeroRun is what a chain that reads as zero is compared with.
+var zeroRun [64 << 10]byte
 
 // fillSkipped clears oldBuf where the skipped ranges meet [a, b), before
 // that is written: the old chain reads zero there. Writes come in ascending
@@ -547,9 +545,13 @@ func (r *rebaser) step(c *chunk) error {
 	// the range had been compared.
 	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
 	if c.viewed {
+		newAt := func(a, b int64) []byte { return spanAt(c.newV, a, b) }
+		if !st.ReadNew {
+			newAt = func(a, b int64) []byte { return zeroRun[:min(b-a, int64(len(zeroRun)))] }
+		}
 		eq = func(a, b int64) bool {
 			for a < b {
-				o, n := spanAt(c.oldV, a, b), spanAt(c.newV, a, b)
+				o, n := spanAt(c.oldV, a, b), newAt(a, b)
 				k := min(len(o), len(n))
 				if !bytes.Equal(o[:k], n[:k]) {
 					return false
@@ -612,11 +614,17 @@ func (r *rebaser) write(c *chunk, rs, re int64) error {
 			return nil
 		}
 		if c.viewed {
-			c.materialize(a, b)
-		}
-		c.fillSkipped(a, b)
-		if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
-			return err
+			// The old chain's bytes, copied by the kernel from the files
+			// that store them plainly.
+			src := &chainSource{imgs: r.oldImgs, stack: r.old, start: a, split: a, buf: &r.copyBuf, nocopy: &r.nocopy}
+			if err := r.w.WriteFrom(a, b-a, src); err != nil {
+				return err
+			}
+		} else {
+			c.fillSkipped(a, b)
+			if err := r.w.WriteData(a, oldBuf[a-aStart:b-aStart]); err != nil {
+				return err
+			}
 		}
 		if r.unflushed += b - a; r.unflushed >= writebackEvery {
 			r.wb.start()
