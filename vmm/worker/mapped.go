@@ -17,10 +17,11 @@ import (
 // bandwidth bounds a safe rebase, that copy is most of its time
 // (docs/performance.md).
 //
-// A window stays mapped while a chunk holds it and may stay mapped when
-// released, up to a bound on the address space; a released window's pages
-// are unmapped at once (MADV_DONTNEED: the page cache keeps them), so that
-// the worker's resident set counts only what a chunk in flight holds.
+// A window stays mapped while a chunk holds part of it and may stay mapped
+// when released, up to a bound on the address space; the pages of a released
+// hold are unmapped at once (MADV_DONTNEED: the page cache keeps them), so
+// that the worker's resident set counts only what the chunks in flight hold,
+// even while they take turns holding one window.
 // Whatever a window cannot serve (a run across a window's end, a file that
 // cannot be mapped, no address space left) is read as before.
 //
@@ -40,10 +41,28 @@ type winKey struct {
 }
 
 type window struct {
-	key    winKey
-	data   []byte
-	refs   int
-	lo, hi int // what was handed out since the window was last released
+	key  winKey
+	data []byte
+	refs int // gets not yet put back
+}
+
+// A hold is what get handed out of one window, one or more times in a row:
+// how many gets, and the range of the window they showed.
+type hold struct {
+	w      *window
+	gets   int
+	lo, hi int
+}
+
+// addHold appends h to holds, merged into the last hold of the same window.
+func addHold(holds []hold, h hold) []hold {
+	if k := len(holds) - 1; k >= 0 && holds[k].w == h.w {
+		last := &holds[k]
+		last.gets += h.gets
+		last.lo, last.hi = min(last.lo, h.lo), max(last.hi, h.hi)
+		return holds
+	}
+	return append(holds, h)
 }
 
 // The size of a window (a multiple of every page size), and the bound on the
@@ -59,19 +78,20 @@ func newMapper() *mapper {
 }
 
 // get returns o's file bytes [host, host+n) in place, or as many of them as
-// one window holds, and the window, which the caller releases with put. It
-// returns nil where no window can show them: the caller reads them instead.
-func (m *mapper) get(o *opened, host, n int64) ([]byte, *window) {
+// one window holds, and the hold that the caller releases with put (holds
+// may be merged with addHold first). It returns nil where no window can show
+// them: the caller reads them instead.
+func (m *mapper) get(o *opened, host, n int64) ([]byte, hold) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failed[o] || o.file == nil || host < 0 || host >= o.size {
-		return nil, nil
+		return nil, hold{}
 	}
 	key := winKey{o, host / windowSize}
 	w := m.wins[key]
 	if w == nil {
 		if w = m.newWindow(key); w == nil {
-			return nil, nil
+			return nil, hold{}
 		}
 	}
 	if w.refs == 0 {
@@ -80,12 +100,7 @@ func (m *mapper) get(o *opened, host, n int64) ([]byte, *window) {
 	w.refs++
 	lo := int(host - key.idx*windowSize)
 	hi := min(lo+int(n), len(w.data))
-	if w.lo == w.hi {
-		w.lo, w.hi = lo, hi
-	} else {
-		w.lo, w.hi = min(w.lo, lo), max(w.hi, hi)
-	}
-	return w.data[lo:hi:hi], w
+	return w.data[lo:hi:hi], hold{w, 1, lo, hi}
 }
 
 // newWindow maps the window key names, unmapping released windows to make
@@ -110,24 +125,34 @@ func (m *mapper) newWindow(key winKey) *window {
 	return w
 }
 
-// put releases w: its pages leave the resident set, the window itself stays
-// mapped for the next chunk while the address space allows. A fault maps
-// more than the page it reads (the pages around it, or a whole large folio of
-// the page cache at once): the aligned faultBlock around what was handed out
-// leaves too.
-func (m *mapper) put(w *window) {
+// put releases h: its pages leave the resident set, and a window nothing
+// holds any more stays mapped for the next chunk while the address space
+// allows.
+//
+// A fault maps more than the page it reads (the pages around it, or a whole
+// large folio of the page cache at once), so what leaves is counted in
+// aligned faultBlocks: from the one where the hold starts up to the one where
+// it ends, which the next chunk, reading on from there, likely reads too
+// (its own put takes it); a window nothing holds leaves whole.
+func (m *mapper) put(h hold) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if w.refs--; w.refs > 0 {
+	w := h.w
+	w.refs -= h.gets
+	lo, hi := h.lo&^(faultBlock-1), h.hi&^(faultBlock-1)
+	if w.refs == 0 {
+		lo, hi = 0, len(w.data)
+	}
+	if lo >= hi {
 		return
 	}
-	if w.lo < w.hi {
-		lo, hi := w.lo&^(faultBlock-1), min((w.hi+faultBlock-1)&^(faultBlock-1), len(w.data))
-		if err := unix.Madvise(w.data[lo:hi], unix.MADV_DONTNEED); err != nil {
-			m.unmap(w) // nothing else can give the pages back
-			return
-		}
-		w.lo, w.hi = 0, 0
+	err := unix.Madvise(w.data[lo:hi], unix.MADV_DONTNEED)
+	if w.refs > 0 {
+		return
+	}
+	if err != nil {
+		m.unmap(w) // nothing else can give the pages back
+		return
 	}
 	m.idle = append(m.idle, w)
 }

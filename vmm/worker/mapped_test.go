@@ -2,10 +2,13 @@ package worker
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"instarfs/errcode"
 	"instarfs/proto"
@@ -70,6 +73,72 @@ func TestMapperWindows(t *testing.T) {
 	if len(m.idle) != 2 || m.mapped != 128<<10 {
 		t.Errorf("after releasing all: %d idle windows, %d bytes mapped", len(m.idle), m.mapped)
 	}
+}
+
+// TestMapperDropsPerHold: what a hold showed leaves the resident set when it
+// is put back, though another hold keeps its window mapped; holds of one
+// window merge.
+func TestMapperDropsPerHold(t *testing.T) {
+	defer func(size int64) { windowSize = size }(windowSize)
+	windowSize = 16 << 20
+	o := mappedFile(t, 16<<20)
+	m := newMapper()
+	defer m.close()
+	read := func(b []byte) (sum int) {
+		for i := 0; i < len(b); i += 4096 {
+			sum += int(b[i])
+		}
+		return sum
+	}
+	a, h1 := m.get(o, 0, 4<<20)
+	b, h2 := m.get(o, 8<<20, 4<<20)
+	sink = read(a) + read(b)
+	if got := residentKiB(t, a); got < 4<<10 {
+		t.Fatalf("%d KiB resident after reading 4 MiB", got)
+	}
+	held := addHold(addHold(nil, h1), h2)
+	if len(held) != 1 || held[0].gets != 2 || held[0].lo != 0 || held[0].hi != 12<<20 {
+		t.Fatalf("merged holds: %+v", held)
+	}
+	_, h3 := m.get(o, 12<<20, 4096) // another chunk's
+	m.put(held[0])
+	if got := residentKiB(t, a); got > 4 {
+		t.Errorf("%d KiB still resident after the hold was put back", got)
+	}
+	if h3.w.refs != 1 || m.wins[winKey{o, 0}] == nil {
+		t.Errorf("the window another hold keeps: %d gets, mapped %v", h3.w.refs, m.wins[winKey{o, 0}] != nil)
+	}
+	m.put(h3)
+	if len(m.idle) != 1 {
+		t.Errorf("%d idle windows once all holds are back", len(m.idle))
+	}
+}
+
+var sink int
+
+// residentKiB returns the resident size of the mapping that holds b, from
+// /proc/self/smaps.
+func residentKiB(t *testing.T, b []byte) int {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skip(err)
+	}
+	addr := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+	in := false
+	for _, line := range strings.Split(string(data), "\n") {
+		var lo, hi uint64
+		if n, _ := fmt.Sscanf(line, "%x-%x", &lo, &hi); n == 2 && strings.Contains(line, " ") && !strings.HasSuffix(strings.Fields(line)[0], ":") {
+			in = addr >= lo && addr < hi
+			continue
+		}
+		if f := strings.Fields(line); in && len(f) == 3 && f[0] == "Rss:" {
+			kib, _ := strconv.Atoi(f[1])
+			return kib
+		}
+	}
+	t.Fatalf("no mapping holds %#x", addr)
+	return 0
 }
 
 // TestMapperReadShrunkFile: a file cut while its window is mapped faults on

@@ -201,7 +201,7 @@ type chunk struct {
 	filled           int  // skip[:filled] are already cleared in oldBuf
 	viewed           bool // the step's bytes are spans, not oldBuf and newBuf
 	oldV, newV       []span
-	oldHeld, newHeld []*window     // the windows oldV and newV show
+	oldHeld, newHeld []hold        // what oldV and newV show of the mapper's windows
 	pieces           []layer.Piece // the step's pieces (kept for their memory)
 	oldRd, newRd     vecReader     // (kept for their memory)
 	oldReq, newReq   []fillReq     // (kept for their memory)
@@ -210,9 +210,9 @@ type chunk struct {
 
 // release gives back the windows c holds; its spans are gone with them.
 func (c *chunk) release(m *mapper) {
-	for _, held := range []*[]*window{&c.oldHeld, &c.newHeld} {
-		for _, w := range *held {
-			m.put(w)
+	for _, held := range []*[]hold{&c.oldHeld, &c.newHeld} {
+		for _, h := range *held {
+			m.put(h)
 		}
 		clear(*held)
 		*held = (*held)[:0]

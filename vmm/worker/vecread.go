@@ -110,10 +110,10 @@ func (o *opened) storedPlainly(e layer.Extent) bool {
 
 // view is fill for bytes that are only compared: the runs an image stores
 // plainly are not read but shown in place through m (the windows that show
-// them appended to *held, for the caller to release), the rest is filled
+// them added to *held, for the caller to release), the rest is filled
 // into the requests' buffers as fill fills it. It appends to out[:0] the
 // spans that cover the requests, in their order.
-func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]*window, out []span) ([]span, error) {
+func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]hold, out []span) ([]span, error) {
 	out = out[:0]
 	for _, r := range reqs {
 		p, off := r.p, r.off
@@ -126,8 +126,8 @@ func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]*window, out []span)
 				}
 				n = e.Length
 				if img := v.imgs[depth]; img.storedPlainly(e) {
-					if b, w := m.get(img, e.HostOffset, n); b != nil {
-						*held = append(*held, w)
+					if b, h := m.get(img, e.HostOffset, n); b != nil {
+						*held = addHold(*held, h)
 						out = append(out, span{off, b})
 						p, off = p[len(b):], off+int64(len(b))
 						continue

@@ -170,10 +170,10 @@ func viewMatches(v *vecReader, m *mapper, reqs, want []fillReq) error {
 	for _, r := range reqs {
 		clear(r.p)
 	}
-	var held []*window
+	var held []hold
 	defer func() {
-		for _, w := range held {
-			m.put(w)
+		for _, h := range held {
+			m.put(h)
 		}
 	}()
 	spans, err := v.view(reqs, m, &held, nil)
