@@ -108,28 +108,35 @@ func (p *ioPlan) add(from, to, n int64) {
 // cluster, then its first, each written and made durable; the overlay cut
 // and made durable.
 func (p ioPlan) replay(dir string) error {
-	top, err := os.OpenFile(filepath.Join(dir, p.src), os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer top.Close()
-	base, err := os.OpenFile(filepath.Join(dir, p.dst), os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	defer base.Close()
-	src, dst := int(top.Fd()), int(base.Fd())
+	// Commit empties its source, the overlay; detach's source is the set's
+	// base itself (a hard link), opened read-only.
 	commit := p.emptied > 0
+	srcMode := os.O_RDONLY
+	if commit {
+		srcMode = os.O_RDWR
+	}
+	srcFile, err := os.OpenFile(filepath.Join(dir, p.src), srcMode, 0)
+	if err != nil {
+		return err
+	}
+	defer srcFile.Close()
+	dstFile, err := os.OpenFile(filepath.Join(dir, p.dst), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer dstFile.Close()
+	src, dst := int(srcFile.Fd()), int(dstFile.Fd())
 
 	batches := make(chan []ioCopy, 16)
 	var background sync.WaitGroup
 	background.Go(func() {
 		for batch := range batches {
 			_ = unix.SyncFileRange(dst, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+			if !commit {
+				continue
+			}
 			for _, c := range batch {
-				if commit {
-					_ = unix.Fadvise(src, c.from, c.n, unix.FADV_DONTNEED)
-				}
+				_ = unix.Fadvise(src, c.from, c.n, unix.FADV_DONTNEED)
 			}
 		}
 	})
@@ -160,10 +167,10 @@ func (p ioPlan) replay(dir string) error {
 	}
 	cluster := make([]byte, benchCluster)
 	for _, off := range []int64{benchCluster, 0} {
-		if _, err := top.ReadAt(cluster, off); err != nil {
+		if _, err := srcFile.ReadAt(cluster, off); err != nil {
 			return err
 		}
-		if _, err := top.WriteAt(cluster, off); err != nil {
+		if _, err := srcFile.WriteAt(cluster, off); err != nil {
 			return err
 		}
 		if err := unix.Fdatasync(src); err != nil {
@@ -171,7 +178,7 @@ func (p ioPlan) replay(dir string) error {
 		}
 	}
 	background.Wait()
-	if err := top.Truncate(p.emptied); err != nil {
+	if err := srcFile.Truncate(p.emptied); err != nil {
 		return err
 	}
 	return unix.Fdatasync(src)

@@ -28,8 +28,8 @@ var Executables = []Executable{
 // Build builds the executables of the module whose root is root (as a path
 // from the test's package directory, e.g. "..") side by side into a new
 // temporary directory that every user may enter, without cgo and copied out
-// of the linker's output as the Makefile builds them. It returns instarfs's path and a function that
-// removes them.
+// of the linker's output as the Makefile builds them. It returns instarfs's
+// path and a function that removes them.
 func Build(root string) (binary string, remove func(), err error) {
 	dir, err := os.MkdirTemp("", "instarfs-bin-")
 	if err != nil {
