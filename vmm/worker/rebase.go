@@ -543,6 +543,16 @@ func (r *rebaser) step(c *chunk) error {
 	// so are the skipped ranges (equal by block status). Those start and end
 	// on sector boundaries, so a run ends where one starts, as it would if
 	// the range had been compared.
+	//
+	// Before the old backing's end, a run's write covers the whole units it
+	// touches, so which units are written is all that matters of the runs:
+	// those holding a differing sector. There a differing unit that lies
+	// whole in the range joins the run at once, without finding which of
+	// its sectors differ (on data unlike the other side, every sector does,
+	// and a compare per sector was a third of a detach's CPU time). Past the
+	// old end, where a run starts decides whether its head unit keeps the
+	// old data (see write), and runs are found sector by sector.
+	byUnit := !st.PastOldEOF
 	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
 	if c.viewed {
 		newAt := func(a, b int64) []byte { return spanAt(c.newV, a, b) }
@@ -576,22 +586,28 @@ func (r *rebaser) step(c *chunk) error {
 		}
 		u := pos &^ (r.unit - 1)
 		ue := min(u+r.unit, end)
-		if pos == max(u, st.Off) && ue <= lim && eq(pos, ue) {
+		whole := pos == max(u, st.Off) && ue <= lim
+		if whole && eq(pos, ue) {
 			pos = ue
 			continue
 		}
-		e := min(pos+sectorSize, lim)
-		if eq(pos, e) {
-			pos = e
-			continue
+		re := ue
+		if !whole || !byUnit {
+			re = min(pos+sectorSize, lim)
+			if eq(pos, re) {
+				pos = re
+				continue
+			}
 		}
-		re := e
 		for re < lim {
-			e2 := min(re+sectorSize, lim)
-			if eq(re, e2) {
+			next := min(re+sectorSize, lim)
+			if byUnit && re&(r.unit-1) == 0 {
+				next = min(re+r.unit, lim)
+			}
+			if eq(re, next) {
 				break
 			}
-			re = e2
+			re = next
 		}
 		if err := r.write(c, pos, re); err != nil {
 			return err
