@@ -560,6 +560,9 @@ func (r *rebaser) step(c *chunk) error {
 			newAt = func(a, b int64) []byte { return zeroRun[:min(b-a, int64(len(zeroRun)))] }
 		}
 		eq = func(a, b int64) bool {
+			if !st.ReadNew && nonZeroHead(c.oldV, a, b) {
+				return false
+			}
 			for a < b {
 				o, n := spanAt(c.oldV, a, b), newAt(a, b)
 				k := min(len(o), len(n))

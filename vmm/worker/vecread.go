@@ -15,18 +15,44 @@ type fillReq struct {
 }
 
 // A span is a chain's guest bytes from off on: in a buffer, or in place in a
-// mapping of the file that stores them.
+// mapping of the file that stores them (src's, from host on).
 type span struct {
-	off int64
-	b   []byte
+	off  int64
+	b    []byte
+	src  *opened
+	host int64
+}
+
+// spanIndex returns the index of the span that holds guest offset a. The
+// spans cover a.
+func spanIndex(spans []span, a int64) int {
+	return sort.Search(len(spans), func(i int) bool { return spans[i].off+int64(len(spans[i].b)) > a })
 }
 
 // spanAt returns the bytes of spans from guest offset a on, up to b at most.
 // The spans cover a.
 func spanAt(spans []span, a, b int64) []byte {
-	i := sort.Search(len(spans), func(i int) bool { return spans[i].off+int64(len(spans[i].b)) > a })
-	s := spans[i]
+	s := spans[spanIndex(spans, a)]
 	return s.b[a-s.off : min(b, s.off+int64(len(s.b)))-s.off]
+}
+
+// probeBytes is how much of a mapped span nonZeroHead reads.
+const probeBytes = 64
+
+// nonZeroHead reports whether the first bytes of spans from guest offset a
+// on (up to b) are known not to be all zero, read from the file with pread
+// where a span is a mapping: data unlike zeros usually shows it there, and
+// the mapping's pages are then never faulted in, nor unmapped again. False
+// says nothing: the bytes are zero, in a buffer, or could not be read.
+func nonZeroHead(spans []span, a, b int64) bool {
+	s := spans[spanIndex(spans, a)]
+	if s.src == nil {
+		return false
+	}
+	var head [probeBytes]byte
+	n := min(b-a, s.off+int64(len(s.b))-a, probeBytes)
+	got, err := unix.Pread(int(s.src.file.Fd()), head[:n], s.host+a-s.off)
+	return err == nil && !allZero(head[:max(got, 0)])
 }
 
 // preadv is the system call vecReader makes; tests replace it to see short
@@ -128,7 +154,7 @@ func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]hold, out []span) ([
 				if img := v.imgs[depth]; img.storedPlainly(e) {
 					if b, h := m.get(img, e.HostOffset, n); b != nil {
 						*held = addHold(*held, h)
-						out = append(out, span{off, b})
+						out = append(out, span{off, b, img, e.HostOffset})
 						p, off = p[len(b):], off+int64(len(b))
 						continue
 					}
@@ -137,7 +163,7 @@ func (v *vecReader) view(reqs []fillReq, m *mapper, held *[]hold, out []span) ([
 			if err := v.fillOne(p[:n], off); err != nil {
 				return out, err
 			}
-			out = append(out, span{off, p[:n]})
+			out = append(out, span{off: off, b: p[:n]})
 			p, off = p[n:], off+n
 		}
 	}

@@ -202,7 +202,7 @@ func viewMatches(v *vecReader, m *mapper, reqs, want []fillReq) error {
 
 func TestSpanAt(t *testing.T) {
 	data := []byte("abcdefghijkl")
-	spans := []span{{0, data[0:4]}, {4, data[4:10]}, {10, data[10:12]}}
+	spans := []span{{off: 0, b: data[0:4]}, {off: 4, b: data[4:10]}, {off: 10, b: data[10:12]}}
 	for _, c := range []struct {
 		a, b int64
 		want string
@@ -211,6 +211,56 @@ func TestSpanAt(t *testing.T) {
 	} {
 		if got := string(spanAt(spans, c.a, c.b)); got != c.want {
 			t.Errorf("spanAt(%d, %d) = %q, want %q", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+// TestNonZeroHead: the probe reads the file where a span's guest offset
+// lies (not the guest offset itself), at most probeBytes and never past the
+// compared range or the span, and says nothing of buffers.
+func TestNonZeroHead(t *testing.T) {
+	// The file: zeros, but for bytes [1000, 1100), [1900, 1910) and
+	// [2000, 2010).
+	data := make([]byte, 4096)
+	for _, r := range [][2]int{{1000, 1100}, {1900, 1910}, {2000, 2010}} {
+		for i := r[0]; i < r[1]; i++ {
+			data[i] = 0xaa
+		}
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	o := &opened{file: f, size: int64(len(data))}
+	// Guest [0, 1000) is the file's [900, 1900), guest [1000, 1100) its
+	// [1950, 2050), guest [1100, 1200) a buffer of nonzero bytes.
+	spans := []span{
+		{off: 0, b: data[900:1900], src: o, host: 900},
+		{off: 1000, b: data[1950:2050], src: o, host: 1950},
+		{off: 1100, b: bytes.Repeat([]byte{1}, 100)},
+	}
+	for _, c := range []struct {
+		a, b int64
+		want bool
+	}{
+		{0, 1000, false},    // file 900..963: the nonzero bytes lie past probeBytes
+		{40, 1000, true},    // file 940..1003
+		{40, 100, false},    // the range ends where they start
+		{40, 101, true},     // one of them in range
+		{200, 1000, false},  // file 1100..1163
+		{990, 1100, false},  // file 1890..1899: the span ends where they start
+		{1000, 1100, true},  // file 1950..2013
+		{1000, 1050, false}, // the range ends where they start
+		{1060, 1100, false}, // file 2010..2049
+		{1100, 1200, false}, // a buffer: nothing known
+	} {
+		if got := nonZeroHead(spans, c.a, c.b); got != c.want {
+			t.Errorf("nonZeroHead(%d, %d) = %v, want %v", c.a, c.b, got, c.want)
 		}
 	}
 }
