@@ -199,7 +199,7 @@ func (r *rebaser) run() error {
 // oldBuf.
 type chunk struct {
 	st               planners.RebaseStep
-	aStart           int64
+	aStart, unit     int64
 	oldBuf, newBuf   []byte
 	skip             []planners.Span
 	filled           int  // skip[:filled] are already cleared in oldBuf
@@ -209,8 +209,18 @@ type chunk struct {
 	pieces           []layer.Piece // the step's pieces (kept for their memory)
 	oldRd, newRd     vecReader     // (kept for their memory)
 	oldReq, newReq   []fillReq     // (kept for their memory)
+	units            []verdict     // by unit from aStart: what compareUnits found
 	err              error
 }
+
+// verdict is what a compare found of one unit, if anything yet.
+type verdict uint8
+
+const (
+	unknown verdict = iota
+	equal
+	differs
+)
 
 // release gives back the windows c holds; its spans are gone with them.
 func (c *chunk) release(m *mapper) {
@@ -224,33 +234,35 @@ func (c *chunk) release(m *mapper) {
 	c.oldV, c.newV = c.oldV[:0], c.newV[:0]
 }
 
-// execute runs the steps in order. Reading runs one step ahead of comparing
-// and writing, in its own goroutine, so that the two overlap; the writes
-// themselves stay in order on this goroutine.
+// execute runs the steps in order, in three stages that overlap, each on
+// its own goroutine and one step ahead of the next: reading (block status
+// and where each side's bytes are), comparing whole units, and writing on
+// this goroutine, where the writes stay in order.
 //
-// The reading goroutine is gone when execute returns, and every chunk has
+// The other stages are gone when execute returns, and every chunk has
 // released its windows: the mappings may then go.
 func (r *rebaser) execute(steps []planners.RebaseStep) error {
-	const depth = 2
+	const depth = 3 // one chunk per stage
 	free := make(chan *chunk, depth)
 	chunks := make([]*chunk, depth)
 	for i := range chunks {
 		chunks[i] = &chunk{}
 		free <- chunks[i]
 	}
+	// The channels hold every chunk: no send blocks.
+	read := make(chan *chunk, depth)
 	ready := make(chan *chunk, depth)
 	stop := make(chan struct{})
-	readerDone := make(chan struct{})
+	var stages sync.WaitGroup
 	defer func() {
 		close(stop)
-		<-readerDone
+		stages.Wait()
 		for _, c := range chunks {
 			c.release(r.maps)
 		}
 	}()
-	go func() {
-		defer close(readerDone)
-		defer close(ready)
+	stages.Go(func() {
+		defer close(read)
 		for _, st := range steps {
 			var c *chunk
 			select {
@@ -259,16 +271,26 @@ func (r *rebaser) execute(steps []planners.RebaseStep) error {
 				return
 			}
 			r.read(c, st)
-			select {
-			case ready <- c:
-			case <-stop:
-				return
-			}
-			if c.err != nil {
+			failed := c.err != nil // c is the next stage's once sent
+			read <- c
+			if failed {
 				return
 			}
 		}
-	}()
+	})
+	stages.Go(func() {
+		defer close(ready)
+		for c := range read {
+			if c.err == nil && !c.st.PastOldEOF {
+				c.err = r.maps.read(func() error { c.compareUnits(r.unit); return nil })
+			}
+			failed := c.err != nil
+			ready <- c
+			if failed {
+				return
+			}
+		}
+	})
 	for c := range ready {
 		if err := r.ctx.Err(); err != nil {
 			return errcode.New(errcode.Cancelled, "rebase cancelled: %v", err)
@@ -387,6 +409,7 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
 	c.newBuf = grow(c.newBuf, st.Len)
 	c.skip, c.filled, c.viewed = c.skip[:0], 0, false
+	c.unit, c.units = r.unit, c.units[:0]
 	if st.PastOldEOF {
 		c.err = r.readWhole(c, st)
 		return
@@ -537,11 +560,11 @@ func (c *chunk) fillSkipped(a, b int64) {
 	}
 }
 
-// step compares one planned range and writes the differences.
+// step compares one planned range (its whole units compared already, see
+// compareUnits) and writes the differences.
 func (r *rebaser) step(c *chunk) error {
-	st, oldBuf, newBuf := c.st, c.oldBuf, c.newBuf
+	st := c.st
 	end := st.Off + st.Len
-	old := oldBuf[st.Off-c.aStart : end-c.aStart]
 
 	// Runs of differing 512-byte sectors; equal units are skipped whole, and
 	// so are the skipped ranges (equal by block status). Those start and end
@@ -557,27 +580,7 @@ func (r *rebaser) step(c *chunk) error {
 	// old end, where a run starts decides whether its head unit keeps the
 	// old data (see write), and runs are found sector by sector.
 	byUnit := !st.PastOldEOF
-	eq := func(a, b int64) bool { return bytes.Equal(old[a-st.Off:b-st.Off], newBuf[a-st.Off:b-st.Off]) }
-	if c.viewed {
-		newAt := func(a, b int64) []byte { return spanAt(c.newV, a, b) }
-		if !st.ReadNew {
-			newAt = func(a, b int64) []byte { return zeroRun[:min(b-a, int64(len(zeroRun)))] }
-		}
-		eq = func(a, b int64) bool {
-			if !st.ReadNew && nonZeroHead(c.oldV, a, b) {
-				return false
-			}
-			for a < b {
-				o, n := spanAt(c.oldV, a, b), newAt(a, b)
-				k := min(len(o), len(n))
-				if !bytes.Equal(o[:k], n[:k]) {
-					return false
-				}
-				a += int64(k)
-			}
-			return true
-		}
-	}
+	eq := c.equalUnit
 	skip := c.skip
 	for pos := st.Off; pos < end; {
 		for len(skip) > 0 && skip[0].End() <= pos {
@@ -622,6 +625,76 @@ func (r *rebaser) step(c *chunk) error {
 		pos = re
 	}
 	return nil
+}
+
+// equal reports whether the old and the new chain read alike over [a, b),
+// inside the step and outside its skipped ranges.
+func (c *chunk) equal(a, b int64) bool {
+	st := c.st
+	if !c.viewed {
+		return bytes.Equal(c.oldBuf[a-c.aStart:b-c.aStart], c.newBuf[a-st.Off:b-st.Off])
+	}
+	if !st.ReadNew && nonZeroHead(c.oldV, a, b) {
+		return false
+	}
+	for a < b {
+		o := spanAt(c.oldV, a, b)
+		var n []byte
+		if st.ReadNew {
+			n = spanAt(c.newV, a, b)
+		} else {
+			n = zeroRun[:min(b-a, int64(len(zeroRun)))]
+		}
+		k := min(len(o), len(n))
+		if !bytes.Equal(o[:k], n[:k]) {
+			return false
+		}
+		a += int64(k)
+	}
+	return true
+}
+
+// compareUnits finds the verdict of every unit of the step that no skipped
+// range touches, over the unit's part inside the step: on the reading
+// goroutine, so that comparing a chunk overlaps writing the one before.
+// (bytes it shows in place are read: the caller runs it inside the
+// mapper's read.)
+func (c *chunk) compareUnits(unit int64) {
+	st := c.st
+	end := st.Off + st.Len
+	n := int((end - c.aStart + unit - 1) / unit)
+	if cap(c.units) < n {
+		c.units = make([]verdict, n)
+	}
+	c.units = c.units[:n]
+	skip := c.skip
+	for i := range c.units {
+		u := c.aStart + int64(i)*unit
+		a, b := max(u, st.Off), min(u+unit, end)
+		for len(skip) > 0 && skip[0].End() <= a {
+			skip = skip[1:]
+		}
+		switch {
+		case len(skip) > 0 && skip[0].Start < b:
+			c.units[i] = unknown
+		case c.equal(a, b):
+			c.units[i] = equal
+		default:
+			c.units[i] = differs
+		}
+	}
+}
+
+// equalUnit is equal, answered from compareUnits' verdict where [a, b) is
+// a unit's part inside the step.
+func (c *chunk) equalUnit(a, b int64) bool {
+	if i := (a - c.aStart) / c.unit; i < int64(len(c.units)) && c.units[i] != unknown {
+		u := c.aStart + i*c.unit
+		if a == max(u, c.st.Off) && b == min(u+c.unit, c.st.Off+c.st.Len) {
+			return c.units[i] == equal
+		}
+	}
+	return c.equal(a, b)
 }
 
 // write handles one run [rs, re) of differing sectors, as qemu-img 7.2's
