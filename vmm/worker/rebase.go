@@ -281,7 +281,7 @@ func (r *rebaser) execute(steps []planners.RebaseStep) error {
 	stages.Go(func() {
 		defer close(ready)
 		for c := range read {
-			if c.err == nil && !c.st.PastOldEOF {
+			if c.err == nil {
 				c.err = r.maps.read(func() error { c.compareUnits(r.unit); return nil })
 			}
 			failed := c.err != nil
@@ -409,7 +409,7 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
 	c.newBuf = grow(c.newBuf, st.Len)
 	c.skip, c.filled, c.viewed = c.skip[:0], 0, false
-	c.unit, c.units = r.unit, c.units[:0]
+	c.unit = r.unit
 	if st.PastOldEOF {
 		c.err = r.readWhole(c, st)
 		return
@@ -655,10 +655,10 @@ func (c *chunk) equal(a, b int64) bool {
 }
 
 // compareUnits finds the verdict of every unit of the step that no skipped
-// range touches, over the unit's part inside the step: on the reading
-// goroutine, so that comparing a chunk overlaps writing the one before.
-// (bytes it shows in place are read: the caller runs it inside the
-// mapper's read.)
+// range touches, over the unit's part inside the step, for every step: on a
+// stage of its own, so that comparing a chunk overlaps writing the one
+// before. It reads bytes shown in place: the caller runs it inside the
+// mapper's read.
 func (c *chunk) compareUnits(unit int64) {
 	st := c.st
 	end := st.Off + st.Len
