@@ -63,6 +63,9 @@ type Request struct {
 	// HostCuts says the host applies a Cut line (Message.Cut): a worker
 	// that shortens an image last may leave that to the host.
 	HostCuts bool `json:"host_cuts,omitempty"`
+	// Progress says the host shows the operation's progress: only then
+	// does the worker send progress lines.
+	Progress bool `json:"progress,omitempty"`
 }
 
 // BrokerFD is the worker's descriptor of the broker socket: the one after

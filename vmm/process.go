@@ -101,6 +101,7 @@ func (p *Process) Run(ctx context.Context, job Job) (json.RawMessage, error) {
 	}
 	job.Request.Broker = job.Broker != nil
 	job.Request.HostCuts = true
+	job.Request.Progress = job.Progress != nil
 	timeout, err := checkJob(job)
 	if err != nil {
 		return nil, err

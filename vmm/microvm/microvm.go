@@ -534,6 +534,7 @@ func (s *Sandbox) prepare(dir string, job vmm.Job, session bool, r *relay) (*mac
 	m := &machine{relay: r}
 	req := job.Request
 	req.Images = append([]proto.ImageRef(nil), req.Images...)
+	req.Progress = job.Progress != nil
 	images := len(job.Files)
 	if r != nil {
 		job.Files = append([]*os.File(nil), job.Files...)

@@ -233,6 +233,8 @@ func testDeadline(t *testing.T, sb vmm.Sandbox) {
 	}
 }
 
+// testProgress: a job's progress arrives in order, which the worker sends
+// only when the backend's request asks for it.
 func testProgress(t *testing.T, sb vmm.Sandbox) {
 	var got []float64
 	j := job(testworker.OpProgress)

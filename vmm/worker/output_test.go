@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -76,6 +77,40 @@ func TestOutputResultLine(t *testing.T) {
 		}
 		if got := buf.String(); got != string(want)+"\n" {
 			t.Errorf("%s: line\n %q\nwant\n %q", name, got, want)
+		}
+	}
+}
+
+// TestOutputProgress: progress lines go out at most once per percent, and
+// only when the host shows them.
+func TestOutputProgress(t *testing.T) {
+	fractions := []float64{0.001, 0.005, 0.015, 0.019, 0.5, 0.5, 0.994, 1, 1.5}
+	for _, tc := range []struct {
+		want bool
+		sent []float64
+	}{
+		{false, nil},
+		{true, []float64{0.015, 0.5, 0.994, 1}},
+	} {
+		var buf bytes.Buffer
+		o := &output{w: bufio.NewWriter(&buf), wantProgress: tc.want}
+		for _, f := range fractions {
+			o.progress(f)
+		}
+		o.flush()
+		var sent []float64
+		for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
+			if line == "" {
+				continue
+			}
+			var m proto.Message
+			if err := json.Unmarshal([]byte(line), &m); err != nil || m.Progress == nil {
+				t.Fatalf("wanted %v: line %q is not a progress line (%v)", tc.want, line, err)
+			}
+			sent = append(sent, *m.Progress)
+		}
+		if fmt.Sprint(sent) != fmt.Sprint(tc.sent) {
+			t.Errorf("wanted %v: sent %v, want %v", tc.want, sent, tc.sent)
 		}
 	}
 }

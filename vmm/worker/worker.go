@@ -131,6 +131,7 @@ func serve(stdin io.Reader, out *output) (code int) {
 		out.fail(errcode.New(errcode.WorkerProtocol, "decoding request: %v", err))
 		return 1
 	}
+	out.wantProgress = req.Progress
 	for i, ref := range req.Images {
 		files = append(files, os.NewFile(uintptr(proto.FirstImageFD+i), ref.Name))
 	}
@@ -196,9 +197,10 @@ func (s *session) need(n int) error {
 
 // output writes the worker's JSON lines.
 type output struct {
-	mu      sync.Mutex
-	w       *bufio.Writer
-	percent int
+	mu           sync.Mutex
+	w            *bufio.Writer
+	percent      int
+	wantProgress bool // the host shows progress (proto.Request.Progress)
 }
 
 func (o *output) line(m proto.Message) {
@@ -212,10 +214,11 @@ func (o *output) line(m proto.Message) {
 	o.w.WriteByte('\n')
 }
 
-// progress reports a fraction of work done, at most once per percent.
+// progress reports a fraction of work done, at most once per percent, when
+// the host shows it: a line nobody reads would wake the host for nothing.
 func (o *output) progress(f float64) {
 	p := int(f * 100)
-	if p <= o.percent || p > 100 {
+	if !o.wantProgress || p <= o.percent || p > 100 {
 		return
 	}
 	o.percent = p

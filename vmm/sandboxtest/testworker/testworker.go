@@ -54,7 +54,7 @@ import (
 // proto.OpSandboxViolate, which it serves as the product worker does.
 const (
 	OpEcho           = "test-echo"             // the request and each image as the worker sees them; see EchoResult
-	OpProgress       = "test-progress"         // progress 0.25, 0.5, 1, then the result "done"
+	OpProgress       = "test-progress"         // progress 0.25, 0.5, 1 if asked for (Request.Progress), then the result "done"
 	OpError          = "test-error"            // an error line: QCOW2_CORRUPT, ErrorMessage
 	OpCrash          = "test-crash"            // panic with CrashMessage
 	OpExit           = "test-exit"             // ExitMessage on stderr, exit status 3 without a result
@@ -173,8 +173,11 @@ func Serve(in io.Reader, out io.Writer) int {
 	case OpEcho:
 		return result(EchoResult{Request: req, Images: echoImages()})
 	case OpProgress:
+		// As the worker does: progress only when the host shows it.
 		for _, p := range []float64{0.25, 0.5, 1} {
-			emit(out, proto.Message{Progress: &p})
+			if req.Progress {
+				emit(out, proto.Message{Progress: &p})
+			}
 		}
 		return result("done")
 	case OpError:
