@@ -246,7 +246,7 @@ func (r *rebaser) execute(steps []planners.RebaseStep) error {
 	free := make(chan *chunk, depth)
 	chunks := make([]*chunk, depth)
 	for i := range chunks {
-		chunks[i] = &chunk{}
+		chunks[i] = &chunk{unit: r.unit}
 		free <- chunks[i]
 	}
 	// The channels hold every chunk: no send blocks.
@@ -282,7 +282,7 @@ func (r *rebaser) execute(steps []planners.RebaseStep) error {
 		defer close(ready)
 		for c := range read {
 			if c.err == nil {
-				c.err = r.maps.read(func() error { c.compareUnits(r.unit); return nil })
+				c.err = r.maps.read(func() error { c.compareUnits(); return nil })
 			}
 			failed := c.err != nil
 			ready <- c
@@ -409,7 +409,6 @@ func (r *rebaser) read(c *chunk, st planners.RebaseStep) {
 	c.oldBuf = grow(c.oldBuf, aEnd-c.aStart)
 	c.newBuf = grow(c.newBuf, st.Len)
 	c.skip, c.filled, c.viewed = c.skip[:0], 0, false
-	c.unit = r.unit
 	if st.PastOldEOF {
 		c.err = r.readWhole(c, st)
 		return
@@ -659,8 +658,8 @@ func (c *chunk) equal(a, b int64) bool {
 // stage of its own, so that comparing a chunk overlaps writing the one
 // before. It reads bytes shown in place: the caller runs it inside the
 // mapper's read.
-func (c *chunk) compareUnits(unit int64) {
-	st := c.st
+func (c *chunk) compareUnits() {
+	st, unit := c.st, c.unit
 	end := st.Off + st.Len
 	n := int((end - c.aStart + unit - 1) / unit)
 	if cap(c.units) < n {
